@@ -1,0 +1,24 @@
+"""pvtv2_fast: a transformers-compatible PVTv2 reference in pure PyTorch, with fused kernels behind ``fast=True``."""
+
+from .config import PRESETS, PvtV2Config, preset_names
+from .modeling import (
+    PvtV2Backbone,
+    PvtV2ForImageClassification,
+    PvtV2Model,
+    PvtV2PreTrainedModel,
+)
+from .validation import min_input_size, stage_sizes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "PvtV2Backbone",
+    "PvtV2Config",
+    "PvtV2ForImageClassification",
+    "PvtV2Model",
+    "PvtV2PreTrainedModel",
+    "min_input_size",
+    "preset_names",
+    "stage_sizes",
+]

@@ -1,0 +1,305 @@
+"""PVTv2 models: the hierarchical encoder (`PvtV2Model`), the classifier and the multi-scale backbone.
+
+State-dict keys and shapes are those of transformers' classes, so transformers checkpoints load with
+``strict=True``; timm and original PVTv2 checkpoints load through :mod:`pvtv2_fast.checkpoint`.
+``fast=True`` switches the attention and FFN modules to the fused ops of :mod:`pvtv2_fast.ops`; parameters,
+``state_dict`` and outputs stay those of the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PvtV2Config
+from .modules import OverlapPatchEmbed, PvtV2Block, SpatialReductionAttention, ConvFeedForward
+from .outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput
+from .validation import check_pixel_values
+
+__all__ = [
+    "PvtV2PreTrainedModel",
+    "PvtV2Model",
+    "PvtV2ForImageClassification",
+    "PvtV2Backbone",
+    "PvtV2Encoder",
+    "PvtV2Stage",
+]
+
+
+class PvtV2Stage(nn.Module):
+    """One pyramid stage: overlapping patch embedding (downsampling), ``depth`` blocks, a final LayerNorm.
+
+    ``(B, C_in, H, W)`` → ``((B, H'·W', C) tokens, attention maps or None, H', W')``.
+    """
+
+    def __init__(self, config: PvtV2Config, stage_idx: int, drop_path_rates: list) -> None:
+        super().__init__()
+        hidden = config.hidden_sizes[stage_idx]
+        in_channels = config.num_channels if stage_idx == 0 else config.hidden_sizes[stage_idx - 1]
+        self.patch_embedding = OverlapPatchEmbed(
+            in_channels, hidden, config.patch_sizes[stage_idx], config.strides[stage_idx], config.embed_layer_norm_eps
+        )
+        self.blocks = nn.ModuleList(
+            PvtV2Block(
+                hidden,
+                config.num_attention_heads[stage_idx],
+                config.sr_ratios[stage_idx],
+                config.mlp_ratios[stage_idx],
+                linear_attention=config.linear_attention,
+                qkv_bias=config.qkv_bias,
+                hidden_act=config.hidden_act,
+                hidden_dropout=config.hidden_dropout_prob,
+                attention_dropout=config.attention_probs_dropout_prob,
+                drop_path=rate,
+                eps=config.layer_norm_eps,
+                sr_eps=config.sr_layer_norm_eps,
+            )
+            for rate in drop_path_rates
+        )
+        self.layer_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False):
+        hidden_states, height, width = self.patch_embedding(x)
+        attentions = () if output_attentions else None
+        for block in self.blocks:
+            hidden_states, probs = block(hidden_states, height, width, output_attentions)
+            if output_attentions:
+                attentions += (probs,)
+        return self.layer_norm(hidden_states), attentions, height, width
+
+
+class PvtV2Encoder(nn.Module):
+    """``pixel_values (B, C, H, W)`` → per-stage maps ``(B, C_i, H_i, W_i)``, strides 4, 8, 16, 32."""
+
+    def __init__(self, config: PvtV2Config) -> None:
+        super().__init__()
+        self.config = config
+        # Stochastic depth grows linearly over all blocks of all stages.
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        starts = [sum(config.depths[:i]) for i in range(config.num_encoder_blocks)]
+        self.layers = nn.ModuleList(
+            PvtV2Stage(config, i, rates[starts[i]: starts[i] + config.depths[i]])
+            for i in range(config.num_encoder_blocks)
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        last_stage: Optional[int] = None,
+    ) -> BaseModelOutput:
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        hidden_states = pixel_values
+        b = pixel_values.shape[0]
+        layers = self.layers if last_stage is None else self.layers[: last_stage + 1]
+        for layer in layers:
+            tokens, attentions, height, width = layer(hidden_states, output_attentions)
+            hidden_states = tokens.reshape(b, height, width, -1).permute(0, 3, 1, 2).contiguous()
+            if output_attentions:  # one tuple per stage, one map per block, as transformers returns them
+                all_attentions += (attentions,)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return BaseModelOutput(hidden_states, all_hidden_states, all_attentions)
+
+
+class PvtV2PreTrainedModel(nn.Module):
+    """Weights initialisation, checkpoint I/O and the ``fast`` switch shared by the PVTv2 models."""
+
+    base_model_prefix = "pvt_v2"
+    main_input_name = "pixel_values"
+    config_class = PvtV2Config
+
+    def __init__(self, config: PvtV2Config) -> None:
+        super().__init__()
+        if not isinstance(config, PvtV2Config):
+            raise TypeError(f"config must be a PvtV2Config, got {type(config).__name__}")
+        self.config = config
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' / timm's initialisation: truncated normal linears, fan-out normal convs."""
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def post_init(self, fast: bool = False) -> None:
+        self.apply(self._init_weights)
+        self.set_fast(fast)
+
+    # ------------------------------------------------------------------ fast switch
+    @property
+    def fast(self) -> bool:
+        return any(getattr(m, "fast", False) for m in self.modules() if isinstance(m, (SpatialReductionAttention, ConvFeedForward)))
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self.set_fast(value)
+
+    def set_fast(self, enabled: bool = True) -> "PvtV2PreTrainedModel":
+        """Route attention, Linear-SRA pooling and dwconv+GELU through the fused ops (same weights, same outputs).
+
+        Cases the fused kernels do not support (device, dtype, shape) fall back to the reference with a one-time
+        warning that says why.
+        """
+        for module in self.modules():
+            if isinstance(module, (SpatialReductionAttention, ConvFeedForward)):
+                module.fast = bool(enabled)
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load a transformers folder/hub id, or a timm / original PVTv2 checkpoint file (see
+        :func:`pvtv2_fast.checkpoint.from_pretrained` for the options: ``config``, ``format``, ``fast``,
+        ``ignore_mismatched_sizes``, ``dtype``, ``device`` and config overrides)."""
+        from .checkpoint import from_pretrained
+
+        return from_pretrained(cls, path_or_id, *args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: Optional[int] = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (transformers format)."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+
+    def load_checkpoint(self, path_or_state_dict: Any, *, format: str = "auto", strict: bool = True):
+        """Load weights into this model after checking every key and shape (nothing is copied on a mismatch)."""
+        from .checkpoint import load_into
+
+        return load_into(self, path_or_state_dict, format=format, strict=strict)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _resolve(self, value: Optional[bool], name: str) -> bool:
+        return getattr(self.config, name) if value is None else value
+
+
+class PvtV2Model(PvtV2PreTrainedModel):
+    """The PVTv2 hierarchical encoder (the MiT encoder of Segformer): ``(B, C, H, W)`` → ``(B, C_4, H/32, W/32)``."""
+
+    def __init__(self, config: PvtV2Config, fast: bool = False) -> None:
+        super().__init__(config)
+        self.encoder = PvtV2Encoder(config)
+        self.post_init(fast)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> BaseModelOutput | Tuple:
+        check_pixel_values(pixel_values, self.config)
+        out = self.encoder(
+            pixel_values,
+            self._resolve(output_attentions, "output_attentions"),
+            self._resolve(output_hidden_states, "output_hidden_states"),
+        )
+        return out if self._resolve(return_dict, "return_dict") else out.to_tuple()
+
+
+class PvtV2ForImageClassification(PvtV2PreTrainedModel):
+    """Encoder, global average pool of the last stage, linear classifier. ``logits: (B, num_labels)``."""
+
+    def __init__(self, config: PvtV2Config, fast: bool = False) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pvt_v2 = PvtV2Model(config)
+        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init(fast)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> ImageClassifierOutput | Tuple:
+        outputs = self.pvt_v2(pixel_values, output_attentions, output_hidden_states, return_dict=True)
+        pooled = outputs.last_hidden_state.mean(dim=(2, 3))
+        logits = self.classifier(pooled)
+        loss = self.loss(logits, labels) if labels is not None else None
+        out = ImageClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return out if self._resolve(return_dict, "return_dict") else out.to_tuple()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """transformers' rule: regression for one label, cross-entropy for integer labels, else BCE."""
+        config = self.config
+        labels = labels.to(logits.device)
+        problem = config.problem_type
+        if problem is None:
+            if self.num_labels == 1:
+                problem = "regression"
+            elif self.num_labels > 1 and labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if problem == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class PvtV2Backbone(PvtV2Model):
+    """Multi-scale feature maps for dense prediction: ``feature_maps[i]: (B, C_i, H_i, W_i)`` for ``out_features``.
+
+    Stages after the last requested one are not computed.
+    """
+
+    def __init__(self, config: PvtV2Config, fast: bool = False) -> None:
+        super().__init__(config, fast)
+        self.num_features = list(config.hidden_sizes)
+
+    @property
+    def out_features(self):
+        return self.config.out_features
+
+    @property
+    def out_indices(self):
+        return self.config.out_indices
+
+    @property
+    def channels(self):
+        return [self.config.hidden_sizes[i] for i in self.config.out_indices]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> BackboneOutput | Tuple:
+        check_pixel_values(pixel_values, self.config)
+        output_hidden_states = self._resolve(output_hidden_states, "output_hidden_states")
+        indices = self.config.out_indices
+        out = self.encoder(
+            pixel_values,
+            self._resolve(output_attentions, "output_attentions"),
+            output_hidden_states=True,
+            last_stage=None if output_hidden_states else max(indices),
+        )
+        feature_maps = tuple(out.hidden_states[i] for i in indices)
+        result = BackboneOutput(feature_maps, out.hidden_states if output_hidden_states else None, out.attentions)
+        return result if self._resolve(return_dict, "return_dict") else result.to_tuple()

@@ -1,0 +1,17 @@
+"""Reference building blocks of PVTv2 (pure PyTorch). Attribute names follow transformers' so state dicts match."""
+
+from .activations import get_activation
+from .attention import SpatialReductionAttention
+from .block import DropPath, PvtV2Block
+from .ffn import ConvFeedForward, DepthwiseConv
+from .patch_embed import OverlapPatchEmbed
+
+__all__ = [
+    "ConvFeedForward",
+    "DepthwiseConv",
+    "DropPath",
+    "OverlapPatchEmbed",
+    "PvtV2Block",
+    "SpatialReductionAttention",
+    "get_activation",
+]

@@ -1,0 +1,74 @@
+"""Input checks: bad input gets a clear error, never a wrong answer."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import List, Tuple
+
+import torch
+
+from .config import PvtV2Config
+
+
+def stage_sizes(config: PvtV2Config, height: int, width: int) -> List[Tuple[int, int]]:
+    """Token-map size (H_i, W_i) of every stage for an input of ``height``×``width`` pixels."""
+    sizes = []
+    for k, s in zip(config.patch_sizes, config.strides):
+        p = k // 2
+        height, width = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
+        sizes.append((height, width))
+    return sizes
+
+
+def _fits(config: PvtV2Config, size: int) -> bool:
+    for (h, _), sr in zip(stage_sizes(config, size, size), config.sr_ratios):
+        if h < 1 or (not config.linear_attention and h < sr):
+            return False
+    return True
+
+
+@lru_cache(maxsize=64)
+def _min_size(key: tuple) -> int:
+    patch_sizes, strides, sr_ratios, linear = key
+    cfg = PvtV2Config(
+        num_encoder_blocks=len(strides), patch_sizes=list(patch_sizes), strides=list(strides),
+        sr_ratios=list(sr_ratios), linear_attention=linear, depths=[1] * len(strides),
+        hidden_sizes=[1] * len(strides), num_attention_heads=[1] * len(strides), mlp_ratios=[1] * len(strides),
+    )
+    size = 1
+    while not _fits(cfg, size):  # monotone in size, and stage sizes grow with it: terminates
+        size += 1
+    return size
+
+
+def min_input_size(config: PvtV2Config) -> int:
+    """Smallest height (and width) every stage can process: each strided SR conv needs H_i, W_i ≥ sr_ratio."""
+    return _min_size((tuple(config.patch_sizes), tuple(config.strides), tuple(config.sr_ratios),
+                      bool(config.linear_attention)))
+
+
+def check_pixel_values(pixel_values: object, config: PvtV2Config) -> None:
+    expected = f"a float tensor (B, {config.num_channels}, H, W)"
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be {expected}, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must be {expected}; got a tensor of rank {pixel_values.ndim} with shape "
+            f"{tuple(pixel_values.shape)}" + (" (add a batch dimension with .unsqueeze(0))" if pixel_values.ndim == 3 else "")
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be {expected}; got dtype {pixel_values.dtype}. Convert images with "
+            f"PvtV2ImageProcessor (or .float() / 255 and normalise)"
+        )
+    b, c, h, w = pixel_values.shape
+    if c != config.num_channels:
+        raise ValueError(f"pixel_values must be {expected}; got {c} channels (shape {tuple(pixel_values.shape)})")
+    if b == 0:
+        raise ValueError("pixel_values has batch size 0")
+    minimum = min_input_size(config)
+    if h < minimum or w < minimum:
+        raise ValueError(
+            f"input image {h}×{w} is too small: this PVTv2 config needs at least {minimum}×{minimum} pixels "
+            f"(stage maps must be at least sr_ratios={config.sr_ratios} tokens on each side)"
+        )

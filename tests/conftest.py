@@ -1,0 +1,51 @@
+"""Shared fixtures. Triton kernels run under the interpreter unless a CUDA GPU is present; TRITON_INTERPRET is read
+when ``@triton.jit`` runs, so it is set here, before any test imports the kernel modules."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from pvtv2_fast import PvtV2Config  # noqa: E402
+
+# Presets cheap enough for parity tests on a 2-core CPU; bigger ones share the code paths (only depths differ).
+PARITY_PRESETS = ["b0", "b1", "b2_linear"]
+# (height, width) pairs: the hub size, an odd non-square size, and a size below 224 with partial SR windows.
+PARITY_SIZES = [(224, 224), (97, 131), (61, 45)]
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values in every parameter, LayerNorm affine included (the default init of ones/zeros would hide
+    a swapped or missing LayerNorm)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.ndim == 1 and ("norm" in name) and name.endswith("weight"):
+            p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def hf_config(config: PvtV2Config, **overrides):
+    """The transformers PvtV2Config equal to ours."""
+    import transformers
+
+    data = {k: v for k, v in config.to_dict().items() if k not in ("stage_names", "model_type")}
+    data.pop("patch_embed_layer_norm_eps", None)
+    data.pop("spatial_reduction_layer_norm_eps", None)
+    data.update(overrides)
+    return transformers.PvtV2Config(**data)
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
