@@ -1,0 +1,51 @@
+"""``linear_sra_pool(x, height, width)``: adaptive average pooling of tokens to P×P (Linear SRA's key source)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._dispatch import choose, register_recompute_autograd
+
+
+def _check(x: Tensor, height: int, width: int, pool_size: int) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ValueError(f"linear_sra_pool: x must be (B, N, C) tokens, got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"linear_sra_pool: x must be floating point, got {x.dtype}")
+    if height < 1 or width < 1 or x.shape[1] != height * width:
+        raise ValueError(f"linear_sra_pool: {x.shape[1]} tokens are not a {height}×{width} map")
+    if pool_size < 1:
+        raise ValueError(f"linear_sra_pool: pool_size must be >= 1, got {pool_size}")
+
+
+def linear_sra_pool_reference(x: Tensor, height: int, width: int, pool_size: int) -> Tensor:
+    b, n, c = x.shape
+    grid = x.transpose(1, 2).reshape(b, c, height, width)
+    return F.adaptive_avg_pool2d(grid, pool_size).flatten(2).transpose(1, 2)
+
+
+@torch.library.custom_op("pvtv2_fast::linear_sra_pool_triton", mutates_args=())
+def linear_sra_pool_triton(x: Tensor, height: int, width: int, pool_size: int) -> Tensor:
+    from ..kernels.linear_sra_pool import linear_sra_pool_fwd
+
+    return linear_sra_pool_fwd(x, height, width, pool_size)
+
+
+@linear_sra_pool_triton.register_fake
+def _(x, height, width, pool_size):
+    return x.new_empty((x.shape[0], pool_size * pool_size, x.shape[2]))
+
+
+register_recompute_autograd(linear_sra_pool_triton, linear_sra_pool_reference, 1, 3)
+
+
+def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = 7, backend: str = "auto") -> Tensor:
+    """x: ``(B, N, C)`` tokens of an H×W map → ``(B, P·P, C)``, the bins of ``nn.AdaptiveAvgPool2d(P)``
+    (any H, W, including H or W < P), without an NCHW copy."""
+    _check(x, height, width, pool_size)
+    if choose("linear_sra_pool", backend, (x,)) == "triton":
+        return linear_sra_pool_triton(x, height, width, pool_size)
+    return linear_sra_pool_reference(x, height, width, pool_size)
