@@ -20,7 +20,8 @@ from bench.candidates import build
 from bench.harness import (RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess,
                            time_interleaved)
 
-DEFAULT_IMPLS = ["reference", "fast", "transformers", "timm"]
+# On CPU, fast=True has no fused kernels yet (Triton needs CUDA) and would repeat the reference row.
+DEFAULT_IMPLS = ["reference", "transformers", "timm"] + (["fast"] if torch.cuda.is_available() else [])
 
 
 def run(presets, sizes, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1):

@@ -53,3 +53,20 @@ class BackboneOutput(ModelOutput):
     feature_maps: Tuple[torch.Tensor, ...] = None
     hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
     attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+def _register_pytree(cls) -> None:
+    """So torch.export / torch.compile can return these outputs (transformers registers its ModelOutput alike)."""
+    import torch.utils._pytree as pytree
+
+    names = [f.name for f in fields(cls)]
+    pytree.register_pytree_node(
+        cls,
+        lambda out: ([getattr(out, n) for n in names], names),
+        lambda values, context: cls(**dict(zip(context, values))),
+        serialized_type_name=f"pvtv2_fast.{cls.__name__}",
+    )
+
+
+for _cls in (BaseModelOutput, ImageClassifierOutput, BackboneOutput):
+    _register_pytree(_cls)
