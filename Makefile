@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (cat requirements-dev.txt setup.py; echo $(CURDIR)) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-interpret bench bench-micro gpu-check info clean
+.PHONY: venv test bench bench-micro gpu-check sanitize aot-report info clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,18 @@ bench-micro: venv
 # On a machine with a CUDA GPU: GPU parity tests + GPU benchmarks, report under bench/results/.
 gpu-check: venv
 	$(PY) -m bench.gpu_check
+
+# The CPU kernels built with AddressSanitizer (build/asan, the normal build is untouched), then the C++ op tests.
+# libstdc++ is preloaded too: ASan intercepts __cxa_throw, which python itself does not link.
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)
+sanitize: venv
+	PVTV2_FAST_SANITIZE=address PVTV2_FAST_CUDA=0 $(PY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan-tmp --force
+	PVTV2_FAST_EXT=$$(ls build/asan/pvtv2_fast/_C*.so) LD_PRELOAD="$(ASAN_LIB)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_ops_cpp.py -k "not opcheck"
+
+# Every Triton kernel variant compiled for sm_80/sm_90, with its resource use (no GPU needed).
+aot-report: venv
+	$(PY) -m pvtv2_fast.kernels.aot --arch 80 90 --out bench/results/triton_compile.md
 
 info: venv
 	$(PY) -m pvtv2_fast info

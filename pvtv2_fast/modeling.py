@@ -86,6 +86,8 @@ class PvtV2Encoder(nn.Module):
             PvtV2Stage(config, i, rates[starts[i]: starts[i] + config.depths[i]])
             for i in range(config.num_encoder_blocks)
         )
+        # fast mode: stage maps stay channels-last views of the tokens (same shape and values, no copy).
+        self.channels_last_maps = False
 
     def forward(
         self,
@@ -101,7 +103,9 @@ class PvtV2Encoder(nn.Module):
         layers = self.layers if last_stage is None else self.layers[: last_stage + 1]
         for layer in layers:
             tokens, attentions, height, width = layer(hidden_states, output_attentions)
-            hidden_states = tokens.reshape(b, height, width, -1).permute(0, 3, 1, 2).contiguous()
+            hidden_states = tokens.reshape(b, height, width, -1).permute(0, 3, 1, 2)
+            if not self.channels_last_maps:
+                hidden_states = hidden_states.contiguous()
             if output_attentions:  # one tuple per stage, one map per block, as transformers returns them
                 all_attentions += (attentions,)
             if output_hidden_states:
@@ -152,15 +156,27 @@ class PvtV2PreTrainedModel(nn.Module):
     def fast(self, value: bool) -> None:
         self.set_fast(value)
 
-    def set_fast(self, enabled: bool = True) -> "PvtV2PreTrainedModel":
+    def set_fast(self, enabled: bool = True, backend: str = "auto") -> "PvtV2PreTrainedModel":
         """Route attention, Linear-SRA pooling and dwconv+GELU through the fused ops (same weights, same outputs).
 
-        Cases the fused kernels do not support (device, dtype, shape) fall back to the reference with a one-time
-        warning that says why.
+        ``backend``: ``"auto"`` (per op and device: C++ on CPU, Triton on CUDA), or force ``"triton"``, ``"cpu"``
+        (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels; attention in Triton) or
+        ``"torch"``. Stage maps (``hidden_states``, ``feature_maps``) then come back as channels-last views of the
+        tokens: the same shapes and values, without the layout copies. Under ``"auto"``, cases the fused kernels do not support (device, dtype, shape) fall back to the
+        reference with a one-time warning that says why; a forced backend that cannot run raises.
         """
+        from .ops import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         for module in self.modules():
             if isinstance(module, (SpatialReductionAttention, ConvFeedForward)):
                 module.fast = bool(enabled)
+                module.backend = backend
+            elif isinstance(module, OverlapPatchEmbed):
+                module.fast = bool(enabled)
+            elif isinstance(module, PvtV2Encoder):
+                module.channels_last_maps = bool(enabled)
         return self
 
     # ------------------------------------------------------------------ checkpoints

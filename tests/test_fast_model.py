@@ -1,4 +1,5 @@
-"""``fast=True``: same parameters, same state dict, same outputs as the reference (kernels interpreted on CPU)."""
+"""``fast=True`` with the Triton kernels (interpreted on CPU, compiled on CUDA): same parameters, same state dict,
+same outputs as the reference. The C++ backend's model tests are in test_ops_cpp.py."""
 
 import warnings
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, ops
+from pvtv2_fast import _ext
 from pvtv2_fast.ops import FallbackWarning, _dispatch
 from conftest import randomize_
 
@@ -27,7 +29,7 @@ def test_fast_matches_reference(preset, overrides):
     x = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     with torch.no_grad():
         ref = model(x, output_hidden_states=True)
-        model.set_fast(True)
+        model.set_fast(True, backend="triton")
         fast = model(x, output_hidden_states=True)
         model.set_fast(False)
     torch.testing.assert_close(fast.logits, ref.logits, atol=1e-5, rtol=1e-5)
@@ -61,25 +63,27 @@ def test_attention_maps_still_available_in_fast_mode():
     x = torch.randn(1, 3, *SIZE).to(DEVICE)
     with torch.no_grad():
         ref = model(x, output_attentions=True).attentions
-        model.set_fast(True)
+        model.set_fast(True, backend="triton")
         fast = model(x, output_attentions=True).attentions
     for a, b in zip(ref, fast):
         for u, v in zip(a, b):
             torch.testing.assert_close(u, v)
 
 
-def test_cpu_without_interpreter_falls_back_with_one_warning(monkeypatch):
-    """Compiled (non-interpreted) Triton kernels need CUDA tensors: the fast model warns once and stays exact."""
+def test_cpu_without_kernels_falls_back_with_one_warning(monkeypatch):
+    """No C++ extension and compiled (non-interpreted) Triton kernels, which need CUDA tensors: the fast model warns
+    once per op that loses its kernel (dwconv; attention on CPU is SDPA by design) and stays exact."""
     monkeypatch.setattr(_dispatch, "_status", (True, False, ""))
+    monkeypatch.setattr(_ext, "_loaded", False)
     ops.reset_warnings()
     model = _model("b0").cpu()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x).logits
         model.set_fast(True)
-        with pytest.warns(FallbackWarning, match="need CUDA tensors") as record:
+        with pytest.warns(FallbackWarning, match="C\+\+ extension pvtv2_fast._C is not built") as record:
             fast = model(x).logits
-        assert len({str(w.message) for w in record}) == 2  # once per op (attention, dwconv: b0 has no pool)
+        assert [str(w.message).split(":")[0] for w in record] == ["pvtv2_fast.ops.dwconv_gelu"]
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             model(x)
@@ -89,7 +93,7 @@ def test_cpu_without_interpreter_falls_back_with_one_warning(monkeypatch):
 
 
 def test_fast_model_compiles_without_graph_breaks():
-    model = _model("b0").set_fast(True)
+    model = _model("b0").set_fast(True, backend="triton")
     x = torch.randn(1, 3, *SIZE).to(DEVICE)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
@@ -97,7 +101,7 @@ def test_fast_model_compiles_without_graph_breaks():
 
 
 def test_fast_model_exports():
-    model = _model("b0").set_fast(True)
+    model = _model("b0").set_fast(True, backend="triton")
     x = torch.randn(1, 3, *SIZE).to(DEVICE)
     exported = torch.export.export(model, (x,))
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
@@ -114,7 +118,7 @@ def test_training_through_fast_model_matches_reference_gradients():
     model(x, labels=labels).loss.backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.set_fast(True)
+    model.set_fast(True, backend="triton")
     model(x, labels=labels).loss.backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")

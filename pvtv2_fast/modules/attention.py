@@ -45,6 +45,7 @@ class SpatialReductionAttention(nn.Module):
         self.linear_attention = linear_attention
         self.pool_size = pool_size
         self.fast = False
+        self.backend = "auto"  # for the fused ops; see PvtV2PreTrainedModel.set_fast
 
         self.query = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
         self.key = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
@@ -74,7 +75,7 @@ class SpatialReductionAttention(nn.Module):
             if fast:
                 from .. import ops
 
-                pooled = ops.linear_sra_pool(hidden_states, height, width, self.pool_size)
+                pooled = ops.linear_sra_pool(hidden_states, height, width, self.pool_size, backend=self.backend)
                 # The 1×1 conv on pooled tokens is a linear layer on them: no NCHW round trip.
                 reduced = F.linear(pooled, self.spatial_reduction.weight.view(c, c), self.spatial_reduction.bias)
             else:
@@ -82,8 +83,14 @@ class SpatialReductionAttention(nn.Module):
                 reduced = self.spatial_reduction(self.pool(grid)).reshape(b, c, -1).transpose(1, 2)
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
-            grid = hidden_states.transpose(1, 2).reshape(b, c, height, width)
-            reduced = self.spatial_reduction(grid).reshape(b, c, -1).transpose(1, 2)
+            if fast:
+                # Tokens viewed as a channels-last NCHW map (no copy); the strided conv then writes channels-last
+                # memory, i.e. (B, M, C) tokens, again without a copy.
+                grid = hidden_states.view(b, height, width, c).permute(0, 3, 1, 2)
+                reduced = self.spatial_reduction(grid).flatten(2).transpose(1, 2)
+            else:
+                grid = hidden_states.transpose(1, 2).reshape(b, c, height, width)
+                reduced = self.spatial_reduction(grid).reshape(b, c, -1).transpose(1, 2)
             return self.layer_norm(reduced)
         return hidden_states
 
@@ -121,5 +128,7 @@ class SpatialReductionAttention(nn.Module):
         kv_weight = torch.cat([self.key.weight, self.value.weight])
         kv_bias = None if self.key.bias is None else torch.cat([self.key.bias, self.value.bias])
         kv = F.linear(reduced, kv_weight, kv_bias)
-        context = ops.sra_attention(query, kv[..., :c], kv[..., c:], self.num_attention_heads)
+        # No C++/CUDA C++ attention kernel: "cpu" means PyTorch's SDPA, "cuda" means Triton.
+        backend = {"cpu": "torch", "cuda": "auto"}.get(self.backend, self.backend)
+        context = ops.sra_attention(query, kv[..., :c], kv[..., c:], self.num_attention_heads, backend=backend)
         return self.proj_drop(self.proj(context))

@@ -42,6 +42,7 @@ class ConvFeedForward(nn.Module):
         self.relu = nn.ReLU() if extra_relu else nn.Identity()
         self.extra_relu = extra_relu
         self.fast = False
+        self.backend = "auto"  # for the fused op; see PvtV2PreTrainedModel.set_fast
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         hidden_states = self.dense1(hidden_states)
@@ -50,7 +51,7 @@ class ConvFeedForward(nn.Module):
 
             conv = self.dwconv.dwconv
             hidden_states = ops.dwconv_gelu(
-                hidden_states, conv.weight, conv.bias, height, width, relu_input=self.extra_relu
+                hidden_states, conv.weight, conv.bias, height, width, relu_input=self.extra_relu, backend=self.backend
             )
         else:
             hidden_states = self.relu(hidden_states)

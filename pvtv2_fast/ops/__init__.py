@@ -1,4 +1,4 @@
-"""Functional ops of PVTv2 with a ``backend=`` choice (``"auto" | "triton" | "torch"``).
+"""Functional ops of PVTv2 with a ``backend=`` choice (``"auto" | "triton" | "cpu" | "cuda" | "torch"``).
 
 Each op is registered with ``torch.library`` (custom op + fake implementation + autograd), so ``torch.compile``
 and ``torch.export`` see one opaque node per fused call. See :mod:`pvtv2_fast.ops._dispatch` for the rules.

@@ -1,21 +1,26 @@
-"""Backend choice shared by the ops: ``"auto" | "triton" | "torch"``.
+"""Backend choice shared by the ops: ``"auto" | "triton" | "cpu" | "cuda" | "torch"``.
 
 * ``"torch"``: the reference composition of PyTorch ops (always available, differentiable, compiles natively).
-* ``"triton"``: the fused Triton kernel, run as a ``torch.library`` custom op. Compiled for CUDA tensors; on CPU
-  tensors only when the kernels were imported under the Triton interpreter (``TRITON_INTERPRET=1``).
-* ``"auto"``: Triton where it supports the input, else the reference with a one-time warning saying why.
+* ``"triton"``: the fused Triton kernel as a ``torch.library`` custom op. Compiled for CUDA tensors; on CPU tensors
+  only when the kernels were imported under the Triton interpreter (``TRITON_INTERPRET=1``).
+* ``"cpu"`` / ``"cuda"``: the C++ / CUDA C++ kernels of the extension ``pvtv2_fast._C`` (ops that have them).
+* ``"auto"``: CPU tensors → the C++ kernel, else Triton when interpreted, else the reference; attention on CPU
+  is PyTorch's SDPA by design (no C++ kernel beats it yet). CUDA tensors → Triton, else CUDA C++, else the
+  reference. A fallback that loses a fused kernel warns once, saying why.
 
-An explicit ``backend="triton"`` that cannot run raises ``NotImplementedError`` instead of falling back.
+An explicit backend that cannot run raises ``NotImplementedError`` instead of falling back.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+from .. import _ext
+
+BACKENDS = ("auto", "triton", "cpu", "cuda", "torch")
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -56,6 +61,12 @@ def triton_status() -> tuple:
     return _status
 
 
+def _dtype_reason(t: torch.Tensor, what: str) -> Optional[str]:
+    if t.dtype not in FUSED_DTYPES:
+        return f"dtype {t.dtype} is not supported by the {what} kernels (float32, float16, bfloat16 are)"
+    return None
+
+
 def triton_unsupported_reason(tensors: Sequence[torch.Tensor], extra: Optional[str] = None) -> Optional[str]:
     """Why the Triton kernels cannot take these tensors, or None when they can."""
     ok, interpreted, why = triton_status()
@@ -70,29 +81,55 @@ def triton_unsupported_reason(tensors: Sequence[torch.Tensor], extra: Optional[s
             return "fused Triton kernels need CUDA tensors (on CPU they run only under TRITON_INTERPRET=1)"
     else:
         return f"device {t.device.type!r} is not supported by the Triton kernels"
-    if t.dtype not in FUSED_DTYPES:
-        return f"dtype {t.dtype} is not supported by the Triton kernels (float32, float16, bfloat16 are)"
-    return extra
+    return _dtype_reason(t, "Triton") or extra
 
 
-def choose(op: str, backend: str, tensors: Sequence[torch.Tensor], extra_reason: Optional[str] = None) -> str:
-    """Resolve ``backend`` for one call of ``op``."""
+def native_unsupported_reason(op: Optional[str], backend: str, tensors: Sequence[torch.Tensor]) -> Optional[str]:
+    """Why the extension's ``backend`` ("cpu" / "cuda") kernel of ``op`` cannot take these tensors."""
+    if op is None:
+        return f"no {backend} kernel exists for this op"
+    t = tensors[0]
+    if t.device.type != backend:
+        return f"the {backend} kernel needs {backend} tensors, got {t.device.type}"
+    if not _ext.available():
+        return _ext.unavailable_reason()
+    if not _ext.has_kernel(op, backend):
+        return f"pvtv2_fast._C was built without {backend.upper()} kernels"
+    return _dtype_reason(t, backend.upper())
+
+
+def choose(op: str, backend: str, tensors: Sequence[torch.Tensor], triton_extra: Optional[str] = None,
+           native_op: Optional[str] = None) -> str:
+    """Resolve ``backend`` for one call of ``op``; ``native_op`` names its kernel in the extension, if any."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
-    reason = triton_unsupported_reason(tensors, extra_reason)
-    if reason is None:
-        return "triton"
-    if backend == "triton":
-        raise NotImplementedError(f"{op}: backend='triton' cannot run this input: {reason}")
-    warn_once(f"{op}:{reason}", f"pvtv2_fast.ops.{op}: using the PyTorch reference because {reason}")
+    if backend != "auto":
+        reason = (triton_unsupported_reason(tensors, triton_extra) if backend == "triton"
+                  else native_unsupported_reason(native_op, backend, tensors))
+        if reason is not None:
+            raise NotImplementedError(f"{op}: backend={backend!r} cannot run this input: {reason}")
+        return backend
+    device = tensors[0].device.type
+    order = ["cpu", "triton"] if device == "cpu" else ["triton", "cuda"]
+    reasons = []
+    for candidate in order:
+        reason = (triton_unsupported_reason(tensors, triton_extra) if candidate == "triton"
+                  else native_unsupported_reason(native_op, candidate, tensors))
+        if reason is None:
+            return candidate
+        reasons.append(reason)
+    if device == "cpu" and op == "sra_attention" and _dtype_reason(tensors[0], "") is None:
+        return "torch"  # PyTorch's SDPA is the CPU attention kernel: a choice, not a fallback
+    warn_once(f"{op}:{reasons[0]}", f"pvtv2_fast.ops.{op}: using the PyTorch reference because {reasons[0]}")
     return "torch"
 
 
-def register_recompute_autograd(op, reference: Callable, n_tensors: int, n_rest: int) -> None:
-    """Give a fused forward ``op`` a backward that recomputes the reference composition under autograd (the fused
-    kernels are forward-only; training through them stays exact). The first ``n_tensors`` inputs are tensors."""
+def register_recompute_autograd(op, reference, n_tensors: int, n_rest: int) -> None:
+    """Give a fused forward ``op`` (a custom op or a qualified name) a backward that recomputes the reference
+    composition under autograd: the fused kernels are forward-only, and training through them stays exact.
+    The first ``n_tensors`` inputs are tensors (or None)."""
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:n_tensors])
@@ -100,13 +137,13 @@ def register_recompute_autograd(op, reference: Callable, n_tensors: int, n_rest:
 
     def backward(ctx, grad):
         saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:n_tensors]
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() if t is not None else None for t in saved]
             out = reference(*leaves, *ctx.rest)
-            wanted = [t for t, need in zip(leaves, ctx.needs_input_grad[:n_tensors]) if need and t is not None]
+            wanted = [t for t, need in zip(leaves, needs) if need and t is not None]
             grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else ())
-        result = [next(grads) if need and t is not None else None
-                  for t, need in zip(leaves, ctx.needs_input_grad[:n_tensors])]
+        result = [next(grads) if need and t is not None else None for t, need in zip(leaves, needs)]
         return (*result, *([None] * n_rest))
 
-    op.register_autograd(backward, setup_context=setup_context)
+    torch.library.register_autograd(op, backward, setup_context=setup_context)

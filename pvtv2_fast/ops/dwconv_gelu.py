@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _ext
 from ._dispatch import choose, register_recompute_autograd
 
 
@@ -54,6 +55,8 @@ def _(x, weight, bias, height, width, relu_input):
 
 
 register_recompute_autograd(dwconv_gelu_triton, dwconv_gelu_reference, 3, 3)
+if _ext.available():
+    register_recompute_autograd("pvtv2_fast_C::dwconv_gelu", dwconv_gelu_reference, 3, 3)
 
 
 def dwconv_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int,
@@ -64,6 +67,9 @@ def dwconv_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, 
     kernel reads and writes the tensor once, with no NCHW round trip.
     """
     _check(x, weight, bias, height, width)
-    if choose("dwconv_gelu", backend, (x,)) == "triton":
+    chosen = choose("dwconv_gelu", backend, (x,), native_op="dwconv_gelu")
+    if chosen == "triton":
         return dwconv_gelu_triton(x, weight, bias, height, width, relu_input)
+    if chosen in ("cpu", "cuda"):
+        return torch.ops.pvtv2_fast_C.dwconv_gelu(x, weight, bias, height, width, relu_input)
     return dwconv_gelu_reference(x, weight, bias, height, width, relu_input)

@@ -1,0 +1,113 @@
+// CPU kernels on the (B, N, C) token layout, written once over a vector policy `V` and compiled per ISA:
+// kernels_default.cpp (ScalarOps, 1 lane) and kernels_avx2.cpp (Avx2Ops, 8 lanes of AVX2 + FMA intrinsics).
+// Each translation unit defines PVT_ISA first, so every copy lives in its own namespace (no ODR clash between
+// ISAs); ops.cpp picks one at run time.
+//
+// A policy V provides: kWidth, type `reg`, load(const float*), store(float*, reg), set1(float), zero(),
+// fmadd(a, b, c) = a·b + c, add, mul, relu, gelu (exact-form GELU through erf_poly's polynomial).
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "pvtv2/math.h"
+
+#ifndef PVT_ISA
+#error "define PVT_ISA before including kernels.h"
+#endif
+
+namespace pvtv2 {
+namespace cpu {
+namespace PVT_ISA {
+
+// erf without transcendental calls (so it vectorises): Abramowitz & Stegun 7.1.28, |error| <= 3e-7.
+// erf(x) = 1 - 1 / (1 + a1 z + ... + a6 z^6)^16 for z = |x|, sign restored.
+constexpr float kErfA[6] = {0.0705230784f, 0.0422820123f, 0.0092705272f, 0.0001520143f, 0.0002765672f, 0.0000430638f};
+
+static inline float erf_poly(float x) {
+  const float z = fminf(fabsf(x), 4.0f);  // erf(4) = 1 - 1.5e-8: 1 in fp32
+  float p = 1.0f + z * (kErfA[0] + z * (kErfA[1] + z * (kErfA[2] + z * (kErfA[3] + z * (kErfA[4] + z * kErfA[5])))));
+  p = p * p;
+  p = p * p;
+  p = p * p;
+  p = p * p;
+  return copysignf(1.0f - 1.0f / p, x);
+}
+
+static inline float gelu_scalar(float v) { return 0.5f * v * (1.0f + erf_poly(v * 0.70710678118654752f)); }
+
+struct ScalarOps {
+  static constexpr int kWidth = 1;
+  using reg = float;
+  static reg load(const float* p) { return *p; }
+  static void store(float* p, reg v) { *p = v; }
+  static reg zero() { return 0.0f; }
+  static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
+  static reg add(reg a, reg b) { return a + b; }
+  static reg mul(reg a, reg b) { return a * b; }
+  static reg set1(float v) { return v; }
+  static reg relu(reg a) { return fmaxf(a, 0.0f); }
+  static reg gelu(reg v) { return gelu_scalar(v); }
+};
+
+// One output row h of one image: y[w, c] = GELU(bias[c] + Σ_taps ReLU?(x[h+dh, w+dw, c]) · wt[tap, c]).
+// x, y: (H·W, C) contiguous floats of one image; wt: (9, C), tap-major. Channels advance V::kWidth at a time
+// with the accumulators in registers across all 9 taps; the C % kWidth tail runs scalar.
+template <typename V>
+static inline void dwconv_gelu_row_impl(const float* __restrict__ x, const float* __restrict__ wt,
+                                        const float* __restrict__ bias, float* __restrict__ y, int64_t h, int64_t H,
+                                        int64_t W, int64_t C, bool relu_input) {
+  const int64_t vec_end = C - C % V::kWidth;
+  for (int64_t w = 0; w < W; ++w) {
+    const TapRange r = tap_range(static_cast<int>(h), static_cast<int>(w), static_cast<int>(H), static_cast<int>(W));
+    const float* taps[9];
+    const float* kern[9];
+    int n = 0;
+    for (int dh = r.dh0; dh <= r.dh1; ++dh)
+      for (int dw = r.dw0; dw <= r.dw1; ++dw, ++n) {
+        taps[n] = x + ((h + dh) * W + (w + dw)) * C;
+        kern[n] = wt + ((dh + 1) * 3 + (dw + 1)) * C;
+      }
+    float* __restrict__ out = y + (h * W + w) * C;
+    for (int64_t c = 0; c < vec_end; c += V::kWidth) {
+      typename V::reg acc = bias ? V::load(bias + c) : V::zero();
+      for (int t = 0; t < n; ++t) {
+        typename V::reg v = V::load(taps[t] + c);
+        if (relu_input) v = V::relu(v);
+        acc = V::fmadd(v, V::load(kern[t] + c), acc);
+      }
+      V::store(out + c, V::gelu(acc));
+    }
+    for (int64_t c = vec_end; c < C; ++c) {
+      float acc = bias ? bias[c] : 0.0f;
+      for (int t = 0; t < n; ++t) acc += (relu_input ? fmaxf(taps[t][c], 0.0f) : taps[t][c]) * kern[t][c];
+      out[c] = gelu_scalar(acc);
+    }
+  }
+}
+
+// One output cell (i, j) of a P×P adaptive average pool of one image's (H·W, C) tokens; y: C floats.
+template <typename V>
+static inline void pool_cell_impl(const float* __restrict__ x, float* __restrict__ y, int64_t i, int64_t j, int64_t H,
+                                  int64_t W, int64_t C, int64_t P) {
+  const int h0 = adaptive_start(i, H, P), h1 = adaptive_end(i, H, P);
+  const int w0 = adaptive_start(j, W, P), w1 = adaptive_end(j, W, P);
+  const float scale = 1.0f / static_cast<float>((h1 - h0) * (w1 - w0));
+  const int64_t vec_end = C - C % V::kWidth;
+  for (int64_t c = 0; c < vec_end; c += V::kWidth) {
+    typename V::reg acc = V::zero();
+    for (int hh = h0; hh < h1; ++hh)
+      for (int ww = w0; ww < w1; ++ww) acc = V::add(acc, V::load(x + (hh * W + ww) * C + c));
+    V::store(y + c, V::mul(acc, V::set1(scale)));
+  }
+  for (int64_t c = vec_end; c < C; ++c) {
+    float acc = 0.0f;
+    for (int hh = h0; hh < h1; ++hh)
+      for (int ww = w0; ww < w1; ++ww) acc += x[(hh * W + ww) * C + c];
+    y[c] = acc * scale;
+  }
+}
+
+}  // namespace PVT_ISA
+}  // namespace cpu
+}  // namespace pvtv2

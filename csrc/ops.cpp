@@ -1,0 +1,126 @@
+// Operator schemas and the CPU / Meta kernels of pvtv2_fast's C++ extension (namespace pvtv2_fast_C).
+// CUDA kernels are registered in cuda/ops_cuda.cpp when the extension is built with CUDA.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <Python.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "pvtv2/math.h"
+
+namespace pvtv2 {
+namespace cpu {
+void dwconv_gelu_row_default(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, bool);
+void pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+#if defined(__x86_64__) || defined(_M_X64)
+void dwconv_gelu_row_avx2(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, bool);
+void pool_cell_avx2(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+#endif
+
+static bool has_avx2() {
+#if defined(__x86_64__) || defined(_M_X64)
+  // PVTV2_FAST_CPU_ISA=default forces the portable path (so tests cover it on AVX2 machines too).
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         !(std::getenv("PVTV2_FAST_CPU_ISA") && std::string(std::getenv("PVTV2_FAST_CPU_ISA")) == "default");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+std::string isa() { return has_avx2() ? "avx2" : "default"; }
+}  // namespace cpu
+
+static void check_tokens(const at::Tensor& x, int64_t height, int64_t width, const char* op) {
+  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, N, C) tokens, got ", x.sizes());
+  TORCH_CHECK(height >= 1 && width >= 1 && x.size(1) == height * width, op, ": ", x.size(1),
+              " tokens are not a ", height, "x", width, " map");
+}
+
+// ------------------------------------------------------------------------------------------ dwconv + GELU
+at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           int64_t height, int64_t width, bool relu_input) {
+  check_tokens(x_in, height, width, "dwconv_gelu");
+  const int64_t B = x_in.size(0), C = x_in.size(2);
+  TORCH_CHECK(weight.sizes() == at::IntArrayRef({C, 1, 3, 3}), "dwconv_gelu: weight must be (", C, ", 1, 3, 3), got ",
+              weight.sizes());
+  TORCH_CHECK(!bias.has_value() || bias->sizes() == at::IntArrayRef({C}), "dwconv_gelu: bias must be (", C, ",)");
+  const auto dtype = x_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "dwconv_gelu: CPU kernel supports float32, bfloat16 and float16, got ", dtype);
+  // fp32 is the fast path; half types are computed in fp32 and rounded once at the end.
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor wt = weight.to(at::kFloat).reshape({C, 9}).t().contiguous();  // (9, C): contiguous per tap
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor y = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = wt.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t N = height * width;
+  auto row = cpu::has_avx2() ? cpu::dwconv_gelu_row_avx2 : cpu::dwconv_gelu_row_default;
+  at::parallel_for(0, B * height, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t bi = r / height, h = r % height;
+      row(xp + bi * N * C, wp, bp, yp + bi * N * C, h, height, width, C, relu_input);
+    }
+  });
+  return dtype == at::kFloat ? y : y.to(dtype);
+}
+
+// ------------------------------------------------------------------------------------------ adaptive pool
+at::Tensor adaptive_pool_tokens_cpu(const at::Tensor& x_in, int64_t height, int64_t width, int64_t pool_size) {
+  check_tokens(x_in, height, width, "adaptive_pool_tokens");
+  TORCH_CHECK(pool_size >= 1, "adaptive_pool_tokens: pool_size must be >= 1");
+  const auto dtype = x_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "adaptive_pool_tokens: CPU kernel supports float32, bfloat16 and float16, got ", dtype);
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const int64_t B = x.size(0), C = x.size(2), N = height * width, P = pool_size;
+  at::Tensor y = at::empty({B, P * P, C}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  auto cell = cpu::has_avx2() ? cpu::pool_cell_avx2 : cpu::pool_cell_default;
+  at::parallel_for(0, B * P * P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t bi = k / (P * P), ij = k % (P * P);
+      cell(xp + bi * N * C, yp + k * C, ij / P, ij % P, height, width, C, P);
+    }
+  });
+  return dtype == at::kFloat ? y : y.to(dtype);
+}
+
+// ------------------------------------------------------------------------------------------ meta (shapes)
+at::Tensor dwconv_gelu_meta(const at::Tensor& x, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
+                            int64_t, bool) {
+  return at::empty(x.sizes(), x.options());
+}
+at::Tensor adaptive_pool_tokens_meta(const at::Tensor& x, int64_t, int64_t, int64_t pool_size) {
+  return at::empty({x.size(0), pool_size * pool_size, x.size(2)}, x.options());
+}
+
+std::string cpu_isa() { return cpu::isa(); }
+
+}  // namespace pvtv2
+
+TORCH_LIBRARY(pvtv2_fast_C, m) {
+  m.def("dwconv_gelu(Tensor x, Tensor weight, Tensor? bias, int height, int width, bool relu_input) -> Tensor");
+  m.def("adaptive_pool_tokens(Tensor x, int height, int width, int pool_size) -> Tensor");
+  m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
+}
+
+TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
+  m.impl("dwconv_gelu", &pvtv2::dwconv_gelu_cpu);
+  m.impl("adaptive_pool_tokens", &pvtv2::adaptive_pool_tokens_cpu);
+}
+
+TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
+  m.impl("dwconv_gelu", &pvtv2::dwconv_gelu_meta);
+  m.impl("adaptive_pool_tokens", &pvtv2::adaptive_pool_tokens_meta);
+}
+
+// Importable as pvtv2_fast._C; importing it runs the registrations above.
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "pvtv2_fast C++/CUDA operators", -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

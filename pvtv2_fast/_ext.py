@@ -1,0 +1,52 @@
+"""The compiled extension ``pvtv2_fast._C`` (csrc/): loaded once; the package works without it.
+
+``PVTV2_FAST_EXT=/path/to/_C.so`` loads another build instead (e.g. the AddressSanitizer one of
+``make sanitize``); ``PVTV2_FAST_CPU_ISA=default`` makes the CPU kernels skip their AVX2 path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+_loaded: Optional[bool] = None
+_error = ""
+OPS = ("dwconv_gelu", "adaptive_pool_tokens")
+# (op, device type) -> has a kernel; filled once at load so lookups stay traceable by torch.compile
+_kernels: dict = {}
+
+
+def available() -> bool:
+    global _loaded, _error
+    if _loaded is None:
+        override = os.environ.get("PVTV2_FAST_EXT")
+        try:
+            if override:
+                torch.ops.load_library(override)
+            else:
+                from . import _C  # noqa: F401 - importing registers the pvtv2_fast_C ops
+            _loaded = True
+        except (ImportError, OSError) as e:
+            _loaded, _error = False, str(e)
+        if _loaded:
+            for op in OPS:
+                for device, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+                    _kernels[(op, device)] = torch._C._dispatch_has_kernel_for_dispatch_key(f"pvtv2_fast_C::{op}", key)
+    return _loaded
+
+
+def unavailable_reason() -> str:
+    available()
+    return f"the C++ extension pvtv2_fast._C is not built ({_error}); build it with pip install --no-build-isolation -e ."
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether ``pvtv2_fast_C::op`` has a kernel for this device (CUDA only when built with CUDA)."""
+    return available() and _kernels.get((op, device_type), False)
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run with here ("avx2" or "default")."""
+    return torch.ops.pvtv2_fast_C.cpu_isa() if available() else "unavailable"
