@@ -38,7 +38,7 @@ def run_e2e() -> str:
 
     text = []
     for preset, size, batch in [("b2", 1024, 8), ("b0", 2048, 1)]:
-        results = run([preset], [size], ["reference", "fast", "transformers", "compile:reference", "timm"],
+        results = run([(preset, size)], ["reference", "fast", "transformers", "compile:reference", "timm"],
                       repeats=10, warmup=2, memory=True, threads=torch.get_num_threads(),
                       out=RESULTS / f"gpu_e2e_{preset}_{size}", device="cuda", dtype="bf16", batch=batch)
         text.append((RESULTS / f"gpu_e2e_{preset}_{size}.md").read_text())

@@ -1,8 +1,9 @@
 """``make bench`` — the end-to-end report: forward latency (median, candidates interleaved in one process) and peak
-memory (one fresh process per candidate) of this library vs transformers vs timm, written as Markdown and PNG
-under ``bench/results/``.
+memory (one fresh process per candidate) of this library (reference and fast=True) vs transformers vs timm vs
+``torch.compile`` of timm, plus the fused CPU ops against their PyTorch compositions and a plain copy; written as
+Markdown and PNG plots under ``bench/results/``.
 
-    python -m bench.report [--presets b0 b2] [--sizes 224 512] [--impls reference transformers timm]
+    python -m bench.report [--configs b0:224 b0:512 ...] [--impls reference fast transformers timm compile:timm]
                            [--repeats 5] [--threads N] [--no-memory] [--out bench/results/cpu_e2e]
 """
 
@@ -20,14 +21,14 @@ from bench.candidates import build
 from bench.harness import (RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess,
                            time_interleaved)
 
-# On CPU, fast=True has no fused kernels yet (Triton needs CUDA) and would repeat the reference row.
-DEFAULT_IMPLS = ["reference", "transformers", "timm"] + (["fast"] if torch.cuda.is_available() else [])
+DEFAULT_IMPLS = ["reference", "fast", "transformers", "timm", "compile:timm"]
+DEFAULT_CONFIGS = ["b0:224", "b0:512", "b0:1024", "b2:224", "b2:512"]
 
 
-def run(presets, sizes, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1):
+def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1):
+    """``configs``: (preset, size) pairs. Returns one dict per (config, impl)."""
     torch.set_num_threads(threads)
     rows, results = [], []
-    configs = [(p, s) for p in presets for s in sizes]
     bar = tqdm(total=len(configs) * (repeats + (len(impls) if memory else 0)), desc="benchmark", unit="step")
     for preset, size in configs:
         specs = [dict(impl=i, preset=preset, size=size, batch=batch, dtype=dtype, device=device, threads=threads)
@@ -39,12 +40,15 @@ def run(presets, sizes, impls, repeats, warmup, memory, threads, out: Path, devi
         gc.collect()
         peaks = {}
         for spec in specs:
-            if memory:
+            # compiled candidates would recompile inside the probe: their memory is not measured
+            if memory and not spec["impl"].startswith("compile:"):
                 bar.set_postfix_str(f"{preset} @{size}² memory {spec['impl']}")
                 peaks[spec["impl"]] = peak_memory_subprocess(spec)
                 bar.update(1)
             else:
                 peaks[spec["impl"]] = float("nan")
+        if memory:
+            bar.update(sum(1 for s in specs if s["impl"].startswith("compile:")))
         ref = timings["reference"].median if "reference" in timings else math.nan
         hf = timings["transformers"].median if "transformers" in timings else math.nan
         tm = timings["timm"].median if "timm" in timings else math.nan
@@ -60,17 +64,95 @@ def run(presets, sizes, impls, repeats, warmup, memory, threads, out: Path, devi
     headers = ["preset", "input", "implementation", "median ms", "speed-up vs reference", "vs transformers",
                "vs timm", "peak MB (forward)"]
     table = markdown_table(headers, rows)
+    config_args = " ".join(f"{p}:{s}" for p, s in configs)
+    peak_note = ("what one forward adds to the resident set in a fresh process, after a warm-up forward"
+                 if device == "cpu" else "torch.cuda.max_memory_allocated above the model, fresh process")
     text = (f"# End-to-end forward latency and memory ({device}, {dtype}, batch {batch})\n\n"
             f"Machine: {machine_line()}. Median of {repeats} interleaved runs after {warmup} warm-up; "
-            f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: what one forward adds to the "
-            f"resident set (CPU) in a fresh process, after a warm-up forward.\n"
-            f"Reproduce: `python -m bench.report --presets {' '.join(presets)} --sizes {' '.join(map(str, sizes))}`\n\n"
+            f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: {peak_note} "
+            f"(not measured for compiled candidates).\n"
+            f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)}`\n\n"
             f"{table}\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
     plot(results, impls, out.with_suffix(".png"), f"PVTv2 encoder forward, {device} {dtype}")
+    if "fast" in impls:
+        plot_speedup(results, impls, out.parent / (out.name + "_speedup.png"), f"fast=True speed-up, {device} {dtype}")
+    if device == "cpu":
+        text += "\n" + op_table(threads)
+    out.with_suffix(".md").write_text(text)
     print(text)
     return results
+
+
+def op_table(threads: int, repeats: int = 15) -> str:
+    """The fused CPU ops vs their PyTorch compositions at the stage-1 shapes of b0 and b2 at 512², with a plain
+    copy of the same bytes as the bandwidth yardstick."""
+    from bench.harness import Candidate, time_interleaved
+    from pvtv2_fast import PvtV2Config, _ext, ops, stage_sizes
+
+    if not _ext.available():
+        return "(C++ extension not built: no CPU op table)\n"
+    rows = []
+    for preset in ("b0", "b2"):
+        cfg = PvtV2Config.from_preset(preset)
+        h, w = stage_sizes(cfg, 512, 512)[0]
+        c = cfg.hidden_sizes[0]
+        ffn = int(c * cfg.mlp_ratios[0])
+        x = torch.randn(1, h * w, ffn)
+        wt, b = torch.randn(ffn, 1, 3, 3), torch.randn(ffn)
+        y = torch.empty_like(x)
+        tokens = torch.randn(1, h * w, c)
+        cands = [
+            Candidate("copy (same bytes)", lambda: y.copy_(x)),
+            Candidate("dwconv+GELU torch", lambda: ops.dwconv_gelu(x, wt, b, h, w, backend="torch")),
+            Candidate("dwconv+GELU cpu", lambda: ops.dwconv_gelu(x, wt, b, h, w, backend="cpu")),
+            Candidate("pool 7×7 torch", lambda: ops.linear_sra_pool(tokens, h, w, backend="torch")),
+            Candidate("pool 7×7 cpu", lambda: ops.linear_sra_pool(tokens, h, w, backend="cpu")),
+        ]
+        t = time_interleaved(cands, repeats=repeats, warmup=2)
+        nbytes = 2 * x.numel() * 4
+        for name in ("copy (same bytes)", "dwconv+GELU torch", "dwconv+GELU cpu"):
+            rows.append([preset, f"{h}×{w}×{ffn}", name, t[name].median * 1e3, nbytes / t[name].median / 1e9,
+                         t["dwconv+GELU torch"].median / t[name].median])
+        pool_bytes = tokens.numel() * 4
+        for name in ("pool 7×7 torch", "pool 7×7 cpu"):
+            rows.append([preset, f"{h}×{w}×{c}", name, t[name].median * 1e3, pool_bytes / t[name].median / 1e9,
+                         t["pool 7×7 torch"].median / t[name].median])
+    headers = ["preset (stage 1 @512²)", "tensor", "op", "median ms", "GB/s (one read + one write)",
+               "speed-up vs torch composition"]
+    return (f"## Fused CPU ops (C++ extension, ISA: {_ext.cpu_isa()}, {threads} threads)\n\n"
+            + markdown_table(headers, rows) + "\n")
+
+
+def plot_speedup(results, impls, path: Path, title: str) -> None:
+    """fast=True's speed-up over each other candidate against resolution, one panel per preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = sorted({r["preset"] for r in results})
+    fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4), squeeze=False)
+    for ax, preset in zip(axes[0], presets):
+        sizes = sorted({r["size"] for r in results if r["preset"] == preset})
+        fast = {r["size"]: r["ms"] for r in results if r["preset"] == preset and r["impl"] == "fast"}
+        for impl in impls:
+            if impl == "fast":
+                continue
+            other = {r["size"]: r["ms"] for r in results if r["preset"] == preset and r["impl"] == impl}
+            ax.plot(sizes, [other[s] / fast[s] for s in sizes], marker="o", label=f"vs {impl}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [f"{s}²" for s in sizes])
+        ax.set_xlabel("input resolution")
+        ax.set_ylabel("speed-up of fast=True (×)")
+        ax.set_title(preset)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(results, impls, path: Path, title: str) -> None:
@@ -102,8 +184,7 @@ def plot(results, impls, path: Path, title: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["b0", "b2"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512])
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="preset:size pairs")
     parser.add_argument("--impls", nargs="+", default=DEFAULT_IMPLS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -111,7 +192,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_e2e")
     args = parser.parse_args(argv)
-    run(args.presets, args.sizes, args.impls, args.repeats, args.warmup, not args.no_memory, args.threads, args.out)
+    configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
+    run(configs, args.impls, args.repeats, args.warmup, not args.no_memory, args.threads, args.out)
 
 
 if __name__ == "__main__":
