@@ -111,3 +111,18 @@ static inline void pool_cell_impl(const float* __restrict__ x, float* __restrict
 }  // namespace PVT_ISA
 }  // namespace cpu
 }  // namespace pvtv2
+
+// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX> and pool_cell_<SUFFIX>, run with policy OPS.
+#define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
+  namespace pvtv2 {                                                                                                \
+  namespace cpu {                                                                                                  \
+  void dwconv_gelu_row_##SUFFIX(const float* x, const float* wt, const float* bias, float* y, int64_t h, int64_t H, \
+                                int64_t W, int64_t C, bool relu) {                                                 \
+    PVT_ISA::dwconv_gelu_row_impl<PVT_ISA::OPS>(x, wt, bias, y, h, H, W, C, relu);                                  \
+  }                                                                                                                \
+  void pool_cell_##SUFFIX(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W, int64_t C,          \
+                          int64_t P) {                                                                             \
+    PVT_ISA::pool_cell_impl<PVT_ISA::OPS>(x, y, i, j, H, W, C, P);                                                 \
+  }                                                                                                                \
+  }                                                                                                                \
+  }

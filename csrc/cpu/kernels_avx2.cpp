@@ -43,14 +43,8 @@ struct Avx2Ops {
 };
 
 }  // namespace avx2
-
-void dwconv_gelu_row_avx2(const float* x, const float* wt, const float* bias, float* y, int64_t h, int64_t H,
-                          int64_t W, int64_t C, bool relu) {
-  avx2::dwconv_gelu_row_impl<avx2::Avx2Ops>(x, wt, bias, y, h, H, W, C, relu);
-}
-void pool_cell_avx2(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W, int64_t C, int64_t P) {
-  avx2::pool_cell_impl<avx2::Avx2Ops>(x, y, i, j, H, W, C, P);
-}
 }  // namespace cpu
 }  // namespace pvtv2
+
+PVT_DEFINE_ENTRY_POINTS(avx2, Avx2Ops)
 #endif
