@@ -6,6 +6,10 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <cstdint>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <string>
 
 #include "pvtv2/math.h"
@@ -33,6 +37,21 @@ static bool has_avx2() {
 std::string isa() { return has_avx2() ? "avx2" : "default"; }
 }  // namespace cpu
 
+// Large outputs are written once, right after allocation: on Linux, ask for transparent huge pages on them, so the
+// first touch costs one fault per 2 MB instead of one per 4 KB (measured: a fresh 33 MB output cost 18.6 ms to
+// touch vs 2.3 ms to refill). Only this buffer is advised; a no-op where THP is off or the range is too small.
+static void advise_huge_pages(void* ptr, size_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = 2u << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(ptr) + nbytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)nbytes;
+#endif
+}
+
 static void check_tokens(const at::Tensor& x, int64_t height, int64_t width, const char* op) {
   TORCH_CHECK(x.dim() == 3, op, ": x must be (B, N, C) tokens, got ", x.sizes());
   TORCH_CHECK(height >= 1 && width >= 1 && x.size(1) == height * width, op, ": ", x.size(1),
@@ -55,6 +74,7 @@ at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, con
   const at::Tensor wt = weight.to(at::kFloat).reshape({C, 9}).t().contiguous();  // (9, C): contiguous per tap
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor y = at::empty_like(x);
+  advise_huge_pages(y.data_ptr(), y.nbytes());
   const float* xp = x.data_ptr<float>();
   const float* wp = wt.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
