@@ -4,6 +4,7 @@ from .config import PRESETS, PvtV2Config, preset_names
 from .modeling import (
     PvtV2Backbone,
     PvtV2ForImageClassification,
+    PvtV2ForSemanticSegmentation,
     PvtV2Model,
     PvtV2PreTrainedModel,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "PvtV2Backbone",
     "PvtV2Config",
     "PvtV2ForImageClassification",
+    "PvtV2ForSemanticSegmentation",
     "PvtV2Model",
     "PvtV2PreTrainedModel",
     "min_input_size",

@@ -1,4 +1,5 @@
-"""Command line: ``python -m pvtv2_fast info`` and ``python -m pvtv2_fast classify IMAGE... --weights DIR_OR_ID``."""
+"""Command line: ``python -m pvtv2_fast info``, ``classify IMAGE... --weights DIR_OR_ID`` and
+``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768] [--fast]``."""
 
 from __future__ import annotations
 
@@ -61,6 +62,33 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import PvtV2ForSemanticSegmentation
+    from .checkpoint import CheckpointMismatchError
+    from .segmentation import collect_images, segment_files
+
+    try:
+        model = PvtV2ForSemanticSegmentation.from_pretrained(args.weights, fast=args.fast)
+    except CheckpointMismatchError as e:
+        if any(k.startswith("decode_head.") for k in e.missing):
+            raise ValueError(f"{args.weights} is not a semantic-segmentation checkpoint (it has no decode_head "
+                             f"weights); pass a Segformer / PvtV2ForSemanticSegmentation checkpoint") from None
+        raise
+    paths = collect_images(args.inputs)
+    if not paths:
+        print("error: no images found", file=sys.stderr)
+        return 2
+    mode = "slide" if args.tile else "whole"
+    written, errors = segment_files(model, paths, Path(args.out), mode=mode, tile=args.tile or 0,
+                                    stride=args.stride or (args.tile or 0) * 3 // 4)
+    for message in errors:
+        print(message, file=sys.stderr)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 1 if errors else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pvtv2_fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +100,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     classify.add_argument("--top", type=int, default=5)
     classify.add_argument("--fast", action="store_true", help="use the fused kernels")
     classify.set_defaults(func=cmd_classify)
+    seg = sub.add_parser("segment", help="label and overlay PNGs for images or folders of images")
+    seg.add_argument("inputs", nargs="+", help="image files and/or folders")
+    seg.add_argument("--weights", required=True, help="segmentation checkpoint folder, file or hub id")
+    seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument("--tile", type=int, default=0, help="sliding-window tile size (0: whole image)")
+    seg.add_argument("--stride", type=int, default=0, help="sliding-window stride (default 3/4 of the tile)")
+    seg.add_argument("--fast", action="store_true", help="use the fused kernels")
+    seg.set_defaults(func=cmd_segment)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -24,9 +24,11 @@ from .hub import find_weights, resolve_folder
 logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
-FORMATS = ("auto", "transformers", "timm", "original")
+FORMATS = ("auto", "transformers", "timm", "original", "segformer")
 # timm and the original code use nn.LayerNorm's default eps in the patch embedding and spatial reduction.
 TIMM_EPS = dict(layer_norm_eps=1e-6, patch_embed_layer_norm_eps=1e-5, spatial_reduction_layer_norm_eps=1e-5)
+# transformers' Segformer builds every LayerNorm with PyTorch's default eps (its config's layer_norm_eps is unused).
+SEGFORMER_LAYER_NORM_EPS = 1e-5
 
 
 class CheckpointError(ValueError):
@@ -105,14 +107,54 @@ def detect_format(sd: Mapping[str, Any]) -> str:
     keys = list(sd)
     if any(k.startswith(("encoder.layers.", "pvt_v2.encoder.layers.")) for k in keys):
         return "transformers"
+    if any(("patch_embeddings." in k or "attention.q_proj." in k or "encoder.block." in k
+            or k.startswith("decode_head.")) for k in keys):
+        return "segformer"
     if any(k.startswith(("patch_embed.", "stages.")) for k in keys):
         return "timm"
     if any(re.match(r"(patch_embed\d|block\d)\.", k) for k in keys):
         return "original"
     raise CheckpointError(
-        "unrecognised checkpoint layout: expected transformers (encoder.layers.*), timm (stages.*) or original "
-        f"PVTv2 (block1.*) keys; first keys are {keys[:5]}"
+        "unrecognised checkpoint layout: expected transformers (encoder.layers.*), timm (stages.*), original "
+        f"PVTv2 (block1.*) or Segformer (segformer.*) keys; first keys are {keys[:5]}"
     )
+
+
+# transformers' Segformer → canonical, for its hub (v4) and current (v5) key names; applied in order.
+_SEGFORMER_RULES = [
+    (r"^segformer\.", ""),
+    (r"^encoder\.patch_embeddings\.(\d+)\.", r"encoder.layers.\1.patch_embedding."),  # v4
+    (r"^encoder\.block\.(\d+)\.(\d+)\.", r"encoder.layers.\1.blocks.\2."),
+    (r"^encoder\.layer_norm\.(\d+)\.", r"encoder.layers.\1.layer_norm."),
+    (r"^stages\.(\d+)\.patch_embeddings\.", r"encoder.layers.\1.patch_embedding."),  # v5
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"encoder.layers.\1.blocks.\2."),
+    (r"^stages\.(\d+)\.layer_norm\.", r"encoder.layers.\1.layer_norm."),
+    (r"\.attention\.self\.(query|key|value)\.", r".attention.\1."),
+    (r"\.attention\.self\.sr\.", ".attention.spatial_reduction."),
+    (r"\.attention\.self\.layer_norm\.", ".attention.layer_norm."),
+    (r"\.attention\.output\.dense\.", ".attention.proj."),
+    (r"\.attention\.q_proj\.", ".attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.proj."),
+    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attention.spatial_reduction."),
+    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attention.layer_norm."),
+    (r"\.layernorm_before\.", ".layer_norm_1."),
+    (r"\.layernorm_after\.", ".layer_norm_2."),
+    (r"\.mlp\.fc1\.", ".mlp.dense1."),
+    (r"\.mlp\.fc2\.", ".mlp.dense2."),
+    (r"^decode_head\.linear_c\.", "decode_head.linear_projections."),
+]
+
+
+def segformer_to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """transformers ``Segformer*`` keys (v4 hub names or v5 names) → canonical keys; ``decode_head.*`` kept."""
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in _SEGFORMER_RULES:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out
 
 
 def original_to_timm(sd: Mapping[str, torch.Tensor]) -> StateDict:
@@ -215,6 +257,8 @@ def to_canonical(sd: Mapping[str, torch.Tensor], fmt: str = "auto") -> Tuple[Sta
     if fmt == "transformers":
         prefix = "pvt_v2."
         return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}, fmt
+    if fmt == "segformer":
+        return segformer_to_canonical(sd), fmt
     if fmt == "original":
         sd = original_to_timm(sd)
     return timm_to_canonical(sd), fmt
@@ -249,24 +293,45 @@ def infer_config(sd: Mapping[str, torch.Tensor], fmt: str, **overrides: Any) -> 
     )
     if "classifier.weight" in sd:
         kwargs["num_labels"] = sd["classifier.weight"].shape[0]
+    if "decode_head.classifier.weight" in sd:
+        kwargs["num_labels"] = sd["decode_head.classifier.weight"].shape[0]
+        kwargs["decoder_hidden_size"] = sd["decode_head.linear_fuse.weight"].shape[0]
     if fmt in ("timm", "original"):
         kwargs.update(TIMM_EPS)
+    if fmt == "segformer":
+        kwargs["layer_norm_eps"] = SEGFORMER_LAYER_NORM_EPS
     kwargs.update(overrides)
     return PvtV2Config(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _model_keys_view(model: torch.nn.Module, canonical: Mapping[str, torch.Tensor]) -> StateDict:
-    """Canonical keys → the target model's key names (classification models hold the encoder under pvt_v2.)."""
-    from .modeling import PvtV2ForImageClassification
+_HEADS = ("classifier.", "decode_head.")
+
+
+def _head_prefix(model: torch.nn.Module) -> Optional[str]:
+    """The head a model owns: "classifier.", "decode_head." or None (encoder-only models)."""
+    from .modeling import PvtV2ForImageClassification, PvtV2ForSemanticSegmentation
 
     if isinstance(model, PvtV2ForImageClassification):
-        return {(k if k.startswith("classifier.") else "pvt_v2." + k): v for k, v in canonical.items()}
-    # Encoder-only models: a classifier head in the checkpoint is simply not used.
-    unused = [k for k in canonical if k.startswith("classifier.")]
+        return "classifier."
+    if isinstance(model, PvtV2ForSemanticSegmentation):
+        return "decode_head."
+    return None
+
+
+def _model_keys_view(model: torch.nn.Module, canonical: Mapping[str, torch.Tensor]) -> StateDict:
+    """Canonical keys → the target model's key names (models with a head hold the encoder under pvt_v2.).
+    A head the model does not have (a classifier in a backbone, a decode head in a classifier) is not used."""
+    own = _head_prefix(model)
+    unused = [k for k in canonical if k.startswith(_HEADS) and not (own and k.startswith(own))]
     if unused:
-        logger.info("not using the checkpoint's classifier head (%s) in %s", ", ".join(unused), type(model).__name__)
-    return {k: v for k, v in canonical.items() if not k.startswith("classifier.")}
+        logger.info("not using checkpoint keys %s in %s", ", ".join(unused[:6]), type(model).__name__)
+    out = {}
+    for k, v in canonical.items():
+        if k in unused:
+            continue
+        out[k if (own and k.startswith(own)) or own is None else "pvt_v2." + k] = v
+    return out
 
 
 def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, allow_missing: Iterable[str] = (),
@@ -293,7 +358,9 @@ def load_into(model: torch.nn.Module, path_or_state_dict: Any, *, format: str = 
         raw, source = read_state_dict(path_or_state_dict), str(path_or_state_dict)
     canonical, _ = to_canonical(raw, format)
     sd = _model_keys_view(model, canonical)
-    head = [k for k in model.state_dict() if k.startswith("classifier.")]
+    # The final classifier may be new (not in the checkpoint) or, when allowed, resized: as in transformers.
+    final = {"classifier.": "classifier.", "decode_head.": "decode_head.classifier."}.get(_head_prefix(model))
+    head = [k for k in model.state_dict() if final and k.startswith(final)]
     head_missing = [k for k in head if k not in sd]
     allow = set(head_missing)
     if ignore_mismatched_sizes:
@@ -328,6 +395,8 @@ def from_pretrained(
 
     * a transformers folder or hub id (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin`` / a
       sharded index);
+    * a transformers Segformer folder (``SegformerModel`` / ``SegformerForSemanticSegmentation``, hub v4 or v5
+      key names): its MiT encoder is a PVTv2 encoder with every LayerNorm at eps 1e-5;
     * a single weights file: transformers, timm (``pvt_v2_*``) or original PVTv2 (``.pth``, raw or under
       ``"model"``). The format is detected from the keys unless ``format=`` names it; without ``config=``
       (or a ``config.json`` beside it) the config is inferred from the weights.
@@ -347,7 +416,9 @@ def from_pretrained(
     raw = read_state_dict(weights)
     canonical, fmt = to_canonical(raw, format)
     if config is None:
-        if cfg_path is not None and cfg_path.is_file() and fmt == "transformers":
+        if cfg_path is not None and cfg_path.is_file() and fmt == "segformer":
+            config = PvtV2Config.from_segformer_dict(json.loads(cfg_path.read_text()), **config_overrides)
+        elif cfg_path is not None and cfg_path.is_file() and fmt == "transformers":
             config = PvtV2Config.from_json_file(cfg_path, **config_overrides)
         else:
             config = infer_config(canonical, fmt, **config_overrides)

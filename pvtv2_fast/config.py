@@ -328,6 +328,22 @@ class PvtV2Config:
             raise ValueError(f"model_type: expected {cls.model_type!r}, the config says {model_type!r}")
         return cls(**data)
 
+    @classmethod
+    def from_segformer_dict(cls, data: Dict[str, Any], **overrides: Any) -> "PvtV2Config":
+        """A transformers ``SegformerConfig`` dict as a PvtV2 config: the MiT encoder is PVTv2's with mlp ratio 4,
+        no Linear SRA and every LayerNorm at PyTorch's default eps (Segformer ignores its ``layer_norm_eps``);
+        the decode head's settings are carried as extra fields."""
+        if data.get("model_type", "segformer") != "segformer":
+            raise ValueError(f"model_type: expected 'segformer', the config says {data.get('model_type')!r}")
+        keep = ("num_channels", "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes", "patch_sizes", "strides",
+                "num_attention_heads", "mlp_ratios", "hidden_act", "hidden_dropout_prob",
+                "attention_probs_dropout_prob", "initializer_range", "drop_path_rate", "id2label", "label2id",
+                "decoder_hidden_size", "classifier_dropout_prob", "semantic_loss_ignore_index", "num_labels")
+        kwargs = {k: data[k] for k in keep if k in data}
+        kwargs.setdefault("mlp_ratios", [4] * kwargs.get("num_encoder_blocks", 4))
+        kwargs.update(layer_norm_eps=1e-5, qkv_bias=True, linear_attention=False)
+        return cls(**{**kwargs, **overrides})
+
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 

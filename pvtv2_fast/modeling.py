@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PvtV2Config
-from .modules import OverlapPatchEmbed, PvtV2Block, SpatialReductionAttention, ConvFeedForward
-from .outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput
+from .modules import AllMLPDecodeHead, ConvFeedForward, OverlapPatchEmbed, PvtV2Block, SpatialReductionAttention
+from .outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from .validation import check_pixel_values
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "PvtV2Model",
     "PvtV2ForImageClassification",
     "PvtV2Backbone",
+    "PvtV2ForSemanticSegmentation",
     "PvtV2Encoder",
     "PvtV2Stage",
 ]
@@ -139,7 +140,7 @@ class PvtV2PreTrainedModel(nn.Module):
             nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
@@ -319,3 +320,45 @@ class PvtV2Backbone(PvtV2Model):
         feature_maps = tuple(out.hidden_states[i] for i in indices)
         result = BackboneOutput(feature_maps, out.hidden_states if output_hidden_states else None, out.attentions)
         return result if self._resolve(return_dict, "return_dict") else result.to_tuple()
+
+
+class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
+    """Segformer: the PVTv2 / MiT encoder plus the all-MLP decode head. ``logits: (B, num_labels, H/4, W/4)``.
+
+    Loads transformers' ``SegformerForSemanticSegmentation`` checkpoints (hub v4 key names and v5 names alike).
+    Decoder settings are config fields beyond transformers' PvtV2Config: ``decoder_hidden_size`` (256),
+    ``classifier_dropout_prob`` (0.1), ``semantic_loss_ignore_index`` (255). Whole-image and sliding-window
+    inference at the input's resolution: :mod:`pvtv2_fast.segmentation`.
+    """
+
+    def __init__(self, config: PvtV2Config, fast: bool = False) -> None:
+        super().__init__(config)
+        self.pvt_v2 = PvtV2Model(config)
+        self.decode_head = AllMLPDecodeHead(
+            config.hidden_sizes, getattr(config, "decoder_hidden_size", 256), config.num_labels,
+            getattr(config, "classifier_dropout_prob", 0.1),
+        )
+        self.post_init(fast)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> SemanticSegmenterOutput | Tuple:
+        maps = self.pvt_v2(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        logits = self.decode_head(maps)
+        loss = None
+        if labels is not None:
+            upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            ignore = getattr(self.config, "semantic_loss_ignore_index", 255)
+            if self.config.num_labels > 1:
+                loss = F.cross_entropy(upsampled, labels.long(), ignore_index=ignore)
+            else:
+                valid = ((labels >= 0) & (labels != ignore)).float()
+                loss = (F.binary_cross_entropy_with_logits(upsampled.squeeze(1), labels.float(), reduction="none")
+                        * valid).mean()
+        keep = self._resolve(output_hidden_states, "output_hidden_states")
+        out = SemanticSegmenterOutput(loss, logits, maps if keep else None, None)
+        return out if self._resolve(return_dict, "return_dict") else out.to_tuple()

@@ -55,6 +55,16 @@ class BackboneOutput(ModelOutput):
     attentions: Optional[Tuple[torch.Tensor, ...]] = None
 
 
+@dataclass
+class SemanticSegmenterOutput(ModelOutput):
+    """``logits: (B, num_labels, H/4, W/4)``; ``loss`` with ``labels (B, H, W)`` (logits upsampled to them)."""
+
+    loss: Optional[torch.Tensor] = None
+    logits: torch.Tensor = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+    attentions: Optional[Tuple[torch.Tensor, ...]] = None
+
+
 def _register_pytree(cls) -> None:
     """So torch.export / torch.compile can return these outputs (transformers registers its ModelOutput alike)."""
     import torch.utils._pytree as pytree
@@ -68,5 +78,5 @@ def _register_pytree(cls) -> None:
     )
 
 
-for _cls in (BaseModelOutput, ImageClassifierOutput, BackboneOutput):
+for _cls in (BaseModelOutput, ImageClassifierOutput, BackboneOutput, SemanticSegmenterOutput):
     _register_pytree(_cls)

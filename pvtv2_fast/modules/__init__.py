@@ -3,10 +3,12 @@
 from .activations import get_activation
 from .attention import SpatialReductionAttention
 from .block import DropPath, PvtV2Block
+from .decode_head import AllMLPDecodeHead
 from .ffn import ConvFeedForward, DepthwiseConv
 from .patch_embed import OverlapPatchEmbed
 
 __all__ = [
+    "AllMLPDecodeHead",
     "ConvFeedForward",
     "DepthwiseConv",
     "DropPath",
