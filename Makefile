@@ -24,9 +24,10 @@ $(STAMP): requirements-dev.txt setup.py $(CSRC)
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The main job: end-to-end CPU benchmark report (Markdown + PNG under bench/results/).
+# The main job: end-to-end CPU benchmark report and memory vs resolution (Markdown + PNG under bench/results/).
 bench: venv
 	$(PY) -m bench.report
+	$(PY) -m bench.memory
 
 # Per-op micro-benchmarks through pytest-benchmark.
 bench-micro: venv

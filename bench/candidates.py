@@ -3,7 +3,8 @@
 A candidate is described by a JSON-able spec ``{"impl", "preset", "size", "batch", "dtype", "device"}`` so the
 memory probe can rebuild it in a fresh process.
 
-impl: ``reference`` (this library, fast=False), ``fast`` (fast=True), ``transformers``, ``timm``,
+impl: ``reference`` (this library, fast=False), ``lean`` (the reference with ``set_memory_lean()``), ``fast``
+(fast=True), ``transformers``, ``timm``,
 ``compile:reference`` / ``compile:timm`` (``torch.compile`` of those).
 """
 
@@ -35,8 +36,10 @@ def build(spec: dict) -> Tuple[Callable[[], object], torch.nn.Module]:
     ours = reference_model(preset)
     compiled = impl.startswith("compile:")
     base = impl.split(":", 1)[1] if compiled else impl
-    if base in ("reference", "fast"):
+    if base in ("reference", "fast", "lean"):
         model = ours.set_fast(base == "fast")
+        if base == "lean":
+            model.set_memory_lean(True)
     elif base == "transformers":
         import transformers
 

@@ -157,12 +157,23 @@ class PvtV2PreTrainedModel(nn.Module):
     def fast(self, value: bool) -> None:
         self.set_fast(value)
 
+    DEFAULT_MAX_HIDDEN_BYTES = 64 << 20
+
+    def set_memory_lean(self, enabled: bool = True, max_hidden_bytes: int = DEFAULT_MAX_HIDDEN_BYTES):
+        """Bound the FFN's widened hidden state (the largest tensor at high resolution: 8× the stage width) to
+        ``max_hidden_bytes`` by processing bands of rows; same outputs, memory linear in pixels with a small
+        slope. ``fast=True`` turns it on with the default budget; this turns it on for the reference too."""
+        for module in self.modules():
+            if isinstance(module, ConvFeedForward):
+                module.max_hidden_bytes = int(max_hidden_bytes) if enabled else None
+        return self
+
     def set_fast(self, enabled: bool = True, backend: str = "auto") -> "PvtV2PreTrainedModel":
         """Route attention, Linear-SRA pooling and dwconv+GELU through the fused ops (same weights, same outputs).
 
         ``backend``: ``"auto"`` (per op and device: C++ on CPU, Triton on CUDA), or force ``"triton"``, ``"cpu"``
         (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels; attention in Triton) or
-        ``"torch"``. Stage maps (``hidden_states``, ``feature_maps``) then come back as channels-last views of the
+        ``"torch"``. Fast mode also turns on :meth:`set_memory_lean`. Stage maps (``hidden_states``, ``feature_maps``) then come back as channels-last views of the
         tokens: the same shapes and values, without the layout copies. Under ``"auto"``, cases the fused kernels do not support (device, dtype, shape) fall back to the
         reference with a one-time warning that says why; a forced backend that cannot run raises.
         """
@@ -178,7 +189,7 @@ class PvtV2PreTrainedModel(nn.Module):
                 module.fast = bool(enabled)
             elif isinstance(module, PvtV2Encoder):
                 module.channels_last_maps = bool(enabled)
-        return self
+        return self.set_memory_lean(enabled)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

@@ -43,8 +43,34 @@ class ConvFeedForward(nn.Module):
         self.extra_relu = extra_relu
         self.fast = False
         self.backend = "auto"  # for the fused op; see PvtV2PreTrainedModel.set_fast
+        # Memory-lean mode: the widened hidden state is built for bands of rows at most this many bytes large
+        # (None: the whole map at once). See PvtV2PreTrainedModel.set_memory_lean.
+        self.max_hidden_bytes = None
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``(B, H·W, C)`` → ``(B, H·W, C)``. With ``max_hidden_bytes`` the map is processed in bands of rows,
+        each with a one-row halo above and below for the 3×3 conv, so only a band's hidden state is ever alive;
+        the result is the same (zero padding still happens at the image border only)."""
+        b = hidden_states.shape[0]
+        hidden = self.dense1.out_features
+        row_bytes = b * width * hidden * hidden_states.element_size()
+        if self.max_hidden_bytes is None or row_bytes * (height + 2) <= self.max_hidden_bytes:
+            return self.dense2_dropout(self.widen(hidden_states, height, width))
+        band = max(1, self.max_hidden_bytes // row_bytes - 2)
+        out = hidden_states.new_empty(b, height * width, self.dense2.out_features)
+        for r0 in range(0, height, band):
+            r1 = min(height, r0 + band)
+            a0, a1 = max(0, r0 - 1), min(height, r1 + 1)  # the band plus its halo rows
+            widened = self.widen(hidden_states[:, a0 * width: a1 * width], a1 - a0, width)
+            kept = widened[:, (r0 - a0) * width: (r1 - a0) * width]
+            out[:, r0 * width: r1 * width] = self.dense2_dropout(kept)
+        return out
+
+    def dense2_dropout(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense2(hidden_states))
+
+    def widen(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """fc1 → (ReLU) → depthwise 3×3 → activation → dropout: ``(B, H·W, C)`` → ``(B, H·W, hidden)``."""
         hidden_states = self.dense1(hidden_states)
         if self.fast and self.hidden_act == "gelu":
             from .. import ops
@@ -57,6 +83,4 @@ class ConvFeedForward(nn.Module):
             hidden_states = self.relu(hidden_states)
             hidden_states = self.dwconv(hidden_states, height, width)
             hidden_states = self.intermediate_act_fn(hidden_states)
-        hidden_states = self.dropout(hidden_states)
-        hidden_states = self.dense2(hidden_states)
         return self.dropout(hidden_states)
