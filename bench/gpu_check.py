@@ -2,7 +2,8 @@
 the kernel benchmark and the end-to-end benchmark, and write one report, ``bench/results/gpu_report.md``.
 
 End-to-end rows: b2 backbone at 1024², bf16, batch 8 — fast vs transformers eager vs ``torch.compile`` of the
-reference vs the reference (targets in issue #3: ≥ 2.5× transformers, ≥ 1.2× compile).
+reference vs the reference (targets in issue #3: ≥ 2.5× transformers, ≥ 1.2× compile). Memory rows: peak
+``torch.cuda.max_memory_allocated`` vs resolution up to 4096² (b2 backbone at 4096² bf16, issue #5).
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def main() -> int:
     report.append(_section("Kernels", run_kernels(["b0", "b2"], [512, 1024, 2048], "bf16", RESULTS / "gpu_kernels.md")))
     print("== end-to-end benchmark", flush=True)
     report.append(_section("End to end", run_e2e()))
+    print("== memory vs resolution", flush=True)
+    from bench.memory import run as run_memory
+
+    report.append(_section("Memory vs resolution (torch.cuda.max_memory_allocated)",
+                           run_memory(["b0", "b2"], [1024, 2048, 4096], RESULTS / "gpu_memory", device="cuda",
+                                      dtype="bf16")))
     report.append(f"Total wall time {time.time() - t0:.0f} s.\n")
     out = RESULTS / "gpu_report.md"
     out.write_text("".join(report))

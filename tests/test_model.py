@@ -128,3 +128,29 @@ def test_half_precision_runs():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)).last_hidden_state
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("preset", ["b0", "b2_linear"])
+@pytest.mark.parametrize("budget", [1, 50_000, 400_000])
+def test_memory_lean_ffn_bands_are_exact(preset, budget):
+    """Row bands with a one-row halo compute the same FFN: bit-identical in the reference (budget 1 → one-row
+    bands; larger budgets → bands that straddle the maps unevenly)."""
+    config = PvtV2Config.from_preset(preset, depths=[1, 1, 1, 1])
+    model = PvtV2Model(config).eval()
+    x = torch.randn(2, 3, 131, 97)
+    with torch.no_grad():
+        ref = model(x, output_hidden_states=True).hidden_states
+        model.set_memory_lean(True, max_hidden_bytes=budget)
+        lean = model(x, output_hidden_states=True).hidden_states
+    for a, b in zip(ref, lean):
+        assert torch.equal(a, b)
+
+
+def test_fast_mode_turns_memory_lean_on_and_off():
+    model = PvtV2Model(PvtV2Config())
+    ffns = [b.mlp for s in model.encoder.layers for b in s.blocks]
+    assert all(f.max_hidden_bytes is None for f in ffns)
+    model.set_fast(True)
+    assert all(f.max_hidden_bytes == model.DEFAULT_MAX_HIDDEN_BYTES for f in ffns)
+    model.set_fast(False)
+    assert all(f.max_hidden_bytes is None for f in ffns)
