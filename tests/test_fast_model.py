@@ -81,7 +81,7 @@ def test_cpu_without_kernels_falls_back_with_one_warning(monkeypatch):
     with torch.no_grad():
         ref = model(x).logits
         model.set_fast(True)
-        with pytest.warns(FallbackWarning, match="C\+\+ extension pvtv2_fast._C is not built") as record:
+        with pytest.warns(FallbackWarning, match=r"C\+\+ extension pvtv2_fast._C is not built") as record:
             fast = model(x).logits
         assert [str(w.message).split(":")[0] for w in record] == ["pvtv2_fast.ops.dwconv_gelu"]
         with warnings.catch_warnings():

@@ -224,8 +224,16 @@ def test_unsupported_dtype_falls_back_once_or_raises_when_explicit():
         ops.dwconv_gelu(x, weight, None, 3, 3)
 
 
-def test_head_dim_above_limit_falls_back():
+def test_head_dim_above_limit():
+    """Triton takes head dims up to 128: an explicit request raises; "auto" on CPU tensors uses SDPA, which is the
+    CPU attention kernel by design (no warning), and stays exact."""
     ops.reset_warnings()
     q, kv = torch.randn(1, 4, 256), torch.randn(1, 3, 512)
-    with pytest.warns(FallbackWarning, match="head dim 256"):
-        ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1)
+    with pytest.raises(NotImplementedError, match="head dim 256"):
+        ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1, backend="triton")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        out = ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1)
+    close(out, ops.sra_attention_reference(q, kv[..., :256], kv[..., 256:], 1, 256 ** -0.5), torch.float32)
