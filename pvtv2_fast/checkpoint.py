@@ -437,9 +437,7 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike, m
     from safetensors.torch import save_file
 
     os.makedirs(save_directory, exist_ok=True)
-    config = model.config.copy()
-    config.architectures = [type(model).__name__]
-    config._extra["architectures"] = config.architectures
+    config = PvtV2Config.from_dict({**model.config.to_dict(), "architectures": [type(model).__name__]})
     config.save_pretrained(save_directory)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": "pt"}
