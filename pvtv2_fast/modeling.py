@@ -173,9 +173,10 @@ class PvtV2PreTrainedModel(nn.Module):
 
         ``backend``: ``"auto"`` (per op and device: C++ on CPU, Triton on CUDA), or force ``"triton"``, ``"cpu"``
         (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels; attention in Triton) or
-        ``"torch"``. Fast mode also turns on :meth:`set_memory_lean`. Stage maps (``hidden_states``, ``feature_maps``) then come back as channels-last views of the
-        tokens: the same shapes and values, without the layout copies. Under ``"auto"``, cases the fused kernels do not support (device, dtype, shape) fall back to the
-        reference with a one-time warning that says why; a forced backend that cannot run raises.
+        ``"torch"``. Fast mode also turns on :meth:`set_memory_lean`. Stage maps (``hidden_states``,
+        ``feature_maps``) then come back as channels-last views of the tokens: the same shapes and values, without
+        the layout copies. Under ``"auto"``, cases the fused kernels do not support (device, dtype, shape) fall
+        back to the reference with a one-time warning that says why; a forced backend that cannot run raises.
         """
         from .ops import BACKENDS
 

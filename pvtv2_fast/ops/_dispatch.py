@@ -105,9 +105,14 @@ def choose(op: str, backend: str, tensors: Sequence[torch.Tensor], triton_extra:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
+
+    def unsupported(candidate: str) -> Optional[str]:
+        if candidate == "triton":
+            return triton_unsupported_reason(tensors, triton_extra)
+        return native_unsupported_reason(native_op, candidate, tensors)
+
     if backend != "auto":
-        reason = (triton_unsupported_reason(tensors, triton_extra) if backend == "triton"
-                  else native_unsupported_reason(native_op, backend, tensors))
+        reason = unsupported(backend)
         if reason is not None:
             raise NotImplementedError(f"{op}: backend={backend!r} cannot run this input: {reason}")
         return backend
@@ -115,8 +120,7 @@ def choose(op: str, backend: str, tensors: Sequence[torch.Tensor], triton_extra:
     order = ["cpu", "triton"] if device == "cpu" else ["triton", "cuda"]
     reasons = []
     for candidate in order:
-        reason = (triton_unsupported_reason(tensors, triton_extra) if candidate == "triton"
-                  else native_unsupported_reason(native_op, candidate, tensors))
+        reason = unsupported(candidate)
         if reason is None:
             return candidate
         reasons.append(reason)
