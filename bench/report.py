@@ -162,14 +162,19 @@ def plot(results, impls, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     groups = sorted({(r["preset"], r["size"]) for r in results}, key=lambda g: (g[0], g[1]))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    # without memory measurements (--no-memory) only the latency panel is drawn
+    with_memory = any(math.isfinite(r["peak_mb"]) for r in results)
+    panels = 2 if with_memory else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    axes = axes[0]
     width = 0.8 / len(impls)
     for k, impl in enumerate(impls):
         ms = [next(r["ms"] for r in results if (r["preset"], r["size"]) == g and r["impl"] == impl) for g in groups]
         mb = [next(r["peak_mb"] for r in results if (r["preset"], r["size"]) == g and r["impl"] == impl) for g in groups]
         xs = [i + k * width for i in range(len(groups))]
         axes[0].bar(xs, ms, width, label=impl)
-        axes[1].bar(xs, mb, width, label=impl)
+        if with_memory:
+            axes[1].bar(xs, mb, width, label=impl)
     for ax, label in zip(axes, ["median latency (ms, log)", "peak forward memory (MB, log)"]):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], [f"{p}\n{s}²" for p, s in groups])
         ax.set_yscale("log")

@@ -12,16 +12,11 @@
 #endif
 #include <string>
 
+#include "cpu_kernels.h"
 #include "pvtv2/math.h"
 
 namespace pvtv2 {
 namespace cpu {
-void dwconv_gelu_row_default(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, bool);
-void pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-#if defined(__x86_64__) || defined(_M_X64)
-void dwconv_gelu_row_avx2(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, bool);
-void pool_cell_avx2(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-#endif
 
 static bool has_avx2() {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -35,6 +30,20 @@ static bool has_avx2() {
 }
 
 std::string isa() { return has_avx2() ? "avx2" : "default"; }
+
+DwconvGeluRowFn dwconv_gelu_row() {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_avx2()) return dwconv_gelu_row_avx2;
+#endif
+  return dwconv_gelu_row_default;
+}
+
+PoolCellFn pool_cell() {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (has_avx2()) return pool_cell_avx2;
+#endif
+  return pool_cell_default;
+}
 }  // namespace cpu
 
 // Large outputs are written once, right after allocation: on Linux, ask for transparent huge pages on them, so the
@@ -79,12 +88,15 @@ at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, con
   const float* wp = wt.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t N = height * width;
-  auto row = cpu::has_avx2() ? cpu::dwconv_gelu_row_avx2 : cpu::dwconv_gelu_row_default;
+  const int64_t N = height * width, row_floats = width * C;
+  const cpu::DwconvGeluRowFn row = cpu::dwconv_gelu_row();
   at::parallel_for(0, B * height, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t bi = r / height, h = r % height;
-      row(xp + bi * N * C, wp, bp, yp + bi * N * C, h, height, width, C, relu_input);
+      const float* image = xp + bi * N * C;
+      const float* rows[3] = {h > 0 ? image + (h - 1) * row_floats : nullptr, image + h * row_floats,
+                              h + 1 < height ? image + (h + 1) * row_floats : nullptr};
+      row(rows, wp, bp, yp + bi * N * C + h * row_floats, width, C, relu_input);
     }
   });
   return dtype == at::kFloat ? y : y.to(dtype);
@@ -102,7 +114,7 @@ at::Tensor adaptive_pool_tokens_cpu(const at::Tensor& x_in, int64_t height, int6
   at::Tensor y = at::empty({B, P * P, C}, x.options());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  auto cell = cpu::has_avx2() ? cpu::pool_cell_avx2 : cpu::pool_cell_default;
+  const cpu::PoolCellFn cell = cpu::pool_cell();
   at::parallel_for(0, B * P * P, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t bi = k / (P * P), ij = k % (P * P);
@@ -112,10 +124,65 @@ at::Tensor adaptive_pool_tokens_cpu(const at::Tensor& x_in, int64_t height, int6
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
+// ------------------------------------------------------------------------------------------ conv FFN
+static void check_linear(const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t out, int64_t in,
+                         const char* name) {
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == in && (out < 0 || w.size(0) == out), "conv_ffn: ", name,
+              "_weight must be (out, ", in, ")", out >= 0 ? " with out = " + std::to_string(out) : std::string(),
+              ", got ", w.sizes());
+  TORCH_CHECK(!b.has_value() || b->sizes() == at::IntArrayRef({w.size(0)}), "conv_ffn: ", name, "_bias must be (",
+              w.size(0), ",)");
+}
+
+at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
+                        const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+                        const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
+                        int64_t width, bool relu_input) {
+  check_tokens(x_in, height, width, "conv_ffn");
+  const int64_t B = x_in.size(0), c_in = x_in.size(2), hidden = fc1_weight.size(0);
+  check_linear(fc1_weight, fc1_bias, -1, c_in, "fc1");
+  TORCH_CHECK(dw_weight.sizes() == at::IntArrayRef({hidden, 1, 3, 3}), "conv_ffn: dw_weight must be (", hidden,
+              ", 1, 3, 3), got ", dw_weight.sizes());
+  TORCH_CHECK(!dw_bias.has_value() || dw_bias->sizes() == at::IntArrayRef({hidden}), "conv_ffn: dw_bias must be (",
+              hidden, ",)");
+  check_linear(fc2_weight, fc2_bias, -1, hidden, "fc2");
+  const int64_t c_out = fc2_weight.size(0);
+  const auto dtype = x_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "conv_ffn: CPU kernel supports float32, bfloat16 and float16, got ", dtype);
+  // fp32 inside; half types are converted once on the way in and rounded once on the way out.
+  auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  auto f32_opt = [&](const c10::optional<at::Tensor>& t) { return t.has_value() ? f32(*t) : at::Tensor(); };
+  auto ptr = [](const at::Tensor& t) -> const float* { return t.defined() ? t.data_ptr<float>() : nullptr; };
+  const at::Tensor x = f32(x_in), w1 = f32(fc1_weight), w2 = f32(fc2_weight);
+  const at::Tensor b1 = f32_opt(fc1_bias), db = f32_opt(dw_bias), b2 = f32_opt(fc2_bias);
+  const at::Tensor dwt = dw_weight.to(at::kFloat).reshape({hidden, 9}).t().contiguous();  // (9, hidden)
+  at::Tensor y = at::empty({B, height * width, c_out}, x.options());
+  if (y.numel() > 0 && hidden > 0 && c_in > 0) {
+    cpu::ConvFfnArgs args{ptr(x), ptr(w1), ptr(b1), ptr(dwt), ptr(db), ptr(w2), ptr(b2), y.data_ptr<float>(),
+                          B, height, width, c_in, hidden, c_out, relu_input};
+    cpu::conv_ffn_forward(args);
+  } else if (y.numel() > 0) {
+    // Degenerate widths (no hidden or input channels) would hand BLAS empty dimensions: use the composition.
+    at::Tensor h = at::linear(x, w1, b1.defined() ? c10::optional<at::Tensor>(b1) : c10::nullopt);
+    h = relu_input ? h.relu() : h;
+    h = at::conv2d(h.transpose(1, 2).reshape({B, hidden, height, width}), dw_weight.to(at::kFloat),
+                   db.defined() ? c10::optional<at::Tensor>(db) : c10::nullopt, 1, 1, 1, hidden);
+    h = at::gelu(h).flatten(2).transpose(1, 2);
+    y.copy_(at::linear(h, w2, b2.defined() ? c10::optional<at::Tensor>(b2) : c10::nullopt));
+  }
+  return dtype == at::kFloat ? y : y.to(dtype);
+}
+
 // ------------------------------------------------------------------------------------------ meta (shapes)
 at::Tensor dwconv_gelu_meta(const at::Tensor& x, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
                             int64_t, bool) {
   return at::empty(x.sizes(), x.options());
+}
+at::Tensor conv_ffn_meta(const at::Tensor& x, const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&,
+                         const c10::optional<at::Tensor>&, const at::Tensor& fc2_weight,
+                         const c10::optional<at::Tensor>&, int64_t, int64_t, bool) {
+  return at::empty({x.size(0), x.size(1), fc2_weight.size(0)}, x.options());
 }
 at::Tensor adaptive_pool_tokens_meta(const at::Tensor& x, int64_t, int64_t, int64_t pool_size) {
   return at::empty({x.size(0), pool_size * pool_size, x.size(2)}, x.options());
@@ -128,17 +195,23 @@ std::string cpu_isa() { return cpu::isa(); }
 TORCH_LIBRARY(pvtv2_fast_C, m) {
   m.def("dwconv_gelu(Tensor x, Tensor weight, Tensor? bias, int height, int width, bool relu_input) -> Tensor");
   m.def("adaptive_pool_tokens(Tensor x, int height, int width, int pool_size) -> Tensor");
+  m.def(
+      "conv_ffn(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor dw_weight, Tensor? dw_bias, Tensor fc2_weight, "
+      "Tensor? fc2_bias, int height, int width, bool relu_input) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
 }
 
 TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
   m.impl("dwconv_gelu", &pvtv2::dwconv_gelu_cpu);
   m.impl("adaptive_pool_tokens", &pvtv2::adaptive_pool_tokens_cpu);
+  // The conv FFN's GEMMs need a BLAS; without one the op has no CPU kernel and Python uses the composition.
+  if (pvtv2::cpu::has_sgemm()) m.impl("conv_ffn", &pvtv2::conv_ffn_cpu);
 }
 
 TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
   m.impl("dwconv_gelu", &pvtv2::dwconv_gelu_meta);
   m.impl("adaptive_pool_tokens", &pvtv2::adaptive_pool_tokens_meta);
+  m.impl("conv_ffn", &pvtv2::conv_ffn_meta);
 }
 
 // Importable as pvtv2_fast._C; importing it runs the registrations above.

@@ -13,7 +13,7 @@ import torch
 
 _loaded: Optional[bool] = None
 _error = ""
-OPS = ("dwconv_gelu", "adaptive_pool_tokens")
+OPS = ("dwconv_gelu", "adaptive_pool_tokens", "conv_ffn")
 # (op, device type) -> has a kernel; filled once at load so lookups stay traceable by torch.compile
 _kernels: dict = {}
 

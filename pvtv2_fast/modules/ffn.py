@@ -24,8 +24,10 @@ class DepthwiseConv(nn.Module):
 class ConvFeedForward(nn.Module):
     """``(B, N, C)`` → ``(B, N, C)``. The linear-attention variant (PVTv2-Li) adds a ReLU after fc1.
 
-    With ``fast = True`` the (ReLU →) depthwise conv → GELU middle runs as one fused op
-    (:func:`pvtv2_fast.ops.dwconv_gelu`) that reads and writes the widened hidden state once.
+    With ``fast = True`` the FFN runs as :func:`pvtv2_fast.ops.conv_ffn`: on CPU one kernel that streams bands of
+    rows through the cache (the widened hidden state is never materialised), elsewhere fc1 → the fused
+    (ReLU →) depthwise conv → GELU op (:func:`pvtv2_fast.ops.dwconv_gelu`) → fc2. Active dropout (training with
+    ``dropout > 0``) keeps the unfused FFN.
     """
 
     def __init__(
@@ -55,16 +57,28 @@ class ConvFeedForward(nn.Module):
         hidden = self.dense1.out_features
         row_bytes = b * width * hidden * hidden_states.element_size()
         if self.max_hidden_bytes is None or row_bytes * (height + 2) <= self.max_hidden_bytes:
-            return self.dense2_dropout(self.widen(hidden_states, height, width))
+            return self.ffn(hidden_states, height, width)
         band = max(1, self.max_hidden_bytes // row_bytes - 2)
         out = hidden_states.new_empty(b, height * width, self.dense2.out_features)
         for r0 in range(0, height, band):
             r1 = min(height, r0 + band)
             a0, a1 = max(0, r0 - 1), min(height, r1 + 1)  # the band plus its halo rows
-            widened = self.widen(hidden_states[:, a0 * width: a1 * width], a1 - a0, width)
-            kept = widened[:, (r0 - a0) * width: (r1 - a0) * width]
-            out[:, r0 * width: r1 * width] = self.dense2_dropout(kept)
+            band_out = self.ffn(hidden_states[:, a0 * width: a1 * width], a1 - a0, width)
+            out[:, r0 * width: r1 * width] = band_out[:, (r0 - a0) * width: (r1 - a0) * width]
         return out
+
+    def ffn(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The whole FFN on one map (or band): ``(B, H·W, C)`` → ``(B, H·W, C)``."""
+        if self.fast and self.hidden_act == "gelu" and not (self.training and self.dropout.p > 0):
+            from .. import ops
+
+            # one op for the whole FFN: on CPU a kernel that never materialises the widened hidden state
+            conv = self.dwconv.dwconv
+            return ops.conv_ffn(
+                hidden_states, self.dense1.weight, self.dense1.bias, conv.weight, conv.bias, self.dense2.weight,
+                self.dense2.bias, height, width, relu_input=self.extra_relu, backend=self.backend,
+            )
+        return self.dense2_dropout(self.widen(hidden_states, height, width))
 
     def dense2_dropout(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.dense2(hidden_states))

@@ -5,6 +5,7 @@ and ``torch.export`` see one opaque node per fused call. See :mod:`pvtv2_fast.op
 """
 
 from ._dispatch import BACKENDS, FallbackWarning, reset_warnings, triton_status
+from .conv_ffn import conv_ffn, conv_ffn_reference
 from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
 from .sra_attention import sra_attention, sra_attention_reference
@@ -12,6 +13,8 @@ from .sra_attention import sra_attention, sra_attention_reference
 __all__ = [
     "BACKENDS",
     "FallbackWarning",
+    "conv_ffn",
+    "conv_ffn_reference",
     "dwconv_gelu",
     "dwconv_gelu_reference",
     "linear_sra_pool",

@@ -1,0 +1,121 @@
+// PVTv2's convolutional FFN on CPU, streamed through the cache in bands of map rows:
+//   fc1 (GEMM) → ring buffer of hidden rows → depthwise 3×3 + GELU (kernels.h, 3 row pointers) → fc2 (GEMM) → y.
+// Why: the unfused FFN writes and re-reads a widened (B, H·W, hidden) tensor three times (fc1 out, conv out, fc2 in),
+// and on CPU most of that cost was first-touch page faults of the fresh 16–64 MB tensors plus addmm's bias pass
+// (profile in the C++/CUDA issue). Here the hidden state lives in per-thread buffers of about
+// 512 KB (PVTV2_FAST_FFN_BAND_KB), reused band after band, so the only large memory traffic is reading x and writing y.
+//
+// Each thread walks its bands of one image top to bottom; fc1 rows are kept in a ring of (band + 2) rows, so the
+// halo rows a band shares with the previous one are computed once (a thread's first band computes its own halo).
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "cpu_kernels.h"
+
+// The Fortran BLAS sgemm that torch's CPU build links (MKL on x86-64 wheels, OpenBLAS on others). Weak: a build
+// without one still loads, and conv_ffn then has no CPU kernel (ops.cpp registers it only when this resolves).
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+
+namespace pvtv2 {
+namespace cpu {
+
+bool has_sgemm() { return sgemm_ != nullptr; }
+
+namespace {
+
+// out (rows, n) = in (rows, k) · w (n, k)ᵀ + bias, row-major and contiguous; bias may be nullptr.
+// Called from inside at::parallel_for, where the BLAS runs single-threaded (it sees the OpenMP region).
+void linear_rows(const float* in, int64_t rows, int64_t k, const float* w, const float* bias, int64_t n, float* out) {
+  float beta = 0.0f;
+  if (bias != nullptr) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * n, bias, n * sizeof(float));
+    beta = 1.0f;
+  }
+  // Column-major view of the same memory: outᵀ (n × rows) = w (stored k × n, transposed) · inᵀ (k × rows).
+  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
+  const int lda = k_, ldb = k_, ldc = m_;
+  const float alpha = 1.0f;
+  sgemm_("T", "N", &m_, &n_, &k_, &alpha, w, &lda, in, &ldb, &beta, out, &ldc);
+}
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], FreeDeleter>;
+
+Buffer alloc_floats(int64_t n) {
+  const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  TORCH_CHECK(p != nullptr, "conv_ffn: could not allocate ", bytes, " bytes of band buffer");
+  return Buffer(p);
+}
+
+int64_t band_target_bytes() {
+  // 512 KB of hidden rows per band. Bands this small keep the ring (band + 2 rows) and the activation band in
+  // L2/L3, yet give the GEMMs hundreds of rows; measured on a 2-core EPYC (512 KB L2 per core, 32 MB L3) over the
+  // b0/b2 stage shapes, 128 KB-1 MB were within noise at large maps and 512 KB was best at 16×16 and 32×32 maps.
+  static const int64_t kb = [] {
+    const char* env = std::getenv("PVTV2_FAST_FFN_BAND_KB");
+    const long v = env ? std::strtol(env, nullptr, 10) : 0;
+    return v > 0 ? static_cast<int64_t>(v) : int64_t{512};
+  }();
+  return kb * 1024;
+}
+
+}  // namespace
+
+int64_t conv_ffn_band_rows(int64_t row_floats, int64_t height, int64_t batch) {
+  int64_t rows = std::max<int64_t>(1, band_target_bytes() / (row_floats * static_cast<int64_t>(sizeof(float))));
+  // Enough bands that every thread gets work, even for one small image.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t bands_per_image = (threads + batch - 1) / batch;
+  rows = std::min(rows, (height + bands_per_image - 1) / bands_per_image);
+  return std::max<int64_t>(1, std::min(rows, height));
+}
+
+void conv_ffn_forward(const ConvFfnArgs& a) {
+  const int64_t H = a.height, W = a.width, N = H * W, hid = a.hidden;
+  const int64_t row_floats = W * hid;
+  const int64_t R = conv_ffn_band_rows(row_floats, H, a.batch);
+  const int64_t bands = (H + R - 1) / R;
+  const int64_t cap = R + 2;  // ring capacity in rows: one band plus its halo above and below
+  const DwconvGeluRowFn row_fn = dwconv_gelu_row();
+  at::parallel_for(0, a.batch * bands, 1, [&](int64_t begin, int64_t end) {
+    Buffer ring = alloc_floats(cap * row_floats);
+    Buffer act = alloc_floats(R * row_floats);
+    // fc1 rows [have_lo, have_hi) of image have_image are in the ring, row h at slot h % cap.
+    int64_t have_image = -1, have_lo = 0, have_hi = 0;
+    auto slot = [&](int64_t h) { return ring.get() + (h % cap) * row_floats; };
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / bands, r0 = (item % bands) * R, r1 = std::min(H, r0 + R);
+      const int64_t lo = std::max<int64_t>(0, r0 - 1), hi = std::min(H, r1 + 1);
+      const float* xb = a.x + b * N * a.c_in;
+      const bool carry = have_image == b && have_lo <= lo && lo <= have_hi;
+      int64_t from = carry ? have_hi : lo;
+      have_lo = carry ? std::max(have_lo, hi - cap) : lo;
+      have_image = b;
+      have_hi = hi;
+      while (from < hi) {  // fc1 for the missing rows, split where the ring wraps
+        const int64_t s = from % cap, n = std::min(hi - from, cap - s);
+        linear_rows(xb + from * W * a.c_in, n * W, a.c_in, a.fc1_w, a.fc1_b, hid, ring.get() + s * row_floats);
+        from += n;
+      }
+      for (int64_t h = r0; h < r1; ++h) {
+        const float* rows[3] = {h > 0 ? slot(h - 1) : nullptr, slot(h), h + 1 < H ? slot(h + 1) : nullptr};
+        row_fn(rows, a.dw_wt, a.dw_b, act.get() + (h - r0) * row_floats, W, hid, a.relu_input);
+      }
+      linear_rows(act.get(), (r1 - r0) * W, hid, a.fc2_w, a.fc2_b, a.c_out, a.y + (b * N + r0 * W) * a.c_out);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace pvtv2

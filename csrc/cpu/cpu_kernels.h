@@ -1,0 +1,53 @@
+// The CPU side's internal interface: the per-ISA entry points of kernels.h, the pick for this CPU, and the
+// band-streaming conv FFN of conv_ffn.cpp. Raw pointers only; ops.cpp turns tensors into these calls.
+#pragma once
+
+#include <stdint.h>
+
+#include <string>
+
+namespace pvtv2 {
+namespace cpu {
+
+// rows: 3 pointers to (W, C) input rows (above / at / below; nullptr = zero padding); y: the (W, C) output row.
+using DwconvGeluRowFn = void (*)(const float* const* rows, const float* wt, const float* bias, float* y, int64_t W,
+                                 int64_t C, bool relu_input);
+using PoolCellFn = void (*)(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W, int64_t C,
+                            int64_t P);
+
+void dwconv_gelu_row_default(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
+void pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+#if defined(__x86_64__) || defined(_M_X64)
+void dwconv_gelu_row_avx2(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
+void pool_cell_avx2(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+#endif
+
+// "avx2" when the CPU has AVX2 + FMA (and PVTV2_FAST_CPU_ISA is not "default"), else "default".
+std::string isa();
+DwconvGeluRowFn dwconv_gelu_row();
+PoolCellFn pool_cell();
+
+// y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all float32 and contiguous:
+// x (B, H·W, c_in), fc1_w (hidden, c_in), dw_wt (9, hidden) tap-major, fc2_w (c_out, hidden), y (B, H·W, c_out);
+// biases may be nullptr. The widened hidden state only ever exists for a few rows per thread (see conv_ffn.cpp).
+struct ConvFfnArgs {
+  const float* x;
+  const float* fc1_w;
+  const float* fc1_b;
+  const float* dw_wt;
+  const float* dw_b;
+  const float* fc2_w;
+  const float* fc2_b;
+  float* y;
+  int64_t batch, height, width, c_in, hidden, c_out;
+  bool relu_input;
+};
+
+// Whether a BLAS sgemm is linked in (the conv FFN's GEMMs run on it); false on torch builds without one.
+bool has_sgemm();
+// Rows per band for a hidden state of `row_floats` floats per map row (override: PVTV2_FAST_FFN_BAND_KB).
+int64_t conv_ffn_band_rows(int64_t row_floats, int64_t height, int64_t batch);
+void conv_ffn_forward(const ConvFfnArgs& args);
+
+}  // namespace cpu
+}  // namespace pvtv2
