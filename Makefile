@@ -43,7 +43,7 @@ ASAN_LIB = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name
 sanitize: venv
 	PVTV2_FAST_SANITIZE=address PVTV2_FAST_CUDA=0 $(PY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan-tmp --force
 	PVTV2_FAST_EXT=$$(ls build/asan/pvtv2_fast/_C*.so) LD_PRELOAD="$(ASAN_LIB)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-		$(PY) -m pytest -q -p no:cacheprovider tests/test_ops_cpp.py -k "not opcheck"
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_ops_cpp.py tests/test_conv_ffn.py -k "not opcheck"
 
 # Every Triton kernel variant compiled for sm_80/sm_90, with its resource use (no GPU needed).
 aot-report: venv
