@@ -1,4 +1,4 @@
-"""Per-kernel GPU benchmark: fused Triton vs the PyTorch reference composition (SDPA including the layout copies
+"""Per-kernel GPU benchmark: fused Triton (and the extension's CUDA C++ kernels) vs the PyTorch reference composition (SDPA including the layout copies
 it needs; conv2d on NCHW including the token↔NCHW transposes) over the stage shapes of b0 and b2 at 512², 1024²,
 2048². Reports median time (CUDA events), achieved GB/s and TFLOP/s, and the fraction of the device's *measured*
 copy bandwidth / matmul rate (the floor: max(bytes / bandwidth, flops / rate)).
@@ -9,13 +9,14 @@ copy bandwidth / matmul rate (the floor: max(bytes / bandwidth, flops / rate)).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
 
 from bench.harness import RESULTS, cuda_time, markdown_table
 from bench.candidates import DTYPES
-from pvtv2_fast import PvtV2Config, ops, stage_sizes
+from pvtv2_fast import PvtV2Config, _ext, ops, stage_sizes
 
 
 def device_ceilings(dtype: torch.dtype) -> dict:
@@ -36,11 +37,29 @@ def _row(name, shape, t, nbytes, flops, ceil, ref_t=None):
             (ref_t / t) if ref_t else float("nan")]
 
 
+def _versus_table(versus) -> str:
+    """Per op, the geometric mean of CUDA C++ time / Triton time over the shapes: the data behind CUDA_ORDER."""
+    rows = []
+    for op, ratios in versus.items():
+        if not ratios:
+            rows.append([op, 0, float("nan"), "no CUDA C++ kernel in this build"])
+            continue
+        geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        order = ("triton", "cuda") if geomean >= 1 else ("cuda", "triton")
+        rows.append([op, len(ratios), geomean, f"CUDA_ORDER[{op!r}] = {order}"])
+    return ("\n## Triton vs CUDA C++ (decides `pvtv2_fast.ops._dispatch.CUDA_ORDER`)\n\n"
+            + markdown_table(["op", "shapes", "geomean time CUDA C++ / Triton", "faster first"], rows) + "\n")
+
+
 def run(presets, sizes, dtype_name: str, out: Path) -> str:
     dtype = DTYPES[dtype_name]
     ceil = device_ceilings(dtype)
     elt = torch.finfo(dtype).bits // 8
     rows = []
+    # the extension's CUDA C++ kernels, timed beside Triton's to decide ops._dispatch.CUDA_ORDER
+    cuda_cpp = {op: _ext.has_kernel(native, "cuda")
+                for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "adaptive_pool_tokens"))}
+    versus = {op: [] for op in cuda_cpp}
     for preset in presets:
         cfg = PvtV2Config.from_preset(preset)
         for size in sizes:
@@ -71,18 +90,26 @@ def run(presets, sizes, dtype_name: str, out: Path) -> str:
                 shape = f"{h}×{w}×{ffn}"
                 rows.append(_row(f"{tag} dwconv+GELU torch", shape, t_ref, nbytes, flops, ceil))
                 rows.append(_row(f"{tag} dwconv+GELU fused", shape, t_fused, nbytes, flops, ceil, t_ref))
+                if cuda_cpp["dwconv_gelu"]:
+                    t_cpp = cuda_time(lambda: ops.dwconv_gelu(x, wt, bias, h, w, backend="cuda"))
+                    rows.append(_row(f"{tag} dwconv+GELU CUDA C++", shape, t_cpp, nbytes, flops, ceil, t_ref))
+                    versus["dwconv_gelu"].append(t_cpp / t_fused)
                 if i == 0:
                     nbytes = n * c * elt
                     t_ref = cuda_time(lambda: ops.linear_sra_pool(q, h, w, backend="torch"))
                     t_fused = cuda_time(lambda: ops.linear_sra_pool(q, h, w, backend="triton"))
                     rows.append(_row(f"{tag} pool 7×7 torch", f"{h}×{w}×{c}", t_ref, nbytes, 0, ceil))
                     rows.append(_row(f"{tag} pool 7×7 fused", f"{h}×{w}×{c}", t_fused, nbytes, 0, ceil, t_ref))
+                    if cuda_cpp["linear_sra_pool"]:
+                        t_cpp = cuda_time(lambda: ops.linear_sra_pool(q, h, w, backend="cuda"))
+                        rows.append(_row(f"{tag} pool 7×7 CUDA C++", f"{h}×{w}×{c}", t_cpp, nbytes, 0, ceil, t_ref))
+                        versus["linear_sra_pool"].append(t_cpp / t_fused)
     headers = ["kernel", "shape", "median µs", "GB/s", "TFLOP/s", "% of floor (bytes/BW, flops/rate)",
                "speed-up vs torch"]
     text = (f"# Kernel benchmark ({torch.cuda.get_device_name()}, {dtype_name}, batch 1)\n\n"
             f"Measured ceilings: copy {ceil['bandwidth'] / 1e12:.2f} TB/s (read + write), matmul "
             f"{ceil['flops'] / 1e12:.0f} TFLOP/s. Bytes counted: each input read once, each output written once.\n\n"
-            + markdown_table(headers, rows) + "\n")
+            + markdown_table(headers, rows) + "\n" + _versus_table(versus))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text

@@ -28,3 +28,13 @@ def test_markdown_table_formats_numbers_and_missing_values():
     lines = table.splitlines()
     assert lines[0] == "| a | b | c |" and lines[1] == "|---|---|---|"
     assert lines[2] == "| x | 1235 | — |" and lines[3] == "| y | 0.0123 | 3 |"
+
+
+def test_triton_vs_cuda_table_orders_each_op_by_geomean():
+    from bench.kernels import _versus_table
+
+    table = _versus_table({"dwconv_gelu": [0.5, 0.8], "linear_sra_pool": [2.0, 1.5], "other": []})
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "CUDA_ORDER['dwconv_gelu'] = ('cuda', 'triton')" in rows["dwconv_gelu"]  # CUDA C++ faster: first
+    assert "CUDA_ORDER['linear_sra_pool'] = ('triton', 'cuda')" in rows["linear_sra_pool"]
+    assert "no CUDA C++ kernel in this build" in rows["other"]

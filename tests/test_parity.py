@@ -14,7 +14,7 @@ import transformers
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification
 from pvtv2_fast.checkpoint import canonical_to_timm, timm_to_canonical
-from conftest import PARITY_PRESETS, PARITY_SIZES, hf_config, randomize_
+from conftest import PARITY_PRESETS, PARITY_SIZES, assert_same_as_timm, hf_config, randomize_
 
 ATOL = 1e-5
 TIMM_NAMES = {"b0": "pvt_v2_b0", "b1": "pvt_v2_b1", "b2": "pvt_v2_b2", "b2_linear": "pvt_v2_b2_li"}
@@ -171,7 +171,7 @@ def test_timm_state_dict_round_trip(preset, tmp_path):
     assert ours.config.linear_attention == (preset == "b2_linear")
     x = _input(2, (97, 131), seed=8)
     with torch.no_grad():
-        assert torch.equal(theirs(x), ours(x).logits)
+        assert_same_as_timm(ours(x).logits, theirs(x))
     exported = canonical_to_timm({re.sub(r"^pvt_v2\.", "", k): v for k, v in ours.state_dict().items()})
     assert exported.keys() == theirs.state_dict().keys()
     assert all(torch.equal(exported[k], v) for k, v in theirs.state_dict().items())

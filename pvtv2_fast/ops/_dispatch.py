@@ -21,6 +21,9 @@ import torch
 from .. import _ext
 
 BACKENDS = ("auto", "triton", "cpu", "cuda", "torch")
+# "auto" on CUDA tensors tries these in order, per op. To be set from the "Triton vs CUDA C++" table that
+# `make gpu-check` writes (bench/results/gpu_kernels.md); no GPU has run it yet, so Triton (autotuned) goes first.
+CUDA_ORDER = {"dwconv_gelu": ("triton", "cuda"), "linear_sra_pool": ("triton", "cuda")}
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -117,7 +120,7 @@ def choose(op: str, backend: str, tensors: Sequence[torch.Tensor], triton_extra:
             raise NotImplementedError(f"{op}: backend={backend!r} cannot run this input: {reason}")
         return backend
     device = tensors[0].device.type
-    order = ["cpu", "triton"] if device == "cpu" else ["triton", "cuda"]
+    order = ["cpu", "triton"] if device == "cpu" else CUDA_ORDER.get(op, ("triton", "cuda"))
     reasons = []
     for candidate in order:
         reason = unsupported(candidate)
