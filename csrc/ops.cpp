@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstdint>
 #if defined(__linux__)
@@ -18,29 +19,51 @@
 namespace pvtv2 {
 namespace cpu {
 
-static bool has_avx2() {
+enum class Isa { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
+
+static Isa detect_isa() {
+  Isa best = Isa::kDefault;
 #if defined(__x86_64__) || defined(_M_X64)
-  // PVTV2_FAST_CPU_ISA=default forces the portable path (so tests cover it on AVX2 machines too).
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         !(std::getenv("PVTV2_FAST_CPU_ISA") && std::string(std::getenv("PVTV2_FAST_CPU_ISA")) == "default");
-  return ok;
-#else
-  return false;
+  // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+  if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
 #endif
+  const char* cap = std::getenv("PVTV2_FAST_CPU_ISA");
+  if (cap == nullptr || *cap == '\0') return best;
+  const std::string name(cap);
+  Isa limit;
+  if (name == "default") limit = Isa::kDefault;
+  else if (name == "avx2") limit = Isa::kAvx2;
+  else if (name == "avx512") limit = Isa::kAvx512;
+  else TORCH_CHECK(false, "PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512; got '", name, "'");
+  return std::min(best, limit);
 }
 
-std::string isa() { return has_avx2() ? "avx2" : "default"; }
+static Isa active_isa() {
+  static const Isa isa = detect_isa();
+  return isa;
+}
+
+std::string isa() {
+  switch (active_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "default";
+  }
+}
 
 DwconvGeluRowFn dwconv_gelu_row() {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (has_avx2()) return dwconv_gelu_row_avx2;
+  if (active_isa() == Isa::kAvx512) return dwconv_gelu_row_avx512;
+  if (active_isa() == Isa::kAvx2) return dwconv_gelu_row_avx2;
 #endif
   return dwconv_gelu_row_default;
 }
 
 PoolCellFn pool_cell() {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (has_avx2()) return pool_cell_avx2;
+  if (active_isa() == Isa::kAvx512) return pool_cell_avx512;
+  if (active_isa() == Isa::kAvx2) return pool_cell_avx2;
 #endif
   return pool_cell_default;
 }

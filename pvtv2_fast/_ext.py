@@ -1,7 +1,8 @@
 """The compiled extension ``pvtv2_fast._C`` (csrc/): loaded once; the package works without it.
 
 ``PVTV2_FAST_EXT=/path/to/_C.so`` loads another build instead (e.g. the AddressSanitizer one of
-``make sanitize``); ``PVTV2_FAST_CPU_ISA=default`` makes the CPU kernels skip their AVX2 path.
+``make sanitize``); ``PVTV2_FAST_CPU_ISA=default|avx2|avx512`` caps the instruction set the CPU kernels use (they
+pick the widest the CPU has).
 """
 
 from __future__ import annotations
@@ -48,5 +49,5 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 
 def cpu_isa() -> str:
-    """The instruction set the CPU kernels run with here ("avx2" or "default")."""
+    """The instruction set the CPU kernels run with here: "avx512", "avx2" or "default"."""
     return torch.ops.pvtv2_fast_C.cpu_isa() if available() else "unavailable"

@@ -76,17 +76,35 @@ def test_gelu_tails_are_exact_enough():
     close(ops.dwconv_gelu(x, weight, None, 1, 1, backend="cpu"), torch.nn.functional.gelu(x), torch.float32)
 
 
-def test_scalar_isa_path_matches():
-    """PVTV2_FAST_CPU_ISA=default runs the portable kernels; they must agree too (checked in a subprocess)."""
-    code = ("import torch; from pvtv2_fast import ops, _ext; assert _ext.cpu_isa() == 'default'; "
-            "x = torch.randn(2, 63, 21); w = torch.randn(21, 1, 3, 3); b = torch.randn(21); "
-            "e = (ops.dwconv_gelu(x, w, b, 7, 9, True, backend='cpu') - "
-            "ops.dwconv_gelu_reference(x, w, b, 7, 9, True)).abs().max().item(); "
-            "p = (ops.linear_sra_pool(x, 7, 9, backend='cpu') - ops.linear_sra_pool_reference(x, 7, 9, 7)).abs().max().item(); "
-            "assert e < 1e-5 and p < 1e-6, (e, p); print('ok')")
-    env = dict(os.environ, PVTV2_FAST_CPU_ISA="default")
+ISA_ORDER = ("default", "avx2", "avx512")
+
+
+@pytest.mark.parametrize("cap", ISA_ORDER)
+def test_every_isa_path_matches(cap):
+    """PVTV2_FAST_CPU_ISA caps the instruction set, so every compiled path runs here (those the CPU has): the
+    portable one, AVX2 and AVX-512. Channel counts put work in each path's paired, single-vector and scalar-tail
+    loops (8- and 16-lane); checked in a subprocess, since the ISA is chosen once per process."""
+    native = _ext.cpu_isa()
+    expected = ISA_ORDER[min(ISA_ORDER.index(native), ISA_ORDER.index(cap))]
+    code = (f"import torch; from pvtv2_fast import ops, _ext; assert _ext.cpu_isa() == {expected!r}, _ext.cpu_isa()\n"
+            "for c in (21, 40, 67):\n"
+            "    x = torch.randn(2, 63, c); w = torch.randn(c, 1, 3, 3); b = torch.randn(c)\n"
+            "    e = (ops.dwconv_gelu(x, w, b, 7, 9, True, backend='cpu') - "
+            "ops.dwconv_gelu_reference(x, w, b, 7, 9, True)).abs().max().item()\n"
+            "    p = (ops.linear_sra_pool(x, 7, 9, backend='cpu') - "
+            "ops.linear_sra_pool_reference(x, 7, 9, 7)).abs().max().item()\n"
+            "    assert e < 1e-5 and p < 1e-6, (c, e, p)\n"
+            "print('ok')")
+    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_unknown_isa_name_is_an_error():
+    code = "from pvtv2_fast import _ext; _ext.cpu_isa()"
+    env = dict(os.environ, PVTV2_FAST_CPU_ISA="sse9")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512" in out.stderr
 
 
 def test_registration_opcheck():

@@ -20,9 +20,12 @@ void pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t,
 #if defined(__x86_64__) || defined(_M_X64)
 void dwconv_gelu_row_avx2(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
 void pool_cell_avx2(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+void dwconv_gelu_row_avx512(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
+void pool_cell_avx512(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
 #endif
 
-// "avx2" when the CPU has AVX2 + FMA (and PVTV2_FAST_CPU_ISA is not "default"), else "default".
+// The widest ISA the CPU (and OS) support: "avx512" (AVX-512F), "avx2" (AVX2 + FMA) or "default"; the
+// environment variable PVTV2_FAST_CPU_ISA (one of those names) caps it, so tests cover every path on one machine.
 std::string isa();
 DwconvGeluRowFn dwconv_gelu_row();
 PoolCellFn pool_cell();

@@ -1,5 +1,6 @@
 // CPU kernels on the (B, N, C) token layout, written once over a vector policy `V` and compiled per ISA:
-// kernels_default.cpp (ScalarOps, 1 lane) and kernels_avx2.cpp (Avx2Ops, 8 lanes of AVX2 + FMA intrinsics).
+// kernels_default.cpp (ScalarOps, 1 lane), kernels_avx2.cpp (Avx2Ops, 8 lanes of AVX2 + FMA intrinsics) and
+// kernels_avx512.cpp (Avx512Ops, 16 lanes of AVX-512F).
 // Each translation unit defines PVT_ISA first, so every copy lives in its own namespace (no ODR clash between
 // ISAs); ops.cpp picks one at run time.
 //
@@ -50,12 +51,6 @@ struct ScalarOps {
   static reg gelu(reg v) { return gelu_scalar(v); }
 };
 
-// One output row of the 3×3 depthwise conv: y[w, c] = GELU(bias[c] + Σ_taps ReLU?(row[dh][w+dw, c]) · wt[tap, c]).
-// rows[0], rows[1], rows[2]: the input rows above, at and below the output row, each (W, C) contiguous floats;
-// rows[0] / rows[2] are nullptr at the top / bottom border (zero padding). Taking rows by pointer lets callers keep
-// them anywhere: in the input tensor (dwconv_gelu) or in a ring buffer of fc1 rows (conv_ffn).
-// wt: (9, C), tap-major; y: the (W, C) output row. Channels advance V::kWidth at a time with the accumulators in
-// registers across all 9 taps; the C % kWidth tail runs scalar.
 // The channel loop of one output pixel with NT taps (NT = 9 for interior pixels: a fixed trip count the compiler
 // unrolls, with the ReLU decision hoisted out as RELU), vector lanes first, then the C % kWidth tail.
 template <typename V, int NT, bool RELU>
@@ -124,7 +119,7 @@ static inline void dwconv_gelu_row_t(const float* const* rows, const float* __re
 // rows[0] / rows[2] are nullptr at the top / bottom border (zero padding). Taking rows by pointer lets callers keep
 // them anywhere: in the input tensor (dwconv_gelu) or in a ring buffer of fc1 rows (conv_ffn).
 // wt: (9, C), tap-major; y: the (W, C) output row. Channels advance V::kWidth at a time with the accumulators in
-// registers across all 9 taps.
+// registers across all 9 taps; the C % kWidth tail runs scalar.
 template <typename V>
 static inline void dwconv_gelu_row_impl(const float* const* rows, const float* __restrict__ wt,
                                         const float* __restrict__ bias, float* __restrict__ y, int64_t W, int64_t C,
