@@ -72,7 +72,8 @@ def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu
             f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: {peak_note} "
             f"(not measured for compiled candidates).\n"
             f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)}`\n\n"
-            f"{table}\n")
+            + (fast_summary(results, impls) if "fast" in impls else "")
+            + f"{table}\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, impls, out.with_suffix(".png"), f"PVTv2 encoder forward, {device} {dtype}")
     if "fast" in impls:
@@ -82,6 +83,21 @@ def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu
     out.with_suffix(".md").write_text(text)
     print(text)
     return results
+
+
+def fast_summary(results, impls) -> str:
+    """One row per config: fast=True's speed-up over every other candidate (time ratio, > 1 = fast is faster) and
+    its peak forward memory relative to the reference's."""
+    others = [i for i in impls if i != "fast"]
+    rows = []
+    for preset, size in dict.fromkeys((r["preset"], r["size"]) for r in results):
+        by_impl = {r["impl"]: r for r in results if (r["preset"], r["size"]) == (preset, size)}
+        fast = by_impl["fast"]
+        memory = (fast["peak_mb"] / by_impl["reference"]["peak_mb"]) if "reference" in by_impl else math.nan
+        rows.append([preset, f"{size}²", fast["ms"], *(by_impl[i]["ms"] / fast["ms"] for i in others), memory])
+    headers = ["preset", "input", "fast ms", *(f"× {i}" for i in others), "peak memory / reference"]
+    return ("fast=True at a glance: speed-up over each candidate (time ratio from the table below) and peak "
+            "memory relative to the reference.\n\n" + markdown_table(headers, rows) + "\n\n")
 
 
 def op_table(threads: int, repeats: int = 15) -> str:

@@ -52,21 +52,16 @@ std::string isa() {
   }
 }
 
-DwconvGeluRowFn dwconv_gelu_row() {
+// The entry point NAME_<isa> of the active ISA (only the portable one off x86-64).
 #if defined(__x86_64__) || defined(_M_X64)
-  if (active_isa() == Isa::kAvx512) return dwconv_gelu_row_avx512;
-  if (active_isa() == Isa::kAvx2) return dwconv_gelu_row_avx2;
+#define PVT_FOR_ACTIVE_ISA(NAME) \
+  (active_isa() == Isa::kAvx512 ? NAME##_avx512 : active_isa() == Isa::kAvx2 ? NAME##_avx2 : NAME##_default)
+#else
+#define PVT_FOR_ACTIVE_ISA(NAME) NAME##_default
 #endif
-  return dwconv_gelu_row_default;
-}
 
-PoolCellFn pool_cell() {
-#if defined(__x86_64__) || defined(_M_X64)
-  if (active_isa() == Isa::kAvx512) return pool_cell_avx512;
-  if (active_isa() == Isa::kAvx2) return pool_cell_avx2;
-#endif
-  return pool_cell_default;
-}
+DwconvGeluRowFn dwconv_gelu_row() { return PVT_FOR_ACTIVE_ISA(dwconv_gelu_row); }
+PoolCellFn pool_cell() { return PVT_FOR_ACTIVE_ISA(pool_cell); }
 }  // namespace cpu
 
 // Large outputs are written once, right after allocation: on Linux, ask for transparent huge pages on them, so the

@@ -38,3 +38,14 @@ def test_triton_vs_cuda_table_orders_each_op_by_geomean():
     assert "CUDA_ORDER['dwconv_gelu'] = ('cuda', 'triton')" in rows["dwconv_gelu"]  # CUDA C++ faster: first
     assert "CUDA_ORDER['linear_sra_pool'] = ('triton', 'cuda')" in rows["linear_sra_pool"]
     assert "no CUDA C++ kernel in this build" in rows["other"]
+
+
+def test_fast_summary_ratios():
+    from bench.report import fast_summary
+
+    results = [dict(preset="b0", size=512, impl=i, ms=ms, peak_mb=mb)
+               for i, ms, mb in (("reference", 200.0, 72.0), ("fast", 80.0, 18.0), ("timm", 240.0, 72.0))]
+    lines = fast_summary(results, ["reference", "fast", "timm"]).splitlines()
+    header = next(line for line in lines if line.startswith("| preset"))
+    assert header == "| preset | input | fast ms | × reference | × timm | peak memory / reference |"
+    assert "| b0 | 512² | 80 | 2.5 | 3 | 0.25 |" in lines

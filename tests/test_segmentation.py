@@ -10,7 +10,7 @@ import torch
 import transformers
 from PIL import Image
 
-from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForSemanticSegmentation, PvtV2Model
+from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForSemanticSegmentation
 from pvtv2_fast.__main__ import main
 from pvtv2_fast.checkpoint import CheckpointMismatchError
 from pvtv2_fast.segmentation import segment, tile_origins

@@ -5,7 +5,8 @@
 // ISAs); ops.cpp picks one at run time.
 //
 // A policy V provides: kWidth, type `reg`, load(const float*), store(float*, reg), set1(float), zero(),
-// fmadd(a, b, c) = a·b + c, add, mul, relu, gelu (exact-form GELU through erf_poly's polynomial).
+// fmadd(a, b, c) = a·b + c, add, sub, mul, min, abs, relu, recip (1/x, ~1e-7 relative) and copysign(magnitude,
+// sign); the GELU below is built from these.
 #pragma once
 
 #include <math.h>
@@ -25,18 +26,6 @@ namespace PVT_ISA {
 // erf(x) = 1 - 1 / (1 + a1 z + ... + a6 z^6)^16 for z = |x|, sign restored.
 constexpr float kErfA[6] = {0.0705230784f, 0.0422820123f, 0.0092705272f, 0.0001520143f, 0.0002765672f, 0.0000430638f};
 
-static inline float erf_poly(float x) {
-  const float z = fminf(fabsf(x), 4.0f);  // erf(4) = 1 - 1.5e-8: 1 in fp32
-  float p = 1.0f + z * (kErfA[0] + z * (kErfA[1] + z * (kErfA[2] + z * (kErfA[3] + z * (kErfA[4] + z * kErfA[5])))));
-  p = p * p;
-  p = p * p;
-  p = p * p;
-  p = p * p;
-  return copysignf(1.0f - 1.0f / p, x);
-}
-
-static inline float gelu_scalar(float v) { return 0.5f * v * (1.0f + erf_poly(v * 0.70710678118654752f)); }
-
 struct ScalarOps {
   static constexpr int kWidth = 1;
   using reg = float;
@@ -45,11 +34,35 @@ struct ScalarOps {
   static reg zero() { return 0.0f; }
   static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static reg add(reg a, reg b) { return a + b; }
+  static reg sub(reg a, reg b) { return a - b; }
   static reg mul(reg a, reg b) { return a * b; }
+  static reg min(reg a, reg b) { return fminf(a, b); }
+  static reg abs(reg a) { return fabsf(a); }
   static reg set1(float v) { return v; }
   static reg relu(reg a) { return fmaxf(a, 0.0f); }
-  static reg gelu(reg v) { return gelu_scalar(v); }
+  static reg recip(reg a) { return 1.0f / a; }
+  static reg copysign(reg magnitude, reg sign) { return copysignf(magnitude, sign); }
 };
+
+// Exact-form GELU, 0.5·v·(1 + erf(v/√2)), for any policy: erf(u) = sign(u)·(1 - 1/p(|u|)^16) with kErfA's
+// polynomial p, written once here; each ISA supplies only its intrinsics (recip: 1/p to ~1e-7 relative, p >= 1).
+template <typename V>
+static inline typename V::reg gelu(typename V::reg v) {
+  using reg = typename V::reg;
+  const reg u = V::mul(v, V::set1(0.70710678118654752f));
+  const reg z = V::min(V::abs(u), V::set1(4.0f));  // erf(4) = 1 - 1.5e-8: 1 in fp32
+  reg p = V::set1(kErfA[5]);
+  for (int k = 4; k >= 0; --k) p = V::fmadd(p, z, V::set1(kErfA[k]));
+  p = V::fmadd(p, z, V::set1(1.0f));
+  p = V::mul(p, p);
+  p = V::mul(p, p);
+  p = V::mul(p, p);
+  p = V::mul(p, p);
+  const reg erf = V::copysign(V::sub(V::set1(1.0f), V::recip(p)), u);
+  return V::mul(V::mul(V::set1(0.5f), v), V::add(V::set1(1.0f), erf));
+}
+
+static inline float gelu_scalar(float v) { return gelu<ScalarOps>(v); }
 
 // The channel loop of one output pixel with NT taps (NT = 9 for interior pixels: a fixed trip count the compiler
 // unrolls, with the ReLU decision hoisted out as RELU), vector lanes first, then the C % kWidth tail.
@@ -73,8 +86,8 @@ static inline void dwconv_gelu_pixel(const float* const* taps, const float* cons
       acc0 = V::fmadd(v0, V::load(kern[t] + c), acc0);
       acc1 = V::fmadd(v1, V::load(kern[t] + c + V::kWidth), acc1);
     }
-    V::store(out + c, V::gelu(acc0));
-    V::store(out + c + V::kWidth, V::gelu(acc1));
+    V::store(out + c, gelu<V>(acc0));
+    V::store(out + c + V::kWidth, gelu<V>(acc1));
   }
   for (; c < vec_end; c += V::kWidth) {
     typename V::reg acc = bias ? V::load(bias + c) : V::zero();
@@ -83,7 +96,7 @@ static inline void dwconv_gelu_pixel(const float* const* taps, const float* cons
       if (RELU) v = V::relu(v);
       acc = V::fmadd(v, V::load(kern[t] + c), acc);
     }
-    V::store(out + c, V::gelu(acc));
+    V::store(out + c, gelu<V>(acc));
   }
   for (c = vec_end; c < C; ++c) {
     float acc = bias ? bias[c] : 0.0f;

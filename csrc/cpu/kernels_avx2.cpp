@@ -21,24 +21,17 @@ struct Avx2Ops {
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static reg set1(float v) { return _mm256_set1_ps(v); }
   static reg relu(reg a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
-  // 0.5·v·(1 + erf(v/√2)) with erf_poly's polynomial, eight lanes at a time.
-  static reg gelu(reg v) {
-    const reg sign = _mm256_set1_ps(-0.0f);
-    const reg u = _mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f));
-    const reg z = _mm256_min_ps(_mm256_andnot_ps(sign, u), _mm256_set1_ps(4.0f));
-    reg p = _mm256_set1_ps(kErfA[5]);
-    for (int k = 4; k >= 0; --k) p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kErfA[k]));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.0f));
-    p = _mm256_mul_ps(p, p);
-    p = _mm256_mul_ps(p, p);
-    p = _mm256_mul_ps(p, p);
-    p = _mm256_mul_ps(p, p);
-    // 1/p by reciprocal estimate + one Newton step (relative error ~1e-7; p >= 1 so no edge cases).
-    reg inv = _mm256_rcp_ps(p);
-    inv = _mm256_mul_ps(inv, _mm256_fnmadd_ps(p, inv, _mm256_set1_ps(2.0f)));
-    const reg magnitude = _mm256_sub_ps(_mm256_set1_ps(1.0f), inv);
-    const reg erf = _mm256_or_ps(magnitude, _mm256_and_ps(sign, u));
-    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
+  static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  // reciprocal estimate (12 bits) + one Newton step: ~1e-7 relative
+  static reg recip(reg a) {
+    const reg r = _mm256_rcp_ps(a);
+    return _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.0f)));
+  }
+  static reg copysign(reg magnitude, reg sign) {
+    const reg mask = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(mask, magnitude), _mm256_and_ps(mask, sign));
   }
 };
 

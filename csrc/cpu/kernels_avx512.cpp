@@ -23,25 +23,19 @@ struct Avx512Ops {
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg set1(float v) { return _mm512_set1_ps(v); }
   static reg relu(reg a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
-  // 0.5·v·(1 + erf(v/√2)) with erf_poly's polynomial, sixteen lanes at a time (as Avx2Ops::gelu).
-  static reg gelu(reg v) {
-    const reg u = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f));
-    const reg z = _mm512_min_ps(_mm512_abs_ps(u), _mm512_set1_ps(4.0f));
-    reg p = _mm512_set1_ps(kErfA[5]);
-    for (int k = 4; k >= 0; --k) p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kErfA[k]));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.0f));
-    p = _mm512_mul_ps(p, p);
-    p = _mm512_mul_ps(p, p);
-    p = _mm512_mul_ps(p, p);
-    p = _mm512_mul_ps(p, p);
-    // 1/p: 14-bit reciprocal estimate + one Newton step (relative error ~1e-8; p >= 1 so no edge cases).
-    reg inv = _mm512_rcp14_ps(p);
-    inv = _mm512_mul_ps(inv, _mm512_fnmadd_ps(p, inv, _mm512_set1_ps(2.0f)));
-    const reg magnitude = _mm512_sub_ps(_mm512_set1_ps(1.0f), inv);
-    // erf's sign is u's: OR u's sign bit into the non-negative magnitude (integer ops: AVX-512F has no float OR).
-    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(u), _mm512_set1_epi32(static_cast<int>(0x80000000u)));
-    const reg erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(magnitude), sign));
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
+  static reg abs(reg a) { return _mm512_abs_ps(a); }
+  // reciprocal estimate (14 bits) + one Newton step: ~1e-8 relative
+  static reg recip(reg a) {
+    const reg r = _mm512_rcp14_ps(a);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(2.0f)));
+  }
+  // bitwise on the integer view: AVX-512F has no float AND/OR (those are AVX512DQ)
+  static reg copysign(reg magnitude, reg sign) {
+    const __m512i mask = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(mask, _mm512_castps_si512(magnitude)),
+                                               _mm512_and_si512(mask, _mm512_castps_si512(sign))));
   }
 };
 

@@ -27,6 +27,18 @@ CUDA_ORDER = {"dwconv_gelu": ("triton", "cuda"), "linear_sra_pool": ("triton", "
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def check_token_map(op: str, x, height: int, width: int) -> None:
+    """The input contract shared by the ops on a map's tokens: ``x`` is a floating ``(B, N, C)`` tensor with
+    ``N == height * width``. Raises ``ValueError`` / ``TypeError`` naming ``op``."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise ValueError(f"{op}: x must be (B, N, C) tokens, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    if height < 1 or width < 1 or x.shape[1] != height * width:
+        raise ValueError(f"{op}: {x.shape[1]} tokens are not a {height}×{width} map")
+
+
 class FallbackWarning(UserWarning):
     """A fused op could not run on this input and the PyTorch reference ran instead."""
 

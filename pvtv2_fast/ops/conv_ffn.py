@@ -9,19 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _ext
-from ._dispatch import native_unsupported_reason, register_recompute_autograd
+from ._dispatch import check_token_map, native_unsupported_reason, register_recompute_autograd
 from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 
 
 def _check(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], dw_weight: Tensor, dw_bias: Optional[Tensor],
            fc2_weight: Tensor, fc2_bias: Optional[Tensor], height: int, width: int) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 3:
-        raise ValueError(f"conv_ffn: x must be (B, N, C) tokens, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"conv_ffn: x must be floating point, got {x.dtype}")
-    if height < 1 or width < 1 or x.shape[1] != height * width:
-        raise ValueError(f"conv_ffn: {x.shape[1]} tokens are not a {height}×{width} map")
+    check_token_map("conv_ffn", x, height, width)
     c_in, hidden = x.shape[2], fc1_weight.shape[0]
     expected = {"fc1_weight": (fc1_weight, (hidden, c_in)), "fc1_bias": (fc1_bias, (hidden,)),
                 "dw_weight": (dw_weight, (hidden, 1, 3, 3)), "dw_bias": (dw_bias, (hidden,)),

@@ -9,18 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _ext
-from ._dispatch import choose, register_recompute_autograd
+from ._dispatch import check_token_map, choose, register_recompute_autograd
 
 
 def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 3:
-        raise ValueError(f"dwconv_gelu: x must be (B, N, C) tokens, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"dwconv_gelu: x must be floating point, got {x.dtype}")
+    check_token_map("dwconv_gelu", x, height, width)
     c = x.shape[2]
-    if height < 1 or width < 1 or x.shape[1] != height * width:
-        raise ValueError(f"dwconv_gelu: {x.shape[1]} tokens are not a {height}×{width} map")
     if tuple(weight.shape) != (c, 1, 3, 3):
         raise ValueError(f"dwconv_gelu: weight must be ({c}, 1, 3, 3) for {c} channels, got {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (c,):

@@ -7,17 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _ext
-from ._dispatch import choose, register_recompute_autograd
+from ._dispatch import check_token_map, choose, register_recompute_autograd
 
 
 def _check(x: Tensor, height: int, width: int, pool_size: int) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 3:
-        raise ValueError(f"linear_sra_pool: x must be (B, N, C) tokens, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"linear_sra_pool: x must be floating point, got {x.dtype}")
-    if height < 1 or width < 1 or x.shape[1] != height * width:
-        raise ValueError(f"linear_sra_pool: {x.shape[1]} tokens are not a {height}×{width} map")
+    check_token_map("linear_sra_pool", x, height, width)
     if pool_size < 1:
         raise ValueError(f"linear_sra_pool: pool_size must be >= 1, got {pool_size}")
 
