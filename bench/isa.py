@@ -60,7 +60,7 @@ def run(isas, rounds: int, repeats: int, out: Path) -> str:
             for isa in isas:
                 env = dict(os.environ, PVTV2_FAST_CPU_ISA=isa)
                 env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-                code = ("import json, sys; from pvtv2_fast import _ext; from bench.isa import child; "
+                code = ("import json; from pvtv2_fast import _ext; from bench.isa import child; "
                         f"print('RESULT', json.dumps([_ext.cpu_isa(), child({repeats})]))")
                 proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

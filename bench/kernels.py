@@ -1,7 +1,8 @@
-"""Per-kernel GPU benchmark: fused Triton (and the extension's CUDA C++ kernels) vs the PyTorch reference composition (SDPA including the layout copies
-it needs; conv2d on NCHW including the token↔NCHW transposes) over the stage shapes of b0 and b2 at 512², 1024²,
-2048². Reports median time (CUDA events), achieved GB/s and TFLOP/s, and the fraction of the device's *measured*
-copy bandwidth / matmul rate (the floor: max(bytes / bandwidth, flops / rate)).
+"""Per-kernel GPU benchmark: fused Triton (and the extension's CUDA C++ kernels) vs the PyTorch reference
+composition (SDPA including the layout copies it needs; conv2d on NCHW including the token↔NCHW transposes) over
+the stage shapes of b0 and b2 at 512², 1024², 2048². Reports median time (CUDA events), achieved GB/s and
+TFLOP/s, and the fraction of the device's *measured* copy bandwidth / matmul rate (the floor: max(bytes /
+bandwidth, flops / rate)).
 
     python -m bench.kernels [--presets b0 b2] [--sizes 512 1024 2048] [--dtype bf16]
 """

@@ -20,6 +20,7 @@ namespace pvtv2 {
 namespace cpu {
 
 enum class Isa { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr const char* kIsaNames[] = {"default", "avx2", "avx512"};  // indexed by Isa
 
 static Isa detect_isa() {
   Isa best = Isa::kDefault;
@@ -30,13 +31,9 @@ static Isa detect_isa() {
 #endif
   const char* cap = std::getenv("PVTV2_FAST_CPU_ISA");
   if (cap == nullptr || *cap == '\0') return best;
-  const std::string name(cap);
-  Isa limit;
-  if (name == "default") limit = Isa::kDefault;
-  else if (name == "avx2") limit = Isa::kAvx2;
-  else if (name == "avx512") limit = Isa::kAvx512;
-  else TORCH_CHECK(false, "PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512; got '", name, "'");
-  return std::min(best, limit);
+  for (int i = 0; i < 3; ++i)
+    if (std::string(cap) == kIsaNames[i]) return std::min(best, static_cast<Isa>(i));
+  TORCH_CHECK(false, "PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512; got '", cap, "'");
 }
 
 static Isa active_isa() {
@@ -44,13 +41,7 @@ static Isa active_isa() {
   return isa;
 }
 
-std::string isa() {
-  switch (active_isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "default";
-  }
-}
+std::string isa() { return kIsaNames[static_cast<int>(active_isa())]; }
 
 // The entry point NAME_<isa> of the active ISA (only the portable one off x86-64).
 #if defined(__x86_64__) || defined(_M_X64)

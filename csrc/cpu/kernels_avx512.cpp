@@ -1,6 +1,7 @@
 // The kernels with AVX-512F intrinsics (16 lanes); only called when the CPU and OS report AVX-512F (ops.cpp checks
-// at run time). Same loops as the AVX2 build, twice the lanes: the depthwise conv + GELU is bound by the GELU's
-// arithmetic on these shapes, not by memory, so the wider vectors pay directly.
+// at run time). Same loops as the AVX2 build, twice the lanes: the depthwise conv + GELU is mostly arithmetic (the
+// GELU's polynomial), so the wider vectors pay where the data sits in cache (measured 1.7x the AVX2 build) and less
+// where writing a fresh output competes (1.2-1.6x at stage-1 maps; bench/results/cpu_isa.md).
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx512f,fma")
 #include <immintrin.h>
