@@ -8,7 +8,7 @@ from .modeling import (
     PvtV2Model,
     PvtV2PreTrainedModel,
 )
-from .validation import min_input_size, stage_sizes
+from .validation import min_input_size, stage_shapes, stage_sizes
 
 __version__ = "0.1.0"
 
@@ -22,5 +22,6 @@ __all__ = [
     "PvtV2PreTrainedModel",
     "min_input_size",
     "preset_names",
+    "stage_shapes",
     "stage_sizes",
 ]

@@ -17,7 +17,8 @@ import os
 import pytest
 import torch
 
-from pvtv2_fast import PvtV2Config, preset_names, stage_sizes
+from pvtv2_fast import PvtV2Config, preset_names
+from pvtv2_fast.validation import stage_shapes
 
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1e-2, 1.6e-2)}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -28,23 +29,16 @@ IMAGE = (97, 131)
 
 
 def stage_cases():
-    """One case per distinct (hidden, heads, sr, linear, ffn hidden) over all presets and stages, named by the
+    """One case per distinct (hidden, heads, keys, ffn hidden, linear) over all presets and stages, named by the
     first preset/stage that has it: ``(id, C, heads, H, W, M, ffn_hidden, linear)``."""
     seen, cases = set(), []
     for preset in preset_names():
-        cfg = PvtV2Config.from_preset(preset)
-        for i, (h, w) in enumerate(stage_sizes(cfg, *IMAGE)):
-            c, heads, sr = cfg.hidden_sizes[i], cfg.num_attention_heads[i], cfg.sr_ratios[i]
-            ffn = int(c * cfg.mlp_ratios[i])
-            if cfg.linear_attention:
-                m = 49
-            else:
-                m = (h // sr) * (w // sr) if sr > 1 else h * w
-            key = (c, heads, m, ffn, cfg.linear_attention)
-            if key in seen:
-                continue
-            seen.add(key)
-            cases.append((f"{preset}-stage{i + 1}", c, heads, h, w, m, ffn, cfg.linear_attention))
+        for i, s in enumerate(stage_shapes(PvtV2Config.from_preset(preset), *IMAGE)):
+            key = (s.channels, s.heads, s.keys, s.ffn_hidden, s.linear)
+            if key not in seen:
+                seen.add(key)
+                cases.append((f"{preset}-stage{i + 1}", s.channels, s.heads, s.height, s.width, s.keys, s.ffn_hidden,
+                              s.linear))
     return cases
 
 

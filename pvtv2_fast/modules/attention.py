@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..ops.linear_sra_pool import LINEAR_SRA_POOL_SIZE
 from .fast_path import FastPath, token_map
 
 
@@ -36,7 +37,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
         attention_dropout: float = 0.0,
         proj_dropout: float = 0.0,
         sr_eps: float = 1e-6,
-        pool_size: int = 7,
+        pool_size: int = LINEAR_SRA_POOL_SIZE,
     ) -> None:
         super().__init__()
         if hidden_size % num_attention_heads:

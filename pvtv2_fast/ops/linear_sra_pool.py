@@ -9,6 +9,8 @@ from torch import Tensor
 from .checks import check_token_map
 from .registry import define, register_native, register_recompute_autograd, triton_why_not
 
+LINEAR_SRA_POOL_SIZE = 7  # PVTv2-Li pools every map to 7×7 = 49 keys (the paper's and every checkpoint's choice)
+
 
 def linear_sra_pool_reference(x: Tensor, height: int, width: int, pool_size: int) -> Tensor:
     """The PyTorch composition: tokens → NCHW map → ``F.adaptive_avg_pool2d`` → ``(B, P·P, C)`` tokens."""
@@ -35,7 +37,7 @@ OP.register("triton", linear_sra_pool_triton, triton_why_not)
 register_native(OP, "adaptive_pool_tokens", 1, 3)
 
 
-def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = 7, backend: str = "auto") -> Tensor:
+def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = LINEAR_SRA_POOL_SIZE, backend: str = "auto") -> Tensor:
     """x: ``(B, N, C)`` tokens of an H×W map → ``(B, P·P, C)``, the bins of ``nn.AdaptiveAvgPool2d(P)``
     (any H, W, including H or W < P), without an NCHW copy."""
     check_token_map("linear_sra_pool", x, height, width)
