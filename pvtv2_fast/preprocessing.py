@@ -87,7 +87,8 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as e:  # PIL's own guard, raised while reading the header
-        raise ImageTooLargeError(f"image is too large for PIL's decompression-bomb guard ({e})") from None
+        raise ImageTooLargeError(f"image is too large for PIL's decompression-bomb guard ({e}); raise "
+                                 f"PIL.Image.MAX_IMAGE_PIXELS, or set it to None and limit with max_pixels") from None
     except UnidentifiedImageError as e:
         raise ImageError(f"cannot read image: not an image file PIL recognises ({e})") from None
     except (FileNotFoundError, IsADirectoryError, PermissionError):
@@ -102,7 +103,8 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_
     try:
         image.load()
     except Image.DecompressionBombError as e:  # some formats check frame/tile sizes while decoding
-        raise ImageTooLargeError(f"image is too large for PIL's decompression-bomb guard ({e})") from None
+        raise ImageTooLargeError(f"image is too large for PIL's decompression-bomb guard ({e}); raise "
+                                 f"PIL.Image.MAX_IMAGE_PIXELS, or set it to None and limit with max_pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
         raise ImageError(f"cannot decode image ({e})") from None
     return _upright(image)
