@@ -69,7 +69,7 @@ class _Range:
 
 
 def _megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f} Mpx"
+    return f"{pixels / 1e6:.1f} Mpx" if pixels >= 100_000 else f"{pixels} pixels"
 
 
 def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> "Any":
