@@ -209,3 +209,23 @@ def test_library_errors_are_one_line(segmenter, tmp_path, capsys):
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "pvtv2_fast", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "classify" in result.stdout and "Exit status" in result.stdout
+
+
+def test_segment_files_library_twin(segmenter, tmp_path):
+    """``segmentation.segment_files`` (the library's batch loop) reads images as the command does and goes on
+    past bad ones."""
+    from pvtv2_fast.segmentation import segment_files
+
+    weights, model = segmenter
+    stored = np.random.default_rng(4).integers(0, 256, (36, 52, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # shown turned 90° counter-clockwise
+    Image.fromarray(stored).save(tmp_path / "rot.png", exif=exif)
+    _save(tmp_path / "tiny.png", 20, 20)
+    (tmp_path / "text.png").write_text("not an image")
+    written, errors = segment_files(model, [tmp_path / n for n in ("tiny.png", "text.png", "rot.png")],
+                                    tmp_path / "out", progress=False)
+    assert [p.name for p in written] == ["rot_labels.png", "rot_overlay.png"]
+    assert len(errors) == 2 and "too small" in errors[0] and "cannot read image" in errors[1]
+    overlay = np.asarray(Image.open(tmp_path / "out" / "rot_overlay.png"))
+    assert overlay.shape == (52, 36, 3)
