@@ -9,15 +9,20 @@ colour channels are used as stored, as ``PIL.Image.convert("RGB")`` does).
 multiplied by ``255 * rescale_factor`` (so the hub configs' ``rescale_factor=1/255`` gives [0, 1], and another
 factor keeps transformers' meaning of "multiplier for 8-bit values"), then normalised:
 
-| input | full white | notes |
-|---|---|---|
-| uint8 (PIL 8-bit modes: 1, L, P, RGB, RGBA, LA, PA, CMYK, YCbCr, HSV, …) | 255 | resized as uint8 (rounded), as transformers does |
-| uint16 array / tensor, PIL ``I;16*`` (16-bit PNG, TIFF) | 65535 | warns when every value is ≤ 255 (8-bit data in a uint16 container comes out nearly black: convert it to uint8) |
-| PIL ``I`` (32-bit integer mode, what Pillow gives some 16-bit files) | 65535 | values outside 0..65535 are refused |
-| PIL ``F`` (float TIFF) | 1.0 | values outside [0, 1] are refused: a float file has no other known range |
-| bool | 1 (True) | |
-| other integer dtypes (int8…int64, uint32, uint64: e.g. ``np.random.randint``'s int64) | 255 | read as 8-bit; values outside 0..255 are refused (convert 16-bit data to uint16) |
-| float16 / bfloat16 / float32 / float64 | 1.0 if all values lie in [0, 1], else 255 if they lie in [0, 255] | [0, 255] is transformers' convention for float arrays (``np.asarray(img, np.float32)``); anything else (negative, > 255, NaN, inf) is refused. A float image in 0..255 whose every value is ≤ 1 reads as [0, 1] |
+* **uint8**, and PIL's 8-bit modes (1, L, P, RGB, RGBA, LA, PA, CMYK, YCbCr, LAB, HSV, …): white = 255. Resized as
+  uint8 (rounded), as transformers does.
+* **uint16** arrays / tensors and PIL ``I;16*`` images (16-bit PNG, TIFF): white = 65535. Warns
+  (:class:`ImageRangeWarning`) when every value is ≤ 255: 8-bit data in a uint16 container comes out nearly black
+  (convert it to uint8).
+* PIL ``I`` (32-bit integer mode, what Pillow gives some 16-bit files): white = 65535; values outside 0..65535 are
+  refused.
+* PIL ``F`` (float TIFF): white = 1.0; values outside [0, 1] are refused: a float file has no other known range.
+* **bool**: True is white.
+* **other integer dtypes** (int8 … int64, uint32, uint64, e.g. ``np.random.randint``'s int64): read as 8-bit
+  (white = 255); values outside 0..255 are refused (convert 16-bit data to uint16).
+* **float16 / bfloat16 / float32 / float64**: white = 1.0 if every value lies in [0, 1], else 255 if every value
+  lies in [0, 255] (transformers' convention for float arrays, e.g. ``np.asarray(img, np.float32)``); anything else
+  (negative, > 255, NaN, inf) is refused. So a 0..255 float image whose every value is ≤ 1 reads as [0, 1].
 
 With ``do_rescale=False`` values are taken as they are (no range check): the caller has scaled them.
 
@@ -150,7 +155,7 @@ def _pil_to_array(image: Any) -> Tuple[np.ndarray, _Range]:
 
 def _dtype_range(dtype: Any, kind: str) -> _Range:
     """The range rule of a numpy or torch dtype (see the module docstring's table)."""
-    name = str(dtype).replace("torch.", "")
+    name = dtype.name if isinstance(dtype, np.dtype) else str(dtype).replace("torch.", "")  # .name: any byte order
     source = f"{name} {kind}"
     if name == "uint8":
         return _Range(255.0, "fixed", source)

@@ -103,7 +103,8 @@ def test_classify_batch_skips_bad_images(checkpoint, tmp_path, capsys):
     printed = [line for line in captured.out.splitlines() if not line.startswith(" ")]
     assert printed == [str(good), str(good16)]
     reasons = {"text.png": "cannot read image", "cut.png": "cannot decode image",
-               "big.png": "image is 120×100 = 12000 pixels, over the limit of 10000 pixels", "range.tif": "outside its known range [0, 1]"}
+               "big.png": "image is 120×100 = 12000 pixels, over the limit of 10000 pixels",
+               "range.tif": "values in [2.5, 2.5], outside its known range [0, 1]"}
     summary = captured.err[captured.err.index("4 of 6 images failed:"):]
     for name, reason in reasons.items():
         assert reason in _line(captured.err, f"{tmp_path / name}: skipped: ")
@@ -174,7 +175,8 @@ def test_segment_batch_finishes(segmenter, tmp_path, capsys):
     (["classify", "{img}", "{tmp}/missing.png"], "classify: no such file or folder: {tmp}/missing.png"),
     (["segment", "{img}", "--out", "{tmp}", "--tile", "0"], "argument --tile: expected a positive integer, got 0"),
     (["segment", "{img}", "--out", "{tmp}", "--tile", "-3"], "argument --tile: expected a positive integer"),
-    (["segment", "{img}", "--out", "{tmp}", "--tile", "32", "--stride", "48"], "--stride (48) must be at most --tile"),
+    (["segment", "{img}", "--out", "{tmp}", "--tile", "32", "--stride", "48"],
+     "--stride (48) must be at most --tile"),
     (["segment", "{img}", "--out", "{tmp}", "--stride", "8"], "--stride needs --tile"),
     (["segment", "{tmp}/nothing", "--out", "{tmp}"], "segment: no such file or folder"),
     (["segment", "{img}", "--out", "{tmp}", "--stride", "0", "--tile", "8"], "argument --stride: expected a positive"),
