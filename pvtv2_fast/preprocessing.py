@@ -37,11 +37,14 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -61,6 +64,10 @@ class ImageTooLargeError(ImageError):
     """An image file with more pixels than the caller's limit (``max_pixels``) or PIL's decompression-bomb limit."""
 
 
+class ImageRangeWarning(UserWarning):
+    """The image's scaling follows the documented rule but may not be what was meant (e.g. 8-bit data in uint16)."""
+
+
 @dataclass(frozen=True)
 class _Range:
     """How one image's values map to [0, 1]. ``white``: the value of full intensity, or None when the values decide
@@ -77,7 +84,7 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} Mpx" if pixels >= 100_000 else f"{pixels} pixels"
 
 
-def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> "Any":
+def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> PILImage:
     """Reads an image file, decoded and turned upright as viewers show it (EXIF orientation applied).
 
     Returns a ``PIL.Image.Image`` in the file's own mode (16-bit and float modes kept: the processor scales them).
@@ -108,14 +115,16 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_
     try:
         image.load()
     except Image.DecompressionBombError as e:  # some formats check frame/tile sizes while decoding
+        image.close()
         raise ImageTooLargeError(f"image is too large for PIL's decompression-bomb guard ({e}); raise "
                                  f"PIL.Image.MAX_IMAGE_PIXELS, or set it to None and limit with max_pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+        image.close()
         raise ImageError(f"cannot decode image ({e})") from None
     return _upright(image)
 
 
-def _upright(image: Any) -> Any:
+def _upright(image: PILImage) -> PILImage:
     """The image as viewers show it: EXIF orientation applied (the tag is then dropped so it is not applied twice)."""
     from PIL import ImageOps
 
@@ -128,11 +137,7 @@ def _upright(image: Any) -> Any:
     return image
 
 
-class ImageRangeWarning(UserWarning):
-    """The image's scaling follows the documented rule but may not be what was meant (e.g. 8-bit data in uint16)."""
-
-
-def _pil_to_array(image: Any) -> Tuple[np.ndarray, _Range]:
+def _pil_to_array(image: PILImage) -> Tuple[np.ndarray, _Range]:
     """A PIL image (any mode) → (H×W or H×W×3 array, its range), upright as viewers show it."""
     image = _upright(image)
     mode = image.mode
