@@ -113,16 +113,18 @@ def test_classify_batch_skips_bad_images(checkpoint, tmp_path, capsys):
     _no_traceback(captured)
 
 
-def test_classify_decompression_bomb_is_skipped(checkpoint, tmp_path, capsys):
+def test_classify_decompression_bomb_is_skipped(checkpoint, tmp_path, capsys, monkeypatch):
+    """--max-pixels (default 268 Mpx) decides from the header, in place of PIL's guard: a bomb is skipped, and an
+    image over PIL's limit (made 500 pixels here, so a 48×40 image is over it) but under ours is classified."""
     folder, _ = checkpoint
     _header_only_png(tmp_path / "bomb.png", 30000, 30000)  # 900 Mpx claimed, a few bytes on disk
     good = _save(tmp_path / "good.png")
-    limit = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
     assert main(["classify", str(tmp_path / "bomb.png"), str(good), "--weights", str(folder)]) == 1
     captured = capsys.readouterr()
     assert "30000×30000 = 900.0 Mpx, over the limit of 268.4 Mpx" in captured.err
     assert captured.out.splitlines()[0] == str(good)
-    assert Image.MAX_IMAGE_PIXELS == limit  # the CLI lifts PIL's process-wide guard only while it runs
+    assert Image.MAX_IMAGE_PIXELS == 500  # the CLI lifts PIL's process-wide guard only while it runs
     _no_traceback(captured)
 
 
