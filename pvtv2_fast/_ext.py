@@ -14,7 +14,7 @@ import torch
 
 _loaded: Optional[bool] = None
 _error = ""
-OPS = ("dwconv_gelu", "adaptive_pool_tokens", "conv_ffn")
+OPS = ("dwconv_gelu", "linear_sra_pool", "conv_ffn")  # the ops of pvtv2_fast.ops with a C++ kernel, same names
 # (op, device type) -> has a kernel; filled once at load so lookups stay traceable by torch.compile
 _kernels: dict = {}
 

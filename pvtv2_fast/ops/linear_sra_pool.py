@@ -36,16 +36,16 @@ def _(x, height, width, pool_size):
 
 register_recompute_autograd(linear_sra_pool_triton, linear_sra_pool_reference, 1, 3)
 if _ext.available():
-    register_recompute_autograd("pvtv2_fast_C::adaptive_pool_tokens", linear_sra_pool_reference, 1, 3)
+    register_recompute_autograd("pvtv2_fast_C::linear_sra_pool", linear_sra_pool_reference, 1, 3)
 
 
 def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = 7, backend: str = "auto") -> Tensor:
     """x: ``(B, N, C)`` tokens of an H×W map → ``(B, P·P, C)``, the bins of ``nn.AdaptiveAvgPool2d(P)``
     (any H, W, including H or W < P), without an NCHW copy."""
     _check(x, height, width, pool_size)
-    chosen = choose("linear_sra_pool", backend, (x,), native_op="adaptive_pool_tokens")
+    chosen = choose("linear_sra_pool", backend, (x,), native_op="linear_sra_pool")
     if chosen == "triton":
         return linear_sra_pool_triton(x, height, width, pool_size)
     if chosen in ("cpu", "cuda"):
-        return torch.ops.pvtv2_fast_C.adaptive_pool_tokens(x, height, width, pool_size)
+        return torch.ops.pvtv2_fast_C.linear_sra_pool(x, height, width, pool_size)
     return linear_sra_pool_reference(x, height, width, pool_size)
