@@ -92,7 +92,8 @@ BAD_INPUT = [
     ("dw-bias-dtype", lambda d, o: _dw(d, bias=_x(d, 4, dtype=torch.bfloat16)), E, "bias must have x's dtype"),
     ("dw-weight-device", lambda d, o: _dw(d, weight=_x(o, 4, 1, 3, 3)), E, "weight must be on x's device"),
     ("dw-bias-device", lambda d, o: _dw(d, bias=_x(o, 4)), E, "bias must be on x's device"),
-    ("dw-relu-str", lambda d, o: _dw(d, relu_input="no"), E, "Expected a value of type 'bool' for argument 'relu_input'"),
+    ("dw-relu-str", lambda d, o: _dw(d, relu_input="no"), E,
+     "Expected a value of type 'bool' for argument 'relu_input'"),
     ("dw-relu-str-false", lambda d, o: _dw(d, relu_input="False"), E, "Expected a value of type 'bool'"),
     ("dw-height-float", lambda d, o: _dw(d, height=3.0), E, "Expected a value of type 'int' for argument 'height'"),
     # ---- linear_sra_pool

@@ -52,9 +52,9 @@ constexpr int kDwconvThreads = 256;
 // registers for all of them: the 3×3 loops are fully unrolled, so each tap's index into `wr` is a compile-time
 // constant (a runtime index would put the array in local memory).
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kDwconvThreads, 2) dwconv_gelu_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                                   T* __restrict__ y, int64_t B, int64_t H, int64_t W, int64_t C,
-                                   int64_t channel_tiles, bool relu) {
+__global__ void __launch_bounds__(kDwconvThreads, 2)
+    dwconv_gelu_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+                       int64_t B, int64_t H, int64_t W, int64_t C, int64_t channel_tiles, bool relu) {
   const int64_t groups = C / VEC, strips = (H + kRowsPerStrip - 1) / kRowsPerStrip;
   const int64_t tiles = channel_tiles * ((W + blockDim.y - 1) / blockDim.y);
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
