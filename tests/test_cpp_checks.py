@@ -18,8 +18,11 @@ import pytest
 import torch
 
 from pvtv2_fast import _ext, ops
+from op_cases import DTYPE_IDS, DTYPES, close
 
 pytestmark = pytest.mark.skipif(os.environ.get("PVTV2_FAST_NO_EXT") == "1", reason="extension build turned off")
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_kernel("dwconv_gelu", "cuda")),
+                                reason="needs a GPU and the extension built with CUDA")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,7 +139,8 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("dev,other", [("cpu", "meta"), ("meta", "cpu")], ids=["cpu-kernel", "meta-kernel"])
+@pytest.mark.parametrize("dev,other", [("cpu", "meta"), ("meta", "cpu"), pytest.param("cuda", "cpu", marks=needs_cuda)],
+                         ids=["cpu-kernel", "meta-kernel", "cuda-kernel"])
 @pytest.mark.parametrize("make,error,fragment", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_raises_a_clear_error(make, error, fragment, dev, other):
     name, args = make(dev, other)
@@ -272,3 +276,51 @@ def test_environment_variables_are_parsed_strictly(env_results, name, value):
     values, message = ENV_CASES[name]
     got = env_results[name][value]
     assert got == ("ok" if value == values[-1] else message.format(value))
+
+
+# ------------------------------------------------------------------------------------------------ CUDA kernels
+# Run where a GPU is lent (skipped here): the CUDA C++ kernels against a float64 reference, on the vector path
+# (C % 4 == 0, aligned), the scalar path (odd C, or a pointer off 16-byte alignment), 1-pixel and 1-row maps.
+
+
+def _cuda_case(b, h, w, c, dtype, offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randn(b * h * w * c + offset, generator=g).to(dtype).cuda()
+    x = flat[offset:].view(b, h * w, c)  # contiguous; offset > 0 puts data_ptr off 16-byte alignment
+    weight = (0.3 * torch.randn(c, 1, 3, 3, generator=g)).to(dtype).cuda()
+    bias = torch.randn(c, generator=g).to(dtype).cuda()
+    return x, weight, bias
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("b,h,w,c,offset", [(2, 7, 9, 40, 0), (1, 1, 1, 3, 0), (3, 1, 23, 17, 0), (2, 25, 33, 64, 0),
+                                            (1, 30, 2, 8, 0), (2, 13, 17, 64, 1), (2, 5, 7, 2048, 0)])
+def test_cuda_kernels_match_the_reference(b, h, w, c, offset, dtype):
+    x, weight, bias = _cuda_case(b, h, w, c, dtype, offset, seed=h * w + c)
+    for relu in (False, True):
+        expected = ops.dwconv_gelu(x.double(), weight.double(), bias.double(), h, w, relu_input=relu, backend="torch")
+        close(_op("dwconv_gelu")(x, weight, bias, h, w, relu), expected, dtype, f"dwconv_gelu relu={relu}")
+    close(_op("dwconv_gelu")(x, weight, None, h, w, False),
+          ops.dwconv_gelu(x.double(), weight.double(), None, h, w, backend="torch"), dtype, "dwconv_gelu no bias")
+    for pool in (1, 7, 40):
+        close(_op("linear_sra_pool")(x, h, w, pool), ops.linear_sra_pool(x.double(), h, w, pool, backend="torch"),
+              dtype, f"linear_sra_pool P={pool}")
+
+
+@needs_cuda
+def test_cuda_kernels_on_a_4096_image_stage1_map_in_batch_8():
+    """1024² tokens × 320 channels × batch 8 = 2.7e9 elements: offsets past 2^31, more column tiles and rows than a
+    65535-capped grid axis holds. The first and last images are checked against float64 (the last one lies wholly
+    past 2^31 elements)."""
+    b, h, w, c = 8, 1024, 1024, 320
+    x = torch.randn(b, h * w, c, device="cuda", dtype=torch.float16)
+    weight = 0.3 * torch.randn(c, 1, 3, 3, device="cuda", dtype=torch.float16)
+    bias = torch.randn(c, device="cuda", dtype=torch.float16)
+    y = _op("dwconv_gelu")(x, weight, bias, h, w, False)
+    p = _op("linear_sra_pool")(x, h, w, 7)
+    for i in (0, b - 1):
+        xi = x[i:i + 1].double()
+        close(y[i:i + 1], ops.dwconv_gelu(xi, weight.double(), bias.double(), h, w, backend="torch"), torch.float16,
+              f"dwconv_gelu image {i}")
+        close(p[i:i + 1], ops.linear_sra_pool(xi, h, w, 7, backend="torch"), torch.float16, f"pool image {i}")
