@@ -21,15 +21,14 @@ def check_tokens(op: str, name: str, x) -> None:
 
 
 def check_token_map(op: str, x, height: int, width: int) -> None:
-    """``x`` is a floating ``(B, N, C)`` tensor with ``N == height * width`` and at least one channel."""
+    """``x`` is a floating ``(B, N, C)`` tensor with ``N == height * width``. Empty batches and C = 0 follow the
+    reference (an empty result), except where the reference itself refuses them (a depthwise conv of 0 channels)."""
     if not isinstance(x, torch.Tensor) or x.ndim != 3:
         raise ValueError(f"{op}: x must be (B, N, C) tokens, got {_shape(x)}")
     if not x.is_floating_point():
         raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
     if height < 1 or width < 1 or x.shape[1] != height * width:
         raise ValueError(f"{op}: {x.shape[1]} tokens are not a {height}×{width} map")
-    if x.shape[2] < 1:
-        raise ValueError(f"{op}: x has no channels (C = 0)")
 
 
 def check_params(op: str, x: torch.Tensor, params: Mapping[str, Tuple[Optional[torch.Tensor], tuple]],

@@ -93,6 +93,8 @@ def conv_ffn(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], dw_weigh
                                  "dw_weight": (dw_weight, (hidden, 1, 3, 3)), "dw_bias": (dw_bias, (hidden,)),
                                  "fc2_weight": (fc2_weight, (c_out, hidden)), "fc2_bias": (fc2_bias, (c_out,))},
                  f" for {c_in} input and {hidden} hidden channels")
+    if hidden == 0:
+        raise ValueError("conv_ffn: a depthwise conv of no channels (hidden = 0) is an error, as in F.conv2d")
     if not isinstance(relu_input, bool):
         raise TypeError(f"conv_ffn: relu_input must be a bool, got {relu_input!r}")
     if max_hidden_bytes is not None and max_hidden_bytes < 1:

@@ -51,6 +51,8 @@ def dwconv_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, 
     """
     check_token_map("dwconv_gelu", x, height, width)
     c = x.shape[2]
+    if c == 0:
+        raise ValueError("dwconv_gelu: a depthwise conv of no channels (C = 0) is an error, as in F.conv2d")
     check_params("dwconv_gelu", x, {"weight": (weight, (c, 1, 3, 3)), "bias": (bias, (c,))}, f" for {c} channels")
     if not isinstance(relu_input, bool):
         raise TypeError(f"dwconv_gelu: relu_input must be a bool, got {relu_input!r}")

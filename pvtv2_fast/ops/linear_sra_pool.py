@@ -34,7 +34,7 @@ def _(x, height, width, pool_size):
 OP = define("linear_sra_pool", linear_sra_pool_reference)
 register_recompute_autograd(linear_sra_pool_triton, linear_sra_pool_reference, 1, 3)
 OP.register("triton", linear_sra_pool_triton, triton_why_not)
-register_native(OP, "adaptive_pool_tokens", 1, 3)
+register_native(OP, "linear_sra_pool", 1, 3)
 
 
 def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = LINEAR_SRA_POOL_SIZE, backend: str = "auto") -> Tensor:

@@ -110,18 +110,23 @@ def triton_why_not(args: Sequence) -> Optional[str]:
     return dtype_reason(t, "Triton")
 
 
+NATIVE_OPS: set = set()  # the extension's ops that back a backend of some op (tests check each one)
+
+
 def native_why_not(native_op: str, device: str) -> Callable[[Sequence], Optional[str]]:
     """``why_not`` of the extension's kernel ``pvtv2_fast_C::native_op`` for ``device`` ("cpu" / "cuda")."""
+    NATIVE_OPS.add(native_op)
+    # Asked here, at registration: dispatch inside torch.compile then reads plain Python values.
+    loaded = _ext.available()
+    reason = _ext.unavailable_reason() if not loaded else None
+    if loaded and not _ext.has_kernel(native_op, device):
+        reason = f"pvtv2_fast._C has no {device.upper()} kernel for {native_op} (built without {device.upper()}?)"
 
     def why_not(args: Sequence) -> Optional[str]:
         t = args[0]
         if t.device.type != device:
             return f"the {device} kernel needs {device} tensors, got {t.device.type}"
-        if not _ext.available():
-            return _ext.unavailable_reason()
-        if not _ext.has_kernel(native_op, device):
-            return f"pvtv2_fast._C was built without {device.upper()} kernels"
-        return dtype_reason(t, device.upper())
+        return reason or dtype_reason(t, device.upper())
 
     return why_not
 

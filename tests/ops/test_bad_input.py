@@ -27,7 +27,6 @@ CASES = [
     # linear_sra_pool
     ("pool-map", lambda: ops.linear_sra_pool(t(1, 10, 4), 3, 3), ValueError, "3×3 map"),
     ("pool-zero-height", lambda: ops.linear_sra_pool(t(1, 0, 4), 0, 5), ValueError, "0×5 map"),
-    ("pool-no-channels", lambda: ops.linear_sra_pool(t(1, 9, 0), 3, 3), ValueError, "C = 0"),
     ("pool-size", lambda: ops.linear_sra_pool(t(1, 9, 4), 3, 3, 0), ValueError, "pool_size"),
     ("pool-rank", lambda: ops.linear_sra_pool(t(9, 4), 3, 3), ValueError, r"\(B, N, C\)"),
     ("pool-int", lambda: ops.linear_sra_pool(torch.ones(1, 9, 4, **LONG), 3, 3), TypeError, "floating"),
@@ -36,6 +35,7 @@ CASES = [
     ("dw-bias", lambda: ops.dwconv_gelu(t(1, 9, 4), W3, t(5), 3, 3), ValueError, "bias"),
     ("dw-weight-dtype", lambda: ops.dwconv_gelu(t(1, 9, 4), W3.double(), None, 3, 3), ValueError, "share x's dtype"),
     ("dw-huge-map", lambda: ops.dwconv_gelu(t(1, 0, 4), W3, None, 2 ** 32, 2 ** 32), ValueError, "map"),
+    ("dw-no-channels", lambda: ops.dwconv_gelu(t(1, 9, 0), t(0, 1, 3, 3), None, 3, 3), ValueError, "C = 0"),
     ("dw-relu-flag", lambda: ops.dwconv_gelu(t(1, 9, 4), W3, None, 3, 3, relu_input="no"), TypeError, "bool"),
     ("dw-backend", lambda: ops.dwconv_gelu(t(1, 9, 4), W3, None, 3, 3, backend="cuda!"), ValueError, "backend"),
     # conv_ffn
@@ -47,6 +47,8 @@ CASES = [
      "dw_bias must share x's dtype"),
     ("ffn-int", lambda: ops.conv_ffn(torch.ones(1, 9, 4, dtype=torch.int32), *FFN, 3, 3), TypeError,
      "floating point"),
+    ("ffn-no-hidden", lambda: ops.conv_ffn(t(1, 9, 4), t(0, 4), None, t(0, 1, 3, 3), None, t(4, 0), None, 3, 3),
+     ValueError, "hidden = 0"),
     ("ffn-budget", lambda: ops.conv_ffn(t(1, 9, 4), *FFN, 3, 3, max_hidden_bytes=0), ValueError, "max_hidden_bytes"),
     ("ffn-backend", lambda: ops.conv_ffn(t(1, 9, 4), *FFN, 3, 3, backend="nope"), ValueError, "backend must be one of"),
 ]
