@@ -381,7 +381,7 @@ def _shards(sd: StateDict, max_bytes: Optional[int]) -> List[StateDict]:
     return shards
 
 
-def _is_checkpoint_file(folder: Path, stale_shards: set, name: str) -> bool:
+def _is_checkpoint_file(name: str, stale_shards: set) -> bool:
     return name in _CHECKPOINT_FILES or bool(_SHARD.match(name)) or name in stale_shards
 
 
@@ -396,7 +396,12 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
     from ._atomic import replace_folder
 
     limit = None if max_shard_size is None else _parse_size(max_shard_size)
-    config = PvtV2Config.from_dict({**model.config.to_dict(), "architectures": [type(model).__name__]})
+    # As transformers writes them: the class that saved, and the parameters' dtype ("auto" loads read it back).
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    written = {"architectures": [type(model).__name__]}
+    if floats:
+        written["dtype"] = str(floats[0]).removeprefix("torch.")
+    config = PvtV2Config.from_dict({**model.config.to_dict(), **written})
     config.validate()
     config_text = config.to_json_string()  # before touching the disk: an unwritable config fails early
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -418,7 +423,7 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
         else:
             torch.save(tensors, folder / name)
 
-    with replace_folder(target, keep=lambda name: not _is_checkpoint_file(target, stale, name)) as staging:
+    with replace_folder(target, keep=lambda name: not _is_checkpoint_file(name, stale)) as staging:
         shards = _shards(sd, limit)
         stem, ext = ("model", "safetensors") if safe_serialization else ("pytorch_model", "bin")
         if len(shards) == 1:  # weights first, then the index, then the config
