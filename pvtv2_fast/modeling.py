@@ -336,12 +336,12 @@ class PvtV2Backbone(PvtV2Model):
     ) -> BackboneOutput | Tuple:
         check_pixel_values(pixel_values, self.config)
         output_hidden_states = self._resolve(output_hidden_states, "output_hidden_states")
-        indices = self.config.out_indices
+        indices = self.config.out_stage_indices  # out_indices may hold negatives (as transformers keeps them)
         out = self.encoder(
             pixel_values,
             self._resolve(output_attentions, "output_attentions"),
             output_hidden_states=True,
-            last_stage=None if output_hidden_states else max(self.config.out_stage_indices),
+            last_stage=None if output_hidden_states else max(indices),
         )
         feature_maps = tuple(out.hidden_states[i] for i in indices)
         result = BackboneOutput(feature_maps, out.hidden_states if output_hidden_states else None, out.attentions)

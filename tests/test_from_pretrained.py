@@ -254,3 +254,17 @@ def test_index_cannot_point_outside_the_folder(saved, tmp_path, shard):
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="shard name"):
         PvtV2ForImageClassification.from_pretrained(path)
+
+
+@pytest.mark.parametrize("out_indices", [[-2], [0, -1], [-3, -2]])
+def test_backbone_negative_out_indices_match_transformers(tmp_path, out_indices):
+    _tiny(PvtV2Model).save_pretrained(tmp_path)
+    ours = PvtV2Backbone.from_pretrained(tmp_path, out_indices=out_indices)
+    theirs = transformers.PvtV2Backbone.from_pretrained(tmp_path, out_indices=out_indices).eval()
+    assert ours.config.out_indices == theirs.config.out_indices == out_indices
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = ours(x).feature_maps, theirs(x).feature_maps
+    assert len(a) == len(b) == len(out_indices)
+    for u, v in zip(a, b):
+        assert u.shape == v.shape and torch.allclose(u, v, atol=1e-5)
