@@ -194,13 +194,24 @@ def replace_folder(target: str | os.PathLike, keep: Callable[[str], bool] = lamb
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if not target.exists():
-        os.rename(staging, target)
-    elif _exchange(staging, target):
-        shutil.rmtree(staging, ignore_errors=True)  # now holds the old content
-    else:
-        backup = _sibling(target, BACKUP_TAG)
-        os.rename(target, backup)
-        os.rename(staging, target)  # a crash before this line leaves only `backup`: see interrupted_backup
-        shutil.rmtree(backup, ignore_errors=True)
+    backup = None
+    try:
+        if not target.exists():
+            os.rename(staging, target)
+        elif _exchange(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now holds the old content
+        else:
+            backup = _sibling(target, BACKUP_TAG)
+            os.rename(target, backup)
+            os.rename(staging, target)  # a crash before this line leaves only `backup`: see interrupted_backup
+            shutil.rmtree(backup, ignore_errors=True)
+    except OSError as e:
+        if backup is not None and backup.exists() and not target.exists():
+            with contextlib.suppress(OSError):  # if even this fails, loaders read the backup (interrupted_backup)
+                os.rename(backup, target)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        # EBUSY: the target is a mount point (a container volume) or otherwise pinned, and cannot be swapped.
+        raise OSError(e.errno, f"could not swap the new content into {target} ({e.strerror}); nothing was "
+                      f"changed there. A mount point cannot be replaced: write into a folder inside it") from e
     fsync_dir(target.parent)

@@ -95,3 +95,27 @@ def test_file_target_refused(tmp_path):
     with pytest.raises(NotADirectoryError):
         with _atomic.replace_folder(tmp_path / "f"):
             pass
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_a_swap_that_fails_changes_nothing(tmp_path, monkeypatch, exchange):
+    """EBUSY and the like (a mount point cannot be renamed): a clear error, the old folder, no leftovers."""
+    import errno
+
+    target = _folder(tmp_path / "t", {"w": "old"})
+    real_rename = os.rename
+
+    def busy(*args):
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    def rename(src, dst):
+        if _atomic.STAGING_TAG in os.fspath(src):  # the new folder cannot take the target's place
+            busy()
+        real_rename(src, dst)
+
+    monkeypatch.setattr(_atomic, "_exchange", busy if exchange else (lambda a, b: False))
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="mount point"):
+        with _atomic.replace_folder(target) as staging:
+            (staging / "w").write_text("new")
+    assert (target / "w").read_text() == "old" and _hidden(tmp_path) == []
