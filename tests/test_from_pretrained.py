@@ -268,3 +268,17 @@ def test_backbone_negative_out_indices_match_transformers(tmp_path, out_indices)
     assert len(a) == len(b) == len(out_indices)
     for u, v in zip(a, b):
         assert u.shape == v.shape and torch.allclose(u, v, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["checkpoint", "convert", "config", "hub", "_atomic"])
+def test_checkpoint_code_does_not_import_the_models(module):
+    """No checkpoint.py <-> modeling.py import circle: the models' heads are class attributes (head_prefix)."""
+    import ast
+    import pathlib
+
+    import pvtv2_fast
+
+    tree = ast.parse((pathlib.Path(pvtv2_fast.__file__).parent / f"{module}.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.split(".")[-1] == "modeling"}, imported
