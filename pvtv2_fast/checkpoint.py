@@ -1,9 +1,13 @@
-"""Checkpoint I/O: transformers folders, timm ``pvt_v2_*`` state dicts and original PVTv2 ``.pth`` files.
+"""Checkpoint files: reading (transformers folders, sharded indexes, timm / original ``.pth``), loading into a model
+after a full check, ``from_pretrained`` with transformers' keywords, and crash-safe ``save_pretrained``.
 
-Every format is converted to the *canonical* key set — transformers' ``PvtV2Model`` keys (``encoder.layers.…``)
-plus ``classifier.*`` for the head — and then mapped onto the target model. Keys and shapes are checked in full
-before anything is copied, so a mismatch raises :class:`CheckpointMismatchError` listing missing keys,
-unexpected keys and shape mismatches, and never leaves a partly loaded model.
+Format detection and key conversion live in :mod:`pvtv2_fast.convert` (no file I/O there). Keys and shapes are
+checked in full before anything is copied, so a mismatch raises :class:`CheckpointMismatchError` listing missing
+keys, unexpected keys and shape mismatches, and never leaves a partly loaded model.
+
+``save_pretrained`` writes the new checkpoint (weights, index, then ``config.json``) into a staging folder beside
+the target and swaps it in (:mod:`pvtv2_fast._atomic`): a crash at any instant leaves the old model or the new one,
+never a mix; weight files the new checkpoint does not use are gone with the old folder, other files are kept.
 """
 
 from __future__ import annotations
@@ -18,21 +22,29 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
-from .config import PvtV2Config
-from .hub import find_weights, resolve_folder
+from .config import CONFIG_NAME, FIELD, PvtV2Config
+from .convert import (  # noqa: F401 - re-exported: the conversions were importable from here
+    FORMATS,
+    TIMM_EPS,
+    CheckpointError,
+    canonical_to_timm,
+    detect_format,
+    infer_config,
+    model_keys_view,
+    original_to_timm,
+    segformer_to_canonical,
+    timm_to_canonical,
+    to_canonical,
+)
+from .hub import HUB_OPTIONS, find_weights, resolve_folder
 
 logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
-FORMATS = ("auto", "transformers", "timm", "original", "segformer")
-# timm and the original code use nn.LayerNorm's default eps in the patch embedding and spatial reduction.
-TIMM_EPS = dict(layer_norm_eps=1e-6, patch_embed_layer_norm_eps=1e-5, spatial_reduction_layer_norm_eps=1e-5)
-# transformers' Segformer builds every LayerNorm with PyTorch's default eps (its config's layer_norm_eps is unused).
-SEGFORMER_LAYER_NORM_EPS = 1e-5
-
-
-class CheckpointError(ValueError):
-    """The file cannot be read as a PVTv2 checkpoint (truncated, not a checkpoint, unknown layout)."""
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -68,16 +80,30 @@ def _unwrap(obj: Any, source: str) -> StateDict:
     return sd
 
 
+def read_index(path: str | os.PathLike) -> Dict[str, str]:
+    """The ``weight_map`` (tensor name → shard file name) of a sharded-checkpoint index. Shard names must be plain
+    file names: an index cannot make the loader read outside its folder (``../x``, absolute paths)."""
+    path = Path(path)
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a sharded-checkpoint index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise CheckpointError(f"{path}: weight_map must map tensor names to shard file names")
+    for shard in set(weight_map.values()):
+        if shard in ("", ".", "..") or "/" in shard or "\\" in shard or os.path.isabs(shard) or "\0" in shard:
+            raise CheckpointError(f"{path}: shard name {shard!r} is not a file name inside the checkpoint folder")
+    return weight_map
+
+
 def read_state_dict(path: str | os.PathLike) -> StateDict:
     """Read ``.safetensors``, ``.bin``/``.pth``/``.pt`` (safe ``weights_only`` unpickling) or a sharded index."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
     if path.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{path} is not a sharded-checkpoint index ({e})") from None
+        weight_map = read_index(path)
         sd: StateDict = {}
         for shard in sorted(set(weight_map.values())):
             sd.update(read_state_dict(path.parent / shard))
@@ -102,238 +128,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     return _unwrap(obj, str(path))
 
 
-# ---------------------------------------------------------------------------------------------- key conversion
-def detect_format(sd: Mapping[str, Any]) -> str:
-    keys = list(sd)
-    if any(k.startswith(("encoder.layers.", "pvt_v2.encoder.layers.")) for k in keys):
-        return "transformers"
-    if any(("patch_embeddings." in k or "attention.q_proj." in k or "encoder.block." in k
-            or k.startswith("decode_head.")) for k in keys):
-        return "segformer"
-    if any(k.startswith(("patch_embed.", "stages.")) for k in keys):
-        return "timm"
-    if any(re.match(r"(patch_embed\d|block\d)\.", k) for k in keys):
-        return "original"
-    raise CheckpointError(
-        "unrecognised checkpoint layout: expected transformers (encoder.layers.*), timm (stages.*), original "
-        f"PVTv2 (block1.*) or Segformer (segformer.*) keys; first keys are {keys[:5]}"
-    )
-
-
-# transformers' Segformer → canonical, for its hub (v4) and current (v5) key names; applied in order.
-_SEGFORMER_RULES = [
-    (r"^segformer\.", ""),
-    (r"^encoder\.patch_embeddings\.(\d+)\.", r"encoder.layers.\1.patch_embedding."),  # v4
-    (r"^encoder\.block\.(\d+)\.(\d+)\.", r"encoder.layers.\1.blocks.\2."),
-    (r"^encoder\.layer_norm\.(\d+)\.", r"encoder.layers.\1.layer_norm."),
-    (r"^stages\.(\d+)\.patch_embeddings\.", r"encoder.layers.\1.patch_embedding."),  # v5
-    (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"encoder.layers.\1.blocks.\2."),
-    (r"^stages\.(\d+)\.layer_norm\.", r"encoder.layers.\1.layer_norm."),
-    (r"\.attention\.self\.(query|key|value)\.", r".attention.\1."),
-    (r"\.attention\.self\.sr\.", ".attention.spatial_reduction."),
-    (r"\.attention\.self\.layer_norm\.", ".attention.layer_norm."),
-    (r"\.attention\.output\.dense\.", ".attention.proj."),
-    (r"\.attention\.q_proj\.", ".attention.query."),
-    (r"\.attention\.k_proj\.", ".attention.key."),
-    (r"\.attention\.v_proj\.", ".attention.value."),
-    (r"\.attention\.o_proj\.", ".attention.proj."),
-    (r"\.attention\.sequence_reduction\.sequence_reduction\.", ".attention.spatial_reduction."),
-    (r"\.attention\.sequence_reduction\.layer_norm\.", ".attention.layer_norm."),
-    (r"\.layernorm_before\.", ".layer_norm_1."),
-    (r"\.layernorm_after\.", ".layer_norm_2."),
-    (r"\.mlp\.fc1\.", ".mlp.dense1."),
-    (r"\.mlp\.fc2\.", ".mlp.dense2."),
-    (r"^decode_head\.linear_c\.", "decode_head.linear_projections."),
-]
-
-
-def segformer_to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """transformers ``Segformer*`` keys (v4 hub names or v5 names) → canonical keys; ``decode_head.*`` kept."""
-    out = {}
-    for k, v in sd.items():
-        for pattern, repl in _SEGFORMER_RULES:
-            k = re.sub(pattern, repl, k)
-        out[k] = v
-    return out
-
-
-def original_to_timm(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """Original PVTv2 names (``patch_embed1``, ``block1.0``, ``norm1``) → timm's (as timm's filter does)."""
-    out = {}
-    for k, v in sd.items():
-        k = re.sub(r"^patch_embed1\.", "patch_embed.", k)
-        k = re.sub(r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample.", k)
-        k = k.replace("dwconv.dwconv", "dwconv")
-        k = re.sub(r"^block(\d+)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.", k)
-        k = re.sub(r"^norm(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.norm.", k)
-        out[k] = v
-    return out
-
-
-_TIMM_BLOCK = [
-    ("norm1.", "layer_norm_1."), ("norm2.", "layer_norm_2."), ("attn.q.", "attention.query."),
-    ("attn.proj.", "attention.proj."), ("attn.sr.", "attention.spatial_reduction."),
-    ("attn.norm.", "attention.layer_norm."), ("mlp.fc1.", "mlp.dense1."), ("mlp.dwconv.", "mlp.dwconv.dwconv."),
-    ("mlp.fc2.", "mlp.dense2."),
-]
-
-
-def timm_to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """timm ``PyramidVisionTransformerV2`` keys → canonical (transformers) keys; ``attn.kv`` splits into key/value."""
-    out: StateDict = {}
-    for k, v in sd.items():
-        if k.startswith("patch_embed."):
-            out["encoder.layers.0.patch_embedding." + k[len("patch_embed."):].replace("norm.", "layer_norm.")] = v
-            continue
-        if k.startswith("head."):
-            out["classifier." + k[len("head."):]] = v
-            continue
-        m = re.match(r"stages\.(\d+)\.(.*)", k)
-        if not m:
-            out[k] = v  # left as is: reported as unexpected later
-            continue
-        stage, rest = m.group(1), m.group(2)
-        prefix = f"encoder.layers.{stage}."
-        if rest.startswith("downsample."):
-            out[prefix + "patch_embedding." + rest[len("downsample."):].replace("norm.", "layer_norm.")] = v
-        elif rest.startswith("norm."):
-            out[prefix + "layer_norm." + rest[len("norm."):]] = v
-        elif rest.startswith("blocks."):
-            bm = re.match(r"blocks\.(\d+)\.(.*)", rest)
-            block, name = bm.group(1), bm.group(2)
-            bprefix = f"{prefix}blocks.{block}."
-            if name.startswith("attn.kv."):
-                key_part, value_part = v.chunk(2, dim=0)  # kv rows: [keys; values]
-                suffix = name[len("attn.kv."):]
-                out[bprefix + "attention.key." + suffix] = key_part.clone()
-                out[bprefix + "attention.value." + suffix] = value_part.clone()
-                continue
-            for old, new in _TIMM_BLOCK:
-                if name.startswith(old):
-                    name = new + name[len(old):]
-                    break
-            out[bprefix + name] = v
-        else:
-            out[k] = v
-    return out
-
-
-def canonical_to_timm(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    """Canonical keys → timm's, merging key/value into ``attn.kv`` (for exporting to timm)."""
-    out: StateDict = {}
-    for k, v in sd.items():
-        if k.startswith("classifier."):
-            out["head." + k[len("classifier."):]] = v
-            continue
-        m = re.match(r"encoder\.layers\.(\d+)\.(.*)", k)
-        stage, rest = int(m.group(1)), m.group(2)
-        if rest.startswith("patch_embedding."):
-            base = "patch_embed." if stage == 0 else f"stages.{stage}.downsample."
-            out[base + rest[len("patch_embedding."):].replace("layer_norm.", "norm.")] = v
-        elif rest.startswith("layer_norm."):
-            out[f"stages.{stage}.norm." + rest[len("layer_norm."):]] = v
-        else:
-            bm = re.match(r"blocks\.(\d+)\.(.*)", rest)
-            bprefix = f"stages.{stage}.blocks.{bm.group(1)}."
-            name = bm.group(2)
-            if name.startswith("attention.key."):
-                suffix = name[len("attention.key."):]
-                out[bprefix + "attn.kv." + suffix] = torch.cat([v, sd[k.replace(".key.", ".value.")]])
-                continue
-            if name.startswith("attention.value."):
-                continue
-            for old, new in _TIMM_BLOCK:
-                if name.startswith(new):
-                    name = old + name[len(new):]
-                    break
-            out[bprefix + name] = v
-    return out
-
-
-def to_canonical(sd: Mapping[str, torch.Tensor], fmt: str = "auto") -> Tuple[StateDict, str]:
-    if fmt not in FORMATS:
-        raise ValueError(f"format: {fmt!r} is not one of {FORMATS}")
-    fmt = detect_format(sd) if fmt == "auto" else fmt
-    if fmt == "transformers":
-        prefix = "pvt_v2."
-        return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}, fmt
-    if fmt == "segformer":
-        return segformer_to_canonical(sd), fmt
-    if fmt == "original":
-        sd = original_to_timm(sd)
-    return timm_to_canonical(sd), fmt
-
-
-def infer_config(sd: Mapping[str, torch.Tensor], fmt: str, **overrides: Any) -> PvtV2Config:
-    """A config from canonical weights alone. Head counts cannot be read off weights: every released PVTv2 uses
-    (1, 2, 5, 8), the default; pass ``num_attention_heads=`` (or ``config=``) for anything else."""
-    stages = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
-    if not stages or stages != list(range(len(stages))):
-        raise CheckpointError(f"cannot infer a config: stage indices found are {stages}")
-    hidden, depths, patch, mlp, srs = [], [], [], [], []
-    linear = any(k.endswith("attention.spatial_reduction.weight") and sd[k].shape[-1] == 1 and
-                 ".layers.0." in k for k in sd)
-    for s in stages:
-        proj = sd[f"encoder.layers.{s}.patch_embedding.proj.weight"]
-        hidden.append(proj.shape[0])
-        patch.append(proj.shape[-1])
-        blocks = {int(m.group(1)) for k in sd if (m := re.match(rf"encoder\.layers\.{s}\.blocks\.(\d+)\.", k))}
-        depths.append(len(blocks))
-        mlp.append(sd[f"encoder.layers.{s}.blocks.0.mlp.dense1.weight"].shape[0] / proj.shape[0])
-        sr = sd.get(f"encoder.layers.{s}.blocks.0.attention.spatial_reduction.weight")
-        srs.append(1 if sr is None or linear else sr.shape[-1])
-    mlp = [int(r) if float(r).is_integer() else r for r in mlp]
-    n = len(stages)
-    kwargs: Dict[str, Any] = dict(
-        num_encoder_blocks=n, hidden_sizes=hidden, depths=depths, patch_sizes=patch, mlp_ratios=mlp,
-        sr_ratios=[8, 4, 2, 1] if linear and n == 4 else srs, linear_attention=linear,
-        strides=[4] + [2] * (n - 1), num_attention_heads=[1, 2, 5, 8] if n == 4 else [1] * n,
-        num_channels=sd["encoder.layers.0.patch_embedding.proj.weight"].shape[1],
-        qkv_bias="encoder.layers.0.blocks.0.attention.query.bias" in sd,
-    )
-    if "classifier.weight" in sd:
-        kwargs["num_labels"] = sd["classifier.weight"].shape[0]
-    if "decode_head.classifier.weight" in sd:
-        kwargs["num_labels"] = sd["decode_head.classifier.weight"].shape[0]
-        kwargs["decoder_hidden_size"] = sd["decode_head.linear_fuse.weight"].shape[0]
-    if fmt in ("timm", "original"):
-        kwargs.update(TIMM_EPS)
-    if fmt == "segformer":
-        kwargs["layer_norm_eps"] = SEGFORMER_LAYER_NORM_EPS
-    kwargs.update(overrides)
-    return PvtV2Config(**kwargs)
-
-
 # ---------------------------------------------------------------------------------------------- loading
-_HEADS = ("classifier.", "decode_head.")
-
-
-def _head_prefix(model: torch.nn.Module) -> Optional[str]:
-    """The head a model owns: "classifier.", "decode_head." or None (encoder-only models)."""
-    from .modeling import PvtV2ForImageClassification, PvtV2ForSemanticSegmentation
-
-    if isinstance(model, PvtV2ForImageClassification):
-        return "classifier."
-    if isinstance(model, PvtV2ForSemanticSegmentation):
-        return "decode_head."
-    return None
-
-
-def _model_keys_view(model: torch.nn.Module, canonical: Mapping[str, torch.Tensor]) -> StateDict:
-    """Canonical keys → the target model's key names (models with a head hold the encoder under pvt_v2.).
-    A head the model does not have (a classifier in a backbone, a decode head in a classifier) is not used."""
-    own = _head_prefix(model)
-    unused = [k for k in canonical if k.startswith(_HEADS) and not (own and k.startswith(own))]
-    if unused:
-        logger.info("not using checkpoint keys %s in %s", ", ".join(unused[:6]), type(model).__name__)
-    out = {}
-    for k, v in canonical.items():
-        if k in unused:
-            continue
-        out[k if (own and k.startswith(own)) or own is None else "pvt_v2." + k] = v
-    return out
-
-
 def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, allow_missing: Iterable[str] = (),
                      source: str = "checkpoint") -> List[Tuple[str, tuple, tuple]]:
     """Raise CheckpointMismatchError unless ``sd`` fits ``model``; returns shape mismatches of allowed keys."""
@@ -349,46 +144,130 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, 
 
 
 def load_into(model: torch.nn.Module, path_or_state_dict: Any, *, format: str = "auto", strict: bool = True,
-              ignore_mismatched_sizes: bool = False) -> Dict[str, List[str]]:
-    """Check, then copy. The classifier head may be absent (newly initialised, as transformers does) and, with
-    ``ignore_mismatched_sizes``, of another size (e.g. fine-tuning to a new label set)."""
+              ignore_mismatched_sizes: bool = False) -> Dict[str, Any]:
+    """Check, then copy. The final head layer may be absent (newly initialised, as transformers does) and, with
+    ``ignore_mismatched_sizes``, of another size (e.g. fine-tuning to a new label set); ``strict=False`` also
+    leaves other missing keys initialised and drops unexpected ones.
+
+    Returns transformers' loading info: ``missing_keys`` (left initialised), ``unexpected_keys`` (in the
+    checkpoint, not used: e.g. a classifier head loaded into a backbone), ``mismatched_keys`` (``(key,
+    checkpoint shape, model shape)``, left initialised) as sets, and ``error_msgs`` (a list; always empty, since
+    every error raises).
+    """
     if isinstance(path_or_state_dict, Mapping):
         raw, source = dict(path_or_state_dict), "state dict"
+        bad = [k for k, v in raw.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"state dict: entries must map names to tensors; not so for {bad[:5]}")
     else:
         raw, source = read_state_dict(path_or_state_dict), str(path_or_state_dict)
     canonical, _ = to_canonical(raw, format)
-    sd = _model_keys_view(model, canonical)
-    # The final classifier may be new (not in the checkpoint) or, when allowed, resized: as in transformers.
-    final = {"classifier.": "classifier.", "decode_head.": "decode_head.classifier."}.get(_head_prefix(model))
-    head = [k for k in model.state_dict() if final and k.startswith(final)]
+    sd, unused = model_keys_view(model, canonical)
+    own = model.state_dict()
+    # The final head layer may be new (not in the checkpoint) or, when allowed, resized: as in transformers.
+    final = getattr(model, "head_output_prefix", None)
+    head = [k for k in own if final and k.startswith(final)]
     head_missing = [k for k in head if k not in sd]
     allow = set(head_missing)
     if ignore_mismatched_sizes:
         allow |= set(head)
+    unexpected = set(unused)
     if not strict:
-        own = model.state_dict()
         allow |= {k for k in own if k not in sd}
+        unexpected |= {k for k in sd if k not in own}
         sd = {k: v for k, v in sd.items() if k in own}
     skipped = check_state_dict(model, sd, allow_missing=allow, source=source)
     skipped_keys = {k for k, _, _ in skipped}
     sd = {k: v for k, v in sd.items() if k not in skipped_keys}
     model.load_state_dict(sd, strict=False)
-    reinit = sorted(set(head_missing) | skipped_keys)
-    if reinit:
-        logger.warning("newly initialised (not in the checkpoint or of another shape): %s", ", ".join(reinit))
-    return {"reinitialised": reinit}
+    missing = {k for k in own if k not in sd and k not in skipped_keys}
+    if missing | skipped_keys:
+        logger.warning("newly initialised (not in the checkpoint or of another shape): %s",
+                       ", ".join(sorted(missing | skipped_keys)))
+    return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": set(skipped),
+            "error_msgs": []}
+
+
+# ---------------------------------------------------------------------------------------------- from_pretrained
+# Keywords from_pretrained accepts besides the config fields (transformers' names where transformers has them).
+LOAD_OPTIONS = ("config", "state_dict", "format", "fast", "ignore_mismatched_sizes", "dtype", "torch_dtype",
+                "device", "device_map", "output_loading_info", "use_safetensors") + HUB_OPTIONS
+
+
+def _resolve_dtype(dtype: Any, raw: Optional[Mapping[str, torch.Tensor]], config: PvtV2Config) -> Optional[torch.dtype]:
+    """``None`` keeps float32; ``"auto"`` takes the checkpoint's floating dtype (else the config's ``dtype`` /
+    ``torch_dtype``); a ``torch.dtype`` or its name (``"float16"``, ``"torch.bfloat16"``) casts to it."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype == "auto":
+        floats = [v.dtype for v in (raw or {}).values() if v.is_floating_point()]
+        if floats:
+            return floats[0]
+        named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        return _resolve_dtype(named, None, config) if named else None
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"dtype: {dtype!r} is not a torch dtype name (e.g. 'float16', 'bfloat16', 'auto')")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: must be a floating torch.dtype, its name or 'auto', got {dtype!r}")
+    return dtype
+
+
+def _resolve_device(device: Any, device_map: Any) -> Optional[torch.device]:
+    """``device_map`` as transformers takes it for a model on one device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
+    an index, a ``torch.device``, ``"auto"`` (CUDA when available) or ``{"": device}``."""
+    if device_map is not None:
+        if isinstance(device_map, Mapping):
+            if set(device_map) != {""}:
+                raise ValueError(f"device_map: only a whole-model map {{'': device}} is supported (the model is "
+                                 f"small enough for one device), got keys {sorted(device_map)}")
+            device_map = device_map[""]
+        if device_map == "auto":
+            device_map = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            mapped = torch.device(device_map)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device_map: {device_map!r} is not a device") from None
+        if device is not None and torch.device(device) != mapped:
+            raise ValueError(f"device_map: {device_map!r} disagrees with device={device!r}")
+        return mapped
+    return None if device is None else torch.device(device)
+
+
+def _split_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Config-field keywords, or a TypeError naming the keywords that are neither fields nor loading options."""
+    unknown = sorted(k for k in kwargs if k not in FIELD)
+    if unknown:
+        raise TypeError(
+            f"from_pretrained() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: neither a "
+            f"loading option ({', '.join(LOAD_OPTIONS)}) nor a PvtV2Config field"
+        )
+    return kwargs
 
 
 def from_pretrained(
     cls,
-    path_or_id: str | os.PathLike,
-    *,
-    config: Optional[PvtV2Config] = None,
+    pretrained_model_name_or_path: Optional[str | os.PathLike] = None,
+    *model_args: Any,
+    config: Optional[PvtV2Config | str | os.PathLike] = None,
+    state_dict: Optional[Mapping[str, torch.Tensor]] = None,
     format: str = "auto",
     fast: bool = False,
     ignore_mismatched_sizes: bool = False,
-    dtype: Optional[torch.dtype] = None,
+    dtype: Any = None,
+    torch_dtype: Any = None,
     device: Optional[str | torch.device] = None,
+    device_map: Any = None,
+    output_loading_info: bool = False,
+    use_safetensors: Optional[bool] = None,
+    subfolder: str = "",
+    revision: Optional[str] = None,
+    cache_dir: Optional[str | os.PathLike] = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    token: Optional[str | bool] = None,
     **config_overrides: Any,
 ):
     """Build ``cls`` and load weights from
@@ -399,65 +278,163 @@ def from_pretrained(
       key names): its MiT encoder is a PVTv2 encoder with every LayerNorm at eps 1e-5;
     * a single weights file: transformers, timm (``pvt_v2_*``) or original PVTv2 (``.pth``, raw or under
       ``"model"``). The format is detected from the keys unless ``format=`` names it; without ``config=``
-      (or a ``config.json`` beside it) the config is inferred from the weights.
+      (or a ``config.json`` beside it) the config is inferred from the weights;
+    * ``state_dict=`` (any of those formats), with ``config=`` or a path to read the config from.
+
+    Keywords, as transformers': ``config`` (a PvtV2Config or a path / hub id to read one from), ``state_dict``,
+    ``dtype`` / ``torch_dtype`` (cast the parameters; ``"auto"``: the checkpoint's dtype; default float32),
+    ``device_map`` (one device), ``output_loading_info`` (returns ``(model, info)``), ``use_safetensors``,
+    ``subfolder``, ``revision``, ``cache_dir``, ``local_files_only``, ``force_download``, ``token``; this
+    library's ``format``, ``fast``, ``ignore_mismatched_sizes``, ``device``. Every other keyword must be a config
+    field and overrides it (also when ``config=`` is given); anything else raises ``TypeError``.
     """
-    from .config import CONFIG_NAME
+    if model_args:
+        raise TypeError(f"from_pretrained() takes the path and keyword arguments only; got {len(model_args)} "
+                        f"extra positional argument(s)")
+    overrides = _split_kwargs(config_overrides)
+    if format not in FORMATS:
+        raise ValueError(f"format: {format!r} is not one of {FORMATS}")
+    if state_dict is not None and not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    hub = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+               force_download=force_download, token=token)
+    dtype = dtype if dtype is not None else torch_dtype  # transformers: dtype wins
+    target_device = _resolve_device(device, device_map)
 
-    path = Path(os.fspath(path_or_id)).expanduser()
-    if path.is_file():
-        weights, folder = path, path.parent
-        cfg_path = folder / CONFIG_NAME if config is None else None
+    # Where the weights and config.json are.
+    weights: Optional[Path] = None
+    cfg_path: Optional[Path] = None
+    if pretrained_model_name_or_path is None:
+        if state_dict is None or config is None:
+            raise TypeError("from_pretrained(None, ...) needs both config= and state_dict=")
     else:
-        folder = resolve_folder(path_or_id)
-        weights = find_weights(folder)
-        if weights is None:
-            raise CheckpointError(f"{os.fspath(path_or_id)!r} holds no model.safetensors, pytorch_model.bin or index")
-        cfg_path = folder / CONFIG_NAME
-    raw = read_state_dict(weights)
-    canonical, fmt = to_canonical(raw, format)
-    if config is None:
-        if cfg_path is not None and cfg_path.is_file() and fmt == "segformer":
-            config = PvtV2Config.from_segformer_dict(json.loads(cfg_path.read_text()), **config_overrides)
-        elif cfg_path is not None and cfg_path.is_file() and fmt == "transformers":
-            config = PvtV2Config.from_json_file(cfg_path, **config_overrides)
+        path = Path(os.fspath(pretrained_model_name_or_path)).expanduser()
+        if path.is_file() and not subfolder:
+            weights, cfg_path = path, path.parent / CONFIG_NAME
         else:
-            config = infer_config(canonical, fmt, **config_overrides)
-    elif config_overrides:
-        config = PvtV2Config.from_dict({**config.to_dict(), **config_overrides})
+            folder = resolve_folder(pretrained_model_name_or_path, **hub)
+            cfg_path = folder / CONFIG_NAME
+            if state_dict is None:
+                weights = find_weights(folder, use_safetensors)
+                if weights is None:
+                    raise CheckpointError(
+                        f"{os.fspath(pretrained_model_name_or_path)!r} holds no "
+                        + {True: "model.safetensors or its index", False: "pytorch_model.bin or its index"}.get(
+                            use_safetensors, "model.safetensors, pytorch_model.bin or index")
+                        + (f" in subfolder {subfolder!r}" if subfolder else ""))
+
+    raw = dict(state_dict) if state_dict is not None else read_state_dict(weights)
+    canonical, fmt = to_canonical(raw, format)
+    if isinstance(config, (str, os.PathLike)):
+        config = PvtV2Config.from_pretrained(config, **overrides)
+    elif config is not None:
+        if not isinstance(config, PvtV2Config):
+            raise TypeError(f"config must be a PvtV2Config or a path, got {type(config).__name__}")
+        config = PvtV2Config.from_dict(config.to_dict(), **overrides) if overrides else config.copy()
+    elif cfg_path is not None and cfg_path.is_file() and fmt == "segformer":
+        config = PvtV2Config.from_segformer_dict(PvtV2Config.read_json(cfg_path), **overrides)
+    elif cfg_path is not None and cfg_path.is_file() and fmt == "transformers":
+        config = PvtV2Config.from_json_file(cfg_path, **overrides)
+    else:
+        config = infer_config(canonical, fmt, **overrides)
+    cast = _resolve_dtype(dtype, raw, config)
+
     model = cls(config)
-    load_into(model, canonical, format="transformers", ignore_mismatched_sizes=ignore_mismatched_sizes)
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
+    info = load_into(model, canonical, format="transformers", ignore_mismatched_sizes=ignore_mismatched_sizes)
+    if cast is not None or target_device is not None:
+        model.to(device=target_device, dtype=cast)
     model.set_fast(fast)
-    return model.eval()
+    model.eval()
+    return (model, info) if output_loading_info else model
 
 
-def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike, max_shard_size: Optional[int] = None) -> None:
-    """``config.json`` + ``model.safetensors`` (or shards + index when ``max_shard_size`` bytes is exceeded)."""
-    from safetensors.torch import save_file
+# ---------------------------------------------------------------------------------------------- save_pretrained
+_SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
+_CHECKPOINT_FILES = {CONFIG_NAME, SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME}
 
-    os.makedirs(save_directory, exist_ok=True)
-    config = PvtV2Config.from_dict({**model.config.to_dict(), "architectures": [type(model).__name__]})
-    config.save_pretrained(save_directory)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt"}
-    total = sum(v.numel() * v.element_size() for v in sd.values())
-    if max_shard_size is None or total <= max_shard_size:
-        save_file(sd, os.path.join(save_directory, "model.safetensors"), metadata=metadata)
-        return
+
+def _parse_size(size: int | str, name: str = "max_shard_size") -> int:
+    """Bytes from an int or transformers' strings ("5GB", "500MB", "2MiB", "100kB")."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise ValueError(f"{name}: must be > 0 bytes, got {size}")
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKMGT]i?B|B)?\s*", size) if isinstance(size, str) else None
+    if not m:
+        raise ValueError(f"{name}: must be a byte count or a size such as '5GB' / '500MB', got {size!r}")
+    unit = (m.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    return _parse_size(int(float(m.group(1)) * scale), name)
+
+
+def _shards(sd: StateDict, max_bytes: Optional[int]) -> List[StateDict]:
     shards, current, size = [], {}, 0
     for k, v in sd.items():
         nbytes = v.numel() * v.element_size()
-        if current and size + nbytes > max_shard_size:
+        if current and max_bytes is not None and size + nbytes > max_bytes:
             shards.append(current)
             current, size = {}, 0
         current[k] = v
         size += nbytes
     shards.append(current)
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(save_directory, name), metadata=metadata)
-        weight_map.update({k: name for k in shard})
-    with open(os.path.join(save_directory, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return shards
+
+
+def _is_checkpoint_file(name: str, stale_shards: set) -> bool:
+    return name in _CHECKPOINT_FILES or bool(_SHARD.match(name)) or name in stale_shards
+
+
+def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
+                    max_shard_size: Optional[int | str] = None, safe_serialization: bool = True) -> None:
+    """``config.json`` + ``model.safetensors`` (or shards + index beyond ``max_shard_size``: bytes or "5GB";
+    ``pytorch_model.bin`` with ``safe_serialization=False``), replacing ``save_directory``'s checkpoint atomically.
+
+    Other files in the folder (a preprocessor config, a README) are kept; weight files of the previous checkpoint
+    are removed with it, so a sharded save never leaves an old ``model.safetensors`` that would load instead.
+    """
+    from ._atomic import replace_folder
+
+    limit = None if max_shard_size is None else _parse_size(max_shard_size)
+    # As transformers writes them: the class that saved, and the parameters' dtype ("auto" loads read it back).
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    written = {"architectures": [type(model).__name__]}
+    if floats:
+        written["dtype"] = str(floats[0]).removeprefix("torch.")
+    config = PvtV2Config.from_dict({**model.config.to_dict(), **written})
+    config.validate()
+    config_text = config.to_json_string()  # before touching the disk: an unwritable config fails early
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+
+    target = Path(os.fspath(save_directory))
+    stale: set = set()
+    for index in (SAFE_INDEX_NAME, WEIGHTS_INDEX_NAME):  # shards an old index names, whatever their names
+        try:
+            stale |= set(read_index(target / index).values())
+        except (FileNotFoundError, CheckpointError, OSError):
+            pass
+
+    def write(folder: Path, name: str, tensors: StateDict) -> None:
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, folder / name)
+
+    with replace_folder(target, keep=lambda name: not _is_checkpoint_file(name, stale)) as staging:
+        shards = _shards(sd, limit)
+        stem, ext = ("model", "safetensors") if safe_serialization else ("pytorch_model", "bin")
+        if len(shards) == 1:  # weights first, then the index, then the config
+            write(staging, f"{stem}.{ext}", shards[0])
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                name = f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}"
+                write(staging, name, shard)
+                weight_map.update({k: name for k in shard})
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (staging / (SAFE_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME)).write_text(
+                json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (staging / CONFIG_NAME).write_text(config_text, encoding="utf-8")

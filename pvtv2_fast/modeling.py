@@ -117,6 +117,11 @@ class PvtV2PreTrainedModel(nn.Module):
     base_model_prefix = "pvt_v2"
     main_input_name = "pixel_values"
     config_class = PvtV2Config
+    # The head a model owns, for checkpoint loading (pvtv2_fast.convert / .checkpoint read these, so they need not
+    # import the model classes): its key prefix, and the prefix of its final layer, which a checkpoint may lack
+    # or, with ignore_mismatched_sizes, hold at another size. None: encoder-only.
+    head_prefix: Optional[str] = None
+    head_output_prefix: Optional[str] = None
 
     def __init__(self, config: PvtV2Config) -> None:
         super().__init__()
@@ -187,25 +192,32 @@ class PvtV2PreTrainedModel(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, *args: Any, **kwargs: Any):
-        """Load a transformers folder/hub id, or a timm / original PVTv2 checkpoint file (see
-        :func:`pvtv2_fast.checkpoint.from_pretrained` for the options: ``config``, ``format``, ``fast``,
-        ``ignore_mismatched_sizes``, ``dtype``, ``device`` and config overrides)."""
+    def from_pretrained(cls, pretrained_model_name_or_path: Optional[str | os.PathLike] = None, *args: Any,
+                        **kwargs: Any):
+        """Load a transformers folder/hub id, a timm / original PVTv2 checkpoint file or a ``state_dict=``, with
+        transformers' keywords (see :func:`pvtv2_fast.checkpoint.from_pretrained`: ``config``, ``state_dict``,
+        ``dtype``, ``device_map``, ``output_loading_info``, ``subfolder``, hub options, this library's ``format``,
+        ``fast``, ``ignore_mismatched_sizes``, and config-field overrides; other keywords raise TypeError)."""
         from .checkpoint import from_pretrained
 
-        return from_pretrained(cls, path_or_id, *args, **kwargs)
+        return from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: Optional[int] = None) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (transformers format)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: Optional[int | str] = None,
+                        safe_serialization: bool = True) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (transformers format; shards beyond ``max_shard_size``),
+        replacing the folder's checkpoint atomically: a crash leaves the old model or the new one, never a mix."""
         from .checkpoint import save_pretrained
 
-        save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+        save_pretrained(self, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization)
 
-    def load_checkpoint(self, path_or_state_dict: Any, *, format: str = "auto", strict: bool = True):
-        """Load weights into this model after checking every key and shape (nothing is copied on a mismatch)."""
+    def load_checkpoint(self, path_or_state_dict: Any, *, format: str = "auto", strict: bool = True,
+                        ignore_mismatched_sizes: bool = False):
+        """Load weights into this model after checking every key and shape (nothing is copied on a mismatch);
+        returns transformers' loading info (missing / unexpected / mismatched keys)."""
         from .checkpoint import load_into
 
-        return load_into(self, path_or_state_dict, format=format, strict=strict)
+        return load_into(self, path_or_state_dict, format=format, strict=strict,
+                         ignore_mismatched_sizes=ignore_mismatched_sizes)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -240,6 +252,8 @@ class PvtV2Model(PvtV2PreTrainedModel):
 
 class PvtV2ForImageClassification(PvtV2PreTrainedModel):
     """Encoder, global average pool of the last stage, linear classifier. ``logits: (B, num_labels)``."""
+
+    head_prefix = head_output_prefix = "classifier."
 
     def __init__(self, config: PvtV2Config, fast: bool = False) -> None:
         super().__init__(config)
@@ -315,7 +329,7 @@ class PvtV2Backbone(PvtV2Model):
     ) -> BackboneOutput | Tuple:
         check_pixel_values(pixel_values, self.config)
         output_hidden_states = self._resolve(output_hidden_states, "output_hidden_states")
-        indices = self.config.out_indices
+        indices = self.config.out_stage_indices  # out_indices may hold negatives (as transformers keeps them)
         out = self.encoder(
             pixel_values,
             self._resolve(output_attentions, "output_attentions"),
@@ -331,17 +345,18 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
     """Segformer: the PVTv2 / MiT encoder plus the all-MLP decode head. ``logits: (B, num_labels, H/4, W/4)``.
 
     Loads transformers' ``SegformerForSemanticSegmentation`` checkpoints (hub v4 key names and v5 names alike).
-    Decoder settings are config fields beyond transformers' PvtV2Config: ``decoder_hidden_size`` (256),
+    Decoder settings are config fields beyond transformers' PvtV2Config (Segformer's): ``decoder_hidden_size`` (256),
     ``classifier_dropout_prob`` (0.1), ``semantic_loss_ignore_index`` (255). Whole-image and sliding-window
     inference at the input's resolution: :mod:`pvtv2_fast.segmentation`.
     """
+
+    head_prefix, head_output_prefix = "decode_head.", "decode_head.classifier."
 
     def __init__(self, config: PvtV2Config, fast: bool = False) -> None:
         super().__init__(config)
         self.pvt_v2 = PvtV2Model(config)
         self.decode_head = AllMLPDecodeHead(
-            config.hidden_sizes, getattr(config, "decoder_hidden_size", 256), config.num_labels,
-            getattr(config, "classifier_dropout_prob", 0.1),
+            config.hidden_sizes, config.decoder_hidden_size, config.num_labels, config.classifier_dropout_prob,
         )
         self.post_init(fast)
 
@@ -357,7 +372,7 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
         loss = None
         if labels is not None:
             upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            ignore = getattr(self.config, "semantic_loss_ignore_index", 255)
+            ignore = self.config.semantic_loss_ignore_index
             if self.config.num_labels > 1:
                 loss = F.cross_entropy(upsampled, labels.long(), ignore_index=ignore)
             else:
