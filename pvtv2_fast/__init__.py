@@ -9,6 +9,7 @@ from .modeling import (
     PvtV2PreTrainedModel,
 )
 from .validation import min_input_size, stage_sizes
+from .patch import is_patched, patch, unpatch  # noqa: E402  (binds pvtv2_fast.patch to the function)
 
 __version__ = "0.1.0"
 
@@ -20,7 +21,10 @@ __all__ = [
     "PvtV2ForSemanticSegmentation",
     "PvtV2Model",
     "PvtV2PreTrainedModel",
+    "is_patched",
     "min_input_size",
+    "patch",
     "preset_names",
     "stage_sizes",
+    "unpatch",
 ]

@@ -1,5 +1,6 @@
-"""Command line: ``python -m pvtv2_fast info``, ``classify IMAGE... --weights DIR_OR_ID`` and
-``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768] [--fast]``."""
+"""Command line: ``python -m pvtv2_fast info``, ``classify IMAGE... --weights DIR_OR_ID``,
+``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768] [--fast]`` and
+``export --weights DIR_OR_ID --out FILE.onnx [--task ...] [--check]``."""
 
 from __future__ import annotations
 
@@ -89,6 +90,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+EXPORT_TASKS = {"classification": "PvtV2ForImageClassification", "segmentation": "PvtV2ForSemanticSegmentation",
+                "backbone": "PvtV2Backbone", "base": "PvtV2Model"}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import pvtv2_fast
+
+    from .export import check_onnx, export_onnx
+
+    model = getattr(pvtv2_fast, EXPORT_TASKS[args.task]).from_pretrained(args.weights)
+    path = export_onnx(model, args.out, height=args.height, width=args.width, dynamic=not args.static,
+                       opset=args.opset, dynamo=args.dynamo)
+    shape = "fixed" if args.static else "dynamic batch, height and width"
+    print(f"wrote {path} ({EXPORT_TASKS[args.task]}, {shape}, example {args.height}×{args.width})")
+    if args.check:
+        sizes = [(args.height, args.width)] if args.static else [(args.height, args.width), (97, 131), (61, 45)]
+        err = check_onnx(path, model, sizes=sizes)
+        print(f"ONNX Runtime vs PyTorch at {sizes}: max abs difference {err:.2e}")
+        if err > args.tolerance:
+            print(f"error: difference above {args.tolerance}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pvtv2_fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +133,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     seg.add_argument("--stride", type=int, default=0, help="sliding-window stride (default 3/4 of the tile)")
     seg.add_argument("--fast", action="store_true", help="use the fused kernels")
     seg.set_defaults(func=cmd_segment)
+    exp = sub.add_parser("export", help="ONNX file with dynamic batch, height and width")
+    exp.add_argument("--weights", required=True, help="checkpoint folder, file or hub id")
+    exp.add_argument("--out", required=True, help="output .onnx file")
+    exp.add_argument("--task", choices=list(EXPORT_TASKS), default="classification")
+    exp.add_argument("--height", type=int, default=224, help="example input height")
+    exp.add_argument("--width", type=int, default=224, help="example input width")
+    exp.add_argument("--static", action="store_true", help="fix batch, height and width to the example's")
+    exp.add_argument("--opset", type=int, default=None)
+    exp.add_argument("--dynamo", action="store_true", help="torch.export-based exporter (needs onnxscript)")
+    exp.add_argument("--check", action="store_true", help="compare with PyTorch in ONNX Runtime at odd sizes")
+    exp.add_argument("--tolerance", type=float, default=1e-4)
+    exp.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -109,6 +109,14 @@ class PvtV2Encoder(nn.Module):
         output_hidden_states: bool = False,
         last_stage: Optional[int] = None,
     ) -> BaseModelOutput:
+        if not torch.compiler.is_dynamo_compiling() and torch.onnx.is_in_onnx_export() and \
+                not getattr(self, "_pvtv2_export_mode", False):
+            # torch.onnx.export of any model: the reference path with exportable adaptive pools, whatever `fast`
+            # says (ONNX has no operator for the fused ops; see pvtv2_fast.export).
+            from .export import export_mode
+
+            with export_mode(self):
+                return self.forward(pixel_values, output_attentions, output_hidden_states, last_stage)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         hidden_states = pixel_values
