@@ -109,16 +109,20 @@ def test_patched_attention_maps_fall_back(source):
         got = model(x, output_attentions=True).attentions
     flat = lambda t: [a for s in t for a in (s if isinstance(s, tuple) else (s,))]  # noqa: E731
     assert len(flat(got)) == len(flat(ref)) > 0
-    assert all(torch.equal(a, b) for a, b in zip(flat(got), flat(ref)))
+    # the maps are the original attention's; the fused FFNs between them round differently (fp32, ~1e-7)
+    assert all((a - b).abs().max().item() <= ATOL for a, b in zip(flat(got), flat(ref)))
 
 
 @pytest.mark.parametrize("source", ["timm:pvt_v2_b2_li", "hf:sra", "hf:segformer"])
 def test_patched_gradients(source):
-    """Training through the patched model gives the unpatched model's gradients (the ops' autograd)."""
+    """Training through the patched model gives the unpatched model's gradients (the ops' autograd). Segformer
+    trains with drop-path and decode-head dropout: the same seed gives the same masks (the fused ops draw no
+    random numbers)."""
     model = _build(source).train()
     patched = pvtv2_fast.patch(copy.deepcopy(model))
     x = torch.randn(2, 3, 61, 45, generator=torch.Generator().manual_seed(1))
     for m in (model, patched):
+        torch.manual_seed(0)
         _outputs(m, x)[0].square().mean().backward()
     grads = dict(model.named_parameters())
     for name, p in patched.named_parameters():
