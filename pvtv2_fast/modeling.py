@@ -279,6 +279,17 @@ class PvtV2PreTrainedModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if isinstance(m, PvtV2Stage))
 
+    # transformers 5 names (its gradient_checkpointing_* are deprecated aliases of these)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.is_gradient_checkpointing
+
     def _resolve(self, value: Optional[bool], name: str) -> bool:
         return getattr(self.config, name) if value is None else value
 

@@ -362,6 +362,10 @@ def test_gradient_checkpointing_enable_disable(kind, tmp_root):
     ours.gradient_checkpointing_disable()
     assert not ours.is_gradient_checkpointing
     assert theirs.supports_gradient_checkpointing
+    ours.activation_checkpointing_enable({"use_reentrant": True})  # transformers 5's names
+    assert ours.is_activation_checkpointing and ours.base_model.encoder.layers[0].checkpoint_kwargs["use_reentrant"]
+    ours.activation_checkpointing_disable()
+    assert not ours.is_activation_checkpointing
 
 
 @FAST
