@@ -65,6 +65,13 @@ def _reduce(x: torch.Tensor, height: int, width: int, *, pool: bool, conv: Optio
     return x
 
 
+def _attention_backend(module: nn.Module) -> str:
+    """No C++ / CUDA C++ attention kernel exists: "cpu" means PyTorch's SDPA, "cuda" the Triton kernel (as
+    ``set_fast`` maps them for this library's own models)."""
+    backend = getattr(module, _BACKEND)
+    return {"cpu": "torch", "cuda": "auto"}.get(backend, backend)
+
+
 def _ffn(module: nn.Module, x: torch.Tensor, height: int, width: int, fc1: nn.Linear, dwconv: nn.Conv2d,
          fc2: nn.Linear, relu: bool) -> torch.Tensor:
     return ops.conv_ffn(x, fc1.weight, fc1.bias, dwconv.weight, dwconv.bias, fc2.weight, fc2.bias, height, width,
@@ -82,7 +89,7 @@ def _hf_pvt_attention_forward(self, hidden_states: torch.Tensor, height: int, wi
     reduced = _reduce(hidden_states, height, width, pool=self.linear_attention, conv=conv,
                       norm=getattr(self, "layer_norm", None), act=getattr(self, "act", None), backend=backend)
     context = ops.sra_attention(query, self.key(reduced), self.value(reduced), self.num_attention_heads,
-                                backend=backend)
+                                backend=_attention_backend(self))
     return (self.proj_drop(self.proj(context)),)
 
 
@@ -117,7 +124,7 @@ def _segformer_attention_forward(self, hidden_states: torch.Tensor, height: int,
         hidden_states, height, width, pool=False, conv=reduction.sequence_reduction, norm=reduction.layer_norm,
         act=None, backend=backend)
     context = ops.sra_attention(self.q_proj(hidden_states), self.k_proj(reduced), self.v_proj(reduced),
-                                self.num_attention_heads, scale=self.scaling, backend=backend)
+                                self.num_attention_heads, scale=self.scaling, backend=_attention_backend(self))
     return self.o_proj(context), None
 
 
@@ -139,7 +146,7 @@ def _timm_attention_forward(self, x: torch.Tensor, feat_size):
     kv = self.kv(reduced)
     c = self.dim
     context = ops.sra_attention(self.q(x), kv[..., :c], kv[..., c:], self.num_heads, scale=self.scale,
-                                backend=backend)
+                                backend=_attention_backend(self))
     return self.proj_drop(self.proj(context))
 
 

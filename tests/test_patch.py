@@ -175,14 +175,17 @@ def test_patch_rejects_other_models():
         pvtv2_fast.patch(_build("hf:sra"), backend="nope")
 
 
-def test_patch_twice_and_explicit_backend(spy):
-    model = _build("hf:sra")
-    x = torch.randn(1, 3, 64, 64)
+@pytest.mark.parametrize("source", ["hf:linear", "timm:pvt_v2_b2_li", "hf:segformer"])
+def test_patch_twice_and_explicit_backends(source, spy):
+    """Re-patching switches the backend; "torch" and "cpu" (C++ kernels, SDPA attention) both match."""
+    model = _build(source)
+    x = torch.randn(1, 3, 61, 45)
     with torch.no_grad():
-        ref = model(x).logits
-        pvtv2_fast.patch(model)
-        pvtv2_fast.patch(model, backend="torch")  # re-patching switches the backend
-        assert (model(x).logits - ref).abs().max().item() <= ATOL
+        ref = _outputs(model, x)[0]
+        for backend in ("auto", "torch", "cpu"):
+            pvtv2_fast.patch(model, backend=backend)
+            assert (_outputs(model, x)[0] - ref).abs().max().item() <= ATOL, backend
+    assert spy["conv_ffn"] > 0
     pvtv2_fast.unpatch(model)
     assert not any("forward" in vars(m) for m in model.modules())
 
