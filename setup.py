@@ -11,6 +11,7 @@ Extension build (needs torch importable at build time: ``pip install --no-build-
 
 import glob
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -70,9 +71,16 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 
+
+def _version() -> str:
+    """The one version source is pvtv2_fast/__init__.py (read as text: the package cannot be imported here)."""
+    with open(os.path.join(ROOT, "pvtv2_fast", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
 setup(
     name="pvtv2_fast",
-    version="0.1.0",
+    version=_version(),
     description="PVTv2 in pure PyTorch, transformers-compatible, with fused Triton and C++/CUDA kernels",
     python_requires=">=3.10",
     packages=["pvtv2_fast", "pvtv2_fast.modules", "pvtv2_fast.ops", "pvtv2_fast.kernels"],

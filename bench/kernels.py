@@ -59,7 +59,7 @@ def run(presets, sizes, dtype_name: str, out: Path) -> str:
     rows = []
     # the extension's CUDA C++ kernels, timed beside Triton's to decide ops._dispatch.CUDA_ORDER
     cuda_cpp = {op: _ext.has_kernel(native, "cuda")
-                for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "adaptive_pool_tokens"))}
+                for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "linear_sra_pool"))}
     versus = {op: [] for op in cuda_cpp}
     for preset in presets:
         cfg = PvtV2Config.from_preset(preset)

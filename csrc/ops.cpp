@@ -6,7 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <climits>
 #include <cstdint>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -14,7 +14,8 @@
 #include <string>
 
 #include "cpu_kernels.h"
-#include "pvtv2/math.h"
+#include "env.h"
+#include "pvtv2/checks.h"
 
 namespace pvtv2 {
 namespace cpu {
@@ -29,11 +30,10 @@ static Isa detect_isa() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
   if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
 #endif
-  const char* cap = std::getenv("PVTV2_FAST_CPU_ISA");
-  if (cap == nullptr || *cap == '\0') return best;
-  for (int i = 0; i < 3; ++i)
-    if (std::string(cap) == kIsaNames[i]) return std::min(best, static_cast<Isa>(i));
-  TORCH_CHECK(false, "PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512; got '", cap, "'");
+  // A cap above what the CPU has runs the widest it has (documented: the variable caps, it does not force).
+  const int cap = env::choice("PVTV2_FAST_CPU_ISA", {kIsaNames[0], kIsaNames[1], kIsaNames[2]}, -1,
+                              "the widest the CPU supports");
+  return cap < 0 ? best : std::min(best, static_cast<Isa>(cap));
 }
 
 static Isa active_isa() {
@@ -52,7 +52,7 @@ std::string isa() { return kIsaNames[static_cast<int>(active_isa())]; }
 #endif
 
 DwconvGeluRowFn dwconv_gelu_row() { return PVT_FOR_ACTIVE_ISA(dwconv_gelu_row); }
-PoolCellFn pool_cell() { return PVT_FOR_ACTIVE_ISA(pool_cell); }
+LinearSraPoolCellFn linear_sra_pool_cell() { return PVT_FOR_ACTIVE_ISA(linear_sra_pool_cell); }
 }  // namespace cpu
 
 // Large outputs are written once, right after allocation: on Linux, ask for transparent huge pages on them, so the
@@ -70,34 +70,29 @@ static void advise_huge_pages(void* ptr, size_t nbytes) {
 #endif
 }
 
-static void check_tokens(const at::Tensor& x, int64_t height, int64_t width, const char* op) {
-  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, N, C) tokens, got ", x.sizes());
-  TORCH_CHECK(height >= 1 && width >= 1 && x.size(1) == height * width, op, ": ", x.size(1),
-              " tokens are not a ", height, "x", width, " map");
-}
+// The CPU kernels below take float32 contiguous copies of their inputs (half types are computed in fp32 and rounded
+// once at the end). `op` names the op in the checks' messages (checks.h).
 
 // ------------------------------------------------------------------------------------------ dwconv + GELU
 at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            int64_t height, int64_t width, bool relu_input) {
-  check_tokens(x_in, height, width, "dwconv_gelu");
+  constexpr const char* op = "dwconv_gelu";
+  checks::dwconv_gelu(x_in, weight, bias, height, width);
+  CHECK_DEVICE(x_in, at::kCPU);
   const int64_t B = x_in.size(0), C = x_in.size(2);
-  TORCH_CHECK(weight.sizes() == at::IntArrayRef({C, 1, 3, 3}), "dwconv_gelu: weight must be (", C, ", 1, 3, 3), got ",
-              weight.sizes());
-  TORCH_CHECK(!bias.has_value() || bias->sizes() == at::IntArrayRef({C}), "dwconv_gelu: bias must be (", C, ",)");
   const auto dtype = x_in.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "dwconv_gelu: CPU kernel supports float32, bfloat16 and float16, got ", dtype);
-  // fp32 is the fast path; half types are computed in fp32 and rounded once at the end.
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const at::Tensor wt = weight.to(at::kFloat).reshape({C, 9}).t().contiguous();  // (9, C): contiguous per tap
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor y = at::empty_like(x);
+  if (y.numel() == 0) return y.to(dtype);  // B = 0
+  CHECK_CONTIGUOUS(y);  // the row pointers below assume dense (B, H, W, C) rows
   advise_huge_pages(y.data_ptr(), y.nbytes());
   const float* xp = x.data_ptr<float>();
   const float* wp = wt.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t N = height * width, row_floats = width * C;
+  const int64_t N = height * width, row_floats = width * C;  // both <= x.numel(): the checks matched N to x
   const cpu::DwconvGeluRowFn row = cpu::dwconv_gelu_row();
   at::parallel_for(0, B * height, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -111,19 +106,20 @@ at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, con
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
-// ------------------------------------------------------------------------------------------ adaptive pool
-at::Tensor adaptive_pool_tokens_cpu(const at::Tensor& x_in, int64_t height, int64_t width, int64_t pool_size) {
-  check_tokens(x_in, height, width, "adaptive_pool_tokens");
-  TORCH_CHECK(pool_size >= 1, "adaptive_pool_tokens: pool_size must be >= 1");
+// ------------------------------------------------------------------------------------------ Linear SRA pool
+at::Tensor linear_sra_pool_cpu(const at::Tensor& x_in, int64_t height, int64_t width, int64_t pool_size) {
+  constexpr const char* op = "linear_sra_pool";
+  checks::linear_sra_pool(x_in, height, width, pool_size);
+  CHECK_DEVICE(x_in, at::kCPU);
   const auto dtype = x_in.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "adaptive_pool_tokens: CPU kernel supports float32, bfloat16 and float16, got ", dtype);
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t B = x.size(0), C = x.size(2), N = height * width, P = pool_size;
-  at::Tensor y = at::empty({B, P * P, C}, x.options());
+  at::Tensor y = at::empty({B, P * P, C}, x.options());  // B·P·P·C checked not to overflow
+  if (y.numel() == 0) return y.to(dtype);  // B = 0 or C = 0
+  CHECK_CONTIGUOUS(x);
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const cpu::PoolCellFn cell = cpu::pool_cell();
+  const cpu::LinearSraPoolCellFn cell = cpu::linear_sra_pool_cell();
   at::parallel_for(0, B * P * P, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t bi = k / (P * P), ij = k % (P * P);
@@ -134,31 +130,18 @@ at::Tensor adaptive_pool_tokens_cpu(const at::Tensor& x_in, int64_t height, int6
 }
 
 // ------------------------------------------------------------------------------------------ conv FFN
-static void check_linear(const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t out, int64_t in,
-                         const char* name) {
-  TORCH_CHECK(w.dim() == 2 && w.size(1) == in && (out < 0 || w.size(0) == out), "conv_ffn: ", name,
-              "_weight must be (out, ", in, ")", out >= 0 ? " with out = " + std::to_string(out) : std::string(),
-              ", got ", w.sizes());
-  TORCH_CHECK(!b.has_value() || b->sizes() == at::IntArrayRef({w.size(0)}), "conv_ffn: ", name, "_bias must be (",
-              w.size(0), ",)");
-}
-
 at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
                         const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
                         const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
                         int64_t width, bool relu_input) {
-  check_tokens(x_in, height, width, "conv_ffn");
-  const int64_t B = x_in.size(0), c_in = x_in.size(2), hidden = fc1_weight.size(0);
-  check_linear(fc1_weight, fc1_bias, -1, c_in, "fc1");
-  TORCH_CHECK(dw_weight.sizes() == at::IntArrayRef({hidden, 1, 3, 3}), "conv_ffn: dw_weight must be (", hidden,
-              ", 1, 3, 3), got ", dw_weight.sizes());
-  TORCH_CHECK(!dw_bias.has_value() || dw_bias->sizes() == at::IntArrayRef({hidden}), "conv_ffn: dw_bias must be (",
-              hidden, ",)");
-  check_linear(fc2_weight, fc2_bias, -1, hidden, "fc2");
-  const int64_t c_out = fc2_weight.size(0);
+  constexpr const char* op = "conv_ffn";
+  checks::conv_ffn(x_in, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width);
+  CHECK_DEVICE(x_in, at::kCPU);
+  const int64_t B = x_in.size(0), c_in = x_in.size(2), hidden = fc1_weight.size(0), c_out = fc2_weight.size(0);
+  // The GEMMs run on the Fortran BLAS, whose sizes are 32-bit ints (rows per GEMM are checked in conv_ffn_forward).
+  TORCH_CHECK(std::max({c_in, hidden, c_out, width}) <= INT_MAX, op, ": the CPU kernel's BLAS takes channel counts "
+              "and widths below 2^31, got c_in ", c_in, ", hidden ", hidden, ", c_out ", c_out, ", width ", width);
   const auto dtype = x_in.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "conv_ffn: CPU kernel supports float32, bfloat16 and float16, got ", dtype);
   // fp32 inside; half types are converted once on the way in and rounded once on the way out.
   auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
   auto f32_opt = [&](const c10::optional<at::Tensor>& t) { return t.has_value() ? f32(*t) : at::Tensor(); };
@@ -167,33 +150,29 @@ at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, co
   const at::Tensor b1 = f32_opt(fc1_bias), db = f32_opt(dw_bias), b2 = f32_opt(fc2_bias);
   const at::Tensor dwt = dw_weight.to(at::kFloat).reshape({hidden, 9}).t().contiguous();  // (9, hidden)
   at::Tensor y = at::empty({B, height * width, c_out}, x.options());
-  if (y.numel() > 0 && hidden > 0 && c_in > 0) {
-    cpu::ConvFfnArgs args{ptr(x), ptr(w1), ptr(b1), ptr(dwt), ptr(db), ptr(w2), ptr(b2), y.data_ptr<float>(),
-                          B, height, width, c_in, hidden, c_out, relu_input};
-    cpu::conv_ffn_forward(args);
-  } else if (y.numel() > 0) {
-    // Degenerate widths (no hidden or input channels) would hand BLAS empty dimensions: use the composition.
-    at::Tensor h = at::linear(x, w1, b1.defined() ? c10::optional<at::Tensor>(b1) : c10::nullopt);
-    h = relu_input ? h.relu() : h;
-    h = at::conv2d(h.transpose(1, 2).reshape({B, hidden, height, width}), dw_weight.to(at::kFloat),
-                   db.defined() ? c10::optional<at::Tensor>(db) : c10::nullopt, 1, 1, 1, hidden);
-    h = at::gelu(h).flatten(2).transpose(1, 2);
-    y.copy_(at::linear(h, w2, b2.defined() ? c10::optional<at::Tensor>(b2) : c10::nullopt));
-  }
+  if (y.numel() == 0) return y.to(dtype);  // B = 0 or c_out = 0 (c_in = 0 runs: fc1 gives its bias)
+  cpu::ConvFfnArgs args{ptr(x), ptr(w1), ptr(b1), ptr(dwt), ptr(db), ptr(w2), ptr(b2), y.data_ptr<float>(),
+                        B, height, width, c_in, hidden, c_out, relu_input};
+  cpu::conv_ffn_forward(args);
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
 // ------------------------------------------------------------------------------------------ meta (shapes)
-at::Tensor dwconv_gelu_meta(const at::Tensor& x, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
-                            int64_t, bool) {
+// The same checks as the kernels, so tracing (FakeTensor, torch.compile, torch.export) rejects what running would.
+at::Tensor dwconv_gelu_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                            int64_t height, int64_t width, bool) {
+  checks::dwconv_gelu(x, weight, bias, height, width);
   return at::empty(x.sizes(), x.options());
 }
-at::Tensor conv_ffn_meta(const at::Tensor& x, const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&,
-                         const c10::optional<at::Tensor>&, const at::Tensor& fc2_weight,
-                         const c10::optional<at::Tensor>&, int64_t, int64_t, bool) {
+at::Tensor conv_ffn_meta(const at::Tensor& x, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
+                         const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+                         const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
+                         int64_t width, bool) {
+  checks::conv_ffn(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width);
   return at::empty({x.size(0), x.size(1), fc2_weight.size(0)}, x.options());
 }
-at::Tensor adaptive_pool_tokens_meta(const at::Tensor& x, int64_t, int64_t, int64_t pool_size) {
+at::Tensor linear_sra_pool_meta(const at::Tensor& x, int64_t height, int64_t width, int64_t pool_size) {
+  checks::linear_sra_pool(x, height, width, pool_size);
   return at::empty({x.size(0), pool_size * pool_size, x.size(2)}, x.options());
 }
 
@@ -203,7 +182,7 @@ std::string cpu_isa() { return cpu::isa(); }
 
 TORCH_LIBRARY(pvtv2_fast_C, m) {
   m.def("dwconv_gelu(Tensor x, Tensor weight, Tensor? bias, int height, int width, bool relu_input) -> Tensor");
-  m.def("adaptive_pool_tokens(Tensor x, int height, int width, int pool_size) -> Tensor");
+  m.def("linear_sra_pool(Tensor x, int height, int width, int pool_size) -> Tensor");
   m.def(
       "conv_ffn(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor dw_weight, Tensor? dw_bias, Tensor fc2_weight, "
       "Tensor? fc2_bias, int height, int width, bool relu_input) -> Tensor");
@@ -212,14 +191,14 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
 
 TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
   m.impl("dwconv_gelu", &pvtv2::dwconv_gelu_cpu);
-  m.impl("adaptive_pool_tokens", &pvtv2::adaptive_pool_tokens_cpu);
+  m.impl("linear_sra_pool", &pvtv2::linear_sra_pool_cpu);
   // The conv FFN's GEMMs need a BLAS; without one the op has no CPU kernel and Python uses the composition.
   if (pvtv2::cpu::has_sgemm()) m.impl("conv_ffn", &pvtv2::conv_ffn_cpu);
 }
 
 TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
   m.impl("dwconv_gelu", &pvtv2::dwconv_gelu_meta);
-  m.impl("adaptive_pool_tokens", &pvtv2::adaptive_pool_tokens_meta);
+  m.impl("linear_sra_pool", &pvtv2::linear_sra_pool_meta);
   m.impl("conv_ffn", &pvtv2::conv_ffn_meta);
 }
 

@@ -8,7 +8,7 @@ from .modeling import (
     PvtV2Model,
     PvtV2PreTrainedModel,
 )
-from .validation import min_input_size, stage_sizes
+from .validation import min_input_size, stage_shapes, stage_sizes
 from .patch import is_patched, patch, unpatch  # noqa: E402  (binds pvtv2_fast.patch to the function)
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "min_input_size",
     "patch",
     "preset_names",
+    "stage_shapes",
     "stage_sizes",
     "unpatch",
 ]

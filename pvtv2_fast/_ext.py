@@ -2,7 +2,12 @@
 
 ``PVTV2_FAST_EXT=/path/to/_C.so`` loads another build instead (e.g. the AddressSanitizer one of
 ``make sanitize``); ``PVTV2_FAST_CPU_ISA=default|avx2|avx512`` caps the instruction set the CPU kernels use (they
-pick the widest the CPU has).
+pick the widest the CPU has). The C++ side parses its environment variables strictly (``PVTV2_FAST_CPU_ISA``,
+``PVTV2_FAST_FFN_BAND_KB``): every op call that reads a value it does not accept raises, naming the variable, the
+value and what is accepted.
+
+The registered ops (``torch.ops.pvtv2_fast_C.*``, named as in ``pvtv2_fast.ops``) check their own arguments
+(csrc/include/pvtv2/checks.h) and raise ``RuntimeError`` on bad input, whichever kernel (CPU, CUDA, Meta) runs.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import torch
 
 _loaded: Optional[bool] = None
 _error = ""
-OPS = ("dwconv_gelu", "adaptive_pool_tokens", "conv_ffn")
-# (op, device type) -> has a kernel; filled once at load so lookups stay traceable by torch.compile
+# (op, device type) -> has a kernel; asked once per op when pvtv2_fast.ops registers its kernels (at import), so
+# dispatch inside torch.compile only reads Python values
 _kernels: dict = {}
 
 
@@ -31,10 +36,6 @@ def available() -> bool:
             _loaded = True
         except (ImportError, OSError) as e:
             _loaded, _error = False, str(e)
-        if _loaded:
-            for op in OPS:
-                for device, key in (("cpu", "CPU"), ("cuda", "CUDA")):
-                    _kernels[(op, device)] = torch._C._dispatch_has_kernel_for_dispatch_key(f"pvtv2_fast_C::{op}", key)
     return _loaded
 
 
@@ -45,7 +46,11 @@ def unavailable_reason() -> str:
 
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``pvtv2_fast_C::op`` has a kernel for this device (CUDA only when built with CUDA)."""
-    return available() and _kernels.get((op, device_type), False)
+    key = (op, device_type)
+    if key not in _kernels:
+        _kernels[key] = available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+            f"pvtv2_fast_C::{op}", {"cpu": "CPU", "cuda": "CUDA"}[device_type])
+    return _kernels[key]
 
 
 def cpu_isa() -> str:

@@ -4,14 +4,15 @@ Two things stand between the models and a dynamic-size ONNX graph, and this modu
 
 * ``fast=True`` runs custom ops (``pvtv2_fast::*``) that ONNX has no operator for, and the memory-lean FFN loops
   over bands of rows, a trip count that depends on the input size. Export therefore takes the reference path.
-* Linear SRA's ``AdaptiveAvgPool2d(7)``: exporters lower it to a fixed pooling window computed from the traced
+* Linear SRA's 7×7 adaptive average pool: exporters lower it to a fixed pooling window computed from the traced
   size, so a graph traced at one size silently computes wrong bins at a size that divides by 7 differently
-  (or rejects it). Here it is two matrix products with bin-averaging matrices built in the graph from H and W
-  (:func:`adaptive_pool_matrix`), exact for every size, H or W < 7 included.
+  (or rejects it). While ``torch.onnx.export`` runs, the reference of ``ops.linear_sra_pool`` computes it as two
+  matrix products with bin-averaging matrices built in the graph from H and W (:func:`adaptive_pool_matrix`),
+  exact for every size, H or W < 7 included.
 
-:func:`export_mode` switches a model to that form for the duration of an export (nothing is copied; parameters
-and ``state_dict`` are untouched), and the models' forward enters it by itself while ``torch.onnx.export`` runs,
-so a plain ``torch.onnx.export(model, ...)`` of a ``fast=True`` model gives the reference graph.
+:func:`export_mode` switches a model to the reference path for the duration of an export (nothing is copied;
+parameters and ``state_dict`` are untouched), and the models' forward enters it by itself while
+``torch.onnx.export`` runs, so a plain ``torch.onnx.export(model, ...)`` of a ``fast=True`` model works too.
 :func:`export_onnx` is the one-call version with dynamic batch, height and width.
 """
 
@@ -68,29 +69,25 @@ class ExportableAdaptiveAvgPool2d(nn.Module):
 @contextlib.contextmanager
 def export_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``model`` (a pvtv2_fast model or any module containing one) computes with the reference
-    path, without memory-lean banding, and with exportable adaptive pools; everything is restored on exit."""
-    from .modules import ConvFeedForward, SpatialReductionAttention
+    path and without memory-lean banding (a loop whose trip count depends on the input size); restored on exit.
+    (The reference's adaptive pool turns exportable by itself while ``torch.onnx.export`` runs.)"""
+    from .modules import ConvFeedForward
+    from .modules.fast_path import FastPath
 
     saved = []
     for module in model.modules():
         if getattr(module, "_pvtv2_export_mode", False):
             continue
-        state = {name: getattr(module, name) for name in ("fast", "channels_last_maps", "max_hidden_bytes")
-                 if name in vars(module)}
-        if isinstance(module, SpatialReductionAttention) and module.linear_attention and \
-                isinstance(module.pool, nn.AdaptiveAvgPool2d):
-            state["pool"] = module.pool
+        state = {}
+        if isinstance(module, FastPath):
+            state["backend"] = module.backend
+        if isinstance(module, ConvFeedForward):
+            state["max_hidden_bytes"] = module.max_hidden_bytes
         if not state:
             continue
         saved.append((module, state))
         for name in state:
-            if name == "pool":
-                module.pool = ExportableAdaptiveAvgPool2d(module.pool.output_size)
-            elif name == "max_hidden_bytes":
-                if isinstance(module, ConvFeedForward):
-                    module.max_hidden_bytes = None
-            else:
-                setattr(module, name, False)
+            setattr(module, name, None)
         module._pvtv2_export_mode = True
     try:
         yield model

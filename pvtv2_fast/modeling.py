@@ -19,7 +19,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .config import PvtV2Config
-from .modules import AllMLPDecodeHead, ConvFeedForward, OverlapPatchEmbed, PvtV2Block, SpatialReductionAttention
+from .modules import AllMLPDecodeHead, ConvFeedForward, FastPath, OverlapPatchEmbed, PvtV2Block
+from .modules.fast_path import token_map
 from .outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from .validation import check_pixel_values
 
@@ -86,7 +87,7 @@ class PvtV2Stage(nn.Module):
         return self.layer_norm(hidden_states), attentions, height, width
 
 
-class PvtV2Encoder(nn.Module):
+class PvtV2Encoder(FastPath, nn.Module):
     """``pixel_values (B, C, H, W)`` → per-stage maps ``(B, C_i, H_i, W_i)``, strides 4, 8, 16, 32."""
 
     def __init__(self, config: PvtV2Config) -> None:
@@ -99,8 +100,6 @@ class PvtV2Encoder(nn.Module):
             PvtV2Stage(config, i, rates[starts[i]: starts[i] + config.depths[i]])
             for i in range(config.num_encoder_blocks)
         )
-        # fast mode: stage maps stay channels-last views of the tokens (same shape and values, no copy).
-        self.channels_last_maps = False
 
     def forward(
         self,
@@ -111,8 +110,8 @@ class PvtV2Encoder(nn.Module):
     ) -> BaseModelOutput:
         if not torch.compiler.is_dynamo_compiling() and torch.onnx.is_in_onnx_export() and \
                 not getattr(self, "_pvtv2_export_mode", False):
-            # torch.onnx.export of any model: the reference path with exportable adaptive pools, whatever `fast`
-            # says (ONNX has no operator for the fused ops; see pvtv2_fast.export).
+            # torch.onnx.export of any model: the reference path whatever `fast` says (ONNX has no operator for
+            # the fused ops; see pvtv2_fast.export).
             from .export import export_mode
 
             with export_mode(self):
@@ -120,13 +119,11 @@ class PvtV2Encoder(nn.Module):
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         hidden_states = pixel_values
-        b = pixel_values.shape[0]
         layers = self.layers if last_stage is None else self.layers[: last_stage + 1]
         for layer in layers:
             tokens, attentions, height, width = layer(hidden_states, output_attentions)
-            hidden_states = tokens.reshape(b, height, width, -1).permute(0, 3, 1, 2)
-            if not self.channels_last_maps:
-                hidden_states = hidden_states.contiguous()
+            # fast mode: stage maps stay channels-last views of the tokens (same shape and values, no copy)
+            hidden_states = token_map(tokens, height, width, channels_last=self.fast)
             if output_attentions:  # one tuple per stage, one map per block, as transformers returns them
                 all_attentions += (attentions,)
             if output_hidden_states:
@@ -171,7 +168,7 @@ class PvtV2PreTrainedModel(nn.Module):
     # ------------------------------------------------------------------ fast switch
     @property
     def fast(self) -> bool:
-        return any(getattr(m, "fast", False) for m in self.modules() if isinstance(m, (SpatialReductionAttention, ConvFeedForward)))
+        return any(m.fast for m in self.modules() if isinstance(m, FastPath))
 
     @fast.setter
     def fast(self, value: bool) -> None:
@@ -189,27 +186,23 @@ class PvtV2PreTrainedModel(nn.Module):
         return self
 
     def set_fast(self, enabled: bool = True, backend: str = "auto") -> "PvtV2PreTrainedModel":
-        """Route attention, Linear-SRA pooling and dwconv+GELU through the fused ops (same weights, same outputs).
+        """Route attention, Linear-SRA pooling and the FFN through the fused ops (same weights, same outputs).
 
-        ``backend``: ``"auto"`` (per op and device: C++ on CPU, Triton on CUDA), or force ``"triton"``, ``"cpu"``
-        (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels; attention in Triton) or
-        ``"torch"``. Fast mode also turns on :meth:`set_memory_lean`. Stage maps (``hidden_states``,
-        ``feature_maps``) then come back as channels-last views of the tokens: the same shapes and values, without
-        the layout copies. Under ``"auto"``, cases the fused kernels do not support (device, dtype, shape) fall
-        back to the reference with a one-time warning that says why; a forced backend that cannot run raises.
+        ``backend``: ``"auto"`` (per op and device, see ``pvtv2_fast.ops.AUTO_ORDER``: C++ on CPU, Triton on CUDA),
+        or force ``"triton"``, ``"cpu"`` (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels;
+        attention in Triton) or ``"torch"``. Fast mode also turns on :meth:`set_memory_lean`. Stage maps
+        (``hidden_states``, ``feature_maps``) then come back as channels-last views of the tokens: the same shapes
+        and values, without the layout copies. Under ``"auto"``, cases the fused kernels do not support (device,
+        dtype, shape) fall back to the reference with a one-time warning that says why; a forced backend that
+        cannot run raises.
         """
         from .ops import BACKENDS
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         for module in self.modules():
-            if isinstance(module, (SpatialReductionAttention, ConvFeedForward)):
-                module.fast = bool(enabled)
-                module.backend = backend
-            elif isinstance(module, OverlapPatchEmbed):
-                module.fast = bool(enabled)
-            elif isinstance(module, PvtV2Encoder):
-                module.channels_last_maps = bool(enabled)
+            if isinstance(module, FastPath):
+                module.backend = backend if enabled else None
         return self.set_memory_lean(enabled)
 
     # ------------------------------------------------------------------ checkpoints

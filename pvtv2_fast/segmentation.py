@@ -105,10 +105,9 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> List[Path]:
 def segment_files(model: PvtV2ForSemanticSegmentation, paths: Iterable[Path], out_dir: Path, mode: str = "whole",
                   tile: int = 1024, stride: int = 768, progress: bool = True) -> Tuple[List[Path], List[str]]:
     """Segment image files of any (mixed) sizes one by one; returns (written files, error messages)."""
-    from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
-    from .preprocessing import PvtV2ImageProcessor
+    from .preprocessing import PvtV2ImageProcessor, load_image, to_rgb8
 
     processor = PvtV2ImageProcessor(do_resize=False)
     device = next(model.parameters()).device
@@ -116,14 +115,13 @@ def segment_files(model: PvtV2ForSemanticSegmentation, paths: Iterable[Path], ou
     written, errors = [], []
     paths = list(paths)
     for path in tqdm(paths, desc="segment", unit="image", disable=not progress or len(paths) < 2):
-        try:
-            with Image.open(path) as im:
-                image = np.array(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            errors.append(f"{path}: cannot read image ({e})")
+        try:  # any image type, upright as viewers show it; a bad or too-small image is reported, not fatal
+            image = load_image(path)
+            pixel_values = processor(image)["pixel_values"].to(device, dtype)
+            logits = segment(model, pixel_values, mode=mode, tile=tile, stride=stride)
+        except (OSError, ValueError) as e:
+            errors.append(f"{path}: {e}")
             continue
-        pixel_values = processor(image)["pixel_values"].to(device, dtype)
-        logits = segment(model, pixel_values, mode=mode, tile=tile, stride=stride)
         labels = logits.argmax(1)[0].cpu().numpy()
-        written += save_masks(labels, image, Path(out_dir), Path(path).stem, model.config.num_labels)
+        written += save_masks(labels, to_rgb8(image), Path(out_dir), Path(path).stem, model.config.num_labels)
     return written, errors

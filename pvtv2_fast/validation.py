@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 
 from .config import PvtV2Config
+from .ops.linear_sra_pool import LINEAR_SRA_POOL_SIZE
 
 
 def stage_sizes(config: PvtV2Config, height: int, width: int) -> List[Tuple[int, int]]:
@@ -17,6 +18,33 @@ def stage_sizes(config: PvtV2Config, height: int, width: int) -> List[Tuple[int,
         height, width = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
         sizes.append((height, width))
     return sizes
+
+
+class StageShape(NamedTuple):
+    """The tensor shapes one stage's ops see for a given input size (for tests and benchmarks)."""
+
+    height: int  # token map H_i × W_i
+    width: int
+    channels: int  # C_i
+    heads: int
+    sr_ratio: int
+    keys: int  # M: reduced keys/values per image (49 for Linear SRA)
+    ffn_hidden: int  # the FFN's widened width
+    linear: bool  # Linear SRA (pooled keys, ReLU before the FFN's dwconv)
+
+
+def stage_shapes(config: PvtV2Config, height: int, width: int) -> List[StageShape]:
+    """:class:`StageShape` of every stage for an input of ``height``×``width`` pixels."""
+    shapes = []
+    for i, (h, w) in enumerate(stage_sizes(config, height, width)):
+        c, sr = config.hidden_sizes[i], config.sr_ratios[i]
+        if config.linear_attention:
+            keys = LINEAR_SRA_POOL_SIZE ** 2
+        else:
+            keys = (h // sr) * (w // sr) if sr > 1 else h * w
+        shapes.append(StageShape(h, w, c, config.num_attention_heads[i], sr, keys, int(c * config.mlp_ratios[i]),
+                                 config.linear_attention))
+    return shapes
 
 
 def _fits(config: PvtV2Config, size: int) -> bool:

@@ -9,6 +9,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # fp32 parity at 1e-5 needs true fp32 GEMMs and convolutions: TF32 (cuBLAS/cuDNN defaults) rounds to 10 bits.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 import pytest  # noqa: E402
 

@@ -12,9 +12,13 @@ Tolerances (max abs error against an fp32 reference computed from the *same* rou
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
-from pvtv2_fast import PvtV2Config, preset_names, stage_sizes
+from pvtv2_fast import PvtV2Config, preset_names
+from pvtv2_fast.validation import stage_shapes
 
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1e-2, 1.6e-2)}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -25,23 +29,16 @@ IMAGE = (97, 131)
 
 
 def stage_cases():
-    """One case per distinct (hidden, heads, sr, linear, ffn hidden) over all presets and stages, named by the
+    """One case per distinct (hidden, heads, keys, ffn hidden, linear) over all presets and stages, named by the
     first preset/stage that has it: ``(id, C, heads, H, W, M, ffn_hidden, linear)``."""
     seen, cases = set(), []
     for preset in preset_names():
-        cfg = PvtV2Config.from_preset(preset)
-        for i, (h, w) in enumerate(stage_sizes(cfg, *IMAGE)):
-            c, heads, sr = cfg.hidden_sizes[i], cfg.num_attention_heads[i], cfg.sr_ratios[i]
-            ffn = int(c * cfg.mlp_ratios[i])
-            if cfg.linear_attention:
-                m = 49
-            else:
-                m = (h // sr) * (w // sr) if sr > 1 else h * w
-            key = (c, heads, m, ffn, cfg.linear_attention)
-            if key in seen:
-                continue
-            seen.add(key)
-            cases.append((f"{preset}-stage{i + 1}", c, heads, h, w, m, ffn, cfg.linear_attention))
+        for i, s in enumerate(stage_shapes(PvtV2Config.from_preset(preset), *IMAGE)):
+            key = (s.channels, s.heads, s.keys, s.ffn_hidden, s.linear)
+            if key not in seen:
+                seen.add(key)
+                cases.append((f"{preset}-stage{i + 1}", s.channels, s.heads, s.height, s.width, s.keys, s.ffn_hidden,
+                              s.linear))
     return cases
 
 
@@ -50,3 +47,49 @@ def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what
     assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------- backends under test
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def randn(*shape, dtype=torch.float32, seed=0, scale=1.0, device=DEVICE):
+    return (scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))).to(device, dtype)
+
+
+def fused_backends(op_name: str):
+    """``(backend, device)`` pytest params: each fused backend of the op on the device it runs on here: Triton on
+    DEVICE (interpreted on a CPU-only machine), the C++ kernels on CPU, the CUDA C++ kernels when a GPU is present."""
+    from pvtv2_fast import ops
+
+    op = ops.OPS[op_name]
+    params = []
+    for backend in op.backends:
+        device = {"triton": DEVICE, "cpu": "cpu", "cuda": "cuda"}[backend]
+        if device == "cuda" and DEVICE != "cuda":
+            continue
+        params.append(pytest.param(backend, device, id=backend))
+    return params
+
+
+def require(op_name: str, backend: str, args) -> None:
+    """Fail (never skip) when a backend this machine must have cannot run: a missing extension build or Triton
+    install is a broken setup, not a reason to pass. PVTV2_FAST_NO_EXT=1 marks a deliberate build without C++."""
+    from pvtv2_fast import ops
+
+    reason = ops.OPS[op_name].why_not(backend, args)
+    if reason is None:
+        return
+    if backend in ("cpu", "cuda") and os.environ.get("PVTV2_FAST_NO_EXT") == "1":
+        pytest.skip(f"extension build turned off: {reason}")
+    pytest.fail(f"{op_name}: backend {backend!r} cannot run here: {reason}")
+
+
+def _hypothesis_settings():
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+# Property tests: 25 derandomised shapes per op (CI-sized); each example runs every fused backend.
+HYPOTHESIS = _hypothesis_settings()

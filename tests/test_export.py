@@ -27,7 +27,8 @@ from pvtv2_fast.export import (
     export_mode,
     export_onnx,
 )
-from pvtv2_fast.modules import SpatialReductionAttention
+from pvtv2_fast.modules import ConvFeedForward
+from pvtv2_fast.modules.fast_path import FastPath
 from conftest import randomize_
 
 ort = pytest.importorskip("onnxruntime")  # test-time dependency (requirements-dev.txt)
@@ -66,19 +67,18 @@ def test_exportable_pool_matches_adaptive_avg_pool(hw):
 
 def test_export_mode_switches_and_restores():
     model = _model("linear")
-    pools = [m.pool for m in model.modules() if isinstance(m, SpatialReductionAttention)]
+    backends = {name: m.backend for name, m in model.named_modules() if isinstance(m, FastPath)}
     keys = list(model.state_dict())
     x = torch.randn(1, 3, 61, 45)
     with torch.no_grad():
         fast_out = model(x).logits
         with export_mode(model):
-            assert not model.fast
-            assert all(isinstance(m.pool, ExportableAdaptiveAvgPool2d)
-                       for m in model.modules() if isinstance(m, SpatialReductionAttention))
+            assert not model.fast and not any(m.fast for m in model.modules() if isinstance(m, FastPath))
+            assert all(m.max_hidden_bytes is None for m in model.modules() if isinstance(m, ConvFeedForward))
             assert list(model.state_dict()) == keys
             exported_path = model(x).logits
-        assert model.fast and model.base_model.encoder.channels_last_maps
-        assert [m.pool for m in model.modules() if isinstance(m, SpatialReductionAttention)] == pools
+        assert model.fast
+        assert {name: m.backend for name, m in model.named_modules() if isinstance(m, FastPath)} == backends
         reference = _model("linear", fast=False)(x).logits
     assert (exported_path - reference).abs().max().item() <= 1e-5
     assert (fast_out - reference).abs().max().item() <= 1e-5
@@ -106,30 +106,28 @@ def test_onnx_runtime_matches_reference_at_odd_sizes(family, onnx_dir):
     assert model.fast  # exporting left the model as it was
 
 
-def test_onnx_linear_pool_rejected_without_export_mode(onnx_dir):
-    """The reason for the exportable pool: the same export with nn.AdaptiveAvgPool2d and dynamic height and width
-    is rejected by the TorchScript exporter (the dynamo exporter instead bakes the traced size's window and
-    computes other numbers at sizes that divide by 7 differently)."""
-    model = _model("linear", fast=False)
-    with pytest.raises(Exception, match="adaptive_avg_pool2d"), torch.no_grad():
-        torch.onnx.export(_Logits(model), (torch.randn(1, 3, 64, 64),), f"{onnx_dir}/baked.onnx", dynamo=False,
-                          input_names=["pixel_values"], dynamic_axes={"pixel_values": {2: "h", 3: "w"}})
-
-
-class _Logits(torch.nn.Module):
-    """Bypasses the models' own export switch, to show what a plain graph of nn.AdaptiveAvgPool2d does."""
-
-    def __init__(self, model):
+class _Pool(torch.nn.Module):
+    def __init__(self, exportable: bool):
         super().__init__()
-        self.model = model
+        self.exportable = exportable
 
     def forward(self, x):
-        enc = self.model.base_model.encoder
-        enc._pvtv2_export_mode = True  # as if already in export mode: keeps nn.AdaptiveAvgPool2d
-        try:
-            return self.model(x).logits
-        finally:
-            del enc._pvtv2_export_mode
+        return adaptive_avg_pool2d_exportable(x, 7) if self.exportable else F.adaptive_avg_pool2d(x, 7)
+
+
+def test_adaptive_pool_needs_the_exportable_form(tmp_path):
+    """The reason for the matrix form: with dynamic height and width the TorchScript exporter rejects
+    F.adaptive_avg_pool2d (the dynamo exporter instead bakes the traced size's window); the matrix form exports
+    and pools correctly at sizes that divide by 7 differently from the traced one."""
+    spec = dict(input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}}, dynamo=False)
+    with pytest.raises(Exception, match="adaptive_avg_pool2d"):
+        torch.onnx.export(_Pool(False), (torch.randn(1, 4, 64, 64),), str(tmp_path / "plain.onnx"), **spec)
+    torch.onnx.export(_Pool(True), (torch.randn(1, 4, 64, 64),), str(tmp_path / "matrix.onnx"), **spec)
+    session = ort.InferenceSession(str(tmp_path / "matrix.onnx"), providers=["CPUExecutionProvider"])
+    for hw in [(64, 64), (61, 45), (5, 9), (33, 200)]:
+        x = torch.randn(1, 4, *hw)
+        got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        assert (got - F.adaptive_avg_pool2d(x, 7)).abs().max().item() <= 1e-5
 
 
 def test_plain_torch_onnx_export_of_fast_model(tmp_path):

@@ -1,44 +1,78 @@
-"""``fast=True`` with the Triton kernels (interpreted on CPU, compiled on CUDA): same parameters, same state dict,
-same outputs as the reference. The C++ backend's model tests are in test_ops_cpp.py."""
+"""``fast=True``: same parameters, same state dict, same outputs as the reference, on every backend this machine has
+(Triton interpreted on a CPU-only machine, compiled on a GPU; the C++ CPU kernels; the CUDA C++ kernels), through
+``torch.compile`` and ``torch.export``, and in training."""
 
 import warnings
 
 import pytest
 import torch
 
-from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, ops
-from pvtv2_fast import _ext
-from pvtv2_fast.ops import FallbackWarning, _dispatch
+from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model, ops
+from pvtv2_fast.ops import FallbackWarning
 from conftest import randomize_
+from op_cases import DEVICE
 
-pytestmark = pytest.mark.triton
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE = (61, 45)  # small, odd, non-square: stage maps 16×12, 8×6, 4×3, 2×2
+# Model-wide backends and the device their kernels take: every op then runs its kernel or its stand-in.
+MODEL_BACKENDS = [pytest.param("triton", DEVICE, id="triton"), pytest.param("cpu", "cpu", id="cpu")]
+if DEVICE == "cuda":
+    MODEL_BACKENDS.append(pytest.param("cuda", "cuda", id="cuda"))
+# The op that shows a backend's kernels ran (an export graph node).
+FUSED_NODE = {"triton": "pvtv2_fast.dwconv_gelu_triton", "cpu": "pvtv2_fast_C.conv_ffn", "cuda": "pvtv2_fast_C.dwconv_gelu"}
+PRESETS = [pytest.param("b0", {}, id="b0"), pytest.param("b2_linear", dict(depths=[1, 2, 1, 1]), id="b2_linear")]
 
 
-def _model(preset, seed=0, **overrides):
+def _model(preset, device, seed=0, **overrides):
     config = PvtV2Config.from_preset(preset, num_labels=5, **overrides)
-    return randomize_(PvtV2ForImageClassification(config), seed=seed).eval().to(DEVICE)
+    return randomize_(PvtV2ForImageClassification(config), seed=seed).eval().to(device)
 
 
-@pytest.mark.parametrize("preset,overrides", [("b0", {}), ("b2_linear", dict(depths=[1, 1, 1, 1]))],
-                         ids=["b0", "b2_linear"])
-def test_fast_matches_reference(preset, overrides):
-    model = _model(preset, **overrides)
-    x = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+@pytest.mark.parametrize("preset,overrides", PRESETS)
+@pytest.mark.parametrize("backend,device", MODEL_BACKENDS)
+def test_fast_matches_reference(backend, device, preset, overrides):
+    model = _model(preset, device, **overrides)
+    x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         ref = model(x, output_hidden_states=True)
-        model.set_fast(True, backend="triton")
-        fast = model(x, output_hidden_states=True)
-        model.set_fast(False)
+        fast = model.set_fast(True, backend=backend)(x, output_hidden_states=True)
     torch.testing.assert_close(fast.logits, ref.logits, atol=1e-5, rtol=1e-5)
     for a, b in zip(fast.hidden_states, ref.hidden_states):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend,device", MODEL_BACKENDS)
+def test_fast_model_compiles_and_exports_with_the_fused_ops(backend, device):
+    model = _model("b0", device).set_fast(True, backend=backend)
+    x = torch.randn(1, 3, *SIZE).to(device)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        expected = model(x).logits
+        torch.testing.assert_close(compiled(x).logits, expected)
+    exported = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert any(FUSED_NODE[backend] in t for t in targets), sorted(targets)
+    if backend == "triton":
+        assert any("pvtv2_fast.sra_attention_triton" in t for t in targets)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x).logits, expected)
+
+
+@pytest.mark.parametrize("backend,device", MODEL_BACKENDS)
+def test_training_through_fast_model_matches_reference_gradients(backend, device):
+    model = _model("b0", device, seed=3)
+    x = torch.randn(2, 3, 33, 35).to(device)
+    labels = torch.tensor([1, 4]).to(device)
+    model(x, labels=labels).loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_fast(True, backend=backend)
+    model(x, labels=labels).loss.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+
+
 def test_fast_switch_keeps_parameters_and_state_dict():
-    model = _model("b0")
+    model = _model("b0", DEVICE)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = [p.data_ptr() for p in model.parameters()]
     model.fast = True
@@ -59,66 +93,58 @@ def test_fast_flag_in_constructors_and_from_pretrained(tmp_path):
 
 
 def test_attention_maps_still_available_in_fast_mode():
-    model = _model("b0")
+    model = _model("b0", DEVICE)
     x = torch.randn(1, 3, *SIZE).to(DEVICE)
     with torch.no_grad():
         ref = model(x, output_attentions=True).attentions
-        model.set_fast(True, backend="triton")
-        fast = model(x, output_attentions=True).attentions
+        fast = model.set_fast(True, backend="triton")(x, output_attentions=True).attentions
     for a, b in zip(ref, fast):
         for u, v in zip(a, b):
-            torch.testing.assert_close(u, v)
+            torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-5)
 
 
-def test_cpu_without_kernels_falls_back_with_one_warning(monkeypatch):
-    """No C++ extension and compiled (non-interpreted) Triton kernels, which need CUDA tensors: the fast model warns
-    once per op that loses its kernel (dwconv; attention on CPU is SDPA by design) and stays exact."""
-    monkeypatch.setattr(_dispatch, "_status", (True, False, ""))
-    monkeypatch.setattr(_ext, "_loaded", False)
-    ops.reset_warnings()
-    model = _model("b0").cpu()
-    x = torch.randn(1, 3, 64, 64)
+def test_packed_key_value_weights_follow_weight_updates():
+    """The fast attention caches cat([key, value]) for inference: in-place updates and load_state_dict refresh it."""
+    model = _model("b0", DEVICE).set_fast(True, backend="triton")
+    x = torch.randn(1, 3, *SIZE).to(DEVICE)
     with torch.no_grad():
+        model(x)
+        other = _model("b0", DEVICE, seed=7)
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(model(x).logits, other(x).logits, atol=1e-5, rtol=1e-5)
+        for name, p in model.named_parameters():
+            p.mul_(0.5)
+            other.get_parameter(name).mul_(0.5)
+        torch.testing.assert_close(model(x).logits, other(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_without_kernels_falls_back_with_one_warning():
+    """No C++ extension and compiled (non-interpreted) Triton, which needs CUDA tensors: the fast model warns once per
+    op that loses its kernel (the FFN; attention on CPU is SDPA by design) and stays exact."""
+    ops.reset_warnings()
+    model = _model("b0", "cpu")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), ops.simulate(unavailable=["cpu"], triton_interpreted=False):
         ref = model(x).logits
         model.set_fast(True)
-        with pytest.warns(FallbackWarning, match=r"C\+\+ extension pvtv2_fast._C is not built") as record:
+        with pytest.warns(FallbackWarning, match="cpu backend is switched off") as record:
             fast = model(x).logits
-        assert [str(w.message).split(":")[0] for w in record] == ["pvtv2_fast.ops.dwconv_gelu"]
+        assert [str(w.message).split(":")[0] for w in record] == ["pvtv2_fast.ops.conv_ffn"]
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             model(x)
-    # the fast modules' packed K/V GEMM sums in another order than two GEMMs: equal to fp32 rounding
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     ops.reset_warnings()
 
 
-def test_fast_model_compiles_without_graph_breaks():
-    model = _model("b0").set_fast(True, backend="triton")
-    x = torch.randn(1, 3, *SIZE).to(DEVICE)
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["b0", "b2", "b2_linear"])
+def test_fast_backbone_matches_reference_on_gpu(preset):
+    model = PvtV2Model(PvtV2Config.from_preset(preset)).eval().cuda()
+    x = torch.randn(2, 3, 517, 389, device="cuda")
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x).logits, model(x).logits)
-
-
-def test_fast_model_exports():
-    model = _model("b0").set_fast(True, backend="triton")
-    x = torch.randn(1, 3, *SIZE).to(DEVICE)
-    exported = torch.export.export(model, (x,))
-    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
-    assert any("pvtv2_fast.sra_attention_triton" in t for t in targets)
-    assert any("pvtv2_fast.dwconv_gelu_triton" in t for t in targets)
-    with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x).logits, model(x).logits)
-
-
-def test_training_through_fast_model_matches_reference_gradients():
-    model = _model("b0", seed=3)
-    x = torch.randn(2, 3, 33, 35).to(DEVICE)
-    labels = torch.tensor([1, 4]).to(DEVICE)
-    model(x, labels=labels).loss.backward()
-    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_fast(True, backend="triton")
-    model(x, labels=labels).loss.backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+        ref = model(x, output_hidden_states=True).hidden_states
+        fast = model.set_fast(True)(x, output_hidden_states=True).hidden_states
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

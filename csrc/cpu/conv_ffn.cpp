@@ -11,12 +11,13 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <string>
 
 #include "cpu_kernels.h"
+#include "env.h"
 
 // The Fortran BLAS sgemm that torch's CPU build links (MKL on x86-64 wheels, OpenBLAS on others). Weak: a build
 // without one still loads, and conv_ffn then has no CPU kernel (ops.cpp registers it only when this resolves).
@@ -32,13 +33,17 @@ bool has_sgemm() { return sgemm_ != nullptr; }
 namespace {
 
 // out (rows, n) = in (rows, k) · w (n, k)ᵀ + bias, row-major and contiguous; bias may be nullptr.
-// Called from inside at::parallel_for, where the BLAS runs single-threaded (it sees the OpenMP region).
+// Called from inside at::parallel_for, where the BLAS runs single-threaded (it sees the OpenMP region). The caller
+// keeps rows, k and n below 2^31 (the BLAS takes ints).
 void linear_rows(const float* in, int64_t rows, int64_t k, const float* w, const float* bias, int64_t n, float* out) {
   float beta = 0.0f;
   if (bias != nullptr) {
     for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * n, bias, n * sizeof(float));
     beta = 1.0f;
+  } else if (k == 0) {
+    std::memset(out, 0, rows * n * sizeof(float));
   }
+  if (k == 0) return;  // no input channels: out is the bias (BLAS would reject lda = k = 0)
   // Column-major view of the same memory: outᵀ (n × rows) = w (stored k × n, transposed) · inᵀ (k × rows).
   const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
   const int lda = k_, ldb = k_, ldc = m_;
@@ -62,11 +67,8 @@ int64_t band_target_bytes() {
   // 512 KB of hidden rows per band. Bands this small keep the ring (band + 2 rows) and the activation band in
   // L2/L3, yet give the GEMMs hundreds of rows; measured on a 2-core EPYC (512 KB L2 per core, 32 MB L3) over the
   // b0/b2 stage shapes, 128 KB-1 MB were within noise at large maps and 512 KB was best at 16×16 and 32×32 maps.
-  static const int64_t kb = [] {
-    const char* env = std::getenv("PVTV2_FAST_FFN_BAND_KB");
-    const long v = env ? std::strtol(env, nullptr, 10) : 0;
-    return v > 0 ? static_cast<int64_t>(v) : int64_t{512};
-  }();
+  // Read once; a bad value raises on every call (a static whose initialiser throws is retried next time).
+  static const int64_t kb = env::integer("PVTV2_FAST_FFN_BAND_KB", 1, int64_t{1} << 20, 512, "a whole number of KB");
   return kb * 1024;
 }
 
@@ -87,6 +89,9 @@ void conv_ffn_forward(const ConvFfnArgs& a) {
   const int64_t R = conv_ffn_band_rows(row_floats, H, a.batch);
   const int64_t bands = (H + R - 1) / R;
   const int64_t cap = R + 2;  // ring capacity in rows: one band plus its halo above and below
+  // The most rows one GEMM gets is cap·W (fc1 over the whole ring); the BLAS takes ints.
+  TORCH_CHECK(cap * W <= INT_MAX, "conv_ffn: the CPU kernel's GEMMs take below 2^31 rows, got bands of ", cap, " x ",
+              W, " tokens");
   const DwconvGeluRowFn row_fn = dwconv_gelu_row();
   at::parallel_for(0, a.batch * bands, 1, [&](int64_t begin, int64_t end) {
     Buffer ring = alloc_floats(cap * row_floats);

@@ -12,23 +12,24 @@ namespace cpu {
 // rows: 3 pointers to (W, C) input rows (above / at / below; nullptr = zero padding); y: the (W, C) output row.
 using DwconvGeluRowFn = void (*)(const float* const* rows, const float* wt, const float* bias, float* y, int64_t W,
                                  int64_t C, bool relu_input);
-using PoolCellFn = void (*)(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W, int64_t C,
-                            int64_t P);
+// x: one image's (H·W, C) tokens; y: the C floats of output cell (i, j) of its P×P adaptive average pool.
+using LinearSraPoolCellFn = void (*)(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W,
+                                     int64_t C, int64_t P);
 
 void dwconv_gelu_row_default(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
-void pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+void linear_sra_pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
 #if defined(__x86_64__) || defined(_M_X64)
 void dwconv_gelu_row_avx2(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
-void pool_cell_avx2(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+void linear_sra_pool_cell_avx2(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
 void dwconv_gelu_row_avx512(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
-void pool_cell_avx512(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+void linear_sra_pool_cell_avx512(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
 #endif
 
 // The widest ISA the CPU (and OS) support: "avx512" (AVX-512F), "avx2" (AVX2 + FMA) or "default"; the
 // environment variable PVTV2_FAST_CPU_ISA (one of those names) caps it, so tests cover every path on one machine.
 std::string isa();
 DwconvGeluRowFn dwconv_gelu_row();
-PoolCellFn pool_cell();
+LinearSraPoolCellFn linear_sra_pool_cell();
 
 // y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all float32 and contiguous:
 // x (B, H·W, c_in), fc1_w (hidden, c_in), dw_wt (9, hidden) tap-major, fc2_w (c_out, hidden), y (B, H·W, c_out);
@@ -48,7 +49,8 @@ struct ConvFfnArgs {
 
 // Whether a BLAS sgemm is linked in (the conv FFN's GEMMs run on it); false on torch builds without one.
 bool has_sgemm();
-// Rows per band for a hidden state of `row_floats` floats per map row (override: PVTV2_FAST_FFN_BAND_KB).
+// Rows per band for a hidden state of `row_floats` floats per map row (override: PVTV2_FAST_FFN_BAND_KB, a whole
+// number of KB from 1 to 1048576; any other value set raises).
 int64_t conv_ffn_band_rows(int64_t row_floats, int64_t height, int64_t batch);
 void conv_ffn_forward(const ConvFfnArgs& args);
 

@@ -112,7 +112,7 @@ static inline void dwconv_gelu_row_t(const float* const* rows, const float* __re
     const float* taps[9];
     const float* kern[9];
     int n = 0;
-    const TapRange cols = tap_range(0, static_cast<int>(w), 1, static_cast<int>(W));  // only its dw range is used
+    const TapRange cols = tap_range(0, w, 1, W);  // only its dw range is used
     for (int dh = -1; dh <= 1; ++dh) {
       if (rows[dh + 1] == nullptr) continue;
       for (int dw = cols.dw0; dw <= cols.dw1; ++dw, ++n) {
@@ -143,24 +143,25 @@ static inline void dwconv_gelu_row_impl(const float* const* rows, const float* _
     dwconv_gelu_row_t<V, false>(rows, wt, bias, y, W, C);
 }
 
-// One output cell (i, j) of a P×P adaptive average pool of one image's (H·W, C) tokens; y: C floats.
+// One output cell (i, j) of a P×P adaptive average pool of one image's (H·W, C) tokens; y: C floats. All index
+// arithmetic in int64_t (math.h): i·H and (hh·W + ww)·C pass 2^31 on large maps.
 template <typename V>
-static inline void pool_cell_impl(const float* __restrict__ x, float* __restrict__ y, int64_t i, int64_t j, int64_t H,
-                                  int64_t W, int64_t C, int64_t P) {
-  const int h0 = adaptive_start(i, H, P), h1 = adaptive_end(i, H, P);
-  const int w0 = adaptive_start(j, W, P), w1 = adaptive_end(j, W, P);
+static inline void linear_sra_pool_cell_impl(const float* __restrict__ x, float* __restrict__ y, int64_t i, int64_t j,
+                                             int64_t H, int64_t W, int64_t C, int64_t P) {
+  const int64_t h0 = adaptive_start(i, H, P), h1 = adaptive_end(i, H, P);
+  const int64_t w0 = adaptive_start(j, W, P), w1 = adaptive_end(j, W, P);
   const float scale = 1.0f / static_cast<float>((h1 - h0) * (w1 - w0));
   const int64_t vec_end = C - C % V::kWidth;
   for (int64_t c = 0; c < vec_end; c += V::kWidth) {
     typename V::reg acc = V::zero();
-    for (int hh = h0; hh < h1; ++hh)
-      for (int ww = w0; ww < w1; ++ww) acc = V::add(acc, V::load(x + (hh * W + ww) * C + c));
+    for (int64_t hh = h0; hh < h1; ++hh)
+      for (int64_t ww = w0; ww < w1; ++ww) acc = V::add(acc, V::load(x + (hh * W + ww) * C + c));
     V::store(y + c, V::mul(acc, V::set1(scale)));
   }
   for (int64_t c = vec_end; c < C; ++c) {
     float acc = 0.0f;
-    for (int hh = h0; hh < h1; ++hh)
-      for (int ww = w0; ww < w1; ++ww) acc += x[(hh * W + ww) * C + c];
+    for (int64_t hh = h0; hh < h1; ++hh)
+      for (int64_t ww = w0; ww < w1; ++ww) acc += x[(hh * W + ww) * C + c];
     y[c] = acc * scale;
   }
 }
@@ -169,7 +170,8 @@ static inline void pool_cell_impl(const float* __restrict__ x, float* __restrict
 }  // namespace cpu
 }  // namespace pvtv2
 
-// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX> and pool_cell_<SUFFIX>, run with policy OPS.
+// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX> and linear_sra_pool_cell_<SUFFIX>, run with
+// policy OPS.
 #define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
   namespace pvtv2 {                                                                                                \
   namespace cpu {                                                                                                  \
@@ -177,9 +179,9 @@ static inline void pool_cell_impl(const float* __restrict__ x, float* __restrict
                                 int64_t C, bool relu) {                                                            \
     PVT_ISA::dwconv_gelu_row_impl<PVT_ISA::OPS>(rows, wt, bias, y, W, C, relu);                                     \
   }                                                                                                                \
-  void pool_cell_##SUFFIX(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W, int64_t C,          \
-                          int64_t P) {                                                                             \
-    PVT_ISA::pool_cell_impl<PVT_ISA::OPS>(x, y, i, j, H, W, C, P);                                                 \
+  void linear_sra_pool_cell_##SUFFIX(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W,          \
+                                     int64_t C, int64_t P) {                                                       \
+    PVT_ISA::linear_sra_pool_cell_impl<PVT_ISA::OPS>(x, y, i, j, H, W, C, P);                                      \
   }                                                                                                                \
   }                                                                                                                \
   }

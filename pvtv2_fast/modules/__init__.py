@@ -4,6 +4,7 @@ from .activations import get_activation
 from .attention import SpatialReductionAttention
 from .block import DropPath, PvtV2Block
 from .decode_head import AllMLPDecodeHead
+from .fast_path import FastPath
 from .ffn import ConvFeedForward, DepthwiseConv
 from .patch_embed import OverlapPatchEmbed
 
@@ -12,6 +13,7 @@ __all__ = [
     "ConvFeedForward",
     "DepthwiseConv",
     "DropPath",
+    "FastPath",
     "OverlapPatchEmbed",
     "PvtV2Block",
     "SpatialReductionAttention",

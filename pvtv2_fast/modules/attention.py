@@ -9,8 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
+from ..ops.linear_sra_pool import LINEAR_SRA_POOL_SIZE
+from .fast_path import FastPath, token_map
 
-class SpatialReductionAttention(nn.Module):
+
+class SpatialReductionAttention(FastPath, nn.Module):
     """Multi-head attention whose keys/values come from a spatially reduced copy of the tokens.
 
     * ``sr_ratio > 1``: keys/values from a ``sr_ratio``×``sr_ratio`` strided conv of the H×W map + LayerNorm
@@ -19,8 +23,8 @@ class SpatialReductionAttention(nn.Module):
       linear in the number of pixels).
     * ``sr_ratio == 1``: plain self-attention (M = N).
 
-    Input ``hidden_states: (B, N, C)`` tokens of an H×W map; output ``(B, N, C)``.
-    With ``fast = True`` the attention (and the Linear-SRA pooling) run through :mod:`pvtv2_fast.ops`.
+    Input ``hidden_states: (B, N, C)`` tokens of an H×W map; output ``(B, N, C)``. The attention and the Linear-SRA
+    pooling are :mod:`pvtv2_fast.ops` calls on ``op_backend`` (the reference is their "torch" backend).
     """
 
     def __init__(
@@ -33,7 +37,7 @@ class SpatialReductionAttention(nn.Module):
         attention_dropout: float = 0.0,
         proj_dropout: float = 0.0,
         sr_eps: float = 1e-6,
-        pool_size: int = 7,
+        pool_size: int = LINEAR_SRA_POOL_SIZE,
     ) -> None:
         super().__init__()
         if hidden_size % num_attention_heads:
@@ -44,8 +48,6 @@ class SpatialReductionAttention(nn.Module):
         self.spatial_reduction_ratio = sr_ratio
         self.linear_attention = linear_attention
         self.pool_size = pool_size
-        self.fast = False
-        self.backend = "auto"  # for the fused ops; see PvtV2PreTrainedModel.set_fast
 
         self.query = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
         self.key = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
@@ -54,81 +56,71 @@ class SpatialReductionAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.proj_drop = nn.Dropout(proj_dropout)
         if linear_attention:
-            self.pool = nn.AdaptiveAvgPool2d(pool_size)
+            self.pool = nn.AdaptiveAvgPool2d(pool_size)  # kept for transformers' module tree; ops.linear_sra_pool runs
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=1, stride=1)
             self.layer_norm = nn.LayerNorm(hidden_size, eps=sr_eps)
             self.act = nn.GELU()
         elif sr_ratio > 1:
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
             self.layer_norm = nn.LayerNorm(hidden_size, eps=sr_eps)
+        self._kv_cache: Optional[tuple] = None
 
-    # ------------------------------------------------------------------ helpers
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, C) → (B, heads, L, head_dim) view."""
-        b, l, _ = x.shape
-        return x.view(b, l, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
-
-    def reduce(self, hidden_states: torch.Tensor, height: int, width: int, fast: bool = False) -> torch.Tensor:
+    def reduce(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The key/value source: ``(B, N, C)`` tokens of an H×W map → ``(B, M, C)`` reduced tokens."""
-        b, n, c = hidden_states.shape
         if self.linear_attention:
-            if fast:
-                from .. import ops
-
-                pooled = ops.linear_sra_pool(hidden_states, height, width, self.pool_size, backend=self.backend)
-                # The 1×1 conv on pooled tokens is a linear layer on them: no NCHW round trip.
-                reduced = F.linear(pooled, self.spatial_reduction.weight.view(c, c), self.spatial_reduction.bias)
-            else:
-                grid = hidden_states.transpose(1, 2).reshape(b, c, height, width)
-                reduced = self.spatial_reduction(self.pool(grid)).reshape(b, c, -1).transpose(1, 2)
+            c = self.hidden_size
+            pooled = ops.linear_sra_pool(hidden_states, height, width, self.pool_size, backend=self.op_backend)
+            # The 1×1 conv on pooled tokens is a linear layer on them: no NCHW round trip.
+            reduced = F.linear(pooled, self.spatial_reduction.weight.view(c, c), self.spatial_reduction.bias)
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
-            if fast:
-                # Tokens viewed as a channels-last NCHW map (no copy); the strided conv then writes channels-last
-                # memory, i.e. (B, M, C) tokens, again without a copy.
-                grid = hidden_states.view(b, height, width, c).permute(0, 3, 1, 2)
-                reduced = self.spatial_reduction(grid).flatten(2).transpose(1, 2)
-            else:
-                grid = hidden_states.transpose(1, 2).reshape(b, c, height, width)
-                reduced = self.spatial_reduction(grid).reshape(b, c, -1).transpose(1, 2)
-            return self.layer_norm(reduced)
+            grid = token_map(hidden_states, height, width, channels_last=self.fast)
+            return self.layer_norm(self.spatial_reduction(grid).flatten(2).transpose(1, 2))
         return hidden_states
 
-    # ------------------------------------------------------------------ forward
+    def key_value(self, reduced: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(B, M, C)`` → keys and values ``(B, M, C)``. Fast mode projects both with one packed GEMM (the
+        attention kernels read K and V as strided views of its ``(B, M, 2C)`` result); the reference uses two, as
+        transformers does (the sums then round alike)."""
+        if not self.fast:
+            return self.key(reduced), self.value(reduced)
+        kv = F.linear(reduced, *self._packed_kv_weights())
+        return kv[..., : self.hidden_size], kv[..., self.hidden_size:]
+
+    def _packed_kv_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``cat([key, value])`` weights and biases, cached for inference. The cache is keyed on the parameters'
+        identity and version counters, so in-place updates, ``load_state_dict`` and ``.to()`` all invalidate it;
+        under autograd or compilation the concatenation is recomputed (it must be part of the graph)."""
+        params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._cat_kv()
+        key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
+        if self._kv_cache is None or self._kv_cache[0] != key:
+            self._kv_cache = (key, self._cat_kv())
+        return self._kv_cache[1]
+
+    def _cat_kv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        bias = None if self.key.bias is None else torch.cat([self.key.bias, self.value.bias])
+        return torch.cat([self.key.weight, self.value.weight]), bias
+
     def forward(
         self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Returns ``(context (B, N, C), attention_probs (B, heads, N, M) or None)``."""
+        query = self.query(hidden_states)
+        key, value = self.key_value(self.reduce(hidden_states, height, width))
         dropout_p = self.attn_drop.p if self.training else 0.0
-        if self.fast and not output_attentions and dropout_p == 0.0:
-            return self._forward_fused(hidden_states, height, width), None
-
-        b, n, c = hidden_states.shape
-        query = self._split_heads(self.query(hidden_states))
-        reduced = self.reduce(hidden_states, height, width)
-        key = self._split_heads(self.key(reduced))
-        value = self._split_heads(self.value(reduced))
         probs = None
-        if output_attentions:
-            scores = (query @ key.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
-            probs = self.attn_drop(scores.softmax(dim=-1))
-            context = probs @ value
+        if output_attentions or dropout_p > 0.0:
+            # The probabilities are wanted, or dropped out: materialise them (what transformers does).
+            context, probs = self._explicit_attention(query, key, value)
         else:
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
-        context = context.transpose(1, 2).reshape(b, n, c)
+            context = ops.sra_attention(query, key, value, self.num_attention_heads, backend=self.op_backend)
         return self.proj_drop(self.proj(context)), probs
 
-    def _forward_fused(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        from .. import ops
-
-        c = self.hidden_size
-        query = self.query(hidden_states)
-        reduced = self.reduce(hidden_states, height, width, fast=True)
-        # One GEMM for keys and values; the kernel reads K and V as strided views of the packed (B, M, 2C) result.
-        kv_weight = torch.cat([self.key.weight, self.value.weight])
-        kv_bias = None if self.key.bias is None else torch.cat([self.key.bias, self.value.bias])
-        kv = F.linear(reduced, kv_weight, kv_bias)
-        # No C++/CUDA C++ attention kernel: "cpu" means PyTorch's SDPA, "cuda" means Triton.
-        backend = {"cpu": "torch", "cuda": "auto"}.get(self.backend, self.backend)
-        context = ops.sra_attention(query, kv[..., :c], kv[..., c:], self.num_attention_heads, backend=backend)
-        return self.proj_drop(self.proj(context))
+    def _explicit_attention(self, query, key, value) -> Tuple[torch.Tensor, torch.Tensor]:
+        b, n, c = query.shape
+        heads, d = self.num_attention_heads, self.attention_head_size
+        q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (query, key, value))
+        probs = self.attn_drop(((q @ k.transpose(-1, -2)) / math.sqrt(d)).softmax(dim=-1))
+        return (probs @ v).transpose(1, 2).reshape(b, n, c), probs

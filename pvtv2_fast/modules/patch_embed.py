@@ -7,8 +7,10 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .fast_path import FastPath
 
-class OverlapPatchEmbed(nn.Module):
+
+class OverlapPatchEmbed(FastPath, nn.Module):
     """``(B, C_in, H, W)`` image or map → ``(B, H'·W', C)`` tokens of an H'×W' map.
 
     ``kernel = patch_size``, ``stride``, ``padding = patch_size // 2``: neighbouring patches overlap, which is
@@ -21,17 +23,12 @@ class OverlapPatchEmbed(nn.Module):
         self.stride = stride
         self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=stride, padding=patch_size // 2)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
-        # fast: read the input as channels-last, so the conv writes (B, H', W', C) memory, which *is* the token
-        # layout: no NCHW → tokens copy, and LayerNorm gets a contiguous input.
-        self.fast = False
-
-    def output_size(self, height: int, width: int) -> Tuple[int, int]:
-        k, s, p = self.patch_size[0], self.stride, self.patch_size[0] // 2
-        return (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
 
     def forward(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         if self.fast:
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)  # a no-op between stages
+            # Channels-last input makes the conv write (B, H', W', C) memory, which *is* the token layout: no
+            # NCHW → tokens copy, and LayerNorm gets a contiguous input (a no-op between fast stages).
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         embeddings = self.proj(pixel_values)
         _, _, height, width = embeddings.shape
         embeddings = embeddings.flatten(2).transpose(1, 2)

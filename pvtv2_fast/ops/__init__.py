@@ -1,18 +1,21 @@
 """Functional ops of PVTv2 with a ``backend=`` choice (``"auto" | "triton" | "cpu" | "cuda" | "torch"``).
 
-Each op is registered with ``torch.library`` (custom op + fake implementation + autograd), so ``torch.compile``
-and ``torch.export`` see one opaque node per fused call. See :mod:`pvtv2_fast.ops._dispatch` for the rules.
+Each fused kernel is registered with ``torch.library`` (custom op + fake implementation + autograd), so
+``torch.compile`` and ``torch.export`` see one opaque node per fused call. Backends are data: see
+:mod:`pvtv2_fast.ops.registry` for the rules and ``CONTRIBUTING.md`` for adding an op or a backend.
 """
 
-from ._dispatch import BACKENDS, FallbackWarning, reset_warnings, triton_status
 from .conv_ffn import conv_ffn, conv_ffn_reference
 from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
+from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
 from .sra_attention import sra_attention, sra_attention_reference
 
 __all__ = [
+    "AUTO_ORDER",
     "BACKENDS",
     "FallbackWarning",
+    "OPS",
     "conv_ffn",
     "conv_ffn_reference",
     "dwconv_gelu",
@@ -20,6 +23,7 @@ __all__ = [
     "linear_sra_pool",
     "linear_sra_pool_reference",
     "reset_warnings",
+    "simulate",
     "sra_attention",
     "sra_attention_reference",
     "triton_status",

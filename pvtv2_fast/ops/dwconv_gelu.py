@@ -8,25 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _ext
-from ._dispatch import check_token_map, choose, register_recompute_autograd
-
-
-def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int) -> None:
-    check_token_map("dwconv_gelu", x, height, width)
-    c = x.shape[2]
-    if tuple(weight.shape) != (c, 1, 3, 3):
-        raise ValueError(f"dwconv_gelu: weight must be ({c}, 1, 3, 3) for {c} channels, got {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (c,):
-        raise ValueError(f"dwconv_gelu: bias must be ({c},), got {tuple(bias.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dtype != x.dtype or t.device != x.device):
-            raise ValueError(f"dwconv_gelu: {name} must share x's dtype and device ({x.dtype}, {x.device}), "
-                             f"got {t.dtype}, {t.device}")
+from .checks import check_params, check_token_map
+from .registry import define, register_native, register_recompute_autograd, triton_why_not
 
 
 def dwconv_gelu_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int,
                           relu_input: bool) -> Tensor:
+    """The PyTorch composition (transformers' and timm's math): tokens → NCHW map → conv → GELU → tokens."""
     b, n, c = x.shape
     if relu_input:
         x = F.relu(x)
@@ -48,9 +36,10 @@ def _(x, weight, bias, height, width, relu_input):
     return x.new_empty(x.shape)
 
 
+OP = define("dwconv_gelu", dwconv_gelu_reference)
 register_recompute_autograd(dwconv_gelu_triton, dwconv_gelu_reference, 3, 3)
-if _ext.available():
-    register_recompute_autograd("pvtv2_fast_C::dwconv_gelu", dwconv_gelu_reference, 3, 3)
+OP.register("triton", dwconv_gelu_triton, triton_why_not)
+register_native(OP, "dwconv_gelu", 3, 3)
 
 
 def dwconv_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int,
@@ -58,12 +47,13 @@ def dwconv_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, 
     """x: ``(B, N, C)`` tokens of an H×W map; weight ``(C, 1, 3, 3)``; bias ``(C,)`` or None.
 
     Returns ``GELU(dwconv3x3(ReLU?(x)) + bias)`` as ``(B, N, C)`` (zero padding 1, exact erf GELU); the fused
-    kernel reads and writes the tensor once, with no NCHW round trip.
+    kernels read and write the tensor once, with no NCHW round trip.
     """
-    _check(x, weight, bias, height, width)
-    chosen = choose("dwconv_gelu", backend, (x,), native_op="dwconv_gelu")
-    if chosen == "triton":
-        return dwconv_gelu_triton(x, weight, bias, height, width, relu_input)
-    if chosen in ("cpu", "cuda"):
-        return torch.ops.pvtv2_fast_C.dwconv_gelu(x, weight, bias, height, width, relu_input)
-    return dwconv_gelu_reference(x, weight, bias, height, width, relu_input)
+    check_token_map("dwconv_gelu", x, height, width)
+    c = x.shape[2]
+    if c == 0:
+        raise ValueError("dwconv_gelu: a depthwise conv of no channels (C = 0) is an error, as in F.conv2d")
+    check_params("dwconv_gelu", x, {"weight": (weight, (c, 1, 3, 3)), "bias": (bias, (c,))}, f" for {c} channels")
+    if not isinstance(relu_input, bool):
+        raise TypeError(f"dwconv_gelu: relu_input must be a bool, got {relu_input!r}")
+    return OP(backend, x, weight, bias, height, width, relu_input)

@@ -6,19 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _ext
-from ._dispatch import check_token_map, choose, register_recompute_autograd
+from .checks import check_token_map
+from .registry import define, register_native, register_recompute_autograd, triton_why_not
 
-
-def _check(x: Tensor, height: int, width: int, pool_size: int) -> None:
-    check_token_map("linear_sra_pool", x, height, width)
-    if pool_size < 1:
-        raise ValueError(f"linear_sra_pool: pool_size must be >= 1, got {pool_size}")
+LINEAR_SRA_POOL_SIZE = 7  # PVTv2-Li pools every map to 7×7 = 49 keys (the paper's and every checkpoint's choice)
 
 
 def linear_sra_pool_reference(x: Tensor, height: int, width: int, pool_size: int) -> Tensor:
+    """The PyTorch composition: tokens → NCHW map → ``F.adaptive_avg_pool2d`` → ``(B, P·P, C)`` tokens."""
     b, n, c = x.shape
     grid = x.transpose(1, 2).reshape(b, c, height, width)
+    if not torch.compiler.is_dynamo_compiling() and torch.onnx.is_in_onnx_export():
+        # ONNX exporters fix adaptive pooling's windows at the traced size: bins as matrix products instead
+        from ..export import adaptive_avg_pool2d_exportable
+
+        return adaptive_avg_pool2d_exportable(grid, pool_size).flatten(2).transpose(1, 2)
     return F.adaptive_avg_pool2d(grid, pool_size).flatten(2).transpose(1, 2)
 
 
@@ -34,18 +36,16 @@ def _(x, height, width, pool_size):
     return x.new_empty((x.shape[0], pool_size * pool_size, x.shape[2]))
 
 
+OP = define("linear_sra_pool", linear_sra_pool_reference)
 register_recompute_autograd(linear_sra_pool_triton, linear_sra_pool_reference, 1, 3)
-if _ext.available():
-    register_recompute_autograd("pvtv2_fast_C::adaptive_pool_tokens", linear_sra_pool_reference, 1, 3)
+OP.register("triton", linear_sra_pool_triton, triton_why_not)
+register_native(OP, "linear_sra_pool", 1, 3)
 
 
-def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = 7, backend: str = "auto") -> Tensor:
+def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = LINEAR_SRA_POOL_SIZE, backend: str = "auto") -> Tensor:
     """x: ``(B, N, C)`` tokens of an H×W map → ``(B, P·P, C)``, the bins of ``nn.AdaptiveAvgPool2d(P)``
     (any H, W, including H or W < P), without an NCHW copy."""
-    _check(x, height, width, pool_size)
-    chosen = choose("linear_sra_pool", backend, (x,), native_op="adaptive_pool_tokens")
-    if chosen == "triton":
-        return linear_sra_pool_triton(x, height, width, pool_size)
-    if chosen in ("cpu", "cuda"):
-        return torch.ops.pvtv2_fast_C.adaptive_pool_tokens(x, height, width, pool_size)
-    return linear_sra_pool_reference(x, height, width, pool_size)
+    check_token_map("linear_sra_pool", x, height, width)
+    if pool_size < 1:
+        raise ValueError(f"linear_sra_pool: pool_size must be >= 1, got {pool_size}")
+    return OP(backend, x, height, width, pool_size)

@@ -1,0 +1,172 @@
+// Argument checks of the extension's ops, shared by the CPU and Meta registrations (ops.cpp) and the CUDA ones
+// (cuda/ops_cuda.cpp), so every backend of an op accepts and rejects exactly the same calls.
+//
+// The registered ops are public (torch.ops.pvtv2_fast_C.*), so they do not trust their callers even though the Python
+// wrappers (pvtv2_fast.ops) check first. The rule: every size is checked against the actual tensor, and every product
+// of sizes is formed overflow-checked, BEFORE any data pointer is formed or any buffer is sized.
+//
+// Macros in the style of flash-attention's CHECK_*: each names the op through a `const char* op` that must be in
+// scope and the argument by its source text, e.g. "conv_ffn: dw_weight must be (32, 1, 3, 3), got (31, 1, 3, 3)".
+// They take a Tensor or an optional Tensor (an absent optional passes) and raise c10::Error (RuntimeError in Python)
+// for every kind of bad input, so callers catch one exception type whichever backend ran.
+// A meta tensor needs no check of its own: the device checks reject it, since a kernel that forms pointers requires
+// its own device type for x (CHECK_DEVICE) and x's device for every other tensor (CHECK_LIKE).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <sstream>
+#include <string>
+
+namespace pvtv2 {
+namespace checks {
+
+// The dtypes every kernel (CPU and CUDA) takes; written once, here.
+inline bool is_kernel_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+constexpr const char* kKernelDtypes = "float32, bfloat16 and float16";
+
+// (2, 3) / (5,) / (): Python's tuple spelling, as the Python wrappers print shapes.
+inline std::string shape_str(at::IntArrayRef sizes) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < sizes.size(); ++i) s << (i ? ", " : "") << sizes[i];
+  s << (sizes.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// The macros' argument: a tensor, or nullptr for an absent optional (nothing to check).
+inline const at::Tensor* get(const at::Tensor& t) { return &t; }
+inline const at::Tensor* get(const c10::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
+
+inline void dim(const char* op, const char* name, const at::Tensor* t, int64_t d) {
+  if (t) TORCH_CHECK(t->dim() == d, op, ": ", name, " must have ", d, " dimensions, got ", shape_str(t->sizes()));
+}
+inline void shape(const char* op, const char* name, const at::Tensor* t, std::initializer_list<int64_t> expected) {
+  if (t)
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(expected), op, ": ", name, " must be ", shape_str(expected), ", got ",
+                shape_str(t->sizes()));
+}
+inline void device(const char* op, const char* name, const at::Tensor* t, at::DeviceType type) {
+  if (t) TORCH_CHECK(t->device().type() == type, op, ": ", name, " must be a ", type, " tensor, got ", t->device());
+}
+inline void strided(const char* op, const char* name, const at::Tensor* t) {
+  if (t) TORCH_CHECK(t->layout() == at::kStrided, op, ": ", name, " must be a dense tensor, got layout ", t->layout());
+}
+inline void contiguous(const char* op, const char* name, const at::Tensor* t) {
+  if (t) TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
+}
+inline void kernel_dtype(const char* op, const char* name, const at::Tensor* t) {
+  if (t)
+    TORCH_CHECK(is_kernel_dtype(t->scalar_type()), op, ": the kernel supports ", kKernelDtypes, ", got ",
+                t->scalar_type(), " for ", name);
+}
+// Another input of an op must match x: same device (a meta or other-device weight is refused, not read), same
+// dtype (no silent conversion), dense layout.
+inline void like(const char* op, const char* name, const at::Tensor* t, const at::Tensor& x) {
+  if (!t) return;
+  strided(op, name, t);
+  TORCH_CHECK(t->device() == x.device(), op, ": ", name, " must be on x's device (", x.device(), "), got ",
+              t->device());
+  TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype (", x.scalar_type(),
+              "), got ", t->scalar_type());
+}
+
+#define CHECK_DIM(x, d) ::pvtv2::checks::dim(op, #x, ::pvtv2::checks::get(x), d)
+#define CHECK_SHAPE(x, ...) ::pvtv2::checks::shape(op, #x, ::pvtv2::checks::get(x), {__VA_ARGS__})
+#define CHECK_DEVICE(x, device_type) ::pvtv2::checks::device(op, #x, ::pvtv2::checks::get(x), device_type)
+#define CHECK_STRIDED(x) ::pvtv2::checks::strided(op, #x, ::pvtv2::checks::get(x))
+#define CHECK_CONTIGUOUS(x) ::pvtv2::checks::contiguous(op, #x, ::pvtv2::checks::get(x))
+#define CHECK_KERNEL_DTYPE(x) ::pvtv2::checks::kernel_dtype(op, #x, ::pvtv2::checks::get(x))
+#define CHECK_LIKE(t, x) ::pvtv2::checks::like(op, #t, ::pvtv2::checks::get(t), x)
+
+// a·b and a + b, or an error naming what overflowed int64 (sizes are products of user-supplied ints).
+inline int64_t mul(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t out = 0;
+  TORCH_CHECK(!c10::mul_overflows(a, b, &out), op, ": ", what, " = ", a, " x ", b, " overflows int64");
+  return out;
+}
+inline int64_t add(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t out = 0;
+  TORCH_CHECK(!c10::add_overflows(a, b, &out), op, ": ", what, " = ", a, " + ", b, " overflows int64");
+  return out;
+}
+
+// ------------------------------------------------------------------------------------ the contract of each op
+// Called first by every kernel of the op (CPU, CUDA and Meta), so all of them accept the same calls.
+//
+// C = 0, one rule for every backend: do what the PyTorch reference does. The depthwise conv of zero channels is
+// F.conv2d(groups=0), which raises, so dwconv_gelu with C = 0 and conv_ffn with hidden = 0 raise; pooling zero
+// channels (linear_sra_pool) and conv_ffn with zero input or output channels are well defined there (an empty or
+// bias-only result) and are computed. An empty batch (B = 0) gives an empty result everywhere.
+
+// x: (B, N, C) tokens of a height × width map, N = height·width, in a kernel dtype.
+inline void token_map(const char* op, const at::Tensor& x, int64_t height, int64_t width) {
+  CHECK_STRIDED(x);
+  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, N, C) tokens, got ", shape_str(x.sizes()));
+  CHECK_KERNEL_DTYPE(x);
+  TORCH_CHECK(height >= 1 && width >= 1, op, ": height and width must be >= 1, got ", height, "x", width);
+  // Compared by division, so no product of the declared sizes is formed: 2^32 x 2^32 would wrap to 0 tokens.
+  const int64_t n = x.size(1);
+  TORCH_CHECK(n % height == 0 && n / height == width, op, ": ", n, " tokens are not a ", height, "x", width, " map");
+}
+
+inline void depthwise_channels(const char* op, const char* what, int64_t channels) {
+  TORCH_CHECK(channels >= 1, op, ": ", what, " is 0; a depthwise conv of no channels is an error, as in PyTorch's "
+              "F.conv2d(groups=0)");
+}
+
+// x (B, H·W, C), weight (C, 1, 3, 3), bias (C,) or absent.
+inline void dwconv_gelu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        int64_t height, int64_t width) {
+  const char* op = "dwconv_gelu";
+  token_map(op, x, height, width);
+  const int64_t C = x.size(2);
+  depthwise_channels(op, "the channel count C of x", C);
+  CHECK_LIKE(weight, x);
+  CHECK_SHAPE(weight, C, 1, 3, 3);
+  CHECK_LIKE(bias, x);
+  CHECK_SHAPE(bias, C);
+}
+
+// x (B, H·W, C) → (B, P·P, C).
+inline void linear_sra_pool(const at::Tensor& x, int64_t height, int64_t width, int64_t pool_size) {
+  const char* op = "linear_sra_pool";
+  token_map(op, x, height, width);
+  TORCH_CHECK(pool_size >= 1, op, ": pool_size must be >= 1, got ", pool_size);
+  // The bins (math.h) form (i + 1)·H + P - 1 for i < P, at most P·max(H, W) + P; the output has B·P·P·C elements.
+  add(op, "pool bin bound", mul(op, "pool_size x max(height, width)", pool_size, std::max(height, width)), pool_size);
+  mul(op, "output elements", mul(op, "B x pool_size^2", x.size(0), mul(op, "pool_size^2", pool_size, pool_size)),
+      x.size(2));
+}
+
+// x (B, H·W, c_in), fc1 (hidden, c_in), dw (hidden, 1, 3, 3), fc2 (c_out, hidden); biases may be absent.
+inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
+                     const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+                     const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
+                     int64_t width) {
+  const char* op = "conv_ffn";
+  token_map(op, x, height, width);
+  CHECK_LIKE(fc1_weight, x);
+  CHECK_DIM(fc1_weight, 2);
+  const int64_t c_in = x.size(2), hidden = fc1_weight.size(0);
+  CHECK_SHAPE(fc1_weight, hidden, c_in);
+  depthwise_channels(op, "the hidden width fc1_weight.size(0)", hidden);
+  CHECK_LIKE(fc1_bias, x);
+  CHECK_SHAPE(fc1_bias, hidden);
+  CHECK_LIKE(dw_weight, x);
+  CHECK_SHAPE(dw_weight, hidden, 1, 3, 3);
+  CHECK_LIKE(dw_bias, x);
+  CHECK_SHAPE(dw_bias, hidden);
+  CHECK_LIKE(fc2_weight, x);
+  CHECK_DIM(fc2_weight, 2);
+  const int64_t c_out = fc2_weight.size(0);
+  CHECK_SHAPE(fc2_weight, c_out, hidden);
+  CHECK_LIKE(fc2_bias, x);
+  CHECK_SHAPE(fc2_bias, c_out);
+}
+
+}  // namespace checks
+}  // namespace pvtv2

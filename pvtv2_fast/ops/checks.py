@@ -1,0 +1,46 @@
+"""Input contracts shared by the ops: every op validates in Python before any backend runs, so all backends see
+the same valid input and bad input gets the same error whichever backend was asked for."""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Tuple
+
+import torch
+
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def check_tokens(op: str, name: str, x) -> None:
+    """``x`` is a floating ``(B, L, C)`` tensor."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise ValueError(f"{op}: {name} must be (B, L, C) tokens, got {_shape(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: {name} must be floating point, got {x.dtype}")
+
+
+def check_token_map(op: str, x, height: int, width: int) -> None:
+    """``x`` is a floating ``(B, N, C)`` tensor with ``N == height * width``. Empty batches and C = 0 follow the
+    reference (an empty result), except where the reference itself refuses them (a depthwise conv of 0 channels)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 3:
+        raise ValueError(f"{op}: x must be (B, N, C) tokens, got {_shape(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    if height < 1 or width < 1 or x.shape[1] != height * width:
+        raise ValueError(f"{op}: {x.shape[1]} tokens are not a {height}×{width} map")
+
+
+def check_params(op: str, x: torch.Tensor, params: Mapping[str, Tuple[Optional[torch.Tensor], tuple]],
+                 context: str = "") -> None:
+    """Each named parameter (None allowed) has its expected shape and ``x``'s dtype and device."""
+    for name, (t, shape) in params.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{op}: {name} must be {tuple(shape)}{context}, got {tuple(t.shape)}")
+        if t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"{op}: {name} must share x's dtype and device ({x.dtype}, {x.device}), "
+                             f"got {t.dtype}, {t.device}")

@@ -1,0 +1,60 @@
+"""Bad input gets a clear error naming the problem, never a wrong answer: one table for every op, checked before any
+backend runs, so every backend gives the same error."""
+
+import pytest
+import torch
+
+from pvtv2_fast import ops
+
+t = torch.randn
+W3, W5 = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 5, 5)
+FFN = (torch.randn(8, 4), None, torch.randn(8, 1, 3, 3), None, torch.randn(4, 8), None)
+LONG = dict(dtype=torch.long)
+
+CASES = [
+    # sra_attention
+    ("attn-q-rank", lambda: ops.sra_attention(t(2, 5), t(1, 3, 4), t(1, 3, 4), 1), ValueError, "q must be"),
+    ("attn-k-not-tensor", lambda: ops.sra_attention(t(1, 5, 4), [1], t(1, 3, 4), 1), ValueError, "k must be"),
+    ("attn-kv-shapes", lambda: ops.sra_attention(t(1, 5, 4), t(1, 3, 4), t(1, 2, 4), 1), ValueError, "same shape"),
+    ("attn-batch", lambda: ops.sra_attention(t(2, 5, 4), t(1, 3, 4), t(1, 3, 4), 1), ValueError, "agree in batch"),
+    ("attn-heads", lambda: ops.sra_attention(t(1, 5, 6), t(1, 3, 6), t(1, 3, 6), 4), ValueError, "divisible"),
+    ("attn-zero-heads", lambda: ops.sra_attention(t(1, 5, 6), t(1, 3, 6), t(1, 3, 6), 0), ValueError, "divisible"),
+    ("attn-no-keys", lambda: ops.sra_attention(t(1, 5, 4), t(1, 0, 4), t(1, 0, 4), 1), ValueError, "M >= 1"),
+    ("attn-int", lambda: ops.sra_attention(torch.ones(1, 5, 4, **LONG), torch.ones(1, 3, 4, **LONG),
+                                           torch.ones(1, 3, 4, **LONG), 1), TypeError, "floating"),
+    ("attn-mixed-dtype", lambda: ops.sra_attention(t(1, 5, 4), t(1, 3, 4).half(), t(1, 3, 4).half(), 1),
+     ValueError, "share dtype"),
+    # linear_sra_pool
+    ("pool-map", lambda: ops.linear_sra_pool(t(1, 10, 4), 3, 3), ValueError, "3×3 map"),
+    ("pool-zero-height", lambda: ops.linear_sra_pool(t(1, 0, 4), 0, 5), ValueError, "0×5 map"),
+    ("pool-size", lambda: ops.linear_sra_pool(t(1, 9, 4), 3, 3, 0), ValueError, "pool_size"),
+    ("pool-rank", lambda: ops.linear_sra_pool(t(9, 4), 3, 3), ValueError, r"\(B, N, C\)"),
+    ("pool-int", lambda: ops.linear_sra_pool(torch.ones(1, 9, 4, **LONG), 3, 3), TypeError, "floating"),
+    # dwconv_gelu
+    ("dw-weight", lambda: ops.dwconv_gelu(t(1, 9, 4), W5, None, 3, 3), ValueError, r"\(4, 1, 3, 3\)"),
+    ("dw-bias", lambda: ops.dwconv_gelu(t(1, 9, 4), W3, t(5), 3, 3), ValueError, "bias"),
+    ("dw-weight-dtype", lambda: ops.dwconv_gelu(t(1, 9, 4), W3.double(), None, 3, 3), ValueError, "share x's dtype"),
+    ("dw-huge-map", lambda: ops.dwconv_gelu(t(1, 0, 4), W3, None, 2 ** 32, 2 ** 32), ValueError, "map"),
+    ("dw-no-channels", lambda: ops.dwconv_gelu(t(1, 9, 0), t(0, 1, 3, 3), None, 3, 3), ValueError, "C = 0"),
+    ("dw-relu-flag", lambda: ops.dwconv_gelu(t(1, 9, 4), W3, None, 3, 3, relu_input="no"), TypeError, "bool"),
+    ("dw-backend", lambda: ops.dwconv_gelu(t(1, 9, 4), W3, None, 3, 3, backend="cuda!"), ValueError, "backend"),
+    # conv_ffn
+    ("ffn-map", lambda: ops.conv_ffn(t(1, 10, 4), *FFN, 3, 3), ValueError, "not a 3×3 map"),
+    ("ffn-fc2", lambda: ops.conv_ffn(t(1, 9, 4), *FFN[:4], t(4, 7), None, 3, 3), ValueError,
+     r"fc2_weight must be \(4, 8\)"),
+    ("ffn-fc1-in", lambda: ops.conv_ffn(t(1, 9, 5), *FFN, 3, 3), ValueError, r"fc1_weight must be \(8, 5\) for 5 input"),
+    ("ffn-dw-bias-dtype", lambda: ops.conv_ffn(t(1, 9, 4), *FFN[:3], t(8).double(), *FFN[4:], 3, 3), ValueError,
+     "dw_bias must share x's dtype"),
+    ("ffn-int", lambda: ops.conv_ffn(torch.ones(1, 9, 4, dtype=torch.int32), *FFN, 3, 3), TypeError,
+     "floating point"),
+    ("ffn-no-hidden", lambda: ops.conv_ffn(t(1, 9, 4), t(0, 4), None, t(0, 1, 3, 3), None, t(4, 0), None, 3, 3),
+     ValueError, "hidden = 0"),
+    ("ffn-budget", lambda: ops.conv_ffn(t(1, 9, 4), *FFN, 3, 3, max_hidden_bytes=0), ValueError, "max_hidden_bytes"),
+    ("ffn-backend", lambda: ops.conv_ffn(t(1, 9, 4), *FFN, 3, 3, backend="nope"), ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("call,error,match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_raises_a_clear_error(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -1,0 +1,327 @@
+"""The raw C++ ops (``torch.ops.pvtv2_fast_C.*``) validate their own arguments (csrc/include/pvtv2/checks.h).
+
+They are public, so they must not trust their callers: every bad input class below raises a clear error from the
+op itself, on CPU tensors (the CPU kernels) and on meta tensors (the Meta kernels, which share the checks); sizes whose
+product wraps around int64 are rejected before any pointer is formed; C = 0 follows the PyTorch reference; the
+adaptive-pool bins are exact where i·H passes 2^31; environment variables are parsed strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pvtv2_fast import _ext, ops
+from pvtv2_fast.ops.registry import NATIVE_OPS
+from op_cases import DTYPE_IDS, DTYPES, close
+
+pytestmark = pytest.mark.skipif(os.environ.get("PVTV2_FAST_NO_EXT") == "1", reason="extension build turned off")
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_kernel("dwconv_gelu", "cuda")),
+                                reason="needs a GPU and the extension built with CUDA")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _extension():
+    assert _ext.available(), _ext.unavailable_reason()
+
+
+def _op(name):
+    return getattr(torch.ops.pvtv2_fast_C, name)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+# Each case builds a call from (dev, other): dev is the device of the call's tensors ("cpu" runs the CPU kernel,
+# "meta" the Meta kernel), other a different device for the "wrong device" cases. Sizes are tiny: a case that forms
+# a product of sizes past int64 (or that would index past the tensor) must fail in the checks, not in memory.
+
+
+def _dw(dev, c=4, **kw):
+    """dwconv_gelu arguments on a 3×3 map: (x, weight, bias, height, width, relu_input)."""
+    a = {"x": torch.randn(2, 9, c, device=dev), "weight": torch.randn(c, 1, 3, 3, device=dev),
+         "bias": torch.randn(c, device=dev), "height": 3, "width": 3, "relu_input": False}
+    a.update(kw)
+    return "dwconv_gelu", tuple(a.values())
+
+
+def _pool(dev, **kw):
+    """linear_sra_pool arguments on a 3×3 map: (x, height, width, pool_size)."""
+    a = {"x": torch.randn(2, 9, 4, device=dev), "height": 3, "width": 3, "pool_size": 7}
+    a.update(kw)
+    return "linear_sra_pool", tuple(a.values())
+
+
+def _ffn(dev, c_in=4, hidden=8, c_out=4, **kw):
+    """conv_ffn arguments on a 3×3 map."""
+    a = {"x": torch.randn(2, 9, c_in, device=dev), "fc1_weight": torch.randn(hidden, c_in, device=dev),
+         "fc1_bias": torch.randn(hidden, device=dev), "dw_weight": torch.randn(hidden, 1, 3, 3, device=dev),
+         "dw_bias": torch.randn(hidden, device=dev), "fc2_weight": torch.randn(c_out, hidden, device=dev),
+         "fc2_bias": torch.randn(c_out, device=dev), "height": 3, "width": 3, "relu_input": False}
+    a.update(kw)
+    return "conv_ffn", tuple(a.values())
+
+
+def _x(dev, *shape, dtype=torch.float32):
+    return torch.randn(*shape, device=dev).to(dtype)
+
+
+E = RuntimeError  # every check raises c10::Error
+BAD_INPUT = [
+    # ---- dwconv_gelu
+    ("dw-x-2d", lambda d, o: _dw(d, x=_x(d, 9, 4)), E, "dwconv_gelu: x must be (B, N, C) tokens, got (9, 4)"),
+    ("dw-x-float64", lambda d, o: _dw(d, x=_x(d, 2, 9, 4, dtype=torch.float64)), E,
+     "supports float32, bfloat16 and float16, got Double for x"),
+    ("dw-x-int", lambda d, o: _dw(d, x=torch.ones(2, 9, 4, dtype=torch.int32, device=d)), E, "got Int for x"),
+    ("dw-tokens-mismatch", lambda d, o: _dw(d, x=_x(d, 2, 10, 4)), E, "10 tokens are not a 3x3 map"),
+    ("dw-height-0", lambda d, o: _dw(d, height=0, width=9), E, "height and width must be >= 1, got 0x9"),
+    ("dw-negative-size", lambda d, o: _dw(d, height=-3, width=-3), E, "height and width must be >= 1, got -3x-3"),
+    # 2^32·2^32 wraps to 0 = N: the old check passed and the kernel indexed 2^32 rows (SIGSEGV)
+    ("dw-hw-wraps-to-0", lambda d, o: _dw(d, x=torch.empty(1, 0, 4, device=d), height=2**32, width=2**32), E,
+     "0 tokens are not a 4294967296x4294967296 map"),
+    # 4·(2^62 + 1) wraps to 4 = N
+    ("dw-hw-wraps-to-n", lambda d, o: _dw(d, x=_x(d, 1, 4, 4), height=4, width=2**62 + 1), E,
+     "4 tokens are not a 4x4611686018427387905 map"),
+    ("dw-huge-width", lambda d, o: _dw(d, x=_x(d, 1, 4, 4), height=1, width=2**63 - 1), E, "4 tokens are not a"),
+    ("dw-no-channels", lambda d, o: _dw(d, c=0), E, "dwconv_gelu: the channel count C of x is 0"),
+    ("dw-weight-shape", lambda d, o: _dw(d, weight=_x(d, 4, 3, 3)), E, "weight must be (4, 1, 3, 3), got (4, 3, 3)"),
+    ("dw-weight-channels", lambda d, o: _dw(d, weight=_x(d, 5, 1, 3, 3)), E, "weight must be (4, 1, 3, 3)"),
+    ("dw-bias-shape", lambda d, o: _dw(d, bias=_x(d, 5)), E, "dwconv_gelu: bias must be (4,), got (5,)"),
+    ("dw-weight-dtype", lambda d, o: _dw(d, weight=_x(d, 4, 1, 3, 3, dtype=torch.float64)), E,
+     "weight must have x's dtype (Float), got Double"),
+    ("dw-bias-dtype", lambda d, o: _dw(d, bias=_x(d, 4, dtype=torch.bfloat16)), E, "bias must have x's dtype"),
+    ("dw-weight-device", lambda d, o: _dw(d, weight=_x(o, 4, 1, 3, 3)), E, "weight must be on x's device"),
+    ("dw-bias-device", lambda d, o: _dw(d, bias=_x(o, 4)), E, "bias must be on x's device"),
+    ("dw-relu-str", lambda d, o: _dw(d, relu_input="no"), E,
+     "Expected a value of type 'bool' for argument 'relu_input'"),
+    ("dw-relu-str-false", lambda d, o: _dw(d, relu_input="False"), E, "Expected a value of type 'bool'"),
+    ("dw-height-float", lambda d, o: _dw(d, height=3.0), E, "Expected a value of type 'int' for argument 'height'"),
+    # ---- linear_sra_pool
+    ("pool-x-2d", lambda d, o: _pool(d, x=_x(d, 9, 4)), E, "linear_sra_pool: x must be (B, N, C) tokens"),
+    ("pool-x-float64", lambda d, o: _pool(d, x=_x(d, 2, 9, 4, dtype=torch.float64)), E,
+     "supports float32, bfloat16 and float16, got Double"),
+    ("pool-tokens-mismatch", lambda d, o: _pool(d, height=2, width=4), E, "9 tokens are not a 2x4 map"),
+    ("pool-hw-wraps-to-0", lambda d, o: _pool(d, x=torch.empty(1, 0, 4, device=d), height=2**32, width=2**32), E,
+     "0 tokens are not a 4294967296x4294967296 map"),
+    ("pool-size-0", lambda d, o: _pool(d, pool_size=0), E, "pool_size must be >= 1, got 0"),
+    ("pool-size-negative", lambda d, o: _pool(d, pool_size=-7), E, "pool_size must be >= 1, got -7"),
+    # P² = 2^64 wraps to 0: the old kernel returned an empty (B, 0, C) "result"
+    ("pool-size-square-wraps", lambda d, o: _pool(d, pool_size=2**32), E, "pool_size^2 = 4294967296 x 4294967296"),
+    ("pool-batch-cells-overflow", lambda d, o: _pool(d, pool_size=2**31), E, "B x pool_size^2"),
+    ("pool-output-overflows", lambda d, o: _pool(d, x=_x(d, 1, 9, 4), pool_size=2**31), E, "output elements"),
+    # bins form P·H: 2^40 rows of an empty batch and P = 2^24 pass 2^63 (no memory: B = 0)
+    ("pool-bins-overflow", lambda d, o: _pool(d, x=torch.empty(0, 2**40, 1, device=d), height=2**40, width=1,
+                                              pool_size=2**24), E, "pool_size x max(height, width)"),
+    ("pool-height-str", lambda d, o: _pool(d, height="3"), E, "Expected a value of type 'int' for argument 'height'"),
+    # ---- conv_ffn
+    ("ffn-x-float64", lambda d, o: _ffn(d, x=_x(d, 2, 9, 4, dtype=torch.float64)), E,
+     "conv_ffn: the kernel supports float32, bfloat16 and float16, got Double"),
+    ("ffn-tokens-mismatch", lambda d, o: _ffn(d, height=9, width=9), E, "9 tokens are not a 9x9 map"),
+    ("ffn-hw-wraps-to-n", lambda d, o: _ffn(d, x=_x(d, 1, 4, 4), height=4, width=2**62 + 1), E,
+     "4 tokens are not a 4x4611686018427387905 map"),
+    ("ffn-fc1-1d", lambda d, o: _ffn(d, fc1_weight=_x(d, 8)), E, "fc1_weight must have 2 dimensions, got (8,)"),
+    ("ffn-fc1-in", lambda d, o: _ffn(d, fc1_weight=_x(d, 8, 5)), E, "fc1_weight must be (8, 4), got (8, 5)"),
+    ("ffn-no-hidden", lambda d, o: _ffn(d, hidden=0), E, "the hidden width fc1_weight.size(0) is 0"),
+    ("ffn-fc1-bias", lambda d, o: _ffn(d, fc1_bias=_x(d, 7)), E, "fc1_bias must be (8,), got (7,)"),
+    ("ffn-dw-weight", lambda d, o: _ffn(d, dw_weight=_x(d, 7, 1, 3, 3)), E, "dw_weight must be (8, 1, 3, 3)"),
+    ("ffn-dw-bias", lambda d, o: _ffn(d, dw_bias=_x(d, 8, 1)), E, "dw_bias must be (8,), got (8, 1)"),
+    ("ffn-fc2-3d", lambda d, o: _ffn(d, fc2_weight=_x(d, 4, 8, 1)), E, "fc2_weight must have 2 dimensions"),
+    ("ffn-fc2-hidden", lambda d, o: _ffn(d, fc2_weight=_x(d, 4, 7)), E, "fc2_weight must be (4, 8), got (4, 7)"),
+    ("ffn-fc2-bias", lambda d, o: _ffn(d, fc2_bias=_x(d, 5)), E, "fc2_bias must be (4,), got (5,)"),
+    ("ffn-fc1-device", lambda d, o: _ffn(d, fc1_weight=_x(o, 8, 4)), E, "fc1_weight must be on x's device"),
+    ("ffn-fc2-bias-device", lambda d, o: _ffn(d, fc2_bias=_x(o, 4)), E, "fc2_bias must be on x's device"),
+    ("ffn-dw-dtype", lambda d, o: _ffn(d, dw_weight=_x(d, 8, 1, 3, 3, dtype=torch.float16)), E,
+     "dw_weight must have x's dtype (Float), got Half"),
+    ("ffn-relu-str", lambda d, o: _ffn(d, relu_input="yes"), E, "Expected a value of type 'bool'"),
+]
+
+
+@pytest.mark.parametrize("dev,other", [("cpu", "meta"), ("meta", "cpu"), pytest.param("cuda", "cpu", marks=needs_cuda)],
+                         ids=["cpu-kernel", "meta-kernel", "cuda-kernel"])
+@pytest.mark.parametrize("make,error,fragment", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_raises_a_clear_error(make, error, fragment, dev, other):
+    name, args = make(dev, other)
+    with pytest.raises(error, match=re.escape(fragment)):
+        _op(name)(*args)
+
+
+def test_every_op_is_covered():
+    covered = {c[1]("cpu", "meta")[0] for c in BAD_INPUT}
+    assert covered == set(NATIVE_OPS)
+
+
+@pytest.mark.parametrize("make", [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu")],
+                         ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn"])
+def test_sparse_input_is_refused_by_the_dispatcher(make):
+    """Layouts other than dense never reach a kernel: no kernel is registered for them."""
+    name, args = make()
+    args = (args[0].to_sparse(),) + args[1:]
+    with pytest.raises(NotImplementedError, match="SparseCPU"):
+        _op(name)(*args)
+
+
+# ------------------------------------------------------------------------------------------------ C = 0
+# One rule across backends: the C++ ops do what the PyTorch reference (backend="torch") does (checks.h).
+ZERO_CASES = [
+    ("dw-C0", lambda: _dw("cpu", c=0)),
+    ("dw-B0", lambda: _dw("cpu", x=torch.randn(0, 9, 4))),
+    ("pool-C0", lambda: _pool("cpu", x=torch.randn(2, 9, 0))),
+    ("pool-B0", lambda: _pool("cpu", x=torch.randn(0, 9, 4))),
+    ("ffn-hidden0", lambda: _ffn("cpu", hidden=0)),
+    ("ffn-cin0", lambda: _ffn("cpu", c_in=0)),
+    ("ffn-cin0-no-bias", lambda: _ffn("cpu", c_in=0, fc1_bias=None)),
+    ("ffn-cout0", lambda: _ffn("cpu", c_out=0)),
+    ("ffn-B0", lambda: _ffn("cpu", x=torch.randn(0, 9, 4))),
+]
+
+
+@pytest.mark.parametrize("make", [c[1] for c in ZERO_CASES], ids=[c[0] for c in ZERO_CASES])
+def test_zero_sizes_follow_the_reference(make):
+    name, args = make()
+    try:
+        expected = getattr(ops, name)(*args, backend="torch")
+    except (RuntimeError, ValueError):  # F.conv2d(groups=0): "non-positive groups is not supported"
+        with pytest.raises(RuntimeError, match="a depthwise conv of no channels is an error"):
+            _op(name)(*args)
+        return
+    out = _op(name)(*args)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ pool bins
+def _bins(n: int, p: int):
+    """AdaptiveAvgPool's bins in Python integers: [floor(i·n/p), ceil((i+1)·n/p)) for i < p."""
+    return [((i * n) // p, -((-(i + 1) * n) // p)) for i in range(p)]
+
+
+def _edge_marks(n: int, p: int):
+    """Ones next to every bin edge (edge - 1 and edge), zeros elsewhere; and each bin's mean of them, exactly."""
+    marks = sorted({e + k for b in _bins(n, p) for e in b for k in (-1, 0) if 0 <= e + k < n})
+    line = torch.zeros(n, dtype=torch.float64)
+    line[marks] = 1.0
+    means = [float(sum(1 for m in marks if s <= m < t)) / (t - s) for s, t in _bins(n, p)]
+    return line, torch.tensor(means, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("height,width,pool,channels", [
+    (2**20, 1, 7, 1), (1, 2**20, 7, 1), (3, 5, 7, 17), (49, 13, 7, 40), (1000003, 1, 13, 1),
+    # i·H passes 2^31 for i >= 512: with 32-bit bins this read before the tensor (SIGSEGV) or pooled wrong rows
+    (2**22, 1, 520, 1),
+], ids=["H2^20-P7", "W2^20-P7", "H,W<P", "H=7P", "H-prime", "iH>2^31"])
+def test_pool_bins_match_integer_arithmetic_at_large_sizes(height, width, pool, channels):
+    """x[h, w] = rows[h]·cols[w] with ones only next to bin edges: a cell's mean is the product of its row and column
+    bins' means, so a bin off by one row or column in the kernel's math (math.h, shared with CUDA) changes it.
+    Expected values from Python integers; channels > 1 run the vector lanes, 1 the scalar tail."""
+    rows, row_means = _edge_marks(height, pool)
+    cols, col_means = _edge_marks(width, pool)
+    x = torch.outer(rows, cols).float().view(1, height * width, 1).expand(1, height * width, channels)
+    out = _op("linear_sra_pool")(x.contiguous(), height, width, pool).view(pool, pool, channels)
+    expected = torch.outer(row_means, col_means).unsqueeze(-1).expand(pool, pool, channels)
+    # fp32: 1/area rounded once, times an exact small count: 2 roundings of 2^-24
+    torch.testing.assert_close(out.double(), expected, rtol=2.5e-7, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ environment
+# Each variable is read once per process, but a read that raises is retried on the next call (a C++ static whose
+# initialiser throws), so one child process tries every bad value in turn and then a good one.
+_CHILD = """
+import json, os, sys, torch
+from pvtv2_fast import _ext
+_ext.available()
+name, values = sys.argv[1], json.loads(sys.argv[2])
+x, w = torch.randn(1, 12, 8), torch.randn(8, 1, 3, 3)
+ffn = (torch.randn(16, 8), None, torch.randn(16, 1, 3, 3), None, torch.randn(8, 16), None)
+results = []
+for v in values:
+    os.environ[name] = v
+    try:
+        torch.ops.pvtv2_fast_C.dwconv_gelu(x, w, None, 3, 4, False)
+        torch.ops.pvtv2_fast_C.conv_ffn(x, *ffn, 3, 4, False)
+        results.append("ok")
+    except RuntimeError as e:
+        results.append(str(e).splitlines()[0])
+print(json.dumps(results))
+"""
+ENV_CASES = {
+    "PVTV2_FAST_FFN_BAND_KB": (["-1", "abc", "64kb", "0", " 8", "+8", "1e3", "8.5", "1048577", "99999999999999999999",
+                                "1048576"],
+                               ("PVTV2_FAST_FFN_BAND_KB must be a whole number of KB (1 to 1048576; unset: 512), "
+                                "got '{}'")),
+    "PVTV2_FAST_CPU_ISA": (["sse9", "AVX2", " avx2", "avx2 ", "avx-512", "0", "avx2"],
+                           ("PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512 (unset: the widest the CPU "
+                            "supports), got '{}'")),
+}
+
+
+@pytest.fixture(scope="module")
+def env_results():
+    results = {}
+    for name, (values, _) in ENV_CASES.items():
+        env = {k: v for k, v in os.environ.items() if k not in ENV_CASES}
+        out = subprocess.run([sys.executable, "-c", _CHILD, name, json.dumps(values)], capture_output=True,
+                             text=True, env=env, check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[name] = dict(zip(values, json.loads(out.stdout.strip().splitlines()[-1])))
+    return results
+
+
+@pytest.mark.parametrize("name,value", [(n, v) for n, (vs, _) in ENV_CASES.items() for v in vs],
+                         ids=[f"{n[11:]}={v!r}" for n, (vs, _) in ENV_CASES.items() for v in vs])
+def test_environment_variables_are_parsed_strictly(env_results, name, value):
+    """Every value but the last (a valid one) raises, naming the variable, the value and what is accepted."""
+    values, message = ENV_CASES[name]
+    got = env_results[name][value]
+    assert got == ("ok" if value == values[-1] else message.format(value))
+
+
+# ------------------------------------------------------------------------------------------------ CUDA kernels
+# Run where a GPU is lent (skipped here): the CUDA C++ kernels against a float64 reference, on the vector path
+# (C % 4 == 0, aligned), the scalar path (odd C, or a pointer off 16-byte alignment), 1-pixel and 1-row maps.
+
+
+def _cuda_case(b, h, w, c, dtype, offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randn(b * h * w * c + offset, generator=g).to(dtype).cuda()
+    x = flat[offset:].view(b, h * w, c)  # contiguous; offset > 0 puts data_ptr off 16-byte alignment
+    weight = (0.3 * torch.randn(c, 1, 3, 3, generator=g)).to(dtype).cuda()
+    bias = torch.randn(c, generator=g).to(dtype).cuda()
+    return x, weight, bias
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("b,h,w,c,offset", [(2, 7, 9, 40, 0), (1, 1, 1, 3, 0), (3, 1, 23, 17, 0), (2, 25, 33, 64, 0),
+                                            (1, 30, 2, 8, 0), (2, 13, 17, 64, 1), (2, 5, 7, 2048, 0)])
+def test_cuda_kernels_match_the_reference(b, h, w, c, offset, dtype):
+    x, weight, bias = _cuda_case(b, h, w, c, dtype, offset, seed=h * w + c)
+    for relu in (False, True):
+        expected = ops.dwconv_gelu(x.double(), weight.double(), bias.double(), h, w, relu_input=relu, backend="torch")
+        close(_op("dwconv_gelu")(x, weight, bias, h, w, relu), expected, dtype, f"dwconv_gelu relu={relu}")
+    close(_op("dwconv_gelu")(x, weight, None, h, w, False),
+          ops.dwconv_gelu(x.double(), weight.double(), None, h, w, backend="torch"), dtype, "dwconv_gelu no bias")
+    for pool in (1, 7, 40):
+        close(_op("linear_sra_pool")(x, h, w, pool), ops.linear_sra_pool(x.double(), h, w, pool, backend="torch"),
+              dtype, f"linear_sra_pool P={pool}")
+
+
+@needs_cuda
+def test_cuda_kernels_on_a_4096_image_stage1_map_in_batch_8():
+    """1024² tokens × 320 channels × batch 8 = 2.7e9 elements: offsets past 2^31, more column tiles and rows than a
+    65535-capped grid axis holds. The first and last images are checked against float64 (the last one lies wholly
+    past 2^31 elements)."""
+    b, h, w, c = 8, 1024, 1024, 320
+    x = torch.randn(b, h * w, c, device="cuda", dtype=torch.float16)
+    weight = 0.3 * torch.randn(c, 1, 3, 3, device="cuda", dtype=torch.float16)
+    bias = torch.randn(c, device="cuda", dtype=torch.float16)
+    y = _op("dwconv_gelu")(x, weight, bias, h, w, False)
+    p = _op("linear_sra_pool")(x, h, w, 7)
+    for i in (0, b - 1):
+        xi = x[i:i + 1].double()
+        close(y[i:i + 1], ops.dwconv_gelu(xi, weight.double(), bias.double(), h, w, backend="torch"), torch.float16,
+              f"dwconv_gelu image {i}")
+        close(p[i:i + 1], ops.linear_sra_pool(xi, h, w, 7, backend="torch"), torch.float16, f"pool image {i}")

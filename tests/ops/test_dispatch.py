@@ -1,0 +1,106 @@
+"""The backend rules of :mod:`pvtv2_fast.ops.registry`: "auto" order as data, stand-ins, one-time fallback warnings,
+explicit backends that raise. ``ops.simulate`` plays other machines here: no extension, or a GPU machine's compiled
+(not interpreted) Triton, so the dispatch a GPU run takes is exercised on the CPU too."""
+
+import warnings
+
+import pytest
+import torch
+
+from pvtv2_fast import ops
+from pvtv2_fast.ops import AUTO_ORDER, OPS, FallbackWarning
+from op_cases import close
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    ops.reset_warnings()
+    yield
+    ops.reset_warnings()
+
+
+def _dw_args(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, 9, 4, generator=g).to(dtype), torch.randn(4, 1, 3, 3, generator=g).to(dtype), None, 3, 3,
+            False)
+
+
+def test_auto_order_is_data_and_names_only_existing_backends():
+    for device, table in AUTO_ORDER.items():
+        for op_name, order in table.items():
+            assert op_name == "default" or op_name in OPS, (device, op_name)
+            assert set(order) <= set(ops.BACKENDS) - {"auto"}, (device, op_name, order)
+
+
+def test_every_op_has_a_reference_and_only_known_backends():
+    assert set(OPS) == {"sra_attention", "linear_sra_pool", "dwconv_gelu", "conv_ffn"}
+    for op in OPS.values():
+        assert callable(op.reference)
+        assert set(op.available()) <= set(ops.BACKENDS) - {"auto"}
+
+
+def test_cpu_auto_takes_the_cpp_kernel_and_sdpa_for_attention():
+    assert OPS["dwconv_gelu"].resolve("auto", _dw_args()) == "cpu"
+    q = torch.randn(1, 5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)  # SDPA on CPU is a choice, not a fallback
+        assert OPS["sra_attention"].resolve("auto", (q, q, q, 2)) == "torch"
+    assert OPS["sra_attention"].resolve("cpu", (q, q, q, 2)) == "torch"  # the stand-in
+
+
+def test_without_the_extension_auto_falls_back_once_per_op_and_reason():
+    with ops.simulate(unavailable=["cpu"], triton_interpreted=False):
+        with pytest.warns(FallbackWarning, match="cpu backend is switched off"):
+            out = ops.dwconv_gelu(*_dw_args())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the second call does not warn again
+            ops.dwconv_gelu(*_dw_args())
+        with pytest.raises(NotImplementedError, match="switched off"):
+            ops.dwconv_gelu(*_dw_args(), backend="cpu")
+    close(out, ops.dwconv_gelu_reference(*_dw_args()), torch.float32)
+
+
+def test_compiled_triton_on_cpu_tensors_is_refused_with_the_reason():
+    """On a GPU machine Triton is compiled: CPU tensors then cannot take it, whatever this machine has."""
+    with ops.simulate(triton_interpreted=False):
+        with pytest.raises(NotImplementedError, match="need CUDA tensors"):
+            ops.dwconv_gelu(*_dw_args(), backend="triton")
+        assert OPS["linear_sra_pool"].why_not("triton", (torch.randn(1, 9, 4), 3, 3, 7)) is not None
+
+
+def test_interpreted_triton_on_cuda_tensors_is_refused():
+    meta = torch.empty(1, 9, 4, device="meta")
+    assert "device 'meta'" in OPS["dwconv_gelu"].why_not("triton", (meta,))
+    if torch.cuda.is_available():
+        with ops.simulate(triton_interpreted=True):
+            assert "TRITON_INTERPRET" in OPS["dwconv_gelu"].why_not("triton", (meta.to("cuda"),))
+
+
+def test_unsupported_dtype_falls_back_once_or_raises_when_explicit():
+    args = _dw_args(torch.float64)
+    with pytest.raises(NotImplementedError, match="float64"):
+        ops.dwconv_gelu(*args, backend="triton")
+    with pytest.raises(NotImplementedError, match="float64"):
+        ops.dwconv_gelu(*args, backend="cpu")
+    with pytest.warns(FallbackWarning, match="float64"):
+        out = ops.dwconv_gelu(*args)
+    close(out.float(), ops.dwconv_gelu_reference(*args).float(), torch.float32)
+
+
+def test_head_dim_above_the_triton_limit():
+    """Triton takes head dims up to 128: an explicit request raises; "auto" on CPU tensors uses SDPA."""
+    q, kv = torch.randn(1, 4, 256), torch.randn(1, 3, 512)
+    with pytest.raises(NotImplementedError, match="head dim 256"):
+        ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1, backend="triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        out = ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1)
+    close(out, ops.sra_attention_reference(q, kv[..., :256], kv[..., 256:], 1, 256 ** -0.5), torch.float32)
+
+
+def test_conv_ffn_backends_follow_their_dwconv():
+    x = torch.randn(1, 9, 4)
+    args = (x, torch.randn(8, 4), None, torch.randn(8, 1, 3, 3), None, torch.randn(4, 8), None, 3, 3, False, None)
+    with ops.simulate(triton_interpreted=False):
+        assert "CUDA tensors" in OPS["conv_ffn"].why_not("triton", args)
+    assert "cuda tensors" in OPS["conv_ffn"].why_not("cuda", args)

@@ -1,0 +1,65 @@
+"""Every fused kernel is a registered ``torch.library`` op with a consistent schema, fake (meta) implementation and
+autograd formula (``torch.library.opcheck``), and the extension itself is built as CI requires."""
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+from pvtv2_fast import _ext
+from pvtv2_fast.ops.registry import NATIVE_OPS
+from op_cases import randn
+
+CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
+
+
+def _samples():
+    x, kv = randn(1, 45, 16, device="cpu"), randn(1, 6, 128, seed=2, device="cpu")
+    dw = (randn(16, 1, 3, 3, seed=1, device="cpu"), randn(16, seed=2, device="cpu"))
+    ffn = (randn(24, 16, device="cpu", scale=0.25), randn(24, device="cpu"), randn(24, 1, 3, 3, device="cpu"),
+           randn(24, device="cpu"), randn(8, 24, device="cpu", scale=0.2), randn(8, device="cpu"))
+    return {
+        "pvtv2_fast.sra_attention_triton": (randn(1, 20, 64, device="cpu"), kv[..., :64].contiguous(),
+                                            kv[..., 64:].contiguous(), 2, 0.125),
+        "pvtv2_fast.linear_sra_pool_triton": (x, 5, 9, 7),
+        "pvtv2_fast.dwconv_gelu_triton": (x, *dw, 5, 9, True),
+        "pvtv2_fast_C.dwconv_gelu": (x, *dw, 5, 9, True),
+        "pvtv2_fast_C.linear_sra_pool": (x, 5, 9, 7),
+        "pvtv2_fast_C.conv_ffn": (randn(2, 45, 16, device="cpu"), *ffn, 5, 9, True),
+    }
+
+
+@pytest.mark.parametrize("name", list(_samples()))
+def test_opcheck(name):
+    namespace, op = name.split(".")
+    if namespace == "pvtv2_fast_C" and not _ext.available():
+        pytest.skip(_ext.unavailable_reason()) if os.environ.get("PVTV2_FAST_NO_EXT") == "1" else \
+            pytest.fail(_ext.unavailable_reason())
+    if namespace == "pvtv2_fast":
+        import pvtv2_fast.ops  # noqa: F401 - defines the Triton custom ops
+        from pvtv2_fast.ops import triton_status
+
+        if not triton_status()[1] and not torch.cuda.is_available():
+            pytest.fail("Triton kernels are neither interpreted nor on a GPU here")
+    torch.library.opcheck(getattr(getattr(torch.ops, namespace), op).default, _samples()[name], test_utils=CHECKS)
+
+
+@pytest.mark.skipif(os.environ.get("PVTV2_FAST_NO_EXT") == "1", reason="extension build turned off")
+def test_extension_is_built_with_every_cpu_kernel():
+    assert _ext.available(), _ext.unavailable_reason()
+    for op in NATIVE_OPS:
+        assert _ext.has_kernel(op, "cpu"), op
+
+
+def test_cuda_sources_were_compiled_for_sm80_and_sm90():
+    """When built with CUDA (the CI build is), the extension carries sm_80 and sm_90 machine code."""
+    if not _ext.has_kernel("dwconv_gelu", "cuda"):
+        pytest.skip("extension built without CUDA (no nvcc or CPU-only torch)")
+    import triton
+
+    from pvtv2_fast import _C
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    out = subprocess.run([tool, "--list-elf", _C.__file__], capture_output=True, text=True)
+    assert "sm_80" in out.stdout and "sm_90" in out.stdout, out.stdout + out.stderr
