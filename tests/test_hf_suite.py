@@ -133,10 +133,8 @@ def assert_same_outputs(ours, theirs, atol=ATOL, what="outputs", flat=False):
         assert err <= atol, f"{what}: tensor {i} max abs error {err:.3e} > {atol}"
 
 
-def _kwargs_combos(kind):
-    combos = [{}, {"output_hidden_states": True}, {"output_attentions": True},
-              {"output_hidden_states": True, "output_attentions": True}]
-    return combos
+OUTPUT_OPTIONS = [{}, {"output_hidden_states": True}, {"output_attentions": True},
+                  {"output_hidden_states": True, "output_attentions": True}]
 
 
 # ------------------------------------------------------------------------------------------ model tests
@@ -222,7 +220,7 @@ def test_model_outputs_equivalence(kind, fast, tmp_root):
     x = pixels(kind)
     label_options = [None, labels_for(ours, kind, x.shape[0])] if kind in HEADS else [None]
     for labels in label_options:
-        for kwargs in _kwargs_combos(kind):
+        for kwargs in OUTPUT_OPTIONS:
             if labels is not None:
                 kwargs = {**kwargs, "labels": labels}
             with torch.no_grad():
