@@ -85,7 +85,8 @@ def _hf_pvt_attention_forward(self, hidden_states: torch.Tensor, height: int, wi
         return _original(self)(hidden_states, height, width, output_attentions)
     backend = getattr(self, _BACKEND)
     query = self.query(hidden_states)
-    conv = getattr(self, "spatial_reduction", None) if (self.linear_attention or self.spatial_reduction_ratio > 1) else None
+    reduces = self.linear_attention or self.spatial_reduction_ratio > 1
+    conv = self.spatial_reduction if reduces else None
     reduced = _reduce(hidden_states, height, width, pool=self.linear_attention, conv=conv,
                       norm=getattr(self, "layer_norm", None), act=getattr(self, "act", None), backend=backend)
     context = ops.sra_attention(query, self.key(reduced), self.value(reduced), self.num_attention_heads,

@@ -10,6 +10,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_
 
 from pvtv2_fast import (
     PvtV2Backbone,
@@ -29,7 +30,6 @@ from pvtv2_fast.export import (
 )
 from pvtv2_fast.modules import ConvFeedForward
 from pvtv2_fast.modules.fast_path import FastPath
-from conftest import randomize_
 
 ort = pytest.importorskip("onnxruntime")  # test-time dependency (requirements-dev.txt)
 

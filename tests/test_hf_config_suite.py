@@ -14,9 +14,9 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import hf_config, randomize_
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
-from conftest import hf_config, randomize_
 
 IO = pytest.mark.xfail(strict=True, reason="fixed by branch io")
 
@@ -131,7 +131,7 @@ def test_single_label_problem_with_one_label_rejected():
         PvtV2Config(problem_type="single_label_classification", num_labels=1)
 
 
-# ---------------------------------------------------------------------------------------------- from_pretrained keywords
+# ------------------------------------------------------------------------------------------ from_pretrained keywords
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("saved")

@@ -19,6 +19,7 @@ import warnings
 import pytest
 import torch
 import transformers
+from conftest import hf_config, randomize_
 
 from pvtv2_fast import (
     PvtV2Backbone,
@@ -28,7 +29,6 @@ from pvtv2_fast import (
     PvtV2Model,
 )
 from pvtv2_fast.checkpoint import CheckpointMismatchError
-from conftest import hf_config, randomize_
 
 ATOL = 1e-5
 BATCHING_ATOL = 5e-4  # transformers' PvtV2ModelTest.test_batching_equivalence
@@ -340,7 +340,7 @@ def test_training_gradient_checkpointing(kind, use_reentrant, fast, tmp_root):
         block = model.base_model.encoder.layers[0].blocks[0]
         # a pre-hook: non-reentrant checkpointing stops the recomputation once it has what backward needs, so
         # the block's post-forward hooks need not run the second time
-        block.register_forward_pre_hook(lambda *a: calls.append(1))
+        block.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
         torch.manual_seed(0)
         model(x, labels=labels).loss.backward()
         assert len(calls) == (2 if checkpointing else 1)

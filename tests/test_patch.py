@@ -11,11 +11,11 @@ import pytest
 import timm
 import torch
 import transformers
+from conftest import randomize_
 from PIL import Image
 
 import pvtv2_fast
 from pvtv2_fast import ops
-from conftest import randomize_
 
 ATOL = 1e-5
 SIZES = [(61, 45), (97, 131)]
