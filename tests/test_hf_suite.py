@@ -5,8 +5,8 @@ also compares with transformers' own model holding the same weights. Config test
 config tests) are in ``tests/test_hf_config_suite.py``.
 
 The tiny configs are the testers' (PvtV2ModelTester, SegformerModelTester). Where this library deliberately
-differs, the test asserts the documented behaviour (README, "Differences from transformers"); those tests carry
-"deliberate" in their name.
+differs, the test asserts the documented behaviour (README, "transformers' own tests, and where we differ on
+purpose"): the tests with "deliberate" in their name, NESTED_VS_FLAT and the backbone's attentions.
 """
 
 from __future__ import annotations
