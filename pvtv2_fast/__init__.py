@@ -9,6 +9,7 @@ from .modeling import (
     PvtV2PreTrainedModel,
 )
 from .validation import min_input_size, stage_shapes, stage_sizes
+from .patch import is_patched, patch, unpatch  # noqa: E402  (binds pvtv2_fast.patch to the function)
 
 __version__ = "0.1.0"
 
@@ -20,8 +21,11 @@ __all__ = [
     "PvtV2ForSemanticSegmentation",
     "PvtV2Model",
     "PvtV2PreTrainedModel",
+    "is_patched",
     "min_input_size",
+    "patch",
     "preset_names",
     "stage_shapes",
     "stage_sizes",
+    "unpatch",
 ]

@@ -1,5 +1,6 @@
 """Command line: ``python -m pvtv2_fast info``, ``classify IMAGE... --weights DIR_OR_ID`` and
-``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768] [--fast]``.
+``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768] [--fast]`` and
+``export --weights DIR_OR_ID --out FILE.onnx [--task ...] [--check]`` (ONNX, dynamic batch, height and width).
 
 Batches finish: an image that cannot be used (unreadable or truncated file, unsupported mode or value range,
 more pixels than --max-pixels, smaller than the model's minimum input) is reported on stderr and skipped, the
@@ -163,6 +164,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return batch.finish()
 
 
+EXPORT_TASKS = {"classification": "PvtV2ForImageClassification", "segmentation": "PvtV2ForSemanticSegmentation",
+                "backbone": "PvtV2Backbone", "base": "PvtV2Model"}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import pvtv2_fast
+
+    from .export import check_onnx, export_onnx
+
+    model = getattr(pvtv2_fast, EXPORT_TASKS[args.task]).from_pretrained(args.weights)
+    path = export_onnx(model, args.out, height=args.height, width=args.width, dynamic=not args.static,
+                       opset=args.opset, dynamo=args.dynamo)
+    shape = "fixed" if args.static else "dynamic batch, height and width"
+    print(f"wrote {path} ({EXPORT_TASKS[args.task]}, {shape}, example {args.height}×{args.width})")
+    if args.check:
+        sizes = [(args.height, args.width)] if args.static else [(args.height, args.width), (97, 131), (61, 45)]
+        err = check_onnx(path, model, sizes=sizes)
+        print(f"ONNX Runtime vs PyTorch at {sizes}: max abs difference {err:.2e}")
+        if err > args.tolerance:
+            print(f"error: difference above {args.tolerance}", file=sys.stderr)
+            return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------- argument parsing
 def _positive_int(text: str) -> int:
     try:
@@ -215,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--fast", action="store_true", help="use the fused kernels")
     _add_max_pixels(seg)
     seg.set_defaults(func=cmd_segment)
+    exp = sub.add_parser("export", help="ONNX file with dynamic batch, height and width")
+    exp.add_argument("--weights", required=True, help="checkpoint folder, file or hub id")
+    exp.add_argument("--out", required=True, help="output .onnx file")
+    exp.add_argument("--task", choices=list(EXPORT_TASKS), default="classification")
+    exp.add_argument("--height", type=_positive_int, default=224, help="example input height")
+    exp.add_argument("--width", type=_positive_int, default=224, help="example input width")
+    exp.add_argument("--static", action="store_true", help="fix batch, height and width to the example's")
+    exp.add_argument("--opset", type=_positive_int, default=None)
+    exp.add_argument("--dynamo", action="store_true", help="torch.export-based exporter (needs onnxscript)")
+    exp.add_argument("--check", action="store_true", help="compare with PyTorch in ONNX Runtime at odd sizes")
+    exp.add_argument("--tolerance", type=float, default=1e-4)
+    exp.set_defaults(func=cmd_export)
     return parser
 
 

@@ -8,12 +8,14 @@ State-dict keys and shapes are those of transformers' classes, so transformers c
 
 from __future__ import annotations
 
+import enum
 import math
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .config import PvtV2Config
@@ -30,6 +32,7 @@ __all__ = [
     "PvtV2ForSemanticSegmentation",
     "PvtV2Encoder",
     "PvtV2Stage",
+    "BackboneType",
 ]
 
 
@@ -64,12 +67,21 @@ class PvtV2Stage(nn.Module):
             for rate in drop_path_rates
         )
         self.layer_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        # Set by PvtV2PreTrainedModel.gradient_checkpointing_enable: in training, each block's activations are
+        # recomputed in the backward pass instead of kept (torch.utils.checkpoint).
+        self.gradient_checkpointing = False
+        self.checkpoint_kwargs: Dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False):
         hidden_states, height, width = self.patch_embedding(x)
         attentions = () if output_attentions else None
         for block in self.blocks:
-            hidden_states, probs = block(hidden_states, height, width, output_attentions)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states, probs = torch.utils.checkpoint.checkpoint(
+                    block, hidden_states, height, width, output_attentions, **self.checkpoint_kwargs
+                )
+            else:
+                hidden_states, probs = block(hidden_states, height, width, output_attentions)
             if output_attentions:
                 attentions += (probs,)
         return self.layer_norm(hidden_states), attentions, height, width
@@ -96,6 +108,14 @@ class PvtV2Encoder(FastPath, nn.Module):
         output_hidden_states: bool = False,
         last_stage: Optional[int] = None,
     ) -> BaseModelOutput:
+        if not torch.compiler.is_dynamo_compiling() and torch.onnx.is_in_onnx_export() and \
+                not getattr(self, "_pvtv2_export_mode", False):
+            # torch.onnx.export of any model: the reference path whatever `fast` says (ONNX has no operator for
+            # the fused ops; see pvtv2_fast.export).
+            from .export import export_mode
+
+            with export_mode(self):
+                return self.forward(pixel_values, output_attentions, output_hidden_states, last_stage)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         hidden_states = pixel_values
@@ -222,6 +242,59 @@ class PvtV2PreTrainedModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # ------------------------------------------------------------------ transformers' PreTrainedModel surface
+    supports_gradient_checkpointing = True
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The encoder model under a task head (``self.pvt_v2``), or the model itself, as in transformers."""
+        return getattr(self, self.base_model_prefix, self)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Vision encoders do not generate text; pipelines ask."""
+        return False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the first floating-point parameter (what transformers' ``model.dtype`` reports)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        """Recompute every block's activations in the backward pass (``torch.utils.checkpoint``) while training:
+        activation memory per stage drops to the block inputs, for about one more forward of compute.
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default
+        ``use_reentrant=False``; ``True`` works too, the blocks' inputs require grad)."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        for module in self.modules():
+            if isinstance(module, PvtV2Stage):
+                module.gradient_checkpointing = True
+                module.checkpoint_kwargs = dict(kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, PvtV2Stage):
+                module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if isinstance(m, PvtV2Stage))
+
+    # transformers 5 names (its gradient_checkpointing_* are deprecated aliases of these)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.is_gradient_checkpointing
+
     def _resolve(self, value: Optional[bool], name: str) -> bool:
         return getattr(self.config, name) if value is None else value
 
@@ -298,27 +371,66 @@ class PvtV2ForImageClassification(PvtV2PreTrainedModel):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
+class BackboneType(str, enum.Enum):
+    """Which library a backbone comes from; the values of transformers' ``BackboneType`` (a ``str`` enum, so
+    ``backbone.backbone_type == "transformers"`` holds without importing transformers)."""
+
+    TIMM = "timm"
+    TRANSFORMERS = "transformers"
+
+
 class PvtV2Backbone(PvtV2Model):
     """Multi-scale feature maps for dense prediction: ``feature_maps[i]: (B, C_i, H_i, W_i)`` for ``out_features``.
 
-    Stages after the last requested one are not computed.
+    Stages after the last requested one are not computed. The attributes of transformers' ``BackboneMixin``:
+    ``stage_names``, ``num_features``, ``out_features`` / ``out_indices`` (settable, per model, as in transformers:
+    setting them does not touch the config), ``out_feature_channels``, ``channels``, ``backbone_type``.
     """
+
+    backbone_type = BackboneType.TRANSFORMERS
 
     def __init__(self, config: PvtV2Config, fast: bool = False) -> None:
         super().__init__(config, fast)
         self.num_features = list(config.hidden_sizes)
+        self._out_features, self._out_indices = config.out_features, config.out_indices
 
     @property
-    def out_features(self):
-        return self.config.out_features
+    def stage_names(self) -> List[str]:
+        return self.config.stage_names
 
     @property
-    def out_indices(self):
-        return self.config.out_indices
+    def out_features(self) -> List[str]:
+        return list(self._out_features)
+
+    @out_features.setter
+    def out_features(self, value: Optional[List[str]]) -> None:
+        # The config's alignment rules (None = last stage, stage order, names checked) on a scratch copy.
+        probe = self.config.copy()
+        probe.out_features = value
+        self._out_features, self._out_indices = probe.out_features, probe.out_indices
 
     @property
-    def channels(self):
-        return [self.config.hidden_sizes[i] for i in self.config.out_indices]
+    def out_indices(self) -> List[int]:
+        return list(self._out_indices)
+
+    @out_indices.setter
+    def out_indices(self, value: Optional[List[int]]) -> None:
+        probe = self.config.copy()
+        probe.out_indices = value
+        self._out_features, self._out_indices = probe.out_features, probe.out_indices
+
+    @property
+    def out_feature_channels(self) -> Dict[str, int]:
+        """Channels of every stage by name (all stages, not only the selected ones, as in transformers)."""
+        return dict(zip(self.stage_names, self.num_features))
+
+    @property
+    def channels(self) -> List[int]:
+        return [self.num_features[i] for i in self._stage_indices()]
+
+    def _stage_indices(self) -> List[int]:
+        """``out_indices`` as non-negative stage indices (transformers keeps ``[-1]`` as given)."""
+        return [i % len(self.stage_names) for i in self._out_indices]
 
     def forward(
         self,
@@ -327,18 +439,24 @@ class PvtV2Backbone(PvtV2Model):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> BackboneOutput | Tuple:
+        """``return_dict=False`` gives transformers' tuple, ``(feature_maps,)`` plus ``(hidden_states,)`` when
+        asked; transformers' backbone never returns attentions, ours does in the ``BackboneOutput`` (a superset:
+        a tuple consumer unpacking positions sees exactly transformers' layout)."""
         check_pixel_values(pixel_values, self.config)
         output_hidden_states = self._resolve(output_hidden_states, "output_hidden_states")
-        indices = self.config.out_stage_indices  # out_indices may hold negatives (as transformers keeps them)
+        output_attentions = self._resolve(output_attentions, "output_attentions")
+        indices = self._stage_indices()
         out = self.encoder(
             pixel_values,
-            self._resolve(output_attentions, "output_attentions"),
+            output_attentions,
             output_hidden_states=True,
             last_stage=None if output_hidden_states else max(indices),
         )
         feature_maps = tuple(out.hidden_states[i] for i in indices)
-        result = BackboneOutput(feature_maps, out.hidden_states if output_hidden_states else None, out.attentions)
-        return result if self._resolve(return_dict, "return_dict") else result.to_tuple()
+        hidden_states = out.hidden_states if output_hidden_states else None
+        if not self._resolve(return_dict, "return_dict"):
+            return (feature_maps,) + ((hidden_states,) if output_hidden_states else ())
+        return BackboneOutput(feature_maps, hidden_states, out.attentions)
 
 
 class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
@@ -364,10 +482,18 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> SemanticSegmenterOutput | Tuple:
-        maps = self.pvt_v2(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        """``labels (B, H, W)`` integer class ids (or 0/1 for ``num_labels == 1``, binary cross-entropy).
+        ``attentions``, as Segformer returns them: one ``(B, heads, N_i, M_i)`` map per block, all stages in one
+        flat tuple (``PvtV2Model`` nests them per stage, as transformers' PvtV2 does)."""
+        if labels is not None and self.config.num_labels < 1:
+            raise ValueError(f"labels need num_labels >= 1, the config has {self.config.num_labels}")
+        output_attentions = self._resolve(output_attentions, "output_attentions")
+        outputs = self.pvt_v2(pixel_values, output_attentions, output_hidden_states=True, return_dict=True)
+        maps = outputs.hidden_states
         logits = self.decode_head(maps)
         loss = None
         if labels is not None:
@@ -380,5 +506,6 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
                 loss = (F.binary_cross_entropy_with_logits(upsampled.squeeze(1), labels.float(), reduction="none")
                         * valid).mean()
         keep = self._resolve(output_hidden_states, "output_hidden_states")
-        out = SemanticSegmenterOutput(loss, logits, maps if keep else None, None)
+        attentions = tuple(a for stage in outputs.attentions for a in stage) if output_attentions else None
+        out = SemanticSegmenterOutput(loss, logits, maps if keep else None, attentions)
         return out if self._resolve(return_dict, "return_dict") else out.to_tuple()

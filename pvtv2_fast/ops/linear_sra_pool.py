@@ -16,6 +16,11 @@ def linear_sra_pool_reference(x: Tensor, height: int, width: int, pool_size: int
     """The PyTorch composition: tokens → NCHW map → ``F.adaptive_avg_pool2d`` → ``(B, P·P, C)`` tokens."""
     b, n, c = x.shape
     grid = x.transpose(1, 2).reshape(b, c, height, width)
+    if not torch.compiler.is_dynamo_compiling() and torch.onnx.is_in_onnx_export():
+        # ONNX exporters fix adaptive pooling's windows at the traced size: bins as matrix products instead
+        from ..export import adaptive_avg_pool2d_exportable
+
+        return adaptive_avg_pool2d_exportable(grid, pool_size).flatten(2).transpose(1, 2)
     return F.adaptive_avg_pool2d(grid, pool_size).flatten(2).transpose(1, 2)
 
 
