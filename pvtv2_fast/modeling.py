@@ -124,6 +124,8 @@ class PvtV2Encoder(FastPath, nn.Module):
             tokens, attentions, height, width = layer(hidden_states, output_attentions)
             # fast mode: stage maps stay channels-last views of the tokens (same shape and values, no copy)
             hidden_states = token_map(tokens, height, width, channels_last=self.fast)
+            if not self.fast:
+                hidden_states = hidden_states.contiguous()  # transformers' stage maps: contiguous NCHW
             if output_attentions:  # one tuple per stage, one map per block, as transformers returns them
                 all_attentions += (attentions,)
             if output_hidden_states:

@@ -33,7 +33,8 @@ class FastPath:
 
 def token_map(tokens: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
     """``(B, H·W, C)`` tokens as a ``(B, C, H, W)`` map: a channels-last *view* (no copy; convolutions then write
-    channels-last, i.e. token, memory) or transformers' contiguous NCHW copy."""
+    channels-last, i.e. token, memory), or transformers' ``transpose(1, 2).reshape(...)`` (the reference's
+    numerics follow its layout, since convolution algorithms round by layout)."""
     b, _, c = tokens.shape
     if channels_last:
         return tokens.view(b, height, width, c).permute(0, 3, 1, 2)
