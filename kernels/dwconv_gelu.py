@@ -24,7 +24,9 @@ NUM_WARPS = 4
 INTERPRETED_MAX_TILE = (1024, 256)  # (BLOCK_P, BLOCK_C): the interpreter pays per program, so few large tiles
 
 
-@triton.jit
+# H, W are the map's size: specialising on them (Triton specialises ints on == 1 and divisibility by 16)
+# gains nothing, loads run along channels; not doing it keeps one binary per dtype and tile, not per map size.
+@triton.jit(do_not_specialize=["H", "W"])
 def dwconv_gelu_kernel(
     X, Wt, Bias, Y,
     H, W, C,

@@ -21,7 +21,9 @@ NUM_WARPS = 4
 INTERPRETED_MAX_TILE = (4096, 256)  # (BLOCK_BIN, BLOCK_C): the interpreter pays per step, so one step per bin
 
 
-@triton.jit
+# H, W are the map's size: specialising on them (Triton specialises ints on == 1 and divisibility by 16)
+# gains nothing, loads run along channels; not doing it keeps one binary per dtype and tile, not per map size.
+@triton.jit(do_not_specialize=["H", "W"])
 def linear_sra_pool_kernel(
     X, Y,
     H, W, C,

@@ -18,7 +18,9 @@ import triton.language as tl
 from .launch import batch_chunks, check_grid
 
 
-@triton.jit
+# N, M only bound masks and loops: not specialising them (Triton specialises ints on == 1 and divisibility
+# by 16) keeps one binary per dtype and tile instead of one per map size.
+@triton.jit(do_not_specialize=["N", "M"])
 def sra_attention_kernel(
     Q, K, V, O,
     sm_scale,
