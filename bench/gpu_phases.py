@@ -225,7 +225,7 @@ def triton_compile_keys(case: Case, dtype: str) -> Tuple[set, set]:
         d = c // heads
         bd = at.block_d(d)
         sp = spec(heads, d, n * c, c, m * 2 * c, 2 * c)  # N and M are not specialised (do_not_specialize)
-        if m <= at.ONE_BLOCK_MAX_KEYS:
+        if m <= (at.ONE_BLOCK_MAX_KEYS_FP32 if dtype == "fp32" else at.ONE_BLOCK_MAX_KEYS):
             compiles.add(("attn", dtype, at.one_block_tile(dtype == "fp32", bd, m), bd, sp))
         else:
             configs = at.AUTOTUNE_CONFIGS_FP32 if dtype == "fp32" else at.AUTOTUNE_CONFIGS

@@ -19,7 +19,7 @@ _PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
 
 def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object], int, int]]:
-    from .sra_attention import (AUTOTUNE_CONFIGS, AUTOTUNE_CONFIGS_FP32, ONE_BLOCK_MAX_KEYS, ONE_BLOCK_WARPS,
+    from .sra_attention import (AUTOTUNE_CONFIGS, AUTOTUNE_CONFIGS_FP32, ONE_BLOCK_WARPS, one_block_max_keys,
                                 one_block_tile, sra_attention_kernel)
 
     def largest(configs):
@@ -33,7 +33,7 @@ def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str
         # the one-block tiles the launcher picks (one_block_tile) for Linear SRA's 49 keys and for the most keys
         # the path takes; then the streaming path at each autotune config (or the largest)
         variants = []
-        for keys in (49, ONE_BLOCK_MAX_KEYS):
+        for keys in (49, one_block_max_keys(dtype == "fp32")):
             block_n, block_m = one_block_tile(dtype == "fp32", block_d, keys)
             variants.append(dict(BLOCK_N=block_n, BLOCK_M=block_m, ONE_BLOCK=True, num_warps=ONE_BLOCK_WARPS,
                                  num_stages=3))

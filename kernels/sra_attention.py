@@ -109,6 +109,9 @@ def sra_attention_kernel(
 # ---------------------------------------------------------------------------------------------- launch
 # Tiles, defined once here; kernels/aot.py compiles exactly these (bench/results/triton_compile.md).
 ONE_BLOCK_MAX_KEYS = 128  # up to this many keys, all keys are one block (no online-softmax loop)
+# Compiled fp32 (tf32x3 splits each operand in two) spills its score tile past 64 keys (272 B of stack at 16×128 on
+# sm_90, triton 3.8) while the streaming path's fp32 tiles do not: fp32 streams from 65 keys.
+ONE_BLOCK_MAX_KEYS_FP32 = 64
 INTERPRETED_BLOCK_N = 256  # the interpreter pays per program: few, large tiles
 INTERPRETED_STREAM_TILE = (128, 128)  # (BLOCK_N, BLOCK_M) of the streaming path under the interpreter
 
@@ -138,18 +141,19 @@ def block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def one_block_tile(fp32: bool, head_block: int, m: int) -> tuple:
-    """``(BLOCK_N, BLOCK_M)`` of the compiled one-block path for ``m <= ONE_BLOCK_MAX_KEYS`` keys.
+def one_block_max_keys(fp32: bool) -> int:
+    """Most keys the one-block path takes: compiled fp32 streams from 65 keys; the interpreter has no registers."""
+    return ONE_BLOCK_MAX_KEYS_FP32 if fp32 and not interpreting() else ONE_BLOCK_MAX_KEYS
 
-    The whole ``BLOCK_N × BLOCK_M`` score tile lives in registers; fp32's tf32x3 dots split each operand in
-    two, so fp32 takes half the queries of fp16/bf16, and half again for 128-wide heads or more than 64 keys
-    (where 32 queries spilled ~750 B of stack on sm_90 with triton 3.8)."""
+
+def one_block_tile(fp32: bool, head_block: int, m: int) -> tuple:
+    """``(BLOCK_N, BLOCK_M)`` of the compiled one-block path for ``m`` keys (at most ``one_block_max_keys``).
+
+    The whole ``BLOCK_N × BLOCK_M`` score tile lives in registers: 64 queries (32 for 128-wide heads) in half
+    precision; fp32's tf32x3 dots split each operand in two, and 32 queries × 64 keys still spilled 8 B on sm_90
+    (bench/results/triton_compile.md), so fp32 takes 16."""
     block_m = max(16, triton.next_power_of_2(m))
-    block_n = 64 if head_block <= 64 else 32
-    if fp32:
-        block_n //= 2
-        if block_m > 64:
-            block_n = min(block_n, 16)
+    block_n = 16 if fp32 else (64 if head_block <= 64 else 32)
     return block_n, block_m
 
 
@@ -187,7 +191,7 @@ def sra_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_hea
 
 
 def _launch(args, n: int, m: int, programs_bh: int, fp32: bool, on_cuda: bool, consts: dict) -> None:
-    if m <= ONE_BLOCK_MAX_KEYS:
+    if m <= one_block_max_keys(fp32):
         block_n, block_m = one_block_tile(fp32, consts["BLOCK_D"], m)
         if interpreting():
             block_n = INTERPRETED_BLOCK_N

@@ -27,7 +27,7 @@ def _start(out: Path, *args: str) -> subprocess.Popen:
 
 def _phase_rows(summary: str) -> dict:
     rows = {}
-    for line in summary.splitlines():
+    for line in summary.split("## Estimated")[0].splitlines():  # the phase table, not the estimate's
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells and cells[0] in gpu_quick.PHASE_NAMES:
             rows[cells[0]] = cells

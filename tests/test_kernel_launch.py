@@ -42,14 +42,18 @@ def test_batch_chunks_refuse_items_wider_than_the_grid():
         list(launch.batch_chunks(2, 65536))
 
 
-def test_one_block_tiles_stay_within_the_spill_free_sizes():
-    """fp32 score tiles: ≤ 32×64 (≤ 64 keys) and ≤ 16×128 (65–128 keys); see bench/results/triton_compile.md."""
+def test_one_block_tiles_stay_within_the_spill_free_sizes(monkeypatch):
+    """Compiled fp32 takes one block only up to 64 keys, in 16×64 score tiles (larger ones spilled on sm_90; see
+    bench/results/triton_compile.md); half precision up to 128 keys."""
+    monkeypatch.setattr(sra_attention, "interpreting", lambda: False)
+    assert sra_attention.one_block_max_keys(True) == 64 and sra_attention.one_block_max_keys(False) == 128
     for head_block in (16, 32, 64, 128):
         for m in (1, 49, 64, 65, 100, 128):
-            bn, bm = sra_attention.one_block_tile(True, head_block, m)
-            assert bm >= m and bn * bm <= 32 * 64
-            bn16, _ = sra_attention.one_block_tile(False, head_block, m)
-            assert bn16 >= bn
+            bn16, bm16 = sra_attention.one_block_tile(False, head_block, m)
+            assert bm16 >= m and bn16 * bm16 <= 64 * 128
+            if m <= 64:
+                bn, bm = sra_attention.one_block_tile(True, head_block, m)
+                assert bm >= m and bn * bm <= 16 * 64
 
 
 @pytest.mark.parametrize("op", ["attention", "dwconv"])
