@@ -124,14 +124,19 @@ class Run:
 
     # ------------------------------------------------------------------------------------------ setup
     def prepare_tree(self) -> None:
-        """``pvtv2_fast.kernels`` is ``kernels/`` (setup.py's package_dir); link it for the PYTHONPATH layout."""
+        """``pvtv2_fast.kernels`` is ``kernels/`` (setup.py's package_dir). Unless an (editable) install provides
+        it, link it, the layout the installed package has, so the phases run from PYTHONPATH alone."""
         link = ROOT / "pvtv2_fast" / "kernels"
-        if not link.exists():
-            try:
-                link.symlink_to(Path("..") / "kernels", target_is_directory=True)
-                self.log("linked pvtv2_fast/kernels -> ../kernels")
-            except OSError as e:
-                self.log(f"could not link pvtv2_fast/kernels ({e}); phases import it only if installed")
+        if link.exists():
+            return
+        code = "import importlib.util, sys; sys.exit(importlib.util.find_spec('pvtv2_fast.kernels') is None)"
+        if subprocess.run([sys.executable, "-c", code], env=self.env(), cwd=ROOT).returncode == 0:
+            return
+        try:
+            link.symlink_to(Path("..") / "kernels", target_is_directory=True)
+            self.log("linked pvtv2_fast/kernels -> ../kernels")
+        except OSError as e:
+            self.log(f"could not link pvtv2_fast/kernels ({e}); the phases cannot import the Triton kernels")
 
     def start_build(self) -> None:
         """Build the extension in place for this GPU's arch only, unless a build that loads with CUDA kernels is

@@ -33,8 +33,8 @@ def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str
         # the one-block tiles the launcher picks (one_block_tile) for Linear SRA's 49 keys and for the most keys
         # the path takes; then the streaming path at each autotune config (or the largest)
         variants = []
-        for keys in (49, one_block_max_keys(dtype == "fp32")):
-            block_n, block_m = one_block_tile(dtype == "fp32", block_d, keys)
+        for block_n, block_m in dict.fromkeys(one_block_tile(dtype == "fp32", block_d, keys)
+                                              for keys in (49, one_block_max_keys(dtype == "fp32"))):
             variants.append(dict(BLOCK_N=block_n, BLOCK_M=block_m, ONE_BLOCK=True, num_warps=ONE_BLOCK_WARPS,
                                  num_stages=3))
         variants += [dict(**c.kwargs, ONE_BLOCK=False, num_warps=c.num_warps, num_stages=c.num_stages)
