@@ -13,7 +13,7 @@ COST = {
     "processes": (8.0, "python + torch + CUDA context + triton/pvtv2_fast imports (transformers/timm add ~3 s)"),
     "compiles": (2.0, "one Triton binary, source → PTX → cubin (ptxas); kernels/aot.py took 112 CPU-s for 54 "
                       "variants on the 2-core CPU machine, cuobjdump included"),
-    "sweeps": (0.8, "one autotune key: 4–6 configs × do_bench (25 ms warm-up + 100 ms of runs)"),
+    "sweeps": (0.6, "one autotune key: 4 configs × do_bench (25 ms warm-up + 100 ms of runs)"),
     "small": (0.15, "one parity case at ≤ 2048²: random inputs, the kernel, a float64 reference, the comparison"),
     "big": (1.5, "one parity case at 4096² or past 2³¹ elements: GBs of inputs and a float64 reference"),
     "models": (4.0, "building a model on the CPU, moving it, its first forwards"),

@@ -529,6 +529,17 @@ def plan_model_stage(ctx: Ctx, dtype: str, h, w, c, heads, m, ffn, linear, pool:
         ctx.plan_sweeps |= sweeps
 
 
+def device_ceilings(ctx: Ctx, dtype, n_copy: int, n_mm: int) -> Tuple[float, float]:
+    """(copy bytes read + written per second, matmul FLOP/s in ``dtype``), measured now; buffers freed on return."""
+    import torch
+
+    src = torch.empty(n_copy, dtype=torch.uint8, device=ctx.device).random_()
+    dst = torch.empty_like(src)
+    bandwidth = 2 * n_copy / ctx.time(lambda: dst.copy_(src))
+    a, b = (torch.randn(n_mm, n_mm, device=ctx.device, dtype=dtype) for _ in range(2))
+    return bandwidth, 2 * n_mm**3 / ctx.time(lambda: a @ b, repeats=10, warmup=3)
+
+
 def phase_kernels(ctx: Ctx) -> None:
     """Ceilings first (copy bandwidth, GEMM rate) so every row's '% of floor' uses this run's numbers."""
     import torch
@@ -538,13 +549,8 @@ def phase_kernels(ctx: Ctx) -> None:
 
     dev, dtype = ctx.device, (torch.float32 if ctx.dry else torch.bfloat16)
     elt = torch.finfo(dtype).bits // 8
-    n_copy, n_mm = (2**22, 256) if ctx.dry else (2**28, 8192)
-    src = torch.empty(n_copy, dtype=torch.uint8, device=dev).random_()
-    dst = torch.empty_like(src)
-    bandwidth = 2 * n_copy / ctx.time(lambda: dst.copy_(src))
-    a, b_ = torch.randn(n_mm, n_mm, device=dev, dtype=dtype), torch.randn(n_mm, n_mm, device=dev, dtype=dtype)
-    rate = 2 * n_mm**3 / ctx.time(lambda: a @ b_, repeats=10, warmup=3)
-    del src, dst, a, b_
+    n_mm = 256 if ctx.dry else 8192
+    bandwidth, rate = device_ceilings(ctx, dtype, 2**22 if ctx.dry else 2**28, n_mm)
     ctx.out.write(f"\nMeasured here: copy {bandwidth / 1e9:.0f} GB/s (read + write), {str(dtype)[6:]} matmul "
                   f"{rate / 1e12:.1f} TFLOP/s ({n_mm}³). '% of floor': max(bytes / copy rate, flops / matmul "
                   f"rate) over the time; times include the layout copies the PyTorch compositions need.")
@@ -600,7 +606,6 @@ def phase_kernels(ctx: Ctx) -> None:
                     t_cpp = ctx.time(lambda: ops.linear_sra_pool(q, h, w, backend=cuda_backend))
                     row(f"{tag} pool 7×7 CUDA C++", shape, t_cpp, nbytes, 0, t_ref)
                     versus["linear_sra_pool"].append(t_cpp / t_tr)
-            del q, kv, k, v, x, wt, bias, y
     ctx.out.write(versus_table(versus))
 
 
@@ -630,9 +635,9 @@ def phase_e2e(ctx: Ctx) -> None:
     preset, size, batch, dtype = ("b0", 32, 1, "fp32") if ctx.dry else ("b2", 1024, 8, "bf16")
     for stage, h, w, c, heads, m, ffn, linear in _stage_shapes("b2", 1024, 1024):  # the GPU plan's Triton work
         plan_model_stage(ctx, "bf16", h, w, c, heads, m, ffn, linear, pool=False, batch=8)
+    peak = "not measured on the CPU dry run" if ctx.dry else "torch.cuda.max_memory_allocated above the resident models"
     ctx.out.write(f"\n{preset} backbone at {size}², batch {batch}, {dtype}: median of interleaved runs "
-                  f"(CUDA-synchronised), peak memory of one forward after warm-up "
-                  f"({'torch.cuda.max_memory_allocated above the resident models' if not ctx.dry else 'not measured on the CPU dry run'}).")
+                  f"(CUDA-synchronised), peak memory of one forward after warm-up ({peak}).")
     cands = _e2e_candidates(ctx, preset, size, batch, dtype)
     repeats, warmup = (1, 1) if ctx.dry else (10, 2)
     timings = time_interleaved([Candidate(n, r) for n, r, _ in cands], repeats=repeats, warmup=warmup,
@@ -773,7 +778,8 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_child(phase: str, worker: str, out: Path, dry: bool, deadline: Optional[float], counts_dir: Optional[Path]) -> int:
+def run_child(phase: str, worker: str, out: Path, dry: bool, deadline: Optional[float],
+              counts_dir: Optional[Path]) -> int:
     _exit_with_parent()
     if dry:
         os.environ.setdefault("TRITON_INTERPRET", "1")

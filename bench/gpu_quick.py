@@ -284,7 +284,8 @@ class Run:
             compiles = c.get("compiles", "")
             if "compiled" in c:
                 compiles = f"{compiles} (measured {c['compiled']})"
-            lines.append(f"| {r.phase.name} | {r.status} | {r.seconds:.0f} | {c.get('cpu_s', '')} | {c.get('cases', '')} | "
+            lines.append(f"| {r.phase.name} | {r.status} | {r.seconds:.0f} | {c.get('cpu_s', '')} | "
+                         f"{c.get('cases', '')} | "
                          f"{c.get('failed', '')} | {c.get('processes', '')} | {compiles} | "
                          f"{c.get('sweeps', '')} | {r.note} |")
         skipped = [r.phase.name for r in self.records if r.status == "skipped"]

@@ -60,7 +60,8 @@ def linear_sra_pool_kernel(
         mask = (k < bin_size)[:, None] & mask_c[None, :]
         acc += tl.load(base + token[:, None] * stride_xn, mask=mask, other=0.0).to(tl.float32)
     out = tl.sum(acc, axis=0) / bin_size.to(tl.float32)
-    tl.store(Y + b.to(tl.int64) * stride_yb + cell * stride_yn + offs_c * stride_yc, out.to(Y.dtype.element_ty), mask=mask_c)
+    y_ptrs = Y + b.to(tl.int64) * stride_yb + cell * stride_yn + offs_c * stride_yc
+    tl.store(y_ptrs, out.to(Y.dtype.element_ty), mask=mask_c)
 
 
 def linear_sra_pool_fwd(x: torch.Tensor, height: int, width: int, pool_size: int = 7) -> torch.Tensor:
