@@ -35,9 +35,14 @@ bench: venv
 bench-micro: venv
 	$(PY) -m pytest bench/ --benchmark-only
 
-# On a machine with a CUDA GPU: GPU parity tests + GPU benchmarks, report under bench/results/.
-gpu-check: venv
-	$(PY) -m bench.gpu_check
+# On a CUDA machine, offline included: the whole GPU check in <= 7 minutes (bench/gpu_quick.py), results in $$OUT
+# or bench/results/gpu/. No venv and no install: it runs on GPU_PY (default python3, which must import torch and
+# triton; make gpu-check GPU_PY=.venv/bin/python for the venv). GPU_CHECK_ARGS: e.g. --budget 300, --dry-run.
+GPU_PY ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@$(GPU_PY) -c "import torch" 2>/dev/null || { echo "make gpu-check: $(GPU_PY) cannot import torch (set GPU_PY)"; exit 2; }
+	$(GPU_PY) -m bench.gpu_quick $(GPU_CHECK_ARGS)
 
 # The CPU kernels built with AddressSanitizer (build/asan, the normal build is untouched), then the C++ op tests:
 # parity (the cpu cases of tests/ops) and the raw ops' bad-input, overflow and pool-bin checks (test_cpp_checks).
@@ -50,7 +55,7 @@ sanitize: venv
 
 # Every Triton kernel variant compiled for sm_80/sm_90, with its resource use (no GPU needed).
 aot-report: venv
-	$(PY) -m pvtv2_fast.kernels.aot --arch 80 90 --out bench/results/triton_compile.md
+	env -u TRITON_INTERPRET $(PY) -m pvtv2_fast.kernels.aot --arch 80 90 --out bench/results/triton_compile.md
 
 info: venv
 	$(PY) -m pvtv2_fast info

@@ -38,7 +38,7 @@ def _row(name, shape, t, nbytes, flops, ceil, ref_t=None):
             (ref_t / t) if ref_t else float("nan")]
 
 
-def _versus_table(versus) -> str:
+def versus_table(versus) -> str:
     """Per op, the geometric mean of CUDA C++ time / Triton time over the shapes: the data behind CUDA_ORDER."""
     rows = []
     for op, ratios in versus.items():
@@ -48,7 +48,7 @@ def _versus_table(versus) -> str:
         geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
         order = ("triton", "cuda") if geomean >= 1 else ("cuda", "triton")
         rows.append([op, len(ratios), geomean, f"CUDA_ORDER[{op!r}] = {order}"])
-    return ("\n## Triton vs CUDA C++ (decides `pvtv2_fast.ops._dispatch.CUDA_ORDER`)\n\n"
+    return ("\n## Triton vs CUDA C++ (decides the per-op order of `backend=\"auto\"` on CUDA, `CUDA_ORDER`)\n\n"
             + markdown_table(["op", "shapes", "geomean time CUDA C++ / Triton", "faster first"], rows) + "\n")
 
 
@@ -57,7 +57,7 @@ def run(presets, sizes, dtype_name: str, out: Path) -> str:
     ceil = device_ceilings(dtype)
     elt = torch.finfo(dtype).bits // 8
     rows = []
-    # the extension's CUDA C++ kernels, timed beside Triton's to decide ops._dispatch.CUDA_ORDER
+    # the extension's CUDA C++ kernels, timed beside Triton's to decide ops.registry.CUDA_ORDER
     cuda_cpp = {op: _ext.has_kernel(native, "cuda")
                 for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "linear_sra_pool"))}
     versus = {op: [] for op in cuda_cpp}
@@ -110,7 +110,7 @@ def run(presets, sizes, dtype_name: str, out: Path) -> str:
     text = (f"# Kernel benchmark ({torch.cuda.get_device_name()}, {dtype_name}, batch 1)\n\n"
             f"Measured ceilings: copy {ceil['bandwidth'] / 1e12:.2f} TB/s (read + write), matmul "
             f"{ceil['flops'] / 1e12:.0f} TFLOP/s. Bytes counted: each input read once, each output written once.\n\n"
-            + markdown_table(headers, rows) + "\n" + _versus_table(versus))
+            + markdown_table(headers, rows) + "\n" + versus_table(versus))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text

@@ -19,7 +19,8 @@ _PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
 
 def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object], int, int]]:
-    from .sra_attention import _AUTOTUNE_CONFIGS, _AUTOTUNE_CONFIGS_FP32, sra_attention_kernel
+    from .sra_attention import (AUTOTUNE_CONFIGS, AUTOTUNE_CONFIGS_FP32, ONE_BLOCK_WARPS, one_block_max_keys,
+                                one_block_tile, sra_attention_kernel)
 
     def largest(configs):
         return max(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] * c.num_stages)
@@ -28,15 +29,16 @@ def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str
     for dtype, block_d in itertools.product(("fp32", "fp16", "bf16"), (32, 64, 128) if full else (64, 128)):
         sig = {"Q": _PTR[dtype], "K": _PTR[dtype], "V": _PTR[dtype], "O": _PTR[dtype], "sm_scale": "fp32"}
         sig.update({s: "i32" for s in scalars})
-        # the one-block path (Linear SRA's 49 keys; any M <= 128) and the streaming path at each autotune config
-        configs = _AUTOTUNE_CONFIGS_FP32 if dtype == "fp32" else _AUTOTUNE_CONFIGS
-        # the one-block tile the launcher uses (sra_attention_fwd), with 64 keys (Linear SRA's 49, padded)
-        block_n_one = (32 if block_d <= 64 else 16) if dtype == "fp32" else (64 if block_d <= 64 else 32)
-        variants = [dict(BLOCK_N=block_n_one, BLOCK_M=64, ONE_BLOCK=True, num_warps=4, num_stages=3)]
+        configs = AUTOTUNE_CONFIGS_FP32 if dtype == "fp32" else AUTOTUNE_CONFIGS
+        # the one-block tiles the launcher picks (one_block_tile) for Linear SRA's 49 keys and for the most keys
+        # the path takes; then the streaming path at each autotune config (or the largest)
+        variants = []
+        for block_n, block_m in dict.fromkeys(one_block_tile(dtype == "fp32", block_d, keys)
+                                              for keys in (49, one_block_max_keys(dtype == "fp32"))):
+            variants.append(dict(BLOCK_N=block_n, BLOCK_M=block_m, ONE_BLOCK=True, num_warps=ONE_BLOCK_WARPS,
+                                 num_stages=3))
         variants += [dict(**c.kwargs, ONE_BLOCK=False, num_warps=c.num_warps, num_stages=c.num_stages)
                      for c in (configs if full else [largest(configs)])]
-        if not full and block_d == 128:
-            variants = variants[1:]
         for v in variants:
             consts = dict(BLOCK_N=v["BLOCK_N"], BLOCK_M=v["BLOCK_M"], BLOCK_D=block_d, ONE_BLOCK=v["ONE_BLOCK"],
                           DOT_FP32=False, INPUT_PRECISION="tf32x3" if dtype == "fp32" else "ieee")
@@ -46,23 +48,25 @@ def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str
 
 
 def _pool_variants():
-    from .linear_sra_pool import linear_sra_pool_kernel
+    from .linear_sra_pool import MAX_BLOCK_BIN, MAX_BLOCK_C, NUM_WARPS, linear_sra_pool_kernel
 
     scalars = ["H", "W", "C"] + [f"stride_{t}{a}" for t in "xy" for a in ("b", "n", "c")]
     for dtype in ("fp32", "fp16", "bf16"):
         sig = {"X": _PTR[dtype], "Y": _PTR[dtype], **{s: "i32" for s in scalars}}
-        consts = dict(P=7, BLOCK_BIN=32, BLOCK_C=128)
-        yield f"linear_sra_pool {dtype} BIN32×C128", linear_sra_pool_kernel, sig, consts, 4, 3
+        consts = dict(P=7, BLOCK_BIN=MAX_BLOCK_BIN, BLOCK_C=MAX_BLOCK_C)
+        yield (f"linear_sra_pool {dtype} BIN{MAX_BLOCK_BIN}×C{MAX_BLOCK_C}", linear_sra_pool_kernel, sig, consts,
+               NUM_WARPS, 3)
 
 
 def _dwconv_variants():
-    from .dwconv_gelu import dwconv_gelu_kernel
+    from .dwconv_gelu import BLOCK_P, MAX_BLOCK_C, NUM_WARPS, dwconv_gelu_kernel
 
     scalars = ["H", "W", "C"] + [f"stride_{t}{a}" for t in "xy" for a in ("b", "n", "c")]
     for dtype, relu in itertools.product(("fp32", "fp16", "bf16"), (False, True)):
         sig = {"X": _PTR[dtype], "Wt": _PTR[dtype], "Bias": _PTR[dtype], "Y": _PTR[dtype], **{s: "i32" for s in scalars}}
-        consts = dict(HAS_BIAS=True, RELU_INPUT=relu, BLOCK_P=16, BLOCK_C=64)
-        yield f"dwconv_gelu {dtype} relu={relu} P16×C64", dwconv_gelu_kernel, sig, consts, 4, 3
+        consts = dict(HAS_BIAS=True, RELU_INPUT=relu, BLOCK_P=BLOCK_P, BLOCK_C=MAX_BLOCK_C)
+        yield (f"dwconv_gelu {dtype} relu={relu} P{BLOCK_P}×C{MAX_BLOCK_C}", dwconv_gelu_kernel, sig, consts,
+               NUM_WARPS, 3)
 
 
 def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
@@ -153,10 +157,14 @@ def main(argv=None) -> int:
     text = markdown(records)
     print(text)
     if args.out:
+        import triton
+
         with open(args.out, "w") as f:
-            f.write("# Triton kernels compiled ahead of time (no GPU needed)\n\n"
-                    "`python -m pvtv2_fast.kernels.aot --out <file>`; shared memory as Triton reports it, registers "
-                    "and spills from the cubin (ptxas). The interpreter cannot catch what this does.\n\n" + text + "\n")
+            f.write(f"# Triton kernels compiled ahead of time (no GPU needed)\n\n"
+                    f"Triton {triton.__version__}. `python -m pvtv2_fast.kernels.aot --arch "
+                    f"{' '.join(map(str, args.arch))} --out <file>{' --full' if args.full else ''}`; shared memory as "
+                    f"Triton reports it, registers and spills (stack bytes) from the cubin (ptxas). The interpreter "
+                    f"cannot catch what this does.\n\n" + text + "\n")
     return 0 if all(r["ok"] for r in records) else 1
 
 

@@ -12,8 +12,18 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import check_grid
 
-@triton.jit
+# Tiles, defined once here; kernels/aot.py compiles exactly these.
+MAX_BLOCK_BIN = 32  # bin pixels per step (a 4096² stage-1 map's 147×147 bins take ~700 steps)
+MAX_BLOCK_C = 128
+NUM_WARPS = 4
+INTERPRETED_MAX_TILE = (4096, 256)  # (BLOCK_BIN, BLOCK_C): the interpreter pays per step, so one step per bin
+
+
+# H, W are the map's size: specialising on them (Triton specialises ints on == 1 and divisibility by 16)
+# gains nothing, loads run along channels; not doing it keeps one binary per dtype and tile, not per map size.
+@triton.jit(do_not_specialize=["H", "W"])
 def linear_sra_pool_kernel(
     X, Y,
     H, W, C,
@@ -39,15 +49,19 @@ def linear_sra_pool_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     acc = tl.zeros([BLOCK_BIN, BLOCK_C], tl.float32)
-    base = X + b * stride_xb + offs_c[None, :] * stride_xc
+    # 64-bit: b·stride_b and the bin's first token × stride_n pass 2³¹ once B·N·C does; offsets inside the bin
+    # (bounded by its rows × W) stay 32-bit.
+    first = h0 * W + w0
+    base = X + (b.to(tl.int64) * stride_xb + first.to(tl.int64) * stride_xn) + offs_c[None, :] * stride_xc
     # The bin's pixels as one flat range, BLOCK_BIN at a time (usually a single step).
     for k0 in range(0, bin_size, BLOCK_BIN):
         k = k0 + tl.arange(0, BLOCK_BIN)
-        token = (h0 + k // bin_w) * W + (w0 + k % bin_w)
+        token = (k // bin_w) * W + k % bin_w  # relative to the bin's first token
         mask = (k < bin_size)[:, None] & mask_c[None, :]
         acc += tl.load(base + token[:, None] * stride_xn, mask=mask, other=0.0).to(tl.float32)
     out = tl.sum(acc, axis=0) / bin_size.to(tl.float32)
-    tl.store(Y + b * stride_yb + cell * stride_yn + offs_c * stride_yc, out.to(Y.dtype.element_ty), mask=mask_c)
+    y_ptrs = Y + b.to(tl.int64) * stride_yb + cell * stride_yn + offs_c * stride_yc
+    tl.store(y_ptrs, out.to(Y.dtype.element_ty), mask=mask_c)
 
 
 def linear_sra_pool_fwd(x: torch.Tensor, height: int, width: int, pool_size: int = 7) -> torch.Tensor:
@@ -57,11 +71,9 @@ def linear_sra_pool_fwd(x: torch.Tensor, height: int, width: int, pool_size: int
     b, n, c = x.shape
     y = torch.empty((b, pool_size * pool_size, c), device=x.device, dtype=x.dtype)
     max_bin = (-(-height // pool_size) + 1) * (-(-width // pool_size) + 1)
-    if INTERPRETED:  # the interpreter pays per program and per step: one step per bin
-        block_bin, block_c = min(4096, triton.next_power_of_2(max_bin)), min(256, triton.next_power_of_2(c))
-    else:
-        block_bin, block_c = min(32, triton.next_power_of_2(max_bin)), min(128, triton.next_power_of_2(c))
-    grid = (b * pool_size * pool_size, triton.cdiv(c, block_c))
+    max_bin_tile, max_c_tile = INTERPRETED_MAX_TILE if INTERPRETED else (MAX_BLOCK_BIN, MAX_BLOCK_C)
+    block_bin, block_c = min(max_bin_tile, triton.next_power_of_2(max_bin)), min(max_c_tile, triton.next_power_of_2(c))
+    grid = check_grid((b * pool_size * pool_size, triton.cdiv(c, block_c)))  # cells on axis 0: no 65535 limit
     linear_sra_pool_kernel[grid](x, y, height, width, c, *x.stride(), *y.stride(), P=pool_size,
-                                 BLOCK_BIN=block_bin, BLOCK_C=block_c, num_warps=4)
+                                 BLOCK_BIN=block_bin, BLOCK_C=block_c, num_warps=NUM_WARPS)
     return y

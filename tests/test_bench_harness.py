@@ -31,9 +31,9 @@ def test_markdown_table_formats_numbers_and_missing_values():
 
 
 def test_triton_vs_cuda_table_orders_each_op_by_geomean():
-    from bench.kernels import _versus_table
+    from bench.kernels import versus_table
 
-    table = _versus_table({"dwconv_gelu": [0.5, 0.8], "linear_sra_pool": [2.0, 1.5], "other": []})
+    table = versus_table({"dwconv_gelu": [0.5, 0.8], "linear_sra_pool": [2.0, 1.5], "other": []})
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert "CUDA_ORDER['dwconv_gelu'] = ('cuda', 'triton')" in rows["dwconv_gelu"]  # CUDA C++ faster: first
     assert "CUDA_ORDER['linear_sra_pool'] = ('triton', 'cuda')" in rows["linear_sra_pool"]

@@ -49,3 +49,14 @@ def test_elementwise_kernels_do_not_spill(records):
     for r in records:
         if r["kernel"].startswith(("dwconv_gelu", "linear_sra_pool")) and r.get("n_spills") is not None:
             assert r["n_spills"] == 0, f"{r['kernel']} {r['arch']} uses {r['n_spills']} B of stack"
+
+
+def test_one_block_attention_does_not_spill_at_pvtv2_head_dims(records):
+    """The one-block tiles the launcher picks (Linear SRA's 49 keys; up to 128 keys in half precision, 64 in fp32)
+    keep their score tile in registers at PVTv2's head dims (32 and 64)."""
+    checked = 0
+    for r in records:
+        if "one-block" in r["kernel"] and "D=128" not in r["kernel"] and r.get("n_spills") is not None:
+            assert r["n_spills"] == 0, f"{r['kernel']} {r['arch']} uses {r['n_spills']} B of stack"
+            checked += 1
+    assert checked or all(r.get("n_spills") is None for r in records)
