@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (cat requirements-dev.txt setup.py; echo $(CURDIR)) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv test bench bench-micro gpu-check sanitize aot-report info clean
+.PHONY: venv lint test bench bench-micro gpu-check sanitize aot-report info clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): requirements-dev.txt setup.py $(CSRC)
 # before anything imports triton, unless a GPU is present).
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Lint and format check (CI runs it before the tests); `ruff format .` fixes formatting.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The main job: end-to-end CPU benchmark report, the CPU kernels per ISA, and memory vs resolution (Markdown + PNG
 # under bench/results/).
