@@ -1,5 +1,6 @@
 """Command line: ``python -m pvtv2_fast info``, ``classify IMAGE... --weights DIR_OR_ID`` and
-``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768] [--fast]``."""
+``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768 --tile-batch N]
+[--output labels|logits|probs] [--fast]``."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return 2
     mode = "slide" if args.tile else "whole"
     written, errors = segment_files(model, paths, Path(args.out), mode=mode, tile=args.tile or 0,
-                                    stride=args.stride or (args.tile or 0) * 3 // 4)
+                                    stride=args.stride or (args.tile or 0) * 3 // 4, output=args.output,
+                                    tile_batch=args.tile_batch, progress=not args.no_progress)
     for message in errors:
         print(message, file=sys.stderr)
     print(f"wrote {len(written)} files to {args.out}")
@@ -106,6 +108,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     seg.add_argument("--out", required=True, help="output folder")
     seg.add_argument("--tile", type=int, default=0, help="sliding-window tile size (0: whole image)")
     seg.add_argument("--stride", type=int, default=0, help="sliding-window stride (default 3/4 of the tile)")
+    seg.add_argument("--output", choices=["labels", "logits", "probs"], default="labels",
+                     help="labels: <name>_labels.png + <name>_overlay.png; logits / probs: <name>_<output>.npy "
+                          "(num_labels, H, W) float32, streamed to disk")
+    seg.add_argument("--tile-batch", type=int, default=1, help="sliding-window tiles per forward (one row of tiles)")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bars (over images, and over the "
+                     "bands / tiles of images above 4 megapixels)")
     seg.add_argument("--fast", action="store_true", help="use the fused kernels")
     seg.set_defaults(func=cmd_segment)
     args = parser.parse_args(argv)

@@ -258,9 +258,22 @@ def palette(num_labels: int) -> np.ndarray:
     return colours
 
 
+def _atomic(path: Path, write) -> Path:
+    """``write(tmp_path)`` then rename onto ``path``: readers (and reruns) never see a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def save_masks(labels: np.ndarray, image: np.ndarray, out_dir: Path, stem: str, num_labels: int,
                alpha: float = 0.5) -> Tuple[Path, Path]:
-    """``labels (H, W)`` → ``stem_labels.png`` (palette PNG, pixel value = label id) and ``stem_overlay.png``."""
+    """``labels (H, W)`` → ``stem_labels.png`` (palette PNG, pixel value = label id) and ``stem_overlay.png``,
+    each written to a temporary name and renamed into place."""
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,12 +284,19 @@ def save_masks(labels: np.ndarray, image: np.ndarray, out_dir: Path, stem: str, 
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(colours)] = colours
     mask.putpalette(flat.reshape(-1).tolist())
-    label_path = out_dir / f"{stem}_labels.png"
-    mask.save(label_path)
+    label_path = _atomic(out_dir / f"{stem}_labels.png", lambda p: mask.save(p, format="PNG"))
     overlay = (1 - alpha) * image.astype(np.float32) + alpha * colours[labels].astype(np.float32)
-    overlay_path = out_dir / f"{stem}_overlay.png"
-    Image.fromarray(overlay.round().clip(0, 255).astype(np.uint8)).save(overlay_path)
+    overlay = Image.fromarray(overlay.round().clip(0, 255).astype(np.uint8))
+    overlay_path = _atomic(out_dir / f"{stem}_overlay.png", lambda p: overlay.save(p, format="PNG"))
     return label_path, overlay_path
+
+
+def output_paths(out_dir: Path, stem: str, output: str) -> List[Path]:
+    """The files one image's ``output`` is written to: labels → ``stem_labels.png`` + ``stem_overlay.png``;
+    logits / probs → ``stem_logits.npy`` / ``stem_probs.npy`` (``(num_labels, H, W)`` float32)."""
+    if output == "labels":
+        return [out_dir / f"{stem}_labels.png", out_dir / f"{stem}_overlay.png"]
+    return [out_dir / f"{stem}_{output}.npy"]
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> List[Path]:
@@ -291,28 +311,78 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> List[Path]:
     return paths
 
 
-def segment_files(model: PvtV2ForSemanticSegmentation, paths: Iterable[Path], out_dir: Path, mode: str = "whole",
-                  tile: int = 1024, stride: int = 768, progress: bool = True) -> Tuple[List[Path], List[str]]:
-    """Segment image files of any (mixed) sizes one by one; returns (written files, error messages)."""
-    from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
+class ImageReadError(OSError):
+    """An input file that is not a readable image."""
 
+
+def read_image(path: Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # large remote-sensing / pathology images are the point
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e})") from None
+
+
+# Images above this many pixels get a progress bar over their bands / tiles.
+PROGRESS_PIXELS = 1 << 22
+
+
+def segment_file(model: PvtV2ForSemanticSegmentation, path: Path, out_dir: Path, mode: str = "whole",
+                 output: str = "labels", tile: int = 1024, stride: int = 768, tile_batch: int = 1,
+                 progress: bool = True) -> List[Path]:
+    """Segment one image file and write :func:`output_paths` (each renamed into place once complete)."""
     from .preprocessing import PvtV2ImageProcessor
 
-    processor = PvtV2ImageProcessor(do_resize=False)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    image = read_image(path)
+    param = next(model.parameters())
+    pixel_values = PvtV2ImageProcessor(do_resize=False)(image)["pixel_values"].to(param.device, param.dtype)
+    h, w = image.shape[:2]
+    show = progress and h * w >= PROGRESS_PIXELS
+    stem, out_dir = Path(path).stem, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bands = iter_segment(model, pixel_values, mode, output, tile, stride, tile_batch, progress=show)
+    if output == "labels":
+        labels = np.empty((h, w), dtype=np.uint8 if model.config.num_labels <= 256 else np.int32)
+        for r0, band in bands:
+            labels[r0: r0 + band.shape[1]] = band[0].cpu().numpy()
+        return list(save_masks(labels, image, out_dir, stem, model.config.num_labels))
+    path_out = output_paths(out_dir, stem, output)[0]
+
+    def write(tmp: Path) -> None:  # streamed to disk band by band: never (num_labels, H, W) in memory
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(model.config.num_labels, h, w))
+        for r0, band in bands:
+            array[:, r0: r0 + band.shape[2]] = band[0].cpu().numpy()
+        array.flush()
+        del array
+
+    return [_atomic(path_out, write)]
+
+
+def segment_files(model: PvtV2ForSemanticSegmentation, paths: Iterable[Path], out_dir: Path, mode: str = "whole",
+                  tile: int = 1024, stride: int = 768, progress: bool = True, output: str = "labels",
+                  tile_batch: int = 1, skip_existing: bool = False) -> Tuple[List[Path], List[str]]:
+    """Segment image files of any (mixed) sizes one by one; returns (written files, error messages).
+
+    A failed image (unreadable, too small for the model, out of memory) is reported and the rest go on;
+    ``skip_existing`` skips images whose outputs all exist (finished by an earlier run: files appear only
+    complete)."""
+    from tqdm import tqdm
+
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     written, errors = [], []
     paths = list(paths)
     for path in tqdm(paths, desc="segment", unit="image", disable=not progress or len(paths) < 2):
-        try:
-            with Image.open(path) as im:
-                image = np.array(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            errors.append(f"{path}: cannot read image ({e})")
+        if skip_existing and all(p.exists() for p in output_paths(Path(out_dir), Path(path).stem, output)):
             continue
-        pixel_values = processor(image)["pixel_values"].to(device, dtype)
-        logits = segment(model, pixel_values, mode=mode, tile=tile, stride=stride)
-        labels = logits.argmax(1)[0].cpu().numpy()
-        written += save_masks(labels, image, Path(out_dir), Path(path).stem, model.config.num_labels)
+        try:
+            written += segment_file(model, path, out_dir, mode, output, tile, stride, tile_batch, progress)
+        except ImageReadError as e:
+            errors.append(str(e))
+        except (ValueError, MemoryError, RuntimeError) as e:
+            errors.append(f"{path}: {type(e).__name__}: {e}")
     return written, errors
