@@ -12,6 +12,7 @@ same values as resampling the whole map (up to the order of two float additions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -38,8 +39,10 @@ class LinearAxis:
         if in_size < 1 or out_size < 1:
             raise ValueError(f"bilinear resampling needs positive sizes, got {in_size} → {out_size}")
         if dtype == torch.float64:
-            scale = torch.tensor(in_size / out_size, dtype=torch.float64)
-            src = (scale * (torch.arange(out_size, dtype=torch.float64) + 0.5) - 0.5).clamp_min(0)
+            # The same arithmetic in float64; the fused multiply-add's single rounding done exactly in rationals.
+            scale = Fraction(in_size / out_size)
+            src = torch.tensor([float(scale * (d + Fraction(1, 2)) - Fraction(1, 2)) for d in range(out_size)],
+                               dtype=torch.float64).clamp_min(0)
             return cls._from_source(src, in_size, out_size, device)
         # PyTorch's CPU and CUDA kernels (area_pixel_compute_source_index + guard_index_and_lambda), in float32:
         # scale = in/out; src = scale·(dst + 0.5) − 0.5 clamped at 0; i0 = min(floor(src), in − 1);
