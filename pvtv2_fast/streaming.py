@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,17 @@ class LinearAxis:
 def resample_band(x: torch.Tensor, rows: LinearAxis, cols: LinearAxis, start: int, stop: int,
                   offset: int = 0) -> torch.Tensor:
     """Channels-last band ``x (B, r, W_in, C)`` holding source rows ``[offset, offset + r)`` → output rows
-    ``[start, stop)`` resampled to ``(B, stop − start, W_out, C)``. Rows first: the band is narrower then."""
-    return cols.resample(rows.resample(x, 1, start, stop, offset), 2)
+    ``[start, stop)`` resampled to ``(B, stop − start, W_out, C)``.
+
+    Rows first (here: a gather of whole rows, the band is narrow then); columns by PyTorch's own bilinear kernel
+    on the channels-last view with the row axis left unchanged (size r → r copies rows exactly), which applies
+    the same column weights as resampling the whole map and is ~10× faster than a gather along W."""
+    x = rows.resample(x, 1, start, stop, offset)
+    if cols.identity:
+        return x
+    out = F.interpolate(x.permute(0, 3, 1, 2), size=(x.shape[1], cols.i0.numel()), mode="bilinear",
+                        align_corners=False)
+    return out.permute(0, 2, 3, 1)
 
 
 class RowCache:
