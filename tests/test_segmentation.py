@@ -418,3 +418,58 @@ def test_cli_writes_streamed_probs_and_skips_finished_images(tmp_path):
     written, errors = segment_files(model, [tmp_path / "a.png"], tmp_path / "out", output="probs",
                                     skip_existing=True, progress=False)
     assert written == [] and errors == []
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def _torchrun(*args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(cwd) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                           "--nproc-per-node", "2", "-m", "pvtv2_fast.distributed", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.mark.slow
+def test_torchrun_two_workers_equal_one_process_and_rerun_skips(tmp_path):
+    """Each image written once by one of 2 gloo workers, outputs equal to the single-process run; a bad image is
+    reported without stopping the rest; a rerun segments nothing."""
+    from pathlib import Path
+
+    from pvtv2_fast.segmentation import collect_images, segment_files
+
+    weights = _saved_hf(tmp_path / "weights")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i, (h, w) in enumerate([(70, 90), (45, 61), (96, 64), (33, 120), (81, 81)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    (images / "broken.png").write_text("not an image")
+    model = PvtV2ForSemanticSegmentation.from_pretrained(weights)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: identical arithmetic
+    try:
+        _, errors = segment_files(model, collect_images([images]), tmp_path / "single", mode="slide", tile=64,
+                                  stride=48, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(errors) == 1
+    root = Path(__file__).resolve().parent.parent
+    args = (images, "--weights", weights, "--out", tmp_path / "multi", "--tile", "64", "--stride", "48",
+            "--threads", "1")
+    first = _torchrun(*args, cwd=root)
+    assert first.returncode == 1, first.stderr[-3000:]  # the broken image fails; the others are written
+    assert "broken.png: cannot read image" in first.stderr
+    assert re.search(r"rank 0: 3 images, 2 segmented .* 1 failed", first.stdout), first.stdout
+    assert re.search(r"rank 1: 3 images, 3 segmented .* 0 failed", first.stdout), first.stdout
+    single = sorted(p.name for p in (tmp_path / "single").iterdir())
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == single and len(single) == 10
+    for name in single:
+        assert np.array_equal(np.array(Image.open(tmp_path / "single" / name)),
+                              np.array(Image.open(tmp_path / "multi" / name))), name
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "multi").iterdir()}
+    again = _torchrun(*args, cwd=root)
+    assert re.search(r"rank 1: 3 images, 0 segmented .* 3 skipped", again.stdout), again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "multi").iterdir()} == stamps
