@@ -87,7 +87,8 @@ def _check_args(model, pixel_values: torch.Tensor, mode: str, output: str, tile:
 def _finish(band: torch.Tensor, output: str) -> torch.Tensor:
     """Full-resolution logits band ``(B, rows, W, L)`` fp32 → the requested output's band."""
     if output == "labels":
-        return band.argmax(-1).to(label_dtype(band.shape[-1]))
+        # max(-1).indices: ~2× argmax's speed on CPU (same index but where two logits are exactly equal).
+        return band.max(-1).indices.to(label_dtype(band.shape[-1]))
     if output == "probs":
         band = band.softmax(-1)
     return band.permute(0, 3, 1, 2)

@@ -152,10 +152,13 @@ class FoldedDecodeHead:
 
     def rows(self, a: int, b: int) -> torch.Tensor:
         acc = None
-        for cache, rows_axis, cols_axis in self.stages:
+        # Deepest stage first: its resampled band is a fresh tensor to accumulate into (stage 1's is a view of
+        # its cache, at the same resolution).
+        for cache, rows_axis, cols_axis in reversed(self.stages):
             lo, hi = rows_axis.source_range(a, b)
             band = resample_band(cache.get(lo, hi), rows_axis, cols_axis, a, b, offset=lo)
-            acc = band.clone() if acc is None else acc.add_(band)
+            acc = (band.clone() if rows_axis.identity and cols_axis.identity else band) if acc is None \
+                else acc.add_(band)
         acc = F.relu_(acc.add_(self.bias))
         return F.linear(acc, self.classifier_weight, self.classifier_bias)
 
