@@ -14,7 +14,8 @@ One fresh process per point (``--child``): the extra peak resident memory of the
 before it, glibc's mmap threshold pinned so freed tensors return to the OS), and the median time over the calls
 (3 below 2048², 2 at 2048², 1 above). Written as Markdown + a memory / time vs pixels plot.
 
-    python -m bench.segmentation [--points b0:512,1024,2048,4096,8192 b2:1024,2048,4096] [--out PATH]
+    python -m bench.segmentation [--points b0:512,1024,2048,4096,8192 b2:1024,2048,4096] [--impls ...] [--out PATH]
+        [--add]   # measure some points again / more points, keeping the others of the report at --out
 """
 
 from __future__ import annotations
@@ -122,13 +123,31 @@ def parse_points(items):
     return points
 
 
-def run(points, out: Path, impls=IMPLS, timeout: float = 3600) -> str:
+def run(points, out: Path, impls=IMPLS, timeout: float = 3600, add: bool = False) -> str:
+    """Measure every (preset, size, impl) point in a fresh process and write the report. ``add``: keep the points
+    of an earlier report at ``out`` (its ``.json``) that this run does not measure."""
     from tqdm import tqdm
 
+    results = load(out) if add else {}
     todo = [(p, s, i) for p, s in points for i in impls if s <= MAX_SIZE.get(i, 10**9)]
-    results = {}
     for preset, size, impl in tqdm(todo, desc="segmentation vs resolution", unit="run"):
         results[(preset, size, impl)] = measure(dict(impl=impl, preset=preset, size=size), timeout)
+    return report(results, out)
+
+
+def load(out: Path) -> dict:
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return {}
+    return {(r["preset"], r["size"], r["impl"]): dict(peak=r["peak"], seconds=r["seconds"])
+            for r in json.loads(path.read_text())}
+
+
+def report(results: dict, out: Path) -> str:
+    """``{(preset, size, impl): {"peak", "seconds"}}`` → ``out``.md / .png / .json; returns the Markdown."""
+    order = {p: i for i, p in enumerate(SEGFORMER)}
+    points = sorted({(p, s) for p, s, _ in results}, key=lambda ps: (order[ps[0]], ps[1]))
+    impls = [i for i in IMPLS if any(k[2] == i for k in results)]
     rows = []
     for preset, size in points:
         theirs = results.get((preset, size, "transformers"), {}).get("seconds", float("nan"))
@@ -148,6 +167,8 @@ def run(points, out: Path, impls=IMPLS, timeout: float = 3600) -> str:
                              rows) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(
+        [dict(preset=p, size=s, impl=i, **r) for (p, s, i), r in sorted(results.items())], indent=1))
     plot(results, points, impls, out.with_suffix(".png"))
     return text
 
@@ -188,11 +209,12 @@ def main(argv=None) -> None:
     parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per point")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_segmentation")
+    parser.add_argument("--add", action="store_true", help="keep the earlier report's other points (its .json)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(json.loads(args.child))
-    print(run(parse_points(args.points), args.out, args.impls, args.timeout))
+    print(run(parse_points(args.points), args.out, args.impls, args.timeout, args.add))
 
 
 if __name__ == "__main__":
