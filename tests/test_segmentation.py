@@ -473,3 +473,17 @@ def test_torchrun_two_workers_equal_one_process_and_rerun_skips(tmp_path):
     again = _torchrun(*args, cwd=root)
     assert re.search(r"rank 1: 3 images, 0 segmented .* 3 skipped", again.stdout), again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "multi").iterdir()} == stamps
+
+
+def test_segmentation_benchmark_report_round_trips(tmp_path):
+    """bench.segmentation's points parser and report (Markdown, plot, JSON kept for --add)."""
+    from bench.segmentation import load, parse_points, report
+
+    assert parse_points(["b0:512,2048", "b2:4096"]) == [("b0", 512), ("b0", 2048), ("b2", 4096)]
+    with pytest.raises(SystemExit, match="PRESET"):
+        parse_points(["b9:512"])
+    results = {("b0", 512, "labels"): dict(peak=2**29, seconds=1.0),
+               ("b0", 512, "transformers"): dict(peak=2**30, seconds=3.0)}
+    text = report(results, tmp_path / "seg")
+    assert "| b0 | 512² | labels | 0.5 | 1 | 3 |" in text
+    assert load(tmp_path / "seg") == results and (tmp_path / "seg.png").stat().st_size > 0
