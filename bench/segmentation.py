@@ -184,7 +184,8 @@ def plot(results, points, impls, path: Path) -> None:
     for col, preset in enumerate(presets):
         sizes = [s for p, s in points if p == preset]
         for impl in impls:
-            pts = [(s * s / 1e6, results[(preset, s, impl)]) for s in sizes if (preset, s, impl) in results]
+            pts = [(s * s / 1e6, results[(preset, s, impl)]) for s in sizes
+                   if results.get((preset, s, impl), {}).get("peak", float("nan")) > 0]  # nan: failed or timed out
             if not pts:
                 continue
             axes[0][col].plot([p for p, _ in pts], [r["peak"] / 2**30 for _, r in pts], marker="o", label=impl)
