@@ -32,6 +32,7 @@ class LinearAxis:
     w0: torch.Tensor  # (out_size,) float32
     w1: torch.Tensor  # (out_size,) float32
     identity: bool
+    bounds: tuple  # (i0, i1) as Python lists: band bounds without a device round trip per band
 
     @classmethod
     def build(cls, in_size: int, out_size: int, device: torch.device | str = "cpu",
@@ -62,11 +63,12 @@ class LinearAxis:
         w1 = (src - i0.to(src.dtype)).clamp(0, 1)
         i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
         w0 = 1 - w1
-        return cls(i0.to(device), i1.to(device), w0.to(device), w1.to(device), in_size == out_size)
+        return cls(i0.to(device), i1.to(device), w0.to(device), w1.to(device), in_size == out_size,
+                   (i0.tolist(), i1.tolist()))
 
     def source_range(self, start: int, stop: int) -> tuple[int, int]:
         """The source rows ``[lo, hi)`` that outputs ``[start, stop)`` read (indices are non-decreasing)."""
-        return int(self.i0[start]), int(self.i1[stop - 1]) + 1
+        return self.bounds[0][start], self.bounds[1][stop - 1] + 1
 
     def resample(self, x: torch.Tensor, dim: int, start: int = 0, stop: int | None = None,
                  offset: int = 0) -> torch.Tensor:
