@@ -29,12 +29,13 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The main job: end-to-end CPU benchmark report, the CPU kernels per ISA, and memory vs resolution (Markdown + PNG
-# under bench/results/).
+# The main job: end-to-end CPU benchmark report, the CPU kernels per ISA, memory vs resolution, and segmentation
+# image → labels vs resolution up to 8192² (Markdown + PNG under bench/results/).
 bench: venv
 	$(PY) -m bench.report
 	$(PY) -m bench.isa
 	$(PY) -m bench.memory
+	$(PY) -m bench.segmentation
 
 # Per-op micro-benchmarks through pytest-benchmark.
 bench-micro: venv

@@ -1,5 +1,6 @@
 """Command line: ``python -m pvtv2_fast info``, ``classify IMAGE... --weights DIR_OR_ID`` and
-``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768] [--fast]`` and
+``segment IMAGE_OR_DIR... --weights DIR_OR_ID --out DIR [--tile 1024 --stride 768 --tile-batch N]
+[--output labels|logits|probs] [--fast]`` and
 ``export --weights DIR_OR_ID --out FILE.onnx [--task ...] [--check]`` (ONNX, dynamic batch, height and width).
 
 Batches finish: an image that cannot be used (unreadable or truncated file, unsupported mode or value range,
@@ -126,7 +127,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from . import PvtV2ForSemanticSegmentation
     from . import segmentation
     from .checkpoint import CheckpointMismatchError
-    from .preprocessing import PvtV2ImageProcessor, load_image, to_rgb8
 
     try:
         model = PvtV2ForSemanticSegmentation.from_pretrained(args.weights, fast=args.fast)
@@ -144,22 +144,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     mode = "slide" if args.tile else "whole"
     tile = args.tile or 0
     stride = args.stride or max(1, tile * 3 // 4)
-    processor = PvtV2ImageProcessor(do_resize=False)  # segmentation keeps each image's own size
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     written: List[Path] = []
     stems = {}  # output stem → the input that used it: two inputs named alike must not overwrite each other
     batch = Batch(len(paths))
-    for path in tqdm(paths, desc="segment", unit="image", disable=len(paths) < 2):
+    for path in tqdm(paths, desc="segment", unit="image", disable=len(paths) < 2 or args.no_progress):
         with batch.image(path):
             if path.stem in stems:
-                raise ValueError(f"its outputs {path.stem}_*.png would overwrite those of {stems[path.stem]}; "
+                raise ValueError(f"its outputs {path.stem}_* would overwrite those of {stems[path.stem]}; "
                                  f"rename one of them or segment them into different --out folders")
-            image = load_image(path, max_pixels=args.max_pixels)
-            pixel_values = processor(image)["pixel_values"].to(device, dtype)
-            logits = segmentation.segment(model, pixel_values, mode=mode, tile=tile, stride=stride)
-            labels = logits.argmax(1)[0].cpu().numpy()
             stems[path.stem] = path
-            written += segmentation.save_masks(labels, to_rgb8(image), out, path.stem, model.config.num_labels)
+            written += segmentation.segment_file(model, path, out, mode, args.output, tile, stride, args.tile_batch,
+                                                 progress=not args.no_progress, max_pixels=args.max_pixels)
     print(f"wrote {len(written)} files to {args.out}")
     return batch.finish()
 
@@ -237,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sliding-window tile size in pixels (default: the whole image in one forward)")
     seg.add_argument("--stride", type=_positive_int, default=None,
                      help="sliding-window stride, at most --tile (default 3/4 of the tile)")
+    seg.add_argument("--output", choices=["labels", "logits", "probs"], default="labels",
+                     help="labels: <name>_labels.png + <name>_overlay.png; logits / probs: <name>_<output>.npy "
+                          "(num_labels, H, W) float32, streamed to disk")
+    seg.add_argument("--tile-batch", type=_positive_int, default=1,
+                     help="sliding-window tiles per forward (one row of tiles)")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bars (over images, and over the "
+                     "bands / tiles of images above 4 megapixels)")
     seg.add_argument("--fast", action="store_true", help="use the fused kernels")
     _add_max_pixels(seg)
     seg.set_defaults(func=cmd_segment)
