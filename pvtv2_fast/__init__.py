@@ -8,6 +8,7 @@ from .modeling import (
     PvtV2Model,
     PvtV2PreTrainedModel,
 )
+from .inference import InferenceModel, optimize_for_inference
 from .validation import min_input_size, stage_shapes, stage_sizes
 
 __version__ = "0.1.0"
@@ -20,6 +21,8 @@ __all__ = [
     "PvtV2ForSemanticSegmentation",
     "PvtV2Model",
     "PvtV2PreTrainedModel",
+    "InferenceModel",
+    "optimize_for_inference",
     "min_input_size",
     "preset_names",
     "stage_shapes",
