@@ -84,7 +84,8 @@ def check_parity(candidates, dtype: str) -> dict:
 DEFAULT_CONFIGS = ["b0:224", "b0:512", "b0:1024", "b2:224", "b2:512"]
 
 
-def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1):
+def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1,
+        op_tables=True):
     """``configs``: (preset, size) pairs. Returns one dict per (config, impl)."""
     torch.set_num_threads(threads)
     load_before = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
@@ -145,7 +146,7 @@ def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu
     plot(results, impls, out.with_suffix(".png"), f"PVTv2 encoder forward, {device} {dtype}")
     if "fast" in impls:
         plot_speedup(results, impls, out.parent / (out.name + "_speedup.png"), f"fast=True speed-up, {device} {dtype}")
-    if device == "cpu":
+    if device == "cpu" and op_tables:
         text += "\n" + op_table(threads)
     out.with_suffix(".md").write_text(text)
     print(text)
@@ -350,6 +351,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-op-tables", action="store_true", help="skip the fused-op and FFN tables")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_e2e")
     args = parser.parse_args(argv)
     configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
@@ -360,7 +362,7 @@ def main(argv=None) -> None:
         print("onnxruntime dropped from a bf16 run: it has no bf16 CPU path here")
         args.impls = [i for i in args.impls if i != "onnxruntime"]
     run(configs, args.impls, args.repeats, args.warmup, not args.no_memory, args.threads, args.out,
-        dtype=args.dtype, batch=args.batch)
+        dtype=args.dtype, batch=args.batch, op_tables=not args.no_op_tables)
 
 
 if __name__ == "__main__":
