@@ -24,8 +24,7 @@ import torch
 from tqdm import tqdm
 
 from bench.candidates import PEERS, build, output_tensor
-from bench.harness import (RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess,
-                           time_interleaved)
+from bench.harness import RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess, time_interleaved
 
 DEFAULT_IMPLS = ["reference", "fast", "inference", "transformers", "timm", "timm-cl", "compile:timm", "onnxruntime",
                  "openvino"]
@@ -135,8 +134,8 @@ def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu
             f"Machine: {machine_line()}.\n{cpu_line()}; load average before the run {load_before}.\n"
             f"Median of {repeats} interleaved runs after {warmup} warm-up; "
             f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: {peak_note} "
-            f"(not measured for compiled candidates and peers). Every output was checked against {impls[0]}'s before timing "
-            f"(last column).\n"
+            f"(not measured for compiled candidates and peers). Every output was checked against {impls[0]}'s "
+            f"before timing (last column).\n"
             f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)} --batch {batch} "
             f"--dtype {dtype} --threads {threads}`\n\n"
             + peer_summary(results, impls)

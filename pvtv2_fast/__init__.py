@@ -1,6 +1,7 @@
 """pvtv2_fast: a transformers-compatible PVTv2 reference in pure PyTorch, with fused kernels behind ``fast=True``."""
 
 from .config import PRESETS, PvtV2Config, preset_names
+from .inference import InferenceModel, optimize_for_inference
 from .modeling import (
     PvtV2Backbone,
     PvtV2ForImageClassification,
@@ -8,7 +9,6 @@ from .modeling import (
     PvtV2Model,
     PvtV2PreTrainedModel,
 )
-from .inference import InferenceModel, optimize_for_inference
 from .validation import min_input_size, stage_shapes, stage_sizes
 
 __version__ = "0.1.0"

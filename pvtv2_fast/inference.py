@@ -43,8 +43,10 @@ class InferenceModel:
         import torch._inductor.config as inductor_config
 
         if self.model.training:
-            raise RuntimeError("optimize_for_inference: the wrapped model was switched to training mode; the "
-                               "compiled graph is for eval only (call .eval(), or train the eager model)")
+            raise RuntimeError(
+                "optimize_for_inference: the wrapped model was switched to training mode; the "
+                "compiled graph is for eval only (call .eval(), or train the eager model)"
+            )
         # Freezing applies to graphs compiled without autograd; it is read when a shape first compiles.
         with torch.no_grad(), inductor_config.patch(freezing=True):
             return self.compiled(*args, **kwargs)

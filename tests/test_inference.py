@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_max_abs_close, randomize_
 
 from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, PvtV2Model, optimize_for_inference
-
-from conftest import assert_max_abs_close, randomize_
 
 # A small encoder with every stage (SR ratios 8/4/2/1) so one compile stays under a minute on 2 cores.
 TINY = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], mlp_ratios=[2] * 4)
