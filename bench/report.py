@@ -1,10 +1,16 @@
 """``make bench`` — the end-to-end report: forward latency (median, candidates interleaved in one process) and peak
 memory (one fresh process per candidate) of this library (reference and fast=True) vs transformers vs timm vs
-``torch.compile`` of timm, plus the fused CPU ops against their PyTorch compositions and a plain copy; written as
-Markdown and PNG plots under ``bench/results/``.
+``torch.compile`` of timm vs the deployment peers ONNX Runtime and OpenVINO (timm's encoder exported to ONNX), plus
+the fused CPU ops against their PyTorch compositions and a plain copy; written as Markdown and PNG plots under
+``bench/results/``. Every candidate's output is checked against the first candidate's before timing.
 
-    python -m bench.report [--configs b0:224 b0:512 ...] [--impls reference fast transformers timm compile:timm]
-                           [--repeats 5] [--threads N] [--no-memory] [--out bench/results/cpu_e2e]
+    python -m bench.report [--configs b0:224 b0:512 ...] [--impls reference fast inference timm timm-cl openvino ...]
+                           [--repeats 5] [--threads N] [--batch 1] [--dtype fp32|bf16] [--no-memory]
+                           [--out bench/results/cpu_e2e]
+
+Batched rows (issue 11): ``--configs b0:224 b2:224 --batch 8 --impls timm inference openvino openvino-tput
+--no-memory --out bench/results/cpu_e2e_batch8``; bf16 (skipped with the reason on CPUs without AVX512-BF16/AMX):
+``--dtype bf16 --impls timm inference openvino --no-memory --out bench/results/cpu_e2e_bf16``.
 """
 
 from __future__ import annotations
@@ -17,17 +23,71 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench.candidates import build
-from bench.harness import (RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess,
-                           time_interleaved)
+from bench.candidates import PEERS, build, output_tensor
+from bench.harness import RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess, time_interleaved
 
-DEFAULT_IMPLS = ["reference", "fast", "transformers", "timm", "compile:timm"]
+DEFAULT_IMPLS = ["reference", "fast", "inference", "transformers", "timm", "timm-cl", "compile:timm", "onnxruntime",
+                 "openvino"]
+# max |candidate - first candidate| allowed before timing, relative to max |first candidate| (fp32 rounding of
+# different summation orders; bf16 runs are reported, not checked).
+PARITY_RTOL = {"fp32": 1e-4}
+
+
+def cpu_line() -> str:
+    """The CPU the numbers come from: model, cores, and the ISA flags that matter to the kernels and peers."""
+    import os
+    import re
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return f"CPU: unknown (no lscpu), {os.cpu_count()} logical CPUs"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+           if f in flags]
+    model = re.sub(r"\s+", " ", fields.get("Model name", "unknown").strip())
+    return (f"CPU: {model}, {os.cpu_count()} logical CPUs ({fields.get('Core(s) per socket', '?').strip()} cores per "
+            f"socket, {fields.get('Thread(s) per core', '?').strip()} threads per core), ISA: {' '.join(isa)}")
+
+
+def bf16_skip_reason() -> str:
+    """Why a bf16 CPU run is not meaningful here ('' when the CPU has native bf16 arithmetic)."""
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return "cannot read /proc/cpuinfo"
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return "this CPU has neither AVX512-BF16 nor AMX-BF16: bf16 would be emulated, slower than fp32"
+    return ""
+
+
+def check_parity(candidates, dtype: str) -> dict:
+    """One forward of each candidate (this is also their first warm-up, where compiled ones compile); returns
+    ``{name: max |output - first candidate's output|}`` and raises if an fp32 candidate is off."""
+    with torch.inference_mode():
+        outs = {c.name: output_tensor(c.fn()) for c in candidates}
+    first = candidates[0].name
+    ref = outs[first]
+    scale = max(1.0, ref.abs().max().item())
+    errors = {}
+    for name, out in outs.items():
+        if out.shape != ref.shape:
+            raise AssertionError(f"parity: {name} returns {tuple(out.shape)}, {first} {tuple(ref.shape)}")
+        errors[name] = (out - ref).abs().max().item()
+        if dtype in PARITY_RTOL and not errors[name] <= PARITY_RTOL[dtype] * scale:
+            raise AssertionError(f"parity: {name} differs from {first} by {errors[name]:.3g} "
+                                 f"(> {PARITY_RTOL[dtype]} × {scale:.3g}); not timing a wrong answer")
+    return errors
 DEFAULT_CONFIGS = ["b0:224", "b0:512", "b0:1024", "b2:224", "b2:512"]
 
 
-def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1):
+def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1,
+        op_tables=True):
     """``configs``: (preset, size) pairs. Returns one dict per (config, impl)."""
     torch.set_num_threads(threads)
+    load_before = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
     rows, results = [], []
     bar = tqdm(total=len(configs) * (repeats + (len(impls) if memory else 0)), desc="benchmark", unit="step")
     for preset, size in configs:
@@ -35,54 +95,86 @@ def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu
                  for i in impls]
         bar.set_postfix_str(f"{preset} @{size}² timing")
         candidates = [Candidate(s["impl"], build(s)[0], s) for s in specs]
+        bar.set_postfix_str(f"{preset} @{size}² parity (compiles)")
+        errors = check_parity(candidates, dtype)
         timings = time_interleaved(candidates, repeats=repeats, warmup=warmup, device=device, progress=bar)
         del candidates
         gc.collect()
         peaks = {}
         for spec in specs:
-            # compiled candidates would recompile inside the probe: their memory is not measured
-            if memory and not spec["impl"].startswith("compile:"):
+            # compiled candidates would recompile inside the probe, and the peers' arenas are not torch's: their
+            # memory is not measured
+            if memory and not unmeasured(spec["impl"]):
                 bar.set_postfix_str(f"{preset} @{size}² memory {spec['impl']}")
                 peaks[spec["impl"]] = peak_memory_subprocess(spec)
                 bar.update(1)
             else:
                 peaks[spec["impl"]] = float("nan")
         if memory:
-            bar.update(sum(1 for s in specs if s["impl"].startswith("compile:")))
+            bar.update(sum(1 for s in specs if unmeasured(s["impl"])))
         ref = timings["reference"].median if "reference" in timings else math.nan
         hf = timings["transformers"].median if "transformers" in timings else math.nan
         tm = timings["timm"].median if "timm" in timings else math.nan
         for impl in impls:
             t = timings[impl].median
             row = dict(preset=preset, size=size, impl=impl, ms=t * 1e3, vs_reference=ref / t, vs_transformers=hf / t,
-                       vs_timm=tm / t, peak_mb=peaks[impl] / 2**20)
+                       vs_timm=tm / t, peak_mb=peaks[impl] / 2**20, max_err=errors[impl])
             results.append(row)
             rows.append([preset, f"{size}²", impl, row["ms"], row["vs_reference"], row["vs_transformers"],
-                         row["vs_timm"], row["peak_mb"]])
+                         row["vs_timm"], row["peak_mb"], row["max_err"]])
     bar.close()
 
     headers = ["preset", "input", "implementation", "median ms", "speed-up vs reference", "vs transformers",
-               "vs timm", "peak MB (forward)"]
+               "vs timm", "peak MB (forward)", f"max |Δ| vs {impls[0]}"]
     table = markdown_table(headers, rows)
     config_args = " ".join(f"{p}:{s}" for p, s in configs)
     peak_note = ("what one forward adds to the resident set in a fresh process, after a warm-up forward"
                  if device == "cpu" else "torch.cuda.max_memory_allocated above the model, fresh process")
     text = (f"# End-to-end forward latency and memory ({device}, {dtype}, batch {batch})\n\n"
-            f"Machine: {machine_line()}. Median of {repeats} interleaved runs after {warmup} warm-up; "
+            f"Machine: {machine_line()}.\n{cpu_line()}; load average before the run {load_before}.\n"
+            f"Median of {repeats} interleaved runs after {warmup} warm-up; "
             f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: {peak_note} "
-            f"(not measured for compiled candidates).\n"
-            f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)}`\n\n"
+            f"(not measured for compiled candidates and peers). Every output was checked against {impls[0]}'s "
+            f"before timing (last column).\n"
+            f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)} --batch {batch} "
+            f"--dtype {dtype} --threads {threads}`\n\n"
+            + peer_summary(results, impls)
             + (fast_summary(results, impls) if "fast" in impls else "")
             + f"{table}\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, impls, out.with_suffix(".png"), f"PVTv2 encoder forward, {device} {dtype}")
     if "fast" in impls:
         plot_speedup(results, impls, out.parent / (out.name + "_speedup.png"), f"fast=True speed-up, {device} {dtype}")
-    if device == "cpu":
+    if device == "cpu" and op_tables:
         text += "\n" + op_table(threads)
     out.with_suffix(".md").write_text(text)
     print(text)
     return results
+
+
+def unmeasured(impl: str) -> bool:
+    return impl.startswith("compile:") or impl == "inference" or impl in PEERS
+
+
+def peer_summary(results, impls) -> str:
+    """Issue 11's view: each candidate's time relative to timm eager (< 1 = faster than timm), and this library's
+    modes against the fastest peer (OpenVINO), with the issue's targets."""
+    if "timm" not in impls:
+        return ""
+    rows = []
+    for preset, size in dict.fromkeys((r["preset"], r["size"]) for r in results):
+        by_impl = {r["impl"]: r for r in results if (r["preset"], r["size"]) == (preset, size)}
+        tm = by_impl["timm"]["ms"]
+        row = [preset, f"{size}²", *(by_impl[i]["ms"] / tm for i in impls)]
+        for mine in ("fast", "inference"):
+            if mine in by_impl and "openvino" in by_impl:
+                row.append(by_impl["openvino"]["ms"] / by_impl[mine]["ms"])
+        rows.append(row)
+    mine_cols = [f"{m} speed / OpenVINO's" for m in ("fast", "inference") if m in impls and "openvino" in impls]
+    return ("Time relative to timm eager (< 1 = faster), and speed relative to OpenVINO (> 1 = faster). Issue 11's "
+            "targets: fast ≥ 1.0× OpenVINO at 512²/1024² and ≤ 0.5 of timm at 224²; inference mode ≥ 1.1× "
+            "OpenVINO everywhere; neither slower than timm-cl.\n\n"
+            + markdown_table(["preset", "input", *impls, *mine_cols], rows) + "\n\n")
 
 
 def fast_summary(results, impls) -> str:
@@ -255,11 +347,21 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-op-tables", action="store_true", help="skip the fused-op and FFN tables")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_e2e")
     args = parser.parse_args(argv)
     configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
-    run(configs, args.impls, args.repeats, args.warmup, not args.no_memory, args.threads, args.out)
+    if args.dtype == "bf16" and bf16_skip_reason():
+        print(f"bf16 run skipped: {bf16_skip_reason()}")
+        return
+    if args.dtype != "fp32" and "onnxruntime" in args.impls:
+        print("onnxruntime dropped from a bf16 run: it has no bf16 CPU path here")
+        args.impls = [i for i in args.impls if i != "onnxruntime"]
+    run(configs, args.impls, args.repeats, args.warmup, not args.no_memory, args.threads, args.out,
+        dtype=args.dtype, batch=args.batch, op_tables=not args.no_op_tables)
 
 
 if __name__ == "__main__":

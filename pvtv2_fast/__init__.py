@@ -1,6 +1,7 @@
 """pvtv2_fast: a transformers-compatible PVTv2 reference in pure PyTorch, with fused kernels behind ``fast=True``."""
 
 from .config import PRESETS, PvtV2Config, preset_names
+from .inference import InferenceModel, optimize_for_inference
 from .modeling import (
     PvtV2Backbone,
     PvtV2ForImageClassification,
@@ -21,6 +22,8 @@ __all__ = [
     "PvtV2ForSemanticSegmentation",
     "PvtV2Model",
     "PvtV2PreTrainedModel",
+    "InferenceModel",
+    "optimize_for_inference",
     "is_patched",
     "min_input_size",
     "patch",

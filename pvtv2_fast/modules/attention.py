@@ -63,7 +63,8 @@ class SpatialReductionAttention(FastPath, nn.Module):
         elif sr_ratio > 1:
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
             self.layer_norm = nn.LayerNorm(hidden_size, eps=sr_eps)
-        self._kv_cache: Optional[tuple] = None
+        # Derived weights for inference (packed K/V, channels-last SR conv), see _inference_cache.
+        self._caches: dict = {}
 
     def reduce(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The key/value source: ``(B, N, C)`` tokens of an H×W map → ``(B, M, C)`` reduced tokens."""
@@ -75,7 +76,14 @@ class SpatialReductionAttention(FastPath, nn.Module):
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
             grid = token_map(hidden_states, height, width, channels_last=self.fast)
-            return self.layer_norm(self.spatial_reduction(grid).flatten(2).transpose(1, 2))
+            conv = self.spatial_reduction
+            if self.fast:
+                # The grid is a channels-last view: oneDNN wants the weight channels-last too, and would otherwise
+                # reorder it on every call (profiled: the largest non-arithmetic item of fast=True at 224²).
+                reduced = F.conv2d(grid, self._channels_last_sr_weight(), conv.bias, conv.stride)
+            else:
+                reduced = conv(grid)
+            return self.layer_norm(reduced.flatten(2).transpose(1, 2))
         return hidden_states
 
     def key_value(self, reduced: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -92,12 +100,25 @@ class SpatialReductionAttention(FastPath, nn.Module):
         identity and version counters, so in-place updates, ``load_state_dict`` and ``.to()`` all invalidate it;
         under autograd or compilation the concatenation is recomputed (it must be part of the graph)."""
         params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
+        return self._inference_cache("kv", params, self._cat_kv)
+
+    def _channels_last_sr_weight(self) -> torch.Tensor:
+        """The spatial-reduction conv weight ``(C, C, sr, sr)`` in channels-last memory (same values), cached for
+        inference like the packed K/V weights."""
+        weight = self.spatial_reduction.weight
+        return self._inference_cache("sr", (weight,), lambda: weight.contiguous(memory_format=torch.channels_last))
+
+    def _inference_cache(self, slot: str, params: tuple, make):
+        """``make()``, computed once per state of ``params``: the cache key is their identity, version counter and
+        storage, so in-place updates, ``load_state_dict`` and ``.to()`` all invalidate it; under autograd or
+        compilation ``make()`` runs every call (it must be part of the graph)."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._cat_kv()
+            return make()
         key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
-        if self._kv_cache is None or self._kv_cache[0] != key:
-            self._kv_cache = (key, self._cat_kv())
-        return self._kv_cache[1]
+        entry = self._caches.get(slot)
+        if entry is None or entry[0] != key:
+            entry = self._caches[slot] = (key, make())
+        return entry[1]
 
     def _cat_kv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         bias = None if self.key.bias is None else torch.cat([self.key.bias, self.value.bias])

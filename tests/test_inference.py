@@ -1,0 +1,68 @@
+"""pvtv2_fast.optimize_for_inference (fast=True under torch.compile with inductor freezing) and the benchmark
+peers it is measured against: same outputs as the reference, clear errors for misuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_max_abs_close, randomize_
+
+from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, PvtV2Model, optimize_for_inference
+
+# A small encoder with every stage (SR ratios 8/4/2/1) so one compile stays under a minute on 2 cores.
+TINY = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], mlp_ratios=[2] * 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("linear", [False, True], ids=["sra", "linear-sra"])
+def test_inference_mode_matches_reference_on_an_odd_size(linear):
+    model = randomize_(PvtV2Model(PvtV2Config(**TINY, linear_attention=linear)).eval())
+    x = torch.randn(2, 3, 61, 45, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).last_hidden_state.clone()
+    fast = optimize_for_inference(model)
+    assert_max_abs_close(fast(x).last_hidden_state, expected, "optimize_for_inference vs reference", atol=1e-5)
+    assert_max_abs_close(fast(x).last_hidden_state, expected, "second call (compiled graph)", atol=1e-5)
+
+
+def test_inference_mode_rejects_misuse():
+    with pytest.raises(TypeError, match="pvtv2_fast model"):
+        optimize_for_inference(torch.nn.Linear(2, 2))
+    model = PvtV2ForImageClassification(PvtV2Config(**TINY))
+    with pytest.raises(TypeError, match="dynamic must be a bool"):
+        optimize_for_inference(model, dynamic="yes")
+    with pytest.raises(ValueError, match="backend"):
+        optimize_for_inference(model, backend="nope")
+    wrapped = optimize_for_inference(model)
+    assert not model.training and all(m.fast for m in model.modules() if hasattr(m, "op_backend"))
+    model.train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        wrapped(torch.zeros(1, 3, 64, 64))
+
+
+def test_report_parity_check_refuses_a_wrong_candidate():
+    from bench.harness import Candidate
+    from bench.report import check_parity
+
+    ref = torch.randn(1, 4, 2, 2)
+    good = [Candidate("a", lambda: ref), Candidate("b", lambda: (ref + 1e-6).numpy())]
+    assert check_parity(good, "fp32")["b"] == pytest.approx(1e-6, rel=0.1)
+    with pytest.raises(AssertionError, match="c differs from a"):
+        check_parity(good + [Candidate("c", lambda: ref + 1e-2)], "fp32")
+    with pytest.raises(AssertionError, match="returns"):
+        check_parity([good[0], Candidate("d", lambda: ref[0])], "fp32")
+    assert check_parity(good + [Candidate("c", lambda: ref + 1e-2)], "bf16")["c"] == pytest.approx(1e-2, rel=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["timm-cl", "onnxruntime", "openvino", "openvino-tput"])
+def test_bench_peers_match_the_reference(impl):
+    pytest.importorskip("timm")
+    pytest.importorskip({"onnxruntime": "onnxruntime"}.get(impl, "openvino" if "openvino" in impl else "timm"))
+    from bench.candidates import build, output_tensor
+
+    spec = dict(preset="b0", size=64, batch=2, threads=1)
+    with torch.inference_mode():
+        expected = output_tensor(build(dict(spec, impl="reference"))[0]())
+        got = output_tensor(build(dict(spec, impl=impl))[0]())
+    assert_max_abs_close(got, expected, impl, atol=1e-4)
