@@ -36,8 +36,10 @@ def extensions():
         import torch
         from torch.utils import cpp_extension
     except ImportError:
-        warnings.warn("torch is not importable at build time: building pvtv2_fast without its C++ extension "
-                      "(use pip install --no-build-isolation to build it)")
+        warnings.warn(  # noqa: B028 - a build-time notice; the caller is setuptools
+            "torch is not importable at build time: building pvtv2_fast without its C++ extension "
+            "(use pip install --no-build-isolation to build it)"
+        )
         return [], {}
     mode = os.environ.get("PVTV2_FAST_CUDA", "auto")
     cuda_home = _cuda_home()
@@ -52,8 +54,9 @@ def extensions():
     link = ["-fopenmp"] + (["-fsanitize=address"] if os.environ.get("PVTV2_FAST_SANITIZE") == "address" else [])
     kwargs = dict(name="pvtv2_fast._C", include_dirs=include_dirs, extra_link_args=link)
     if not with_cuda:
-        return [cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)], \
-            {"build_ext": cpp_extension.BuildExtension}
+        return [cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)], {
+            "build_ext": cpp_extension.BuildExtension
+        }
     os.environ["CUDA_HOME"] = cuda_home
     cpp_extension.CUDA_HOME = cuda_home
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -65,8 +68,11 @@ def extensions():
             break
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
-    return [cpp_extension.CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
-                                        **kwargs)], {"build_ext": cpp_extension.BuildExtension}
+    return [
+        cpp_extension.CUDAExtension(
+            sources=sources, extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc}, **kwargs
+        )
+    ], {"build_ext": cpp_extension.BuildExtension}
 
 
 ext_modules, cmdclass = extensions()

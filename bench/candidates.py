@@ -26,8 +26,15 @@ from pvtv2_fast import PvtV2Config, PvtV2Model
 from pvtv2_fast.checkpoint import canonical_to_timm
 
 PEERS = ("onnxruntime", "openvino", "openvino-tput")
-TIMM_NAMES = {"b0": "pvt_v2_b0", "b1": "pvt_v2_b1", "b2": "pvt_v2_b2", "b2_linear": "pvt_v2_b2_li", "b3": "pvt_v2_b3",
-              "b4": "pvt_v2_b4", "b5": "pvt_v2_b5"}
+TIMM_NAMES = {
+    "b0": "pvt_v2_b0",
+    "b1": "pvt_v2_b1",
+    "b2": "pvt_v2_b2",
+    "b2_linear": "pvt_v2_b2_li",
+    "b3": "pvt_v2_b3",
+    "b4": "pvt_v2_b4",
+    "b5": "pvt_v2_b5",
+}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -86,8 +93,15 @@ def export_onnx(preset: str, ours: torch.nn.Module, shape: Tuple[int, ...]) -> P
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # The TorchScript exporter: ~5 s here; its graph runs within 1e-5 of timm in both runtimes.
-            torch.onnx.export(_Features(timm_model(preset, ours)), (torch.zeros(shape),), str(tmp), dynamo=False,
-                              input_names=["pixel_values"], output_names=["features"], opset_version=17)
+            torch.onnx.export(
+                _Features(timm_model(preset, ours)),
+                (torch.zeros(shape),),
+                str(tmp),
+                dynamo=False,
+                input_names=["pixel_values"],
+                output_names=["features"],
+                opset_version=17,
+            )
         tmp.replace(path)
     return path
 
@@ -103,8 +117,9 @@ def build_peer(impl: str, preset: str, ours: torch.nn.Module, x: torch.Tensor, t
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(export_onnx(preset, ours, tuple(x.shape))), opts,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(export_onnx(preset, ours, tuple(x.shape))), opts, providers=["CPUExecutionProvider"]
+        )
         return lambda: session.run(None, {"pixel_values": xs})[0]
     import openvino as ov
 
@@ -127,7 +142,7 @@ def build_peer(impl: str, preset: str, ours: torch.nn.Module, x: torch.Tensor, t
 
     def run():
         for i in range(xs.shape[0]):
-            queue.start_async({0: xs[i: i + 1]}, i)
+            queue.start_async({0: xs[i : i + 1]}, i)
         queue.wait_all()
         import numpy as np
 
@@ -146,8 +161,7 @@ def build(spec: dict) -> Tuple[Callable[[], object], torch.nn.Module]:
     if impl in PEERS:
         if device != "cpu":
             raise ValueError(f"{impl} is a CPU peer, got device {device!r}")
-        run = build_peer(impl, preset, ours, x, spec.get("threads", torch.get_num_threads()),
-                         spec.get("dtype", "fp32"))
+        run = build_peer(impl, preset, ours, x, spec.get("threads", torch.get_num_threads()), spec.get("dtype", "fp32"))
         return run, ours
     x = x.to(device, dtype)
     compiled = impl.startswith("compile:")

@@ -11,8 +11,11 @@ from typing import Dict
 # seconds per unit, with where each comes from
 COST = {
     "processes": (8.0, "python + torch + CUDA context + triton/pvtv2_fast imports (transformers/timm add ~3 s)"),
-    "compiles": (2.0, "one Triton binary, source → PTX → cubin (ptxas); kernels/aot.py took 112 CPU-s for 54 "
-                      "variants on the 2-core CPU machine, cuobjdump included"),
+    "compiles": (
+        2.0,
+        "one Triton binary, source → PTX → cubin (ptxas); kernels/aot.py took 112 CPU-s for 54 "
+        "variants on the 2-core CPU machine, cuobjdump included",
+    ),
     "sweeps": (0.6, "one autotune key: 4 configs × do_bench (25 ms warm-up + 100 ms of runs)"),
     "small": (0.15, "one parity case at ≤ 2048²: random inputs, the kernel, a float64 reference, the comparison"),
     "big": (1.5, "one parity case at 4096² or past 2³¹ elements: GBs of inputs and a float64 reference"),
@@ -48,8 +51,12 @@ def phase_seconds(phase: str, counts: Dict[str, int]) -> tuple:
 def estimate_markdown(counts_by_phase: Dict[str, Dict[str, int]]) -> str:
     if not any(counts_by_phase.values()):
         return "## Estimated GPU run time\n\n(no phase has reported counts yet)\n"
-    lines = ["## Estimated GPU run time (from the plan's counts)", "",
-             "| phase | arithmetic | seconds |", "|---|---|---|"]
+    lines = [
+        "## Estimated GPU run time (from the plan's counts)",
+        "",
+        "| phase | arithmetic | seconds |",
+        "|---|---|---|",
+    ]
     total = 0.0
     clock = 0.0
     for phase, counts in counts_by_phase.items():
@@ -65,6 +72,9 @@ def estimate_markdown(counts_by_phase: Dict[str, Dict[str, int]]) -> str:
         total += secs
         lines.append(f"| {phase} | {text} | {secs:.0f} |")
     verdict = "within" if total <= BUDGET_S else "OVER"
-    lines += [f"| **total** | | **{total:.0f} s = {total / 60:.1f} min** ({verdict} the {BUDGET_S:.0f} s budget) |",
-              "", "Unit costs: " + "; ".join(f"{k} {v[0]:g} s ({v[1]})" for k, v in COST.items()) + "."]
+    lines += [
+        f"| **total** | | **{total:.0f} s = {total / 60:.1f} min** ({verdict} the {BUDGET_S:.0f} s budget) |",
+        "",
+        "Unit costs: " + "; ".join(f"{k} {v[0]:g} s ({v[1]})" for k, v in COST.items()) + ".",
+    ]
     return "\n".join(lines) + "\n"

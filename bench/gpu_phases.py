@@ -29,15 +29,28 @@ TOL_FACTOR = {"conv_ffn": 2.0}
 MODEL_ATOL = 1e-4  # fast=True vs the fp32 reference model, TF32 off (tests/test_fast_model.py's GPU contract)
 REF_CHUNK_BYTES = 1 << 30  # the float64 attention reference is computed in query chunks of this many score bytes
 
-PARITY_HEADERS = ["case", "op", "backend", "dtype", "shape (B×…)", "checked", "max abs err", "err / tol",
-                  "NaN left", "result"]
+PARITY_HEADERS = [
+    "case",
+    "op",
+    "backend",
+    "dtype",
+    "shape (B×…)",
+    "checked",
+    "max abs err",
+    "err / tol",
+    "NaN left",
+    "result",
+]
 SECTIONS = {
     "env": ("Environment", "", None),
-    "parity": ("Parity against float64",
-               "Inputs rounded to the dtype, reference in float64 on the same values (`backend=\"torch\"`), "
-               "outputs pre-filled with NaN (deterministic mode fills `torch.empty`), so unwritten elements "
-               "show as `NaN left`. `checked`: which batch items and query rows were compared (all elements are "
-               "scanned for NaN). TF32 off for the models.", PARITY_HEADERS),
+    "parity": (
+        "Parity against float64",
+        'Inputs rounded to the dtype, reference in float64 on the same values (`backend="torch"`), '
+        "outputs pre-filled with NaN (deterministic mode fills `torch.empty`), so unwritten elements "
+        "show as `NaN left`. `checked`: which batch items and query rows were compared (all elements are "
+        "scanned for NaN). TF32 off for the models.",
+        PARITY_HEADERS,
+    ),
     "parity_cuda": ("Parity against float64: CUDA C++ ops", "", PARITY_HEADERS),
     "kernels": ("Kernel timings", "", None),
     "e2e": ("End to end", "", None),
@@ -161,8 +174,11 @@ def parity_plan(dtype: str) -> List[Case]:
     (517×389), the 4096² stage-1 map, Linear SRA (49 keys, ReLU'd FFN input), and in half precision the batch
     items whose offsets pass 2³¹ elements (batch 8 of b2's 4096² FFN map; batch 40 of its 4096² tokens)."""
     cases: List[Case] = []
-    for preset, sizes in (("b0", ((512, 512), (2048, 2048))), ("b2", ((512, 512), (2048, 2048), (517, 389))),
-                          ("b2_linear", ((2048, 2048), (517, 389)))):
+    for preset, sizes in (
+        ("b0", ((512, 512), (2048, 2048))),
+        ("b2", ((512, 512), (2048, 2048), (517, 389))),
+        ("b2_linear", ((2048, 2048), (517, 389))),
+    ):
         for size in sizes:
             batch = 2 if size[0] <= 517 else 1
             items = (0, batch - 1)
@@ -251,8 +267,11 @@ def measured_compiles() -> Optional[int]:
         from pvtv2_fast.kernels import dwconv_gelu, linear_sra_pool, sra_attention
 
         total = 0
-        for fn in (sra_attention.sra_attention_kernel, dwconv_gelu.dwconv_gelu_kernel,
-                   linear_sra_pool.linear_sra_pool_kernel):
+        for fn in (
+            sra_attention.sra_attention_kernel,
+            dwconv_gelu.dwconv_gelu_kernel,
+            linear_sra_pool.linear_sra_pool_kernel,
+        ):
             caches = getattr(fn, "device_caches", None)
             if caches is None:
                 return None
@@ -310,8 +329,13 @@ def run_case(ctx: Ctx, case: Case, dtype_name: str, backend: str) -> bool:
         got = out[items][:, rows]
         qd, kd, vd = q[items][:, rows].double(), k[items].double(), v[items].double()
         chunk = max(1, REF_CHUNK_BYTES // (8 * m * heads * len(items)))
-        ref = torch.cat([ops.sra_attention(qd[:, i:i + chunk], kd, vd, heads, backend="torch")
-                         for i in range(0, qd.shape[1], chunk)], dim=1)
+        ref = torch.cat(
+            [
+                ops.sra_attention(qd[:, i : i + chunk], kd, vd, heads, backend="torch")
+                for i in range(0, qd.shape[1], chunk)
+            ],
+            dim=1,
+        )
     elif case.op == "dwconv":
         h, w, c, relu = case.shape
         x = _randn((b, h * w, c), dtype, dev, seed)
@@ -328,9 +352,9 @@ def run_case(ctx: Ctx, case: Case, dtype_name: str, backend: str) -> bool:
     elif case.op == "conv_ffn":
         h, w, c, hidden = case.shape
         x = _randn((b, h * w, c), dtype, dev, seed)
-        fc1_w, fc1_b = _randn((hidden, c), dtype, dev, seed + 1) * c ** -0.5, _randn((hidden,), dtype, dev, seed + 2)
+        fc1_w, fc1_b = _randn((hidden, c), dtype, dev, seed + 1) * c**-0.5, _randn((hidden,), dtype, dev, seed + 2)
         dw_w, dw_b = _randn((hidden, 1, 3, 3), dtype, dev, seed + 3) / 3, _randn((hidden,), dtype, dev, seed + 4)
-        fc2_w, fc2_b = _randn((c, hidden), dtype, dev, seed + 5) * hidden ** -0.5, _randn((c,), dtype, dev, seed + 6)
+        fc2_w, fc2_b = _randn((c, hidden), dtype, dev, seed + 5) * hidden**-0.5, _randn((c,), dtype, dev, seed + 6)
         weights = (fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b)
         out = ops.conv_ffn(x, *weights, h, w, backend=backend)
         got = out[items]
@@ -340,8 +364,20 @@ def run_case(ctx: Ctx, case: Case, dtype_name: str, backend: str) -> bool:
     nan_left = int(torch.isnan(out).sum().item())
     err, ratio = _compare(got, ref, dtype_name, case.op)
     ok = nan_left == 0 and ratio <= 1.0 and math.isfinite(err)
-    ctx.out.row([case.name, case.op, backend, dtype_name, case.describe(), checked, err, ratio, nan_left,
-                 "ok" if ok else "**FAIL**"])
+    ctx.out.row(
+        [
+            case.name,
+            case.op,
+            backend,
+            dtype_name,
+            case.describe(),
+            checked,
+            err,
+            ratio,
+            nan_left,
+            "ok" if ok else "**FAIL**",
+        ]
+    )
     del out, ref, got
     return ok
 
@@ -383,8 +419,9 @@ def _run_cases(ctx: Ctx, cases: List[Case], dtype: str, backend: str) -> None:
                 continue
             seen.add(dry_key(case))
         elif ctx.left() < (30 if case.big else 5):
-            ctx.out.row([case.name, case.op, backend, dtype, case.describe(), "—", "—", "—", "—",
-                         "not run: phase time up"])
+            ctx.out.row(
+                [case.name, case.op, backend, dtype, case.describe(), "—", "—", "—", "—", "not run: phase time up"]
+            )
             continue
         run = shrink(case) if ctx.dry else case
         try:
@@ -392,8 +429,20 @@ def _run_cases(ctx: Ctx, cases: List[Case], dtype: str, backend: str) -> None:
                 ctx.count("failed")
         except Exception as e:  # noqa: BLE001 - one row per case, the phase goes on
             ctx.count("failed")
-            ctx.out.row([case.name, case.op, backend, dtype, run.describe(), "—", "—", "—", "—",
-                         f"**ERROR** {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"])
+            ctx.out.row(
+                [
+                    case.name,
+                    case.op,
+                    backend,
+                    dtype,
+                    run.describe(),
+                    "—",
+                    "—",
+                    "—",
+                    "—",
+                    f"**ERROR** {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                ]
+            )
         finally:
             if ctx.device == "cuda":
                 import torch
@@ -444,9 +493,20 @@ def model_parity(ctx: Ctx) -> None:
         err_ref64 = max((a.double() - r).abs().max().item() for a, r in zip(ref, ref64))
         nan_left = sum(int(torch.isnan(a).sum().item()) for a in fast)
         ok = nan_left == 0 and err <= MODEL_ATOL
-        ctx.out.row([name, "fast=True vs reference", "auto", "fp32", f"2×3×{size[0]}×{size[1]}",
-                     f"all stages; vs fp64: fast {err_fast64:.2e}, reference {err_ref64:.2e}", err, err / MODEL_ATOL,
-                     nan_left, "ok" if ok else "**FAIL**"])
+        ctx.out.row(
+            [
+                name,
+                "fast=True vs reference",
+                "auto",
+                "fp32",
+                f"2×3×{size[0]}×{size[1]}",
+                f"all stages; vs fp64: fast {err_fast64:.2e}, reference {err_ref64:.2e}",
+                err,
+                err / MODEL_ATOL,
+                nan_left,
+                "ok" if ok else "**FAIL**",
+            ]
+        )
         if not ok:
             ctx.count("failed")
         del model
@@ -467,8 +527,12 @@ def phase_env(ctx: Ctx) -> None:
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"unavailable ({type(e).__name__})"
 
-    rows = [("python", sys.version.split()[0]), ("platform", platform.platform()), ("CPU cores", os.cpu_count()),
-            ("torch", f"{torch.__version__} (CUDA {torch.version.cuda})")]
+    rows = [
+        ("python", sys.version.split()[0]),
+        ("platform", platform.platform()),
+        ("CPU cores", os.cpu_count()),
+        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda})"),
+    ]
     try:
         import triton
 
@@ -484,9 +548,13 @@ def phase_env(ctx: Ctx) -> None:
             rows.append((dist, "not installed"))
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        rows += [("GPU", f"{p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, "
-                  f"{p.multi_processor_count} SMs"),
-                 ("driver", cmd(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))]
+        rows += [
+            (
+                "GPU",
+                f"{p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs",
+            ),
+            ("driver", cmd(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])),
+        ]
     else:
         rows.append(("GPU", "none (dry run)" if ctx.dry else "none visible to torch"))
     nvcc = cmd(["nvcc", "--version"]).splitlines()
@@ -494,8 +562,13 @@ def phase_env(ctx: Ctx) -> None:
     from pvtv2_fast import _ext
 
     rows.append(("pvtv2_fast._C", "loads" if _ext.available() else _ext.unavailable_reason()))
-    rows.append(("TF32 defaults", f"matmul {torch.backends.cuda.matmul.allow_tf32}, "
-                 f"cudnn {torch.backends.cudnn.allow_tf32} (parity phases turn both off)"))
+    rows.append(
+        (
+            "TF32 defaults",
+            f"matmul {torch.backends.cuda.matmul.allow_tf32}, "
+            f"cudnn {torch.backends.cudnn.allow_tf32} (parity phases turn both off)",
+        )
+    )
     ctx.out.table(["item", "value"])
     for k, v in rows:
         ctx.out.row([k, v])
@@ -520,8 +593,9 @@ def plan_model_stage(ctx: Ctx, dtype: str, h, w, c, heads, m, ffn, linear, pool:
     """Count the Triton work one stage's ops need in a new process: autotune sweeps (their results are not kept
     across processes) and binaries the parity phase has not compiled (Triton's on-disk cache serves those)."""
     if not hasattr(plan_model_stage, "cached"):
-        plan_model_stage.cached = {dt: set().union(*(triton_compile_keys(case, dt)[0] for case in parity_plan(dt)))
-                                   for dt in TOL}
+        plan_model_stage.cached = {
+            dt: set().union(*(triton_compile_keys(case, dt)[0] for case in parity_plan(dt))) for dt in TOL
+        }
     cases = [Case("", "attention", batch, (h * w, m, c, heads)), Case("", "dwconv", batch, (h, w, ffn, linear))]
     for case in cases + ([Case("", "pool", batch, (h, w, c))] if pool else []):
         compiles, sweeps = triton_compile_keys(case, dtype)
@@ -551,14 +625,18 @@ def phase_kernels(ctx: Ctx) -> None:
     elt = torch.finfo(dtype).bits // 8
     n_mm = 256 if ctx.dry else 8192
     bandwidth, rate = device_ceilings(ctx, dtype, 2**22 if ctx.dry else 2**28, n_mm)
-    ctx.out.write(f"\nMeasured here: copy {bandwidth / 1e9:.0f} GB/s (read + write), {str(dtype)[6:]} matmul "
-                  f"{rate / 1e12:.1f} TFLOP/s ({n_mm}³). '% of floor': max(bytes / copy rate, flops / matmul "
-                  f"rate) over the time; times include the layout copies the PyTorch compositions need.")
+    ctx.out.write(
+        f"\nMeasured here: copy {bandwidth / 1e9:.0f} GB/s (read + write), {str(dtype)[6:]} matmul "
+        f"{rate / 1e12:.1f} TFLOP/s ({n_mm}³). '% of floor': max(bytes / copy rate, flops / matmul "
+        f"rate) over the time; times include the layout copies the PyTorch compositions need."
+    )
     ctx.out.table(["kernel", "shape", "median µs", "GB/s", "% of floor", "× torch"])
     cuda_backend = "cpu" if ctx.dry else "cuda"
     versus: Dict[str, List[float]] = {"dwconv_gelu": [], "linear_sra_pool": []}
-    has_cpp = {op: _ext.has_kernel(native, cuda_backend) for op, native in
-               (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "adaptive_pool_tokens"))}
+    has_cpp = {
+        op: _ext.has_kernel(native, cuda_backend)
+        for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "adaptive_pool_tokens"))
+    }
 
     def row(name, shape, t, nbytes, flops, t_ref=None):
         floor = max(nbytes / bandwidth, flops / rate)
@@ -567,7 +645,7 @@ def phase_kernels(ctx: Ctx) -> None:
     for preset, size, real in kernel_plan(ctx, "bf16"):
         if ctx.dry and (preset, real) != ("b0", KERNEL_SIZES[0]):
             continue  # the dry run times one preset at one (tiny) size; the plan's counts cover all
-        for stage, h, w, c, heads, m, ffn, linear in _stage_shapes(preset, *size):
+        for stage, h, w, c, heads, m, ffn, _linear in _stage_shapes(preset, *size):
             if ctx.left() < 10:
                 ctx.out.row([f"{preset}@{size[0]}² s{stage}", "not run: phase time up", "", "", "", ""])
                 continue
@@ -593,8 +671,14 @@ def phase_kernels(ctx: Ctx) -> None:
             row(f"{tag} dwconv+GELU Triton", shape, t_tr, nbytes, flops, t_ref)
             if has_cpp["dwconv_gelu"]:
                 t_cpp = ctx.time(lambda: ops.dwconv_gelu(x, wt, bias, h, w, backend=cuda_backend))
-                row(f"{tag} dwconv+GELU CUDA C++" + (" (dry run: CPU C++)" if ctx.dry else ""), shape, t_cpp,
-                    nbytes, flops, t_ref)
+                row(
+                    f"{tag} dwconv+GELU CUDA C++" + (" (dry run: CPU C++)" if ctx.dry else ""),
+                    shape,
+                    t_cpp,
+                    nbytes,
+                    flops,
+                    t_ref,
+                )
                 versus["dwconv_gelu"].append(t_cpp / t_tr)
             if stage == 1:
                 nbytes, shape = n * c * elt, f"{h}×{w}×{c}"
@@ -613,9 +697,14 @@ def phase_kernels(ctx: Ctx) -> None:
 def _e2e_candidates(ctx: Ctx, preset: str, size: int, batch: int, dtype: str):
     from bench.candidates import build
 
-    specs = [("reference", dict(impl="reference")), ("fast (memory-lean on)", dict(impl="fast")),
-             ("fast, memory-lean off", dict(impl="fast", lean=False)), ("reference, memory-lean", dict(impl="lean")),
-             ("transformers", dict(impl="transformers")), ("timm", dict(impl="timm"))]
+    specs = [
+        ("reference", dict(impl="reference")),
+        ("fast (memory-lean on)", dict(impl="fast")),
+        ("fast, memory-lean off", dict(impl="fast", lean=False)),
+        ("reference, memory-lean", dict(impl="lean")),
+        ("transformers", dict(impl="transformers")),
+        ("timm", dict(impl="timm")),
+    ]
     out = []
     for name, spec in specs:
         lean = spec.pop("lean", None)
@@ -633,15 +722,18 @@ def phase_e2e(ctx: Ctx) -> None:
     from bench.harness import Candidate, time_interleaved
 
     preset, size, batch, dtype = ("b0", 32, 1, "fp32") if ctx.dry else ("b2", 1024, 8, "bf16")
-    for stage, h, w, c, heads, m, ffn, linear in _stage_shapes("b2", 1024, 1024):  # the GPU plan's Triton work
+    for _stage, h, w, c, heads, m, ffn, linear in _stage_shapes("b2", 1024, 1024):  # the GPU plan's Triton work
         plan_model_stage(ctx, "bf16", h, w, c, heads, m, ffn, linear, pool=False, batch=8)
     peak = "not measured on the CPU dry run" if ctx.dry else "torch.cuda.max_memory_allocated above the resident models"
-    ctx.out.write(f"\n{preset} backbone at {size}², batch {batch}, {dtype}: median of interleaved runs "
-                  f"(CUDA-synchronised), peak memory of one forward after warm-up ({peak}).")
+    ctx.out.write(
+        f"\n{preset} backbone at {size}², batch {batch}, {dtype}: median of interleaved runs "
+        f"(CUDA-synchronised), peak memory of one forward after warm-up ({peak})."
+    )
     cands = _e2e_candidates(ctx, preset, size, batch, dtype)
     repeats, warmup = (1, 1) if ctx.dry else (10, 2)
-    timings = time_interleaved([Candidate(n, r) for n, r, _ in cands], repeats=repeats, warmup=warmup,
-                               device=ctx.device)
+    timings = time_interleaved(
+        [Candidate(n, r) for n, r, _ in cands], repeats=repeats, warmup=warmup, device=ctx.device
+    )
     peaks = {}
     for name, run, _ in cands:
         if ctx.device == "cuda":
@@ -692,8 +784,9 @@ def phase_extras(ctx: Ctx) -> None:
         on 2 CPU cores), so only dynamo's capture of the whole model is rehearsed there."""
         preset, size, batch = ("b0", 64, 1) if ctx.dry else ("b2", 1024, 8)
         dtype = torch.float32 if ctx.dry else torch.bfloat16
-        _, model = build(dict(impl="reference", preset=preset, size=size, batch=1, device=dev,
-                              dtype="fp32" if ctx.dry else "bf16"))
+        _, model = build(
+            dict(impl="reference", preset=preset, size=size, batch=1, device=dev, dtype="fp32" if ctx.dry else "bf16")
+        )
         fn = torch.compile(model, backend="eager" if ctx.dry else "inductor")
         x = torch.randn(batch, 3, size, size, device=dev, dtype=dtype)
         t0 = time.time()
@@ -703,8 +796,10 @@ def phase_extras(ctx: Ctx) -> None:
             first = time.time() - t0
             t = ctx.time(lambda: fn(x), repeats=10, warmup=1)
         backend = "eager backend (dry run)" if ctx.dry else "inductor"
-        return (f"{preset}@{size}² batch {batch} {str(dtype)[6:]}, {backend}: first call {first:.1f} s, then "
-                f"{t * 1e3:.1f} ms")
+        return (
+            f"{preset}@{size}² batch {batch} {str(dtype)[6:]}, {backend}: first call {first:.1f} s, then "
+            f"{t * 1e3:.1f} ms"
+        )
 
     def memory_4096() -> str:
         from bench.harness import measure_forward_peak
@@ -712,8 +807,9 @@ def phase_extras(ctx: Ctx) -> None:
         preset, size = ("b0", 64) if ctx.dry else ("b2", 4096)
         parts = []
         for impl in ("fast", "reference", "timm"):
-            run, model = build(dict(impl=impl, preset=preset, size=size, batch=1, dtype="fp32" if ctx.dry else "bf16",
-                                    device=dev))
+            run, model = build(
+                dict(impl=impl, preset=preset, size=size, batch=1, dtype="fp32" if ctx.dry else "bf16", device=dev)
+            )
             with torch.inference_mode():
                 run()  # warm-up: autotuning and workspaces stay out of the peak
             peak = measure_forward_peak(run, dev) / 2**20
@@ -738,13 +834,21 @@ def phase_extras(ctx: Ctx) -> None:
         return f"Segformer-{preset} fast=True {h}×{w}: {t * 1e3:.1f} ms, logits {tuple(logits.shape)}"
 
     def pytest_subset() -> str:
-        files = (["tests/test_bench_harness.py", "-k", "markdown"] if ctx.dry
-                 else ["tests/test_fast_model.py", "tests/ops", "-m", "gpu or not slow"])
+        files = (
+            ["tests/test_bench_harness.py", "-k", "markdown"]
+            if ctx.dry
+            else ["tests/test_fast_model.py", "tests/ops", "-m", "gpu or not slow"]
+        )
         budget = max(10.0, ctx.left() - 5)
         env = {k: v for k, v in os.environ.items() if not (k == "TRITON_INTERPRET" and not ctx.dry)}
         try:
-            out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
-                                 capture_output=True, text=True, timeout=budget, env=env)
+            out = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
+                capture_output=True,
+                text=True,
+                timeout=budget,
+                env=env,
+            )
             tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-200:]
             return f"`pytest {' '.join(files)}` exit {out.returncode}: {tail}"
         except subprocess.TimeoutExpired:
@@ -761,8 +865,14 @@ def phase_extras(ctx: Ctx) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- child entry
-PHASE_FNS = {"env": phase_env, "parity": phase_parity, "parity_cuda": phase_parity_cuda, "kernels": phase_kernels,
-             "e2e": phase_e2e, "extras": phase_extras}
+PHASE_FNS = {
+    "env": phase_env,
+    "parity": phase_parity,
+    "parity_cuda": phase_parity_cuda,
+    "kernels": phase_kernels,
+    "e2e": phase_e2e,
+    "extras": phase_extras,
+}
 
 
 def _exit_with_parent() -> None:
@@ -778,8 +888,9 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_child(phase: str, worker: str, out: Path, dry: bool, deadline: Optional[float],
-              counts_dir: Optional[Path]) -> int:
+def run_child(
+    phase: str, worker: str, out: Path, dry: bool, deadline: Optional[float], counts_dir: Optional[Path]
+) -> int:
     _exit_with_parent()
     if dry:
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -811,4 +922,3 @@ def run_child(phase: str, worker: str, out: Path, dry: bool, deadline: Optional[
             (counts_dir / f"{phase}-{worker or 'main'}.json").write_text(json.dumps(ctx.counts))
         print(f"[{label}] done in {time.time() - t0:.1f} s: {ctx.counts}", flush=True)
     return code
-

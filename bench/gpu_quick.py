@@ -65,8 +65,14 @@ class Phase:
 
 PHASES = (
     Phase("env", "Environment", "env.md", 40, 5),
-    Phase("parity", "Parity against float64 (Triton ops, fast=True models)", "parity.md", 170, 30,
-          workers=("fp32", "fp16", "bf16")),
+    Phase(
+        "parity",
+        "Parity against float64 (Triton ops, fast=True models)",
+        "parity.md",
+        170,
+        30,
+        workers=("fp32", "fp16", "bf16"),
+    ),
     Phase("parity_cuda", "Parity against float64 (CUDA C++ ops)", "parity.md", 60, 10, needs_build=True),
     Phase("kernels", "Kernel timings", "kernels.md", 80, 20),
     Phase("e2e", "End to end", "e2e.md", 90, 30),
@@ -141,22 +147,27 @@ class Run:
     def start_build(self) -> None:
         """Build the extension in place for this GPU's arch only, unless a build that loads with CUDA kernels is
         there. In a dry run a probe of the CPU extension stands in (nothing is compiled)."""
-        probe = ("import sys, pvtv2_fast._ext as e; ok = e.has_kernel('dwconv_gelu', '{dev}'); "
-                 "print('extension:', 'loads with {dev} kernels' if ok else 'unusable: ' + (e._error or 'no {dev} "
-                 "kernels')); sys.exit(0 if ok else 1)")
+        probe = (
+            "import sys, pvtv2_fast._ext as e; ok = e.has_kernel('dwconv_gelu', '{dev}'); "
+            "print('extension:', 'loads with {dev} kernels' if ok else 'unusable: ' + (e._error or 'no {dev} "
+            "kernels')); sys.exit(0 if ok else 1)"
+        )
         if self.dry_run:
             cmd = f"{_q(sys.executable)} -c {_q(probe.format(dev='cpu'))}"
         else:
             arch = _gpu_arch()
             jobs = os.cpu_count() or 4
-            cmd = (f"{_q(sys.executable)} -c {_q(probe.format(dev='cuda'))} || "
-                   f"PVTV2_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST={_q(arch)} MAX_JOBS={jobs} "
-                   f"{_q(sys.executable)} setup.py -q build_ext --inplace")
+            cmd = (
+                f"{_q(sys.executable)} -c {_q(probe.format(dev='cuda'))} || "
+                f"PVTV2_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST={_q(arch)} MAX_JOBS={jobs} "
+                f"{_q(sys.executable)} setup.py -q build_ext --inplace"
+            )
         log = open(self.out / "build.log", "a")
         log.write(f"$ {cmd}\n")
         log.flush()
-        self.build = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=self.env(), stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.build = subprocess.Popen(
+            ["bash", "-c", cmd], cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.build_t0 = time.monotonic()
         self.build_status = "running"
         self.log(f"extension build started in the background: {cmd}")
@@ -169,8 +180,10 @@ class Run:
         except subprocess.TimeoutExpired:
             self.build_status = f"still running after {time.monotonic() - self.build_t0:.0f} s"
             return False
-        self.build_status = (f"{'ok' if rc == 0 else f'failed (exit {rc}, see build.log)'} after "
-                             f"{time.monotonic() - self.build_t0:.0f} s")
+        self.build_status = (
+            f"{'ok' if rc == 0 else f'failed (exit {rc}, see build.log)'} after "
+            f"{time.monotonic() - self.build_t0:.0f} s"
+        )
         return rc == 0
 
     # ------------------------------------------------------------------------------------------ phases
@@ -199,13 +212,27 @@ class Run:
         self.log(f"phase {phase.name}: {len(phase.workers)} process(es), timeout {timeout:.0f} s")
         with open(self.out / "log.txt", "a") as log:
             for worker in phase.workers:
-                cmd = [sys.executable, "-m", "bench.gpu_quick", "--child", phase.name, "--out", str(self.out),
-                       "--deadline", str(time.time() + timeout), "--counts", str(self.counts_dir)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "bench.gpu_quick",
+                    "--child",
+                    phase.name,
+                    "--out",
+                    str(self.out),
+                    "--deadline",
+                    str(time.time() + timeout),
+                    "--counts",
+                    str(self.counts_dir),
+                ]
                 cmd += ["--worker", worker] if worker else []
                 cmd += ["--dry-run"] if self.dry_run else []
                 with self.lock:
-                    self.children.append(subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=log,
-                                                          stderr=subprocess.STDOUT, start_new_session=True))
+                    self.children.append(
+                        subprocess.Popen(
+                            cmd, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                        )
+                    )
             codes = [_wait(p, t0 + timeout - time.monotonic()) for p in list(self.children)]
         with self.lock:
             self.children.clear()
@@ -272,25 +299,37 @@ class Run:
         from bench.gpu_estimate import estimate_markdown
 
         elapsed = time.monotonic() - self.t0
-        state = ("killed" if killed else "finished" if self.finished else "in progress")
-        lines = [f"# GPU check summary ({'dry run on the CPU' if self.dry_run else 'GPU'})", "",
-                 f"State: **{state}** after {elapsed:.0f} s of a {self.budget:.0f} s budget. Command: "
-                 f"`python3 -m bench.gpu_quick{' --dry-run' if self.dry_run else ''} --out {self.out} "
-                 f"--budget {self.budget:.0f}`. Extension build: {self.build_status}.", "",
-                 "| phase | status | seconds | CPU s | cases | failed | processes | Triton compiles (plan) | "
-                 "autotune sweeps (plan) | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+        state = "killed" if killed else "finished" if self.finished else "in progress"
+        lines = [
+            f"# GPU check summary ({'dry run on the CPU' if self.dry_run else 'GPU'})",
+            "",
+            f"State: **{state}** after {elapsed:.0f} s of a {self.budget:.0f} s budget. Command: "
+            f"`python3 -m bench.gpu_quick{' --dry-run' if self.dry_run else ''} --out {self.out} "
+            f"--budget {self.budget:.0f}`. Extension build: {self.build_status}.",
+            "",
+            "| phase | status | seconds | CPU s | cases | failed | processes | Triton compiles (plan) | "
+            "autotune sweeps (plan) | note |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in self.records:
             c = r.counts
             compiles = c.get("compiles", "")
             if "compiled" in c:
                 compiles = f"{compiles} (measured {c['compiled']})"
-            lines.append(f"| {r.phase.name} | {r.status} | {r.seconds:.0f} | {c.get('cpu_s', '')} | "
-                         f"{c.get('cases', '')} | "
-                         f"{c.get('failed', '')} | {c.get('processes', '')} | {compiles} | "
-                         f"{c.get('sweeps', '')} | {r.note} |")
+            lines.append(
+                f"| {r.phase.name} | {r.status} | {r.seconds:.0f} | {c.get('cpu_s', '')} | "
+                f"{c.get('cases', '')} | "
+                f"{c.get('failed', '')} | {c.get('processes', '')} | {compiles} | "
+                f"{c.get('sweeps', '')} | {r.note} |"
+            )
         skipped = [r.phase.name for r in self.records if r.status == "skipped"]
-        lines += ["", f"Skipped: {', '.join(skipped) if skipped else 'nothing'}. Results: "
-                  + ", ".join(f"`{f}`" for f in FILES[1:]) + " in the same folder.", ""]
+        lines += [
+            "",
+            f"Skipped: {', '.join(skipped) if skipped else 'nothing'}. Results: "
+            + ", ".join(f"`{f}`" for f in FILES[1:])
+            + " in the same folder.",
+            "",
+        ]
         lines.append(estimate_markdown({r.phase.name: r.counts for r in self.records}))
         tmp = self.out / ".summary.tmp"
         tmp.write_text("\n".join(lines) + "\n")
@@ -306,8 +345,12 @@ def _q(s: str) -> str:
 def _gpu_arch() -> str:
     """``TORCH_CUDA_ARCH_LIST`` for the GPU present ("9.0" on an H200), from nvidia-smi or torch."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20).stdout.split()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.split()
         if out:
             return out[0]
     except (OSError, subprocess.TimeoutExpired):

@@ -48,8 +48,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(candidates: Sequence[Candidate], repeats: int = 7, warmup: int = 1, device: str = "cpu",
-                     progress=None) -> Dict[str, Timing]:
+def time_interleaved(
+    candidates: Sequence[Candidate], repeats: int = 7, warmup: int = 1, device: str = "cpu", progress=None
+) -> Dict[str, Timing]:
     """Median wall time (s) of each candidate, run round-robin ``repeats`` times after ``warmup`` rounds."""
     timings = {c.name: Timing(c.name) for c in candidates}
     with torch.inference_mode():
@@ -123,8 +124,14 @@ def peak_memory_subprocess(spec: dict, timeout: float = 1800) -> float:
     # A fixed mmap threshold stops glibc from raising it dynamically, so large freed tensors return to the OS.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     try:
-        out = subprocess.run([sys.executable, "-m", "bench.memory_probe", json.dumps(spec)], capture_output=True,
-                             text=True, timeout=timeout, env=env, cwd=root)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.memory_probe", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=root,
+        )
     except subprocess.TimeoutExpired:
         return float("nan")
     for line in out.stdout.splitlines()[::-1]:
@@ -151,7 +158,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 def machine_line() -> str:
     import platform
 
-    line = f"{platform.machine()}, {os.cpu_count()} CPU threads (torch uses {torch.get_num_threads()}), torch {torch.__version__}"
+    line = (
+        f"{platform.machine()}, {os.cpu_count()} CPU threads (torch uses {torch.get_num_threads()}), "
+        f"torch {torch.__version__}"
+    )
     if torch.cuda.is_available():
         line += f", GPU {torch.cuda.get_device_name()}"
     return line

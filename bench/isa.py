@@ -24,9 +24,11 @@ import torch
 from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved
 
 # (label, H, W, hidden channels, FFN input channels, threads: 0 = all)
-SHAPES = [("cache-resident 32×32×256", 32, 32, 256, 32, 1),
-          ("b0 stage 1 @512²: 128×128×256", 128, 128, 256, 32, 0),
-          ("b2 stage 1 @512²: 128×128×512", 128, 128, 512, 64, 0)]
+SHAPES = [
+    ("cache-resident 32×32×256", 32, 32, 256, 32, 1),
+    ("b0 stage 1 @512²: 128×128×256", 128, 128, 256, 32, 0),
+    ("b2 stage 1 @512²: 128×128×512", 128, 128, 512, 64, 0),
+]
 
 
 def child(repeats: int) -> dict:
@@ -41,9 +43,11 @@ def child(repeats: int) -> dict:
         x = torch.randn(1, h * w, hid, generator=g)
         wt, b = torch.randn(hid, 1, 3, 3, generator=g), torch.randn(hid, generator=g)
         tokens = torch.randn(1, h * w, c, generator=g)
-        fc1, fc2 = torch.randn(hid, c, generator=g) * c ** -0.5, torch.randn(c, hid, generator=g) * hid ** -0.5
-        cands = [Candidate("dwconv_gelu", lambda: ops.dwconv_gelu(x, wt, b, h, w, backend="cpu")),
-                 Candidate("conv_ffn", lambda: ops.conv_ffn(tokens, fc1, None, wt, b, fc2, None, h, w, backend="cpu"))]
+        fc1, fc2 = torch.randn(hid, c, generator=g) * c**-0.5, torch.randn(c, hid, generator=g) * hid**-0.5
+        cands = [
+            Candidate("dwconv_gelu", lambda: ops.dwconv_gelu(x, wt, b, h, w, backend="cpu")),
+            Candidate("conv_ffn", lambda: ops.conv_ffn(tokens, fc1, None, wt, b, fc2, None, h, w, backend="cpu")),
+        ]
         t = time_interleaved(cands, repeats=repeats, warmup=3)
         out[label] = {name: timing.median for name, timing in t.items()}
     return out
@@ -60,13 +64,15 @@ def run(isas, rounds: int, repeats: int, out: Path) -> str:
             for isa in isas:
                 env = dict(os.environ, PVTV2_FAST_CPU_ISA=isa)
                 env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-                code = ("import json; from pvtv2_fast import _ext; from bench.isa import child; "
-                        f"print('RESULT', json.dumps([_ext.cpu_isa(), child({repeats})]))")
+                code = (
+                    "import json; from pvtv2_fast import _ext; from bench.isa import child; "
+                    f"print('RESULT', json.dumps([_ext.cpu_isa(), child({repeats})]))"
+                )
                 proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
                     raise RuntimeError(f"ISA {isa} run failed:\n{proc.stderr[-2000:]}")
-                active[isa], result = json.loads(line[len("RESULT "):])
+                active[isa], result = json.loads(line[len("RESULT ") :])
                 for label, ops_t in result.items():
                     for op, t in ops_t.items():
                         samples.setdefault((label, op, isa), []).append(t)
@@ -79,13 +85,17 @@ def run(isas, rounds: int, repeats: int, out: Path) -> str:
             for isa in isas:
                 t = statistics.median(samples[(label, op, isa)])
                 rows.append([label, op, f"{isa} (ran: {active[isa]})", t * 1e3, ref / t])
-    text = (f"# CPU kernels per instruction set\n\nMachine: {machine_line()}. Each ISA in its own process "
-            f"(`PVTV2_FAST_CPU_ISA`), processes alternating for {rounds} rounds of {repeats} timed calls; median "
-            f"over rounds of each round's median. \"ran\" is the ISA the process really used (a cap above what the "
-            f"CPU has runs the widest it has).\n"
-            f"Reproduce: `python -m bench.isa --isas {' '.join(isas)} --rounds {rounds}`\n\n"
-            + markdown_table(["shape (threads: 1 for cache-resident, else all)", "op", "ISA", "median ms",
-                              f"speed-up vs {base}"], rows) + "\n")
+    text = (
+        f"# CPU kernels per instruction set\n\nMachine: {machine_line()}. Each ISA in its own process "
+        f"(`PVTV2_FAST_CPU_ISA`), processes alternating for {rounds} rounds of {repeats} timed calls; median "
+        f'over rounds of each round\'s median. "ran" is the ISA the process really used (a cap above what the '
+        f"CPU has runs the widest it has).\n"
+        f"Reproduce: `python -m bench.isa --isas {' '.join(isas)} --rounds {rounds}`\n\n"
+        + markdown_table(
+            ["shape (threads: 1 for cache-resident, else all)", "op", "ISA", "median ms", f"speed-up vs {base}"], rows
+        )
+        + "\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)

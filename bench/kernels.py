@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import RESULTS, cuda_time, markdown_table
 from bench.candidates import DTYPES
+from bench.harness import RESULTS, cuda_time, markdown_table
 from pvtv2_fast import PvtV2Config, _ext, ops, stage_sizes
 
 
@@ -34,8 +34,15 @@ def device_ceilings(dtype: torch.dtype) -> dict:
 
 def _row(name, shape, t, nbytes, flops, ceil, ref_t=None):
     floor = max(nbytes / ceil["bandwidth"], flops / ceil["flops"])
-    return [name, shape, t * 1e6, nbytes / t / 1e9, flops / t / 1e12, 100 * floor / t,
-            (ref_t / t) if ref_t else float("nan")]
+    return [
+        name,
+        shape,
+        t * 1e6,
+        nbytes / t / 1e9,
+        flops / t / 1e12,
+        100 * floor / t,
+        (ref_t / t) if ref_t else float("nan"),
+    ]
 
 
 def versus_table(versus) -> str:
@@ -48,8 +55,11 @@ def versus_table(versus) -> str:
         geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
         order = ("triton", "cuda") if geomean >= 1 else ("cuda", "triton")
         rows.append([op, len(ratios), geomean, f"CUDA_ORDER[{op!r}] = {order}"])
-    return ("\n## Triton vs CUDA C++ (decides the per-op order of `backend=\"auto\"` on CUDA, `CUDA_ORDER`)\n\n"
-            + markdown_table(["op", "shapes", "geomean time CUDA C++ / Triton", "faster first"], rows) + "\n")
+    return (
+        '\n## Triton vs CUDA C++ (decides the per-op order of `backend="auto"` on CUDA, `CUDA_ORDER`)\n\n'
+        + markdown_table(["op", "shapes", "geomean time CUDA C++ / Triton", "faster first"], rows)
+        + "\n"
+    )
 
 
 def run(presets, sizes, dtype_name: str, out: Path) -> str:
@@ -58,8 +68,10 @@ def run(presets, sizes, dtype_name: str, out: Path) -> str:
     elt = torch.finfo(dtype).bits // 8
     rows = []
     # the extension's CUDA C++ kernels, timed beside Triton's to decide ops.registry.CUDA_ORDER
-    cuda_cpp = {op: _ext.has_kernel(native, "cuda")
-                for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "linear_sra_pool"))}
+    cuda_cpp = {
+        op: _ext.has_kernel(native, "cuda")
+        for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "linear_sra_pool"))
+    }
     versus = {op: [] for op in cuda_cpp}
     for preset in presets:
         cfg = PvtV2Config.from_preset(preset)
@@ -105,12 +117,23 @@ def run(presets, sizes, dtype_name: str, out: Path) -> str:
                         t_cpp = cuda_time(lambda: ops.linear_sra_pool(q, h, w, backend="cuda"))
                         rows.append(_row(f"{tag} pool 7×7 CUDA C++", f"{h}×{w}×{c}", t_cpp, nbytes, 0, ceil, t_ref))
                         versus["linear_sra_pool"].append(t_cpp / t_fused)
-    headers = ["kernel", "shape", "median µs", "GB/s", "TFLOP/s", "% of floor (bytes/BW, flops/rate)",
-               "speed-up vs torch"]
-    text = (f"# Kernel benchmark ({torch.cuda.get_device_name()}, {dtype_name}, batch 1)\n\n"
-            f"Measured ceilings: copy {ceil['bandwidth'] / 1e12:.2f} TB/s (read + write), matmul "
-            f"{ceil['flops'] / 1e12:.0f} TFLOP/s. Bytes counted: each input read once, each output written once.\n\n"
-            + markdown_table(headers, rows) + "\n" + versus_table(versus))
+    headers = [
+        "kernel",
+        "shape",
+        "median µs",
+        "GB/s",
+        "TFLOP/s",
+        "% of floor (bytes/BW, flops/rate)",
+        "speed-up vs torch",
+    ]
+    text = (
+        f"# Kernel benchmark ({torch.cuda.get_device_name()}, {dtype_name}, batch 1)\n\n"
+        f"Measured ceilings: copy {ceil['bandwidth'] / 1e12:.2f} TB/s (read + write), matmul "
+        f"{ceil['flops'] / 1e12:.0f} TFLOP/s. Bytes counted: each input read once, each output written once.\n\n"
+        + markdown_table(headers, rows)
+        + "\n"
+        + versus_table(versus)
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text

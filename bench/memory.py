@@ -25,8 +25,9 @@ def run(presets, sizes, out: Path, device: str = "cpu", dtype: str = "fp32") -> 
         # A warm-up forward keeps one-time buffers out of the peak: on CUDA always (Triton's autotuning allocates
         # scratch tensors on a shape's first call); on the CPU nothing is one-time, and from 2048² up the extra
         # forward would double the run.
-        spec = dict(impl=impl, preset=preset, size=size, device=device, dtype=dtype,
-                    warmup=device == "cuda" or size < 2048)
+        spec = dict(
+            impl=impl, preset=preset, size=size, device=device, dtype=dtype, warmup=device == "cuda" or size < 2048
+        )
         results[(preset, size, impl)] = peak_memory_subprocess(spec, timeout=3600)
     rows = []
     for preset in presets:
@@ -36,12 +37,16 @@ def run(presets, sizes, out: Path, device: str = "cpu", dtype: str = "fp32") -> 
                 if (preset, size, impl) in results:
                     peak = results[(preset, size, impl)]
                     rows.append([preset, f"{size}²", impl, peak / 2**20, peak / timm])
-    text = (f"# Peak forward memory vs resolution ({device}, {dtype}, batch 1)\n\n"
-            f"Machine: {machine_line()}. Peak: what one forward adds to the resident set (fresh process; a warm-up "
-            f"forward first {'always' if device == 'cuda' else 'below 2048²'}). `lean` = the reference with `set_memory_lean()`; `fast` = `fast=True` "
-            f"(memory-lean by default). transformers is not run above 2048².\n"
-            f"Reproduce: `python -m bench.memory --presets {' '.join(presets)} --sizes {' '.join(map(str, sizes))}`\n\n"
-            + markdown_table(["preset", "input", "implementation", "peak MB", "vs timm"], rows) + "\n")
+    text = (
+        f"# Peak forward memory vs resolution ({device}, {dtype}, batch 1)\n\n"
+        f"Machine: {machine_line()}. Peak: what one forward adds to the resident set (fresh process; a warm-up "
+        f"forward first {'always' if device == 'cuda' else 'below 2048²'}). "
+        f"`lean` = the reference with `set_memory_lean()`; `fast` = `fast=True` "
+        f"(memory-lean by default). transformers is not run above 2048².\n"
+        f"Reproduce: `python -m bench.memory --presets {' '.join(presets)} --sizes {' '.join(map(str, sizes))}`\n\n"
+        + markdown_table(["preset", "input", "implementation", "peak MB", "vs timm"], rows)
+        + "\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     plot(results, presets, sizes, out.with_suffix(".png"))

@@ -26,8 +26,17 @@ from tqdm import tqdm
 from bench.candidates import PEERS, build, output_tensor
 from bench.harness import RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess, time_interleaved
 
-DEFAULT_IMPLS = ["reference", "fast", "inference", "transformers", "timm", "timm-cl", "compile:timm", "onnxruntime",
-                 "openvino"]
+DEFAULT_IMPLS = [
+    "reference",
+    "fast",
+    "inference",
+    "transformers",
+    "timm",
+    "timm-cl",
+    "compile:timm",
+    "onnxruntime",
+    "openvino",
+]
 # max |candidate - first candidate| allowed before timing, relative to max |first candidate| (fp32 rounding of
 # different summation orders; bf16 runs are reported, not checked).
 PARITY_RTOL = {"fp32": 1e-4}
@@ -45,11 +54,16 @@ def cpu_line() -> str:
         return f"CPU: unknown (no lscpu), {os.cpu_count()} logical CPUs"
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = set(fields.get("Flags", "").split())
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
-           if f in flags]
+    isa = [
+        f
+        for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+        if f in flags
+    ]
     model = re.sub(r"\s+", " ", fields.get("Model name", "unknown").strip())
-    return (f"CPU: {model}, {os.cpu_count()} logical CPUs ({fields.get('Core(s) per socket', '?').strip()} cores per "
-            f"socket, {fields.get('Thread(s) per core', '?').strip()} threads per core), ISA: {' '.join(isa)}")
+    return (
+        f"CPU: {model}, {os.cpu_count()} logical CPUs ({fields.get('Core(s) per socket', '?').strip()} cores per "
+        f"socket, {fields.get('Thread(s) per core', '?').strip()} threads per core), ISA: {' '.join(isa)}"
+    )
 
 
 def bf16_skip_reason() -> str:
@@ -77,22 +91,29 @@ def check_parity(candidates, dtype: str) -> dict:
             raise AssertionError(f"parity: {name} returns {tuple(out.shape)}, {first} {tuple(ref.shape)}")
         errors[name] = (out - ref).abs().max().item()
         if dtype in PARITY_RTOL and not errors[name] <= PARITY_RTOL[dtype] * scale:
-            raise AssertionError(f"parity: {name} differs from {first} by {errors[name]:.3g} "
-                                 f"(> {PARITY_RTOL[dtype]} × {scale:.3g}); not timing a wrong answer")
+            raise AssertionError(
+                f"parity: {name} differs from {first} by {errors[name]:.3g} "
+                f"(> {PARITY_RTOL[dtype]} × {scale:.3g}); not timing a wrong answer"
+            )
     return errors
+
+
 DEFAULT_CONFIGS = ["b0:224", "b0:512", "b0:1024", "b2:224", "b2:512"]
 
 
-def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1,
-        op_tables=True):
+def run(
+    configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu", dtype="fp32", batch=1, op_tables=True
+):
     """``configs``: (preset, size) pairs. Returns one dict per (config, impl)."""
     torch.set_num_threads(threads)
     load_before = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
     rows, results = [], []
     bar = tqdm(total=len(configs) * (repeats + (len(impls) if memory else 0)), desc="benchmark", unit="step")
     for preset, size in configs:
-        specs = [dict(impl=i, preset=preset, size=size, batch=batch, dtype=dtype, device=device, threads=threads)
-                 for i in impls]
+        specs = [
+            dict(impl=i, preset=preset, size=size, batch=batch, dtype=dtype, device=device, threads=threads)
+            for i in impls
+        ]
         bar.set_postfix_str(f"{preset} @{size}² timing")
         candidates = [Candidate(s["impl"], build(s)[0], s) for s in specs]
         bar.set_postfix_str(f"{preset} @{size}² parity (compiles)")
@@ -117,30 +138,64 @@ def run(configs, impls, repeats, warmup, memory, threads, out: Path, device="cpu
         tm = timings["timm"].median if "timm" in timings else math.nan
         for impl in impls:
             t = timings[impl].median
-            row = dict(preset=preset, size=size, impl=impl, ms=t * 1e3, vs_reference=ref / t, vs_transformers=hf / t,
-                       vs_timm=tm / t, peak_mb=peaks[impl] / 2**20, max_err=errors[impl])
+            row = dict(
+                preset=preset,
+                size=size,
+                impl=impl,
+                ms=t * 1e3,
+                vs_reference=ref / t,
+                vs_transformers=hf / t,
+                vs_timm=tm / t,
+                peak_mb=peaks[impl] / 2**20,
+                max_err=errors[impl],
+            )
             results.append(row)
-            rows.append([preset, f"{size}²", impl, row["ms"], row["vs_reference"], row["vs_transformers"],
-                         row["vs_timm"], row["peak_mb"], row["max_err"]])
+            rows.append(
+                [
+                    preset,
+                    f"{size}²",
+                    impl,
+                    row["ms"],
+                    row["vs_reference"],
+                    row["vs_transformers"],
+                    row["vs_timm"],
+                    row["peak_mb"],
+                    row["max_err"],
+                ]
+            )
     bar.close()
 
-    headers = ["preset", "input", "implementation", "median ms", "speed-up vs reference", "vs transformers",
-               "vs timm", "peak MB (forward)", f"max |Δ| vs {impls[0]}"]
+    headers = [
+        "preset",
+        "input",
+        "implementation",
+        "median ms",
+        "speed-up vs reference",
+        "vs transformers",
+        "vs timm",
+        "peak MB (forward)",
+        f"max |Δ| vs {impls[0]}",
+    ]
     table = markdown_table(headers, rows)
     config_args = " ".join(f"{p}:{s}" for p, s in configs)
-    peak_note = ("what one forward adds to the resident set in a fresh process, after a warm-up forward"
-                 if device == "cpu" else "torch.cuda.max_memory_allocated above the model, fresh process")
-    text = (f"# End-to-end forward latency and memory ({device}, {dtype}, batch {batch})\n\n"
-            f"Machine: {machine_line()}.\n{cpu_line()}; load average before the run {load_before}.\n"
-            f"Median of {repeats} interleaved runs after {warmup} warm-up; "
-            f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: {peak_note} "
-            f"(not measured for compiled candidates and peers). Every output was checked against {impls[0]}'s "
-            f"before timing (last column).\n"
-            f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)} --batch {batch} "
-            f"--dtype {dtype} --threads {threads}`\n\n"
-            + peer_summary(results, impls)
-            + (fast_summary(results, impls) if "fast" in impls else "")
-            + f"{table}\n")
+    peak_note = (
+        "what one forward adds to the resident set in a fresh process, after a warm-up forward"
+        if device == "cpu"
+        else "torch.cuda.max_memory_allocated above the model, fresh process"
+    )
+    text = (
+        f"# End-to-end forward latency and memory ({device}, {dtype}, batch {batch})\n\n"
+        f"Machine: {machine_line()}.\n{cpu_line()}; load average before the run {load_before}.\n"
+        f"Median of {repeats} interleaved runs after {warmup} warm-up; "
+        f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: {peak_note} "
+        f"(not measured for compiled candidates and peers). Every output was checked against {impls[0]}'s "
+        f"before timing (last column).\n"
+        f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)} --batch {batch} "
+        f"--dtype {dtype} --threads {threads}`\n\n"
+        + peer_summary(results, impls)
+        + (fast_summary(results, impls) if "fast" in impls else "")
+        + f"{table}\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, impls, out.with_suffix(".png"), f"PVTv2 encoder forward, {device} {dtype}")
     if "fast" in impls:
@@ -171,10 +226,13 @@ def peer_summary(results, impls) -> str:
                 row.append(by_impl["openvino"]["ms"] / by_impl[mine]["ms"])
         rows.append(row)
     mine_cols = [f"{m} speed / OpenVINO's" for m in ("fast", "inference") if m in impls and "openvino" in impls]
-    return ("Time relative to timm eager (< 1 = faster), and speed relative to OpenVINO (> 1 = faster). Issue 11's "
-            "targets: fast ≥ 1.0× OpenVINO at 512²/1024² and ≤ 0.5 of timm at 224²; inference mode ≥ 1.1× "
-            "OpenVINO everywhere; neither slower than timm-cl.\n\n"
-            + markdown_table(["preset", "input", *impls, *mine_cols], rows) + "\n\n")
+    return (
+        "Time relative to timm eager (< 1 = faster), and speed relative to OpenVINO (> 1 = faster). Issue 11's "
+        "targets: fast ≥ 1.0× OpenVINO at 512²/1024² and ≤ 0.5 of timm at 224²; inference mode ≥ 1.1× "
+        "OpenVINO everywhere; neither slower than timm-cl.\n\n"
+        + markdown_table(["preset", "input", *impls, *mine_cols], rows)
+        + "\n\n"
+    )
 
 
 def fast_summary(results, impls) -> str:
@@ -188,8 +246,10 @@ def fast_summary(results, impls) -> str:
         memory = (fast["peak_mb"] / by_impl["reference"]["peak_mb"]) if "reference" in by_impl else math.nan
         rows.append([preset, f"{size}²", fast["ms"], *(by_impl[i]["ms"] / fast["ms"] for i in others), memory])
     headers = ["preset", "input", "fast ms", *(f"× {i}" for i in others), "peak memory / reference"]
-    return ("fast=True at a glance: speed-up over each candidate (time ratio from the table below) and peak "
-            "memory relative to the reference.\n\n" + markdown_table(headers, rows) + "\n\n")
+    return (
+        "fast=True at a glance: speed-up over each candidate (time ratio from the table below) and peak "
+        "memory relative to the reference.\n\n" + markdown_table(headers, rows) + "\n\n"
+    )
 
 
 def op_table(threads: int, repeats: int = 15) -> str:
@@ -220,16 +280,42 @@ def op_table(threads: int, repeats: int = 15) -> str:
         t = time_interleaved(cands, repeats=repeats, warmup=2)
         nbytes = 2 * x.numel() * 4
         for name in ("copy (same bytes)", "dwconv+GELU torch", "dwconv+GELU cpu"):
-            rows.append([preset, f"{h}×{w}×{ffn}", name, t[name].median * 1e3, nbytes / t[name].median / 1e9,
-                         t["dwconv+GELU torch"].median / t[name].median])
+            rows.append(
+                [
+                    preset,
+                    f"{h}×{w}×{ffn}",
+                    name,
+                    t[name].median * 1e3,
+                    nbytes / t[name].median / 1e9,
+                    t["dwconv+GELU torch"].median / t[name].median,
+                ]
+            )
         pool_bytes = tokens.numel() * 4
         for name in ("pool 7×7 torch", "pool 7×7 cpu"):
-            rows.append([preset, f"{h}×{w}×{c}", name, t[name].median * 1e3, pool_bytes / t[name].median / 1e9,
-                         t["pool 7×7 torch"].median / t[name].median])
-    headers = ["preset (stage 1 @512²)", "tensor", "op", "median ms", "GB/s (one read + one write)",
-               "speed-up vs torch composition"]
-    return (f"## Fused CPU ops (C++ extension, ISA: {_ext.cpu_isa()}, {threads} threads)\n\n"
-            + markdown_table(headers, rows) + "\n" + ffn_table(repeats))
+            rows.append(
+                [
+                    preset,
+                    f"{h}×{w}×{c}",
+                    name,
+                    t[name].median * 1e3,
+                    pool_bytes / t[name].median / 1e9,
+                    t["pool 7×7 torch"].median / t[name].median,
+                ]
+            )
+    headers = [
+        "preset (stage 1 @512²)",
+        "tensor",
+        "op",
+        "median ms",
+        "GB/s (one read + one write)",
+        "speed-up vs torch composition",
+    ]
+    return (
+        f"## Fused CPU ops (C++ extension, ISA: {_ext.cpu_isa()}, {threads} threads)\n\n"
+        + markdown_table(headers, rows)
+        + "\n"
+        + ffn_table(repeats)
+    )
 
 
 def ffn_table(repeats: int) -> str:
@@ -245,8 +331,14 @@ def ffn_table(repeats: int) -> str:
         c = cfg.hidden_sizes[0]
         hid = int(c * cfg.mlp_ratios[0])
         x = torch.randn(1, h * w, c)
-        args = (torch.randn(hid, c) * c ** -0.5, torch.randn(hid), torch.randn(hid, 1, 3, 3), torch.randn(hid),
-                torch.randn(c, hid) * hid ** -0.5, torch.randn(c))
+        args = (
+            torch.randn(hid, c) * c**-0.5,
+            torch.randn(hid),
+            torch.randn(hid, 1, 3, 3),
+            torch.randn(hid),
+            torch.randn(c, hid) * hid**-0.5,
+            torch.randn(c),
+        )
 
         def unfused():
             hidden = torch.nn.functional.linear(x, args[0], args[1])
@@ -264,17 +356,19 @@ def ffn_table(repeats: int) -> str:
         base = t["torch composition"].median
         for cand in cands:
             m = t[cand.name].median
-            rows.append([f"{preset} @{size}²", f"{h}×{w}: {c} → {hid} → {c}", cand.name, m * 1e3, flops / m / 1e9,
-                         base / m])
+            rows.append(
+                [f"{preset} @{size}²", f"{h}×{w}: {c} → {hid} → {c}", cand.name, m * 1e3, flops / m / 1e9, base / m]
+            )
     a = torch.randn(1024, 1024)
     out = torch.empty(1024, 1024)
     gemm = time_interleaved([Candidate("gemm", lambda: torch.mm(a, a, out=out))], repeats=repeats, warmup=2)["gemm"]
     headers = ["preset (stage 1)", "map: channels", "FFN implementation", "median ms", "GFLOP/s", "speed-up vs torch"]
-    return ("\n### The whole conv FFN (fc1 → dwconv 3×3 → GELU → fc2)\n\n"
-            "Stage 1 widens the tokens 8× (mlp_ratio); `conv_ffn` never materialises that hidden state. "
-            f"GFLOP/s counts the two GEMMs and the 3×3 taps; the yardstick is this machine's fp32 GEMM rate "
-            f"(1024³ `torch.mm`): {2 * 1024 ** 3 / gemm.median / 1e9:.0f} GFLOP/s.\n\n"
-            + markdown_table(headers, rows) + "\n")
+    return (
+        "\n### The whole conv FFN (fc1 → dwconv 3×3 → GELU → fc2)\n\n"
+        "Stage 1 widens the tokens 8× (mlp_ratio); `conv_ffn` never materialises that hidden state. "
+        f"GFLOP/s counts the two GEMMs and the 3×3 taps; the yardstick is this machine's fp32 GEMM rate "
+        f"(1024³ `torch.mm`): {2 * 1024**3 / gemm.median / 1e9:.0f} GFLOP/s.\n\n" + markdown_table(headers, rows) + "\n"
+    )
 
 
 def plot_speedup(results, impls, path: Path, title: str) -> None:
@@ -323,7 +417,9 @@ def plot(results, impls, path: Path, title: str) -> None:
     width = 0.8 / len(impls)
     for k, impl in enumerate(impls):
         ms = [next(r["ms"] for r in results if (r["preset"], r["size"]) == g and r["impl"] == impl) for g in groups]
-        mb = [next(r["peak_mb"] for r in results if (r["preset"], r["size"]) == g and r["impl"] == impl) for g in groups]
+        mb = [
+            next(r["peak_mb"] for r in results if (r["preset"], r["size"]) == g and r["impl"] == impl) for g in groups
+        ]
         xs = [i + k * width for i in range(len(groups))]
         axes[0].bar(xs, ms, width, label=impl)
         if with_memory:
@@ -360,8 +456,18 @@ def main(argv=None) -> None:
     if args.dtype != "fp32" and "onnxruntime" in args.impls:
         print("onnxruntime dropped from a bf16 run: it has no bf16 CPU path here")
         args.impls = [i for i in args.impls if i != "onnxruntime"]
-    run(configs, args.impls, args.repeats, args.warmup, not args.no_memory, args.threads, args.out,
-        dtype=args.dtype, batch=args.batch, op_tables=not args.no_op_tables)
+    run(
+        configs,
+        args.impls,
+        args.repeats,
+        args.warmup,
+        not args.no_memory,
+        args.threads,
+        args.out,
+        dtype=args.dtype,
+        batch=args.batch,
+        op_tables=not args.no_op_tables,
+    )
 
 
 if __name__ == "__main__":

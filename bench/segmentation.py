@@ -100,14 +100,20 @@ def measure(spec: dict, timeout: float = 3600) -> dict:
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     nan = dict(peak=float("nan"), seconds=float("nan"))
     try:
-        out = subprocess.run([sys.executable, "-m", "bench.segmentation", "--child", json.dumps(spec)],
-                             capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.segmentation", "--child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=root,
+        )
     except subprocess.TimeoutExpired:
         sys.stderr.write(f"timed out after {timeout:.0f} s: {spec}\n")
         return nan
     for line in out.stdout.splitlines()[::-1]:
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     sys.stderr.write(f"segmentation probe failed for {spec}:\n{out.stderr[-2000:]}\n")
     return nan
 
@@ -139,8 +145,10 @@ def load(out: Path) -> dict:
     path = out.with_suffix(".json")
     if not path.exists():
         return {}
-    return {(r["preset"], r["size"], r["impl"]): dict(peak=r["peak"], seconds=r["seconds"])
-            for r in json.loads(path.read_text())}
+    return {
+        (r["preset"], r["size"], r["impl"]): dict(peak=r["peak"], seconds=r["seconds"])
+        for r in json.loads(path.read_text())
+    }
 
 
 def report(results: dict, out: Path) -> str:
@@ -156,19 +164,22 @@ def report(results: dict, out: Path) -> str:
                 r = results[(preset, size, impl)]
                 rows.append([preset, f"{size}²", impl, r["peak"] / 2**30, r["seconds"], theirs / r["seconds"]])
     spec = " ".join(f"{p}:{','.join(str(s) for q, s in points if q == p)}" for p in dict.fromkeys(q for q, _ in points))
-    text = (f"# Segmentation end to end vs resolution (CPU, fp32, batch 1, {NUM_LABELS} labels, whole image)\n\n"
-            f"Machine: {machine_line()}. Extra peak: what image → labels adds to the resident set (fresh process "
-            f"per point, first call). Time: median of 3 calls below 2048², 2 at 2048², 1 above. `labels` = "
-            f"`segment(fast model, x, output=\"labels\")`; `unstreamed` = unfolded head + full-size logits + argmax "
-            f"on the same fast encoder; `transformers` = SegformerForSemanticSegmentation + interpolate + argmax "
-            f"(≤ 2048²); `backbone` = the fast encoder alone. Speed-up = transformers' time / this row's.\n"
-            f"Reproduce: `python -m bench.segmentation --points {spec}`\n\n"
-            + markdown_table(["Segformer", "input", "path", "extra peak GB", "seconds", "speed-up vs transformers"],
-                             rows) + "\n")
+    text = (
+        f"# Segmentation end to end vs resolution (CPU, fp32, batch 1, {NUM_LABELS} labels, whole image)\n\n"
+        f"Machine: {machine_line()}. Extra peak: what image → labels adds to the resident set (fresh process "
+        f"per point, first call). Time: median of 3 calls below 2048², 2 at 2048², 1 above. `labels` = "
+        f'`segment(fast model, x, output="labels")`; `unstreamed` = unfolded head + full-size logits + argmax '
+        f"on the same fast encoder; `transformers` = SegformerForSemanticSegmentation + interpolate + argmax "
+        f"(≤ 2048²); `backbone` = the fast encoder alone. Speed-up = transformers' time / this row's.\n"
+        f"Reproduce: `python -m bench.segmentation --points {spec}`\n\n"
+        + markdown_table(["Segformer", "input", "path", "extra peak GB", "seconds", "speed-up vs transformers"], rows)
+        + "\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(
-        [dict(preset=p, size=s, impl=i, **r) for (p, s, i), r in sorted(results.items())], indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps([dict(preset=p, size=s, impl=i, **r) for (p, s, i), r in sorted(results.items())], indent=1)
+    )
     plot(results, points, impls, out.with_suffix(".png"))
     return text
 
@@ -184,8 +195,11 @@ def plot(results, points, impls, path: Path) -> None:
     for col, preset in enumerate(presets):
         sizes = [s for p, s in points if p == preset]
         for impl in impls:
-            pts = [(s * s / 1e6, results[(preset, s, impl)]) for s in sizes
-                   if results.get((preset, s, impl), {}).get("peak", float("nan")) > 0]  # nan: failed or timed out
+            pts = [
+                (s * s / 1e6, results[(preset, s, impl)])
+                for s in sizes
+                if results.get((preset, s, impl), {}).get("peak", float("nan")) > 0
+            ]  # nan: failed or timed out
             if not pts:
                 continue
             axes[0][col].plot([p for p, _ in pts], [r["peak"] / 2**30 for _, r in pts], marker="o", label=impl)

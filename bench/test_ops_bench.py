@@ -22,9 +22,11 @@ def _stage1(preset, size=512):
 
 def _run(benchmark, fn):
     if DEVICE == "cuda":
+
         def timed():
             fn()
             torch.cuda.synchronize()
+
         benchmark(timed)
     else:
         with torch.inference_mode():

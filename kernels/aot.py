@@ -19,8 +19,14 @@ _PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
 
 def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str], Dict[str, object], int, int]]:
-    from .sra_attention import (AUTOTUNE_CONFIGS, AUTOTUNE_CONFIGS_FP32, ONE_BLOCK_WARPS, one_block_max_keys,
-                                one_block_tile, sra_attention_kernel)
+    from .sra_attention import (
+        AUTOTUNE_CONFIGS,
+        AUTOTUNE_CONFIGS_FP32,
+        ONE_BLOCK_WARPS,
+        one_block_max_keys,
+        one_block_tile,
+        sra_attention_kernel,
+    )
 
     def largest(configs):
         return max(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] * c.num_stages)
@@ -33,17 +39,29 @@ def _attention_variants(full: bool) -> Iterator[Tuple[str, object, Dict[str, str
         # the one-block tiles the launcher picks (one_block_tile) for Linear SRA's 49 keys and for the most keys
         # the path takes; then the streaming path at each autotune config (or the largest)
         variants = []
-        for block_n, block_m in dict.fromkeys(one_block_tile(dtype == "fp32", block_d, keys)
-                                              for keys in (49, one_block_max_keys(dtype == "fp32"))):
-            variants.append(dict(BLOCK_N=block_n, BLOCK_M=block_m, ONE_BLOCK=True, num_warps=ONE_BLOCK_WARPS,
-                                 num_stages=3))
-        variants += [dict(**c.kwargs, ONE_BLOCK=False, num_warps=c.num_warps, num_stages=c.num_stages)
-                     for c in (configs if full else [largest(configs)])]
+        for block_n, block_m in dict.fromkeys(
+            one_block_tile(dtype == "fp32", block_d, keys) for keys in (49, one_block_max_keys(dtype == "fp32"))
+        ):
+            variants.append(
+                dict(BLOCK_N=block_n, BLOCK_M=block_m, ONE_BLOCK=True, num_warps=ONE_BLOCK_WARPS, num_stages=3)
+            )
+        variants += [
+            dict(**c.kwargs, ONE_BLOCK=False, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in (configs if full else [largest(configs)])
+        ]
         for v in variants:
-            consts = dict(BLOCK_N=v["BLOCK_N"], BLOCK_M=v["BLOCK_M"], BLOCK_D=block_d, ONE_BLOCK=v["ONE_BLOCK"],
-                          DOT_FP32=False, INPUT_PRECISION="tf32x3" if dtype == "fp32" else "ieee")
-            name = (f"sra_attention {dtype} D={block_d} {'one-block' if v['ONE_BLOCK'] else 'stream'} "
-                    f"N{v['BLOCK_N']}×M{v['BLOCK_M']} w{v['num_warps']}s{v['num_stages']}")
+            consts = dict(
+                BLOCK_N=v["BLOCK_N"],
+                BLOCK_M=v["BLOCK_M"],
+                BLOCK_D=block_d,
+                ONE_BLOCK=v["ONE_BLOCK"],
+                DOT_FP32=False,
+                INPUT_PRECISION="tf32x3" if dtype == "fp32" else "ieee",
+            )
+            name = (
+                f"sra_attention {dtype} D={block_d} {'one-block' if v['ONE_BLOCK'] else 'stream'} "
+                f"N{v['BLOCK_N']}×M{v['BLOCK_M']} w{v['num_warps']}s{v['num_stages']}"
+            )
             yield name, sra_attention_kernel, sig, consts, v["num_warps"], v["num_stages"]
 
 
@@ -54,8 +72,14 @@ def _pool_variants():
     for dtype in ("fp32", "fp16", "bf16"):
         sig = {"X": _PTR[dtype], "Y": _PTR[dtype], **{s: "i32" for s in scalars}}
         consts = dict(P=7, BLOCK_BIN=MAX_BLOCK_BIN, BLOCK_C=MAX_BLOCK_C)
-        yield (f"linear_sra_pool {dtype} BIN{MAX_BLOCK_BIN}×C{MAX_BLOCK_C}", linear_sra_pool_kernel, sig, consts,
-               NUM_WARPS, 3)
+        yield (
+            f"linear_sra_pool {dtype} BIN{MAX_BLOCK_BIN}×C{MAX_BLOCK_C}",
+            linear_sra_pool_kernel,
+            sig,
+            consts,
+            NUM_WARPS,
+            3,
+        )
 
 
 def _dwconv_variants():
@@ -63,10 +87,22 @@ def _dwconv_variants():
 
     scalars = ["H", "W", "C"] + [f"stride_{t}{a}" for t in "xy" for a in ("b", "n", "c")]
     for dtype, relu in itertools.product(("fp32", "fp16", "bf16"), (False, True)):
-        sig = {"X": _PTR[dtype], "Wt": _PTR[dtype], "Bias": _PTR[dtype], "Y": _PTR[dtype], **{s: "i32" for s in scalars}}
+        sig = {
+            "X": _PTR[dtype],
+            "Wt": _PTR[dtype],
+            "Bias": _PTR[dtype],
+            "Y": _PTR[dtype],
+            **{s: "i32" for s in scalars},
+        }
         consts = dict(HAS_BIAS=True, RELU_INPUT=relu, BLOCK_P=BLOCK_P, BLOCK_C=MAX_BLOCK_C)
-        yield (f"dwconv_gelu {dtype} relu={relu} P{BLOCK_P}×C{MAX_BLOCK_C}", dwconv_gelu_kernel, sig, consts,
-               NUM_WARPS, 3)
+        yield (
+            f"dwconv_gelu {dtype} relu={relu} P{BLOCK_P}×C{MAX_BLOCK_C}",
+            dwconv_gelu_kernel,
+            sig,
+            consts,
+            NUM_WARPS,
+            3,
+        )
 
 
 def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
@@ -83,8 +119,9 @@ def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
     records = []
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
-        for name, fn, sig, consts, warps, stages in itertools.chain(_attention_variants(full), _pool_variants(),
-                                                                      _dwconv_variants()):
+        for name, fn, sig, consts, warps, stages in itertools.chain(
+            _attention_variants(full), _pool_variants(), _dwconv_variants()
+        ):
             full_sig = dict(sig)
             full_sig.update({k: "constexpr" for k in consts})
             src = ASTSource(fn=fn, signature=full_sig, constexprs=consts)
@@ -92,9 +129,14 @@ def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
             try:
                 compiled = triton.compile(src, target=target, options=dict(num_warps=warps, num_stages=stages))
                 meta = compiled.metadata
-                record.update(ok=True, shared=meta.shared, ptx_bytes=len(compiled.asm.get("ptx", "")),
-                              cubin_bytes=len(compiled.asm.get("cubin", b"")),
-                              n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None))
+                record.update(
+                    ok=True,
+                    shared=meta.shared,
+                    ptx_bytes=len(compiled.asm.get("ptx", "")),
+                    cubin_bytes=len(compiled.asm.get("cubin", b"")),
+                    n_regs=getattr(compiled, "n_regs", None),
+                    n_spills=getattr(compiled, "n_spills", None),
+                )
                 _fill_registers(record, compiled)
             except Exception as e:  # noqa: BLE001 - reported per variant
                 record.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
@@ -123,8 +165,9 @@ def _fill_registers(record: dict, compiled) -> None:
         f.flush()
         for tool in (bundled, "cuobjdump", "/usr/local/cuda/bin/cuobjdump"):
             try:
-                out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                                     timeout=60).stdout
+                out = subprocess.run(
+                    [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, timeout=60
+                ).stdout
             except (OSError, subprocess.TimeoutExpired):
                 continue
             m = re.search(r"REG:(\d+)", out)
@@ -137,11 +180,16 @@ def _fill_registers(record: dict, compiled) -> None:
 
 
 def markdown(records: List[dict]) -> str:
-    lines = ["| kernel variant | arch | compiled | shared mem (B) | registers/thread | spills |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| kernel variant | arch | compiled | shared mem (B) | registers/thread | spills |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in records:
         if r["ok"]:
-            lines.append(f"| {r['kernel']} | {r['arch']} | yes | {r['shared']} | {r.get('n_regs') or '—'} | "
-                         f"{r.get('n_spills') if r.get('n_spills') is not None else '—'} |")
+            lines.append(
+                f"| {r['kernel']} | {r['arch']} | yes | {r['shared']} | {r.get('n_regs') or '—'} | "
+                f"{r.get('n_spills') if r.get('n_spills') is not None else '—'} |"
+            )
         else:
             lines.append(f"| {r['kernel']} | {r['arch']} | **no**: {r['error']} | — | — | — |")
     return "\n".join(lines)
@@ -160,11 +208,13 @@ def main(argv=None) -> int:
         import triton
 
         with open(args.out, "w") as f:
-            f.write(f"# Triton kernels compiled ahead of time (no GPU needed)\n\n"
-                    f"Triton {triton.__version__}. `python -m pvtv2_fast.kernels.aot --arch "
-                    f"{' '.join(map(str, args.arch))} --out <file>{' --full' if args.full else ''}`; shared memory as "
-                    f"Triton reports it, registers and spills (stack bytes) from the cubin (ptxas). The interpreter "
-                    f"cannot catch what this does.\n\n" + text + "\n")
+            f.write(
+                f"# Triton kernels compiled ahead of time (no GPU needed)\n\n"
+                f"Triton {triton.__version__}. `python -m pvtv2_fast.kernels.aot --arch "
+                f"{' '.join(map(str, args.arch))} --out <file>{' --full' if args.full else ''}`; shared memory as "
+                f"Triton reports it, registers and spills (stack bytes) from the cubin (ptxas). The interpreter "
+                f"cannot catch what this does.\n\n" + text + "\n"
+            )
     return 0 if all(r["ok"] for r in records) else 1
 
 

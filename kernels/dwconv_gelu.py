@@ -28,10 +28,19 @@ INTERPRETED_MAX_TILE = (1024, 256)  # (BLOCK_P, BLOCK_C): the interpreter pays p
 # gains nothing, loads run along channels; not doing it keeps one binary per dtype and tile, not per map size.
 @triton.jit(do_not_specialize=["H", "W"])
 def dwconv_gelu_kernel(
-    X, Wt, Bias, Y,
-    H, W, C,
-    stride_xb, stride_xn, stride_xc,
-    stride_yb, stride_yn, stride_yc,
+    X,
+    Wt,
+    Bias,
+    Y,
+    H,
+    W,
+    C,
+    stride_xb,
+    stride_xn,
+    stride_xc,
+    stride_yb,
+    stride_yn,
+    stride_yc,
     HAS_BIAS: tl.constexpr,
     RELU_INPUT: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -86,8 +95,9 @@ def launch_grid(n: int, c: int, batch: int, block_p: int, block_c: int) -> tuple
     return check_grid((triton.cdiv(n, block_p), triton.cdiv(c, block_c), batch))
 
 
-def dwconv_gelu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, height: int, width: int,
-                    relu_input: bool = False) -> torch.Tensor:
+def dwconv_gelu_fwd(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, height: int, width: int, relu_input: bool = False
+) -> torch.Tensor:
     """``x (B, H·W, C)``, ``weight (C, 1, 3, 3)`` contiguous, ``bias (C,)`` → ``(B, H·W, C)`` contiguous."""
     from . import INTERPRETED
 
@@ -97,6 +107,19 @@ def dwconv_gelu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     for start, stop in batch_chunks(b):
         xs, ys = x[start:stop], y[start:stop]
         dwconv_gelu_kernel[launch_grid(n, c, stop - start, block_p, block_c)](
-            xs, weight, bias if bias is not None else weight, ys, height, width, c, *xs.stride(), *ys.stride(),
-            HAS_BIAS=bias is not None, RELU_INPUT=relu_input, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS)
+            xs,
+            weight,
+            bias if bias is not None else weight,
+            ys,
+            height,
+            width,
+            c,
+            *xs.stride(),
+            *ys.stride(),
+            HAS_BIAS=bias is not None,
+            RELU_INPUT=relu_input,
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            num_warps=NUM_WARPS,
+        )
     return y

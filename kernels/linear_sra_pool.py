@@ -25,10 +25,17 @@ INTERPRETED_MAX_TILE = (4096, 256)  # (BLOCK_BIN, BLOCK_C): the interpreter pays
 # gains nothing, loads run along channels; not doing it keeps one binary per dtype and tile, not per map size.
 @triton.jit(do_not_specialize=["H", "W"])
 def linear_sra_pool_kernel(
-    X, Y,
-    H, W, C,
-    stride_xb, stride_xn, stride_xc,
-    stride_yb, stride_yn, stride_yc,
+    X,
+    Y,
+    H,
+    W,
+    C,
+    stride_xb,
+    stride_xn,
+    stride_xc,
+    stride_yb,
+    stride_yn,
+    stride_yc,
     P: tl.constexpr,
     BLOCK_BIN: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -74,6 +81,17 @@ def linear_sra_pool_fwd(x: torch.Tensor, height: int, width: int, pool_size: int
     max_bin_tile, max_c_tile = INTERPRETED_MAX_TILE if INTERPRETED else (MAX_BLOCK_BIN, MAX_BLOCK_C)
     block_bin, block_c = min(max_bin_tile, triton.next_power_of_2(max_bin)), min(max_c_tile, triton.next_power_of_2(c))
     grid = check_grid((b * pool_size * pool_size, triton.cdiv(c, block_c)))  # cells on axis 0: no 65535 limit
-    linear_sra_pool_kernel[grid](x, y, height, width, c, *x.stride(), *y.stride(), P=pool_size,
-                                 BLOCK_BIN=block_bin, BLOCK_C=block_c, num_warps=NUM_WARPS)
+    linear_sra_pool_kernel[grid](
+        x,
+        y,
+        height,
+        width,
+        c,
+        *x.stride(),
+        *y.stride(),
+        P=pool_size,
+        BLOCK_BIN=block_bin,
+        BLOCK_C=block_c,
+        num_warps=NUM_WARPS,
+    )
     return y

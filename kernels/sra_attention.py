@@ -22,13 +22,27 @@ from .launch import batch_chunks, check_grid
 # by 16) keeps one binary per dtype and tile instead of one per map size.
 @triton.jit(do_not_specialize=["N", "M"])
 def sra_attention_kernel(
-    Q, K, V, O,
+    Q,
+    K,
+    V,
+    O,
     sm_scale,
-    N, M, H, D,
-    stride_qb, stride_qn, stride_qc,
-    stride_kb, stride_km, stride_kc,
-    stride_vb, stride_vm, stride_vc,
-    stride_ob, stride_on, stride_oc,
+    N,
+    M,
+    H,
+    D,
+    stride_qb,
+    stride_qn,
+    stride_qc,
+    stride_kb,
+    stride_km,
+    stride_kc,
+    stride_vb,
+    stride_vm,
+    stride_vc,
+    stride_ob,
+    stride_on,
+    stride_oc,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -168,8 +182,7 @@ def kernel_args(q, k, v, o, num_heads, scale):
     return (q, k, v, o, scale, n, m, num_heads, c // num_heads, *q.stride(), *k.stride(), *v.stride(), *o.stride())
 
 
-def sra_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-                      scale: float) -> torch.Tensor:
+def sra_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
     """``softmax(q·kᵀ·scale)·v`` per head. ``q (B, N, C)``, ``k, v (B, M, C)`` (any strides) → ``(B, N, C)``.
 
     fp32 uses "tf32x3" dots on the GPU (three TF32 passes: error near fp32's, unlike plain TF32's ~3e-4; IEEE fp32
@@ -196,8 +209,9 @@ def _launch(args, n: int, m: int, programs_bh: int, fp32: bool, on_cuda: bool, c
         if interpreting():
             block_n = INTERPRETED_BLOCK_N
         grid = check_grid((triton.cdiv(n, block_n), programs_bh))
-        sra_attention_kernel[grid](*args, BLOCK_N=block_n, BLOCK_M=block_m, ONE_BLOCK=True,
-                                   num_warps=ONE_BLOCK_WARPS, **consts)
+        sra_attention_kernel[grid](
+            *args, BLOCK_N=block_n, BLOCK_M=block_m, ONE_BLOCK=True, num_warps=ONE_BLOCK_WARPS, **consts
+        )
         return
     if interpreting() or not on_cuda:
         block_n, block_m = INTERPRETED_STREAM_TILE

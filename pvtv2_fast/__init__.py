@@ -9,8 +9,8 @@ from .modeling import (
     PvtV2Model,
     PvtV2PreTrainedModel,
 )
-from .validation import min_input_size, stage_shapes, stage_sizes
 from .patch import is_patched, patch, unpatch  # noqa: E402  (binds pvtv2_fast.patch to the function)
+from .validation import min_input_size, stage_shapes, stage_sizes
 
 __version__ = "0.1.0"
 

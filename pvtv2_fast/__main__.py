@@ -89,13 +89,18 @@ def _reason(error: BaseException) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from . import PvtV2Config, PvtV2ForImageClassification, min_input_size, preset_names, stage_sizes
 
-    rows = ["| preset | params (M) | GFLOPs (MACs) @224² | stage maps @224² (C×H×W) | min input |", "|---|---|---|---|---|"]
+    rows = [
+        "| preset | params (M) | GFLOPs (MACs) @224² | stage maps @224² (C×H×W) | min input |",
+        "|---|---|---|---|---|",
+    ]
     for name in preset_names():
         config = PvtV2Config.from_preset(name, num_labels=1000)
         model = PvtV2ForImageClassification(config).eval()
         stages = ", ".join(f"{c}×{h}×{w}" for c, (h, w) in zip(config.hidden_sizes, stage_sizes(config, 224, 224)))
-        rows.append(f"| {name} | {model.num_parameters() / 1e6:.2f} | {count_macs(model, 224) / 1e9:.2f} | "
-                    f"{stages} | {min_input_size(config)}² |")
+        rows.append(
+            f"| {name} | {model.num_parameters() / 1e6:.2f} | {count_macs(model, 224) / 1e9:.2f} | "
+            f"{stages} | {min_input_size(config)}² |"
+        )
     print("\n".join(rows))
     return EXIT_OK
 
@@ -105,8 +110,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .preprocessing import PvtV2ImageProcessor, load_image
 
     model = PvtV2ForImageClassification.from_pretrained(args.weights, fast=args.fast)
-    processor = PvtV2ImageProcessor.from_pretrained(args.weights) if not str(args.weights).endswith(
-        (".pth", ".pt", ".bin", ".safetensors")) else PvtV2ImageProcessor()
+    processor = (
+        PvtV2ImageProcessor.from_pretrained(args.weights)
+        if not str(args.weights).endswith((".pth", ".pt", ".bin", ".safetensors"))
+        else PvtV2ImageProcessor()
+    )
     batch = Batch(len(args.images))
     for path in args.images:
         with batch.image(path):
@@ -124,16 +132,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from . import PvtV2ForSemanticSegmentation
-    from . import segmentation
+    from . import PvtV2ForSemanticSegmentation, segmentation
     from .checkpoint import CheckpointMismatchError
 
     try:
         model = PvtV2ForSemanticSegmentation.from_pretrained(args.weights, fast=args.fast)
     except CheckpointMismatchError as e:
         if any(k.startswith("decode_head.") for k in e.missing):
-            raise ValueError(f"{args.weights} is not a semantic-segmentation checkpoint (it has no decode_head "
-                             f"weights); pass a Segformer / PvtV2ForSemanticSegmentation checkpoint") from None
+            raise ValueError(
+                f"{args.weights} is not a semantic-segmentation checkpoint (it has no decode_head "
+                f"weights); pass a Segformer / PvtV2ForSemanticSegmentation checkpoint"
+            ) from None
         raise
     paths = segmentation.collect_images(args.inputs)
     if not paths:
@@ -150,17 +159,33 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path in tqdm(paths, desc="segment", unit="image", disable=len(paths) < 2 or args.no_progress):
         with batch.image(path):
             if path.stem in stems:
-                raise ValueError(f"its outputs {path.stem}_* would overwrite those of {stems[path.stem]}; "
-                                 f"rename one of them or segment them into different --out folders")
+                raise ValueError(
+                    f"its outputs {path.stem}_* would overwrite those of {stems[path.stem]}; "
+                    f"rename one of them or segment them into different --out folders"
+                )
             stems[path.stem] = path
-            written += segmentation.segment_file(model, path, out, mode, args.output, tile, stride, args.tile_batch,
-                                                 progress=not args.no_progress, max_pixels=args.max_pixels)
+            written += segmentation.segment_file(
+                model,
+                path,
+                out,
+                mode,
+                args.output,
+                tile,
+                stride,
+                args.tile_batch,
+                progress=not args.no_progress,
+                max_pixels=args.max_pixels,
+            )
     print(f"wrote {len(written)} files to {args.out}")
     return batch.finish()
 
 
-EXPORT_TASKS = {"classification": "PvtV2ForImageClassification", "segmentation": "PvtV2ForSemanticSegmentation",
-                "backbone": "PvtV2Backbone", "base": "PvtV2Model"}
+EXPORT_TASKS = {
+    "classification": "PvtV2ForImageClassification",
+    "segmentation": "PvtV2ForSemanticSegmentation",
+    "backbone": "PvtV2Backbone",
+    "base": "PvtV2Model",
+}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -169,8 +194,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_onnx, export_onnx
 
     model = getattr(pvtv2_fast, EXPORT_TASKS[args.task]).from_pretrained(args.weights)
-    path = export_onnx(model, args.out, height=args.height, width=args.width, dynamic=not args.static,
-                       opset=args.opset, dynamo=args.dynamo)
+    path = export_onnx(
+        model,
+        args.out,
+        height=args.height,
+        width=args.width,
+        dynamic=not args.static,
+        opset=args.opset,
+        dynamo=args.dynamo,
+    )
     shape = "fixed" if args.static else "dynamic batch, height and width"
     print(f"wrote {path} ({EXPORT_TASKS[args.task]}, {shape}, example {args.height}×{args.width})")
     if args.check:
@@ -206,14 +238,20 @@ def _pixel_limit(text: str) -> Optional[int]:
 
 
 def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-pixels", type=_pixel_limit, default=DEFAULT_MAX_PIXELS, metavar="N",
-                        help=f"skip (and report) images with more than N pixels; default {DEFAULT_MAX_PIXELS} "
-                             f"(16384², 1.5× the 179 Mpx at which PIL refuses images); 0: no limit")
+    parser.add_argument(
+        "--max-pixels",
+        type=_pixel_limit,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"skip (and report) images with more than N pixels; default {DEFAULT_MAX_PIXELS} "
+        f"(16384², 1.5× the 179 Mpx at which PIL refuses images); 0: no limit",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pvtv2_fast", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pvtv2_fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="presets table: parameters, GFLOPs at 224², stage shapes")
     info.set_defaults(func=cmd_info)
@@ -228,17 +266,33 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", help="image files and/or folders")
     seg.add_argument("--weights", required=True, help="segmentation checkpoint folder, file or hub id")
     seg.add_argument("--out", required=True, help="output folder")
-    seg.add_argument("--tile", type=_positive_int, default=None,
-                     help="sliding-window tile size in pixels (default: the whole image in one forward)")
-    seg.add_argument("--stride", type=_positive_int, default=None,
-                     help="sliding-window stride, at most --tile (default 3/4 of the tile)")
-    seg.add_argument("--output", choices=["labels", "logits", "probs"], default="labels",
-                     help="labels: <name>_labels.png + <name>_overlay.png; logits / probs: <name>_<output>.npy "
-                          "(num_labels, H, W) float32, streamed to disk")
-    seg.add_argument("--tile-batch", type=_positive_int, default=1,
-                     help="sliding-window tiles per forward (one row of tiles)")
-    seg.add_argument("--no-progress", action="store_true", help="no progress bars (over images, and over the "
-                     "bands / tiles of images above 4 megapixels)")
+    seg.add_argument(
+        "--tile",
+        type=_positive_int,
+        default=None,
+        help="sliding-window tile size in pixels (default: the whole image in one forward)",
+    )
+    seg.add_argument(
+        "--stride",
+        type=_positive_int,
+        default=None,
+        help="sliding-window stride, at most --tile (default 3/4 of the tile)",
+    )
+    seg.add_argument(
+        "--output",
+        choices=["labels", "logits", "probs"],
+        default="labels",
+        help="labels: <name>_labels.png + <name>_overlay.png; logits / probs: <name>_<output>.npy "
+        "(num_labels, H, W) float32, streamed to disk",
+    )
+    seg.add_argument(
+        "--tile-batch", type=_positive_int, default=1, help="sliding-window tiles per forward (one row of tiles)"
+    )
+    seg.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (over images, and over the bands / tiles of images above 4 megapixels)",
+    )
     seg.add_argument("--fast", action="store_true", help="use the fused kernels")
     _add_max_pixels(seg)
     seg.set_defaults(func=cmd_segment)
@@ -263,8 +317,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         if args.stride is not None and args.tile is None:
             parser.error("segment: --stride needs --tile (without it the whole image is one forward)")
         if args.stride is not None and args.stride > args.tile:
-            parser.error(f"segment: --stride ({args.stride}) must be at most --tile ({args.tile}): "
-                         f"a larger stride leaves pixels no tile covers")
+            parser.error(
+                f"segment: --stride ({args.stride}) must be at most --tile ({args.tile}): "
+                f"a larger stride leaves pixels no tile covers"
+            )
     inputs = {"classify": "images", "segment": "inputs"}.get(args.command)
     if inputs:
         missing = [p for p in getattr(args, inputs) if not Path(p).exists()]

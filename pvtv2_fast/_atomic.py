@@ -130,7 +130,7 @@ def _clean_leftovers(target: Path) -> None:
     for path in _leftovers(target, BACKUP_TAG):
         shutil.rmtree(path, ignore_errors=True)
     for path in _leftovers(target, STAGING_TAG):
-        pid = path.name[len(f".{target.name}{STAGING_TAG}"):].split("-")[0]
+        pid = path.name[len(f".{target.name}{STAGING_TAG}") :].split("-")[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -212,6 +212,9 @@ def replace_folder(target: str | os.PathLike, keep: Callable[[str], bool] = lamb
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         # EBUSY: the target is a mount point (a container volume) or otherwise pinned, and cannot be swapped.
-        raise OSError(e.errno, f"could not swap the new content into {target} ({e.strerror}); nothing was "
-                      f"changed there. A mount point cannot be replaced: write into a folder inside it") from e
+        raise OSError(
+            e.errno,
+            f"could not swap the new content into {target} ({e.strerror}); nothing was "
+            f"changed there. A mount point cannot be replaced: write into a folder inside it",
+        ) from e
     fsync_dir(target.parent)

@@ -41,7 +41,9 @@ def available() -> bool:
 
 def unavailable_reason() -> str:
     available()
-    return f"the C++ extension pvtv2_fast._C is not built ({_error}); build it with pip install --no-build-isolation -e ."
+    return (
+        f"the C++ extension pvtv2_fast._C is not built ({_error}); build it with pip install --no-build-isolation -e ."
+    )
 
 
 def has_kernel(op: str, device_type: str) -> bool:
@@ -49,7 +51,8 @@ def has_kernel(op: str, device_type: str) -> bool:
     key = (op, device_type)
     if key not in _kernels:
         _kernels[key] = available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-            f"pvtv2_fast_C::{op}", {"cpu": "CPU", "cuda": "CUDA"}[device_type])
+            f"pvtv2_fast_C::{op}", {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+        )
     return _kernels[key]
 
 

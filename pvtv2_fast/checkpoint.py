@@ -50,17 +50,30 @@ WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint does not fit the model; lists missing, unexpected and shape-mismatched keys."""
 
-    def __init__(self, missing: List[str], unexpected: List[str], mismatched: List[Tuple[str, tuple, tuple]],
-                 source: str = "checkpoint") -> None:
+    def __init__(
+        self,
+        missing: List[str],
+        unexpected: List[str],
+        mismatched: List[Tuple[str, tuple, tuple]],
+        source: str = "checkpoint",
+    ) -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
         lines = [f"{source} does not match the model:"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+            lines.append(
+                f"  missing keys ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+            )
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else ""))
+            lines.append(
+                f"  unexpected keys ({len(unexpected)}): "
+                + ", ".join(unexpected[:20])
+                + (" ..." if len(unexpected) > 20 else "")
+            )
         if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): " + ", ".join(
-                f"{k} checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched[:20]))
+            lines.append(
+                f"  shape mismatches ({len(mismatched)}): "
+                + ", ".join(f"{k} checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched[:20])
+            )
         super().__init__("\n".join(lines))
 
 
@@ -76,7 +89,7 @@ def _unwrap(obj: Any, source: str) -> StateDict:
     sd = dict(obj)
     for prefix in ("module.", "backbone."):
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -88,8 +101,9 @@ def read_index(path: str | os.PathLike) -> Dict[str, str]:
         weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is not a sharded-checkpoint index ({type(e).__name__}: {e})") from None
-    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in weight_map.items()):
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
         raise CheckpointError(f"{path}: weight_map must map tensor names to shard file names")
     for shard in set(weight_map.values()):
         if shard in ("", ".", "..") or "/" in shard or "\\" in shard or os.path.isabs(shard) or "\0" in shard:
@@ -118,19 +132,28 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"could not read {path} as safetensors (truncated or not a checkpoint?): {e}") from None
+            raise CheckpointError(
+                f"could not read {path} as safetensors (truncated or not a checkpoint?): {e}"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"could not read {path} as a PyTorch checkpoint (truncated or not a checkpoint?): {e}") from None
+        raise CheckpointError(
+            f"could not read {path} as a PyTorch checkpoint (truncated or not a checkpoint?): {e}"
+        ) from None
     except Exception as e:  # pickle.UnpicklingError and friends from arbitrary files
         raise CheckpointError(f"could not read {path} as a PyTorch checkpoint: {type(e).__name__}: {e}") from None
     return _unwrap(obj, str(path))
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, allow_missing: Iterable[str] = (),
-                     source: str = "checkpoint") -> List[Tuple[str, tuple, tuple]]:
+def check_state_dict(
+    model: torch.nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    *,
+    allow_missing: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> List[Tuple[str, tuple, tuple]]:
     """Raise CheckpointMismatchError unless ``sd`` fits ``model``; returns shape mismatches of allowed keys."""
     own = model.state_dict()
     allow = set(allow_missing)
@@ -143,8 +166,14 @@ def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, 
     return [m for m in mismatched if m[0] in allow]
 
 
-def load_into(model: torch.nn.Module, path_or_state_dict: Any, *, format: str = "auto", strict: bool = True,
-              ignore_mismatched_sizes: bool = False) -> Dict[str, Any]:
+def load_into(
+    model: torch.nn.Module,
+    path_or_state_dict: Any,
+    *,
+    format: str = "auto",
+    strict: bool = True,
+    ignore_mismatched_sizes: bool = False,
+) -> Dict[str, Any]:
     """Check, then copy. The final head layer may be absent (newly initialised, as transformers does) and, with
     ``ignore_mismatched_sizes``, of another size (e.g. fine-tuning to a new label set); ``strict=False`` also
     leaves other missing keys initialised and drops unexpected ones.
@@ -182,16 +211,28 @@ def load_into(model: torch.nn.Module, path_or_state_dict: Any, *, format: str = 
     model.load_state_dict(sd, strict=False)
     missing = {k for k in own if k not in sd and k not in skipped_keys}
     if missing | skipped_keys:
-        logger.warning("newly initialised (not in the checkpoint or of another shape): %s",
-                       ", ".join(sorted(missing | skipped_keys)))
-    return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": set(skipped),
-            "error_msgs": []}
+        logger.warning(
+            "newly initialised (not in the checkpoint or of another shape): %s",
+            ", ".join(sorted(missing | skipped_keys)),
+        )
+    return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": set(skipped), "error_msgs": []}
 
 
 # ---------------------------------------------------------------------------------------------- from_pretrained
 # Keywords from_pretrained accepts besides the config fields (transformers' names where transformers has them).
-LOAD_OPTIONS = ("config", "state_dict", "format", "fast", "ignore_mismatched_sizes", "dtype", "torch_dtype",
-                "device", "device_map", "output_loading_info", "use_safetensors") + HUB_OPTIONS
+LOAD_OPTIONS = (
+    "config",
+    "state_dict",
+    "format",
+    "fast",
+    "ignore_mismatched_sizes",
+    "dtype",
+    "torch_dtype",
+    "device",
+    "device_map",
+    "output_loading_info",
+    "use_safetensors",
+) + HUB_OPTIONS
 
 
 def _resolve_dtype(dtype: Any, raw: Optional[Mapping[str, torch.Tensor]], config: PvtV2Config) -> Optional[torch.dtype]:
@@ -221,8 +262,10 @@ def _resolve_device(device: Any, device_map: Any) -> Optional[torch.device]:
     if device_map is not None:
         if isinstance(device_map, Mapping):
             if set(device_map) != {""}:
-                raise ValueError(f"device_map: only a whole-model map {{'': device}} is supported (the model is "
-                                 f"small enough for one device), got keys {sorted(device_map)}")
+                raise ValueError(
+                    f"device_map: only a whole-model map {{'': device}} is supported (the model is "
+                    f"small enough for one device), got keys {sorted(device_map)}"
+                )
             device_map = device_map[""]
         if device_map == "auto":
             device_map = "cuda" if torch.cuda.is_available() else "cpu"
@@ -289,15 +332,23 @@ def from_pretrained(
     field and overrides it (also when ``config=`` is given); anything else raises ``TypeError``.
     """
     if model_args:
-        raise TypeError(f"from_pretrained() takes the path and keyword arguments only; got {len(model_args)} "
-                        f"extra positional argument(s)")
+        raise TypeError(
+            f"from_pretrained() takes the path and keyword arguments only; got {len(model_args)} "
+            f"extra positional argument(s)"
+        )
     overrides = _split_kwargs(config_overrides)
     if format not in FORMATS:
         raise ValueError(f"format: {format!r} is not one of {FORMATS}")
     if state_dict is not None and not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
-    hub = dict(subfolder=subfolder, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-               force_download=force_download, token=token)
+    hub = dict(
+        subfolder=subfolder,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        force_download=force_download,
+        token=token,
+    )
     dtype = dtype if dtype is not None else torch_dtype  # transformers: dtype wins
     target_device = _resolve_device(device, device_map)
 
@@ -320,8 +371,10 @@ def from_pretrained(
                     raise CheckpointError(
                         f"{os.fspath(pretrained_model_name_or_path)!r} holds no "
                         + {True: "model.safetensors or its index", False: "pytorch_model.bin or its index"}.get(
-                            use_safetensors, "model.safetensors, pytorch_model.bin or index")
-                        + (f" in subfolder {subfolder!r}" if subfolder else ""))
+                            use_safetensors, "model.safetensors, pytorch_model.bin or index"
+                        )
+                        + (f" in subfolder {subfolder!r}" if subfolder else "")
+                    )
 
     raw = dict(state_dict) if state_dict is not None else read_state_dict(weights)
     canonical, fmt = to_canonical(raw, format)
@@ -363,8 +416,17 @@ def _parse_size(size: int | str, name: str = "max_shard_size") -> int:
     if not m:
         raise ValueError(f"{name}: must be a byte count or a size such as '5GB' / '500MB', got {size!r}")
     unit = (m.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    scale = {
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }[unit]
     return _parse_size(int(float(m.group(1)) * scale), name)
 
 
@@ -385,8 +447,12 @@ def _is_checkpoint_file(name: str, stale_shards: set) -> bool:
     return name in _CHECKPOINT_FILES or bool(_SHARD.match(name)) or name in stale_shards
 
 
-def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
-                    max_shard_size: Optional[int | str] = None, safe_serialization: bool = True) -> None:
+def save_pretrained(
+    model: torch.nn.Module,
+    save_directory: str | os.PathLike,
+    max_shard_size: Optional[int | str] = None,
+    safe_serialization: bool = True,
+) -> None:
     """``config.json`` + ``model.safetensors`` (or shards + index beyond ``max_shard_size``: bytes or "5GB";
     ``pytorch_model.bin`` with ``safe_serialization=False``), replacing ``save_directory``'s checkpoint atomically.
 
@@ -436,5 +502,6 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
                 weight_map.update({k: name for k in shard})
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (staging / (SAFE_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME)).write_text(
-                json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+                json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
         (staging / CONFIG_NAME).write_text(config_text, encoding="utf-8")

@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 __all__ = [
-    "PvtV2Config", "PRESETS", "preset_names", "SUPPORTED_ACTIVATIONS", "FIELDS", "Field", "TORCH_LAYER_NORM_EPS",
+    "PvtV2Config",
+    "PRESETS",
+    "preset_names",
+    "SUPPORTED_ACTIVATIONS",
+    "FIELDS",
+    "Field",
+    "TORCH_LAYER_NORM_EPS",
     "CONFIG_NAME",
 ]
 
@@ -71,7 +77,7 @@ def _normalise_preset(name: str) -> str:
     key = str(name).strip().lower().replace("-", "_")
     for prefix in ("opengvlab/", "pvt_v2_", "pvtv2_", "pvt_v2", "pvtv2"):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     key = key.lstrip("_")
     key = _PRESET_ALIASES.get(key, key)
     if key not in PRESETS:
@@ -98,6 +104,7 @@ def _int(minimum: Optional[int] = None) -> Validator:
             bound = "an integer" if minimum is None else f"an integer >= {minimum}"
             raise ValueError(f"{name}: must be {bound}, got {v!r}")
         return v
+
     return check
 
 
@@ -107,6 +114,7 @@ def _number(low: float, high: float = math.inf, low_open: bool = False) -> Valid
             rng = f"> {low}" if low_open else f">= {low}" if high == math.inf else f"within [{low}, {high}]"
             raise ValueError(f"{name}: must be a finite number {rng}, got {v!r}")
         return v
+
     return check
 
 
@@ -121,17 +129,20 @@ def _choice(options: Sequence[Any]) -> Validator:
         if not isinstance(v, str) or v not in options:
             raise ValueError(f"{name}: {v!r} is not one of {', '.join(map(str, options))}")
         return v
+
     return check
 
 
 def _optional(inner: Validator) -> Validator:
     def check(name: str, v: Any) -> Any:
         return None if v is None else inner(name, v)
+
     return check
 
 
 def _per_stage(item: Validator, what: str) -> Validator:
     """A list (or tuple) with one entry per stage; each entry checked by ``item``. Stored as a list."""
+
     def check(name: str, v: Any) -> list:
         if not isinstance(v, (list, tuple)):
             raise ValueError(f"{name}: must be a list with one {what} per stage, got {type(v).__name__} {v!r}")
@@ -141,6 +152,7 @@ def _per_stage(item: Validator, what: str) -> Validator:
             except ValueError:
                 raise ValueError(f"{name}: entries must be {what}s, got {list(v)!r}") from None
         return list(v)
+
     return check
 
 
@@ -245,15 +257,34 @@ FIELDS: tuple = (
     Field("linear_attention", False, _bool, doc="Linear SRA: 7x7 average pooling instead of strided convs"),
     Field("out_features", None, _out_features, plain=False, doc="backbone outputs, by stage name"),
     Field("out_indices", None, _out_indices, plain=False, doc="backbone outputs, by stage index (negatives kept)"),
-    Field("patch_embed_layer_norm_eps", None, _optional(_EPS), origin="pvtv2_fast", written="unless_default",
-          doc="eps of the patch-embedding LayerNorms; None: layer_norm_eps"),
-    Field("spatial_reduction_layer_norm_eps", None, _optional(_EPS), origin="pvtv2_fast", written="unless_default",
-          doc="eps of the spatial-reduction LayerNorms; None: layer_norm_eps"),
+    Field(
+        "patch_embed_layer_norm_eps",
+        None,
+        _optional(_EPS),
+        origin="pvtv2_fast",
+        written="unless_default",
+        doc="eps of the patch-embedding LayerNorms; None: layer_norm_eps",
+    ),
+    Field(
+        "spatial_reduction_layer_norm_eps",
+        None,
+        _optional(_EPS),
+        origin="pvtv2_fast",
+        written="unless_default",
+        doc="eps of the spatial-reduction LayerNorms; None: layer_norm_eps",
+    ),
     Field("decoder_hidden_size", 256, _POS_INT, origin="segformer", written="unless_default"),
     Field("classifier_dropout_prob", 0.1, _PROB, origin="segformer", written="unless_default"),
     Field("semantic_loss_ignore_index", 255, _int(), origin="segformer", written="unless_default"),
-    Field("num_labels", None, _optional(_int(0)), origin="common", written="never", plain=False,
-          doc="classes (default 2, or len(id2label)); 0 gives an identity head"),
+    Field(
+        "num_labels",
+        None,
+        _optional(_int(0)),
+        origin="common",
+        written="never",
+        plain=False,
+        doc="classes (default 2, or len(id2label)); 0 gives an identity head",
+    ),
     Field("id2label", None, _id2label, origin="common", written="unless_default", plain=False),
     Field("label2id", None, _label2id, origin="common", written="unless_default", plain=False),
     Field("problem_type", None, _optional(_choice(PROBLEM_TYPES)), origin="common", written="unless_default"),
@@ -263,8 +294,15 @@ FIELDS: tuple = (
 )
 FIELD = {f.name: f for f in FIELDS}
 _PLAIN = {f.name for f in FIELDS if f.plain}
-PER_STAGE_FIELDS = ("depths", "sr_ratios", "hidden_sizes", "patch_sizes", "strides", "num_attention_heads",
-                    "mlp_ratios")
+PER_STAGE_FIELDS = (
+    "depths",
+    "sr_ratios",
+    "hidden_sizes",
+    "patch_sizes",
+    "strides",
+    "num_attention_heads",
+    "mlp_ratios",
+)
 # Keys transformers writes that are derived here (or describe the writer): read and dropped.
 _DERIVED_KEYS = ("stage_names", "model_type", "transformers_version", "_out_features", "_out_indices")
 
@@ -310,8 +348,7 @@ class PvtV2Config:
             object.__setattr__(self, key, value)
 
         self.validate()
-        self._out_features, self._out_indices = self._align_out_features(values["out_features"],
-                                                                          values["out_indices"])
+        self._out_features, self._out_indices = self._align_out_features(values["out_features"], values["out_indices"])
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _PLAIN:
@@ -477,8 +514,10 @@ class PvtV2Config:
     @classmethod
     def from_dict(cls, data: Any, **overrides: Any) -> "PvtV2Config":
         if not isinstance(data, Mapping):
-            raise ValueError(f"config: must be a JSON object (a mapping of field names to values), got "
-                             f"{type(data).__name__} {data!r:.80}")
+            raise ValueError(
+                f"config: must be a JSON object (a mapping of field names to values), got "
+                f"{type(data).__name__} {data!r:.80}"
+            )
         bad_keys = [k for k in data if not isinstance(k, str)]
         if bad_keys:
             raise ValueError(f"config: field names must be strings, got {bad_keys[:5]}")
@@ -498,10 +537,27 @@ class PvtV2Config:
     # Segformer config keys that carry over (the encoder's and the decode head's); the rest describe transformers'
     # Segformer classes (reshape_last_stage, ...) and are dropped.
     _SEGFORMER_KEYS = (
-        "num_channels", "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes", "patch_sizes", "strides",
-        "num_attention_heads", "mlp_ratios", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
-        "initializer_range", "drop_path_rate", "id2label", "label2id", "decoder_hidden_size",
-        "classifier_dropout_prob", "semantic_loss_ignore_index", "num_labels", "problem_type",
+        "num_channels",
+        "num_encoder_blocks",
+        "depths",
+        "sr_ratios",
+        "hidden_sizes",
+        "patch_sizes",
+        "strides",
+        "num_attention_heads",
+        "mlp_ratios",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "initializer_range",
+        "drop_path_rate",
+        "id2label",
+        "label2id",
+        "decoder_hidden_size",
+        "classifier_dropout_prob",
+        "semantic_loss_ignore_index",
+        "num_labels",
+        "problem_type",
     )
 
     @classmethod
@@ -546,8 +602,10 @@ class PvtV2Config:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"config: {os.fspath(path)} is not valid JSON: {e}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"config: {os.fspath(path)} must hold a JSON object (field names to values), got a "
-                             f"JSON {'array' if isinstance(data, list) else type(data).__name__}")
+            raise ValueError(
+                f"config: {os.fspath(path)} must hold a JSON object (field names to values), got a "
+                f"JSON {'array' if isinstance(data, list) else type(data).__name__}"
+            )
         return data
 
     @classmethod
@@ -586,4 +644,5 @@ def _signature() -> inspect.Signature:
 # help(PvtV2Config) and IDEs show every field with its default, although __init__ is written once over FIELDS.
 PvtV2Config.__init__.__signature__ = _signature()
 PvtV2Config.__init__.__doc__ = "Fields (name = default): " + ", ".join(
-    f"{f.name}={f.default!r}" + (f" ({f.doc})" if f.doc else "") for f in FIELDS)
+    f"{f.name}={f.default!r}" + (f" ({f.doc})" if f.doc else "") for f in FIELDS
+)

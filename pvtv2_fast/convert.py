@@ -18,8 +18,17 @@ import torch
 from .config import TORCH_LAYER_NORM_EPS, PvtV2Config
 
 __all__ = [
-    "CheckpointError", "FORMATS", "TIMM_EPS", "detect_format", "to_canonical", "segformer_to_canonical",
-    "original_to_timm", "timm_to_canonical", "canonical_to_timm", "infer_config", "model_keys_view",
+    "CheckpointError",
+    "FORMATS",
+    "TIMM_EPS",
+    "detect_format",
+    "to_canonical",
+    "segformer_to_canonical",
+    "original_to_timm",
+    "timm_to_canonical",
+    "canonical_to_timm",
+    "infer_config",
+    "model_keys_view",
 ]
 
 logger = logging.getLogger(__name__)
@@ -27,8 +36,11 @@ logger = logging.getLogger(__name__)
 StateDict = Dict[str, torch.Tensor]
 FORMATS = ("auto", "transformers", "timm", "original", "segformer")
 # timm and the original code use nn.LayerNorm's default eps in the patch embedding and spatial reduction.
-TIMM_EPS = dict(layer_norm_eps=1e-6, patch_embed_layer_norm_eps=TORCH_LAYER_NORM_EPS,
-                spatial_reduction_layer_norm_eps=TORCH_LAYER_NORM_EPS)
+TIMM_EPS = dict(
+    layer_norm_eps=1e-6,
+    patch_embed_layer_norm_eps=TORCH_LAYER_NORM_EPS,
+    spatial_reduction_layer_norm_eps=TORCH_LAYER_NORM_EPS,
+)
 
 
 class CheckpointError(ValueError):
@@ -40,8 +52,10 @@ def detect_format(sd: Mapping[str, Any]) -> str:
     keys = list(sd)
     if any(k.startswith(("encoder.layers.", "pvt_v2.encoder.layers.")) for k in keys):
         return "transformers"
-    if any(("patch_embeddings." in k or "attention.q_proj." in k or "encoder.block." in k
-            or k.startswith("decode_head.")) for k in keys):
+    if any(
+        ("patch_embeddings." in k or "attention.q_proj." in k or "encoder.block." in k or k.startswith("decode_head."))
+        for k in keys
+    ):
         return "segformer"
     if any(k.startswith(("patch_embed.", "stages.")) for k in keys):
         return "timm"
@@ -105,9 +119,14 @@ def original_to_timm(sd: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 _TIMM_BLOCK = [
-    ("norm1.", "layer_norm_1."), ("norm2.", "layer_norm_2."), ("attn.q.", "attention.query."),
-    ("attn.proj.", "attention.proj."), ("attn.sr.", "attention.spatial_reduction."),
-    ("attn.norm.", "attention.layer_norm."), ("mlp.fc1.", "mlp.dense1."), ("mlp.dwconv.", "mlp.dwconv.dwconv."),
+    ("norm1.", "layer_norm_1."),
+    ("norm2.", "layer_norm_2."),
+    ("attn.q.", "attention.query."),
+    ("attn.proj.", "attention.proj."),
+    ("attn.sr.", "attention.spatial_reduction."),
+    ("attn.norm.", "attention.layer_norm."),
+    ("mlp.fc1.", "mlp.dense1."),
+    ("mlp.dwconv.", "mlp.dwconv.dwconv."),
     ("mlp.fc2.", "mlp.dense2."),
 ]
 
@@ -117,10 +136,10 @@ def timm_to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
     out: StateDict = {}
     for k, v in sd.items():
         if k.startswith("patch_embed."):
-            out["encoder.layers.0.patch_embedding." + k[len("patch_embed."):].replace("norm.", "layer_norm.")] = v
+            out["encoder.layers.0.patch_embedding." + k[len("patch_embed.") :].replace("norm.", "layer_norm.")] = v
             continue
         if k.startswith("head."):
-            out["classifier." + k[len("head."):]] = v
+            out["classifier." + k[len("head.") :]] = v
             continue
         m = re.match(r"stages\.(\d+)\.(.*)", k)
         if not m:
@@ -129,22 +148,22 @@ def timm_to_canonical(sd: Mapping[str, torch.Tensor]) -> StateDict:
         stage, rest = m.group(1), m.group(2)
         prefix = f"encoder.layers.{stage}."
         if rest.startswith("downsample."):
-            out[prefix + "patch_embedding." + rest[len("downsample."):].replace("norm.", "layer_norm.")] = v
+            out[prefix + "patch_embedding." + rest[len("downsample.") :].replace("norm.", "layer_norm.")] = v
         elif rest.startswith("norm."):
-            out[prefix + "layer_norm." + rest[len("norm."):]] = v
+            out[prefix + "layer_norm." + rest[len("norm.") :]] = v
         elif rest.startswith("blocks."):
             bm = re.match(r"blocks\.(\d+)\.(.*)", rest)
             block, name = bm.group(1), bm.group(2)
             bprefix = f"{prefix}blocks.{block}."
             if name.startswith("attn.kv."):
                 key_part, value_part = v.chunk(2, dim=0)  # kv rows: [keys; values]
-                suffix = name[len("attn.kv."):]
+                suffix = name[len("attn.kv.") :]
                 out[bprefix + "attention.key." + suffix] = key_part.clone()
                 out[bprefix + "attention.value." + suffix] = value_part.clone()
                 continue
             for old, new in _TIMM_BLOCK:
                 if name.startswith(old):
-                    name = new + name[len(old):]
+                    name = new + name[len(old) :]
                     break
             out[bprefix + name] = v
         else:
@@ -157,28 +176,28 @@ def canonical_to_timm(sd: Mapping[str, torch.Tensor]) -> StateDict:
     out: StateDict = {}
     for k, v in sd.items():
         if k.startswith("classifier."):
-            out["head." + k[len("classifier."):]] = v
+            out["head." + k[len("classifier.") :]] = v
             continue
         m = re.match(r"encoder\.layers\.(\d+)\.(.*)", k)
         stage, rest = int(m.group(1)), m.group(2)
         if rest.startswith("patch_embedding."):
             base = "patch_embed." if stage == 0 else f"stages.{stage}.downsample."
-            out[base + rest[len("patch_embedding."):].replace("layer_norm.", "norm.")] = v
+            out[base + rest[len("patch_embedding.") :].replace("layer_norm.", "norm.")] = v
         elif rest.startswith("layer_norm."):
-            out[f"stages.{stage}.norm." + rest[len("layer_norm."):]] = v
+            out[f"stages.{stage}.norm." + rest[len("layer_norm.") :]] = v
         else:
             bm = re.match(r"blocks\.(\d+)\.(.*)", rest)
             bprefix = f"stages.{stage}.blocks.{bm.group(1)}."
             name = bm.group(2)
             if name.startswith("attention.key."):
-                suffix = name[len("attention.key."):]
+                suffix = name[len("attention.key.") :]
                 out[bprefix + "attn.kv." + suffix] = torch.cat([v, sd[k.replace(".key.", ".value.")]])
                 continue
             if name.startswith("attention.value."):
                 continue
             for old, new in _TIMM_BLOCK:
                 if name.startswith(new):
-                    name = old + name[len(new):]
+                    name = old + name[len(new) :]
                     break
             out[bprefix + name] = v
     return out
@@ -190,7 +209,7 @@ def to_canonical(sd: Mapping[str, torch.Tensor], fmt: str = "auto") -> Tuple[Sta
     fmt = detect_format(sd) if fmt == "auto" else fmt
     if fmt == "transformers":
         prefix = "pvt_v2."
-        return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}, fmt
+        return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in sd.items()}, fmt
     if fmt == "segformer":
         return segformer_to_canonical(sd), fmt
     if fmt == "original":
@@ -205,8 +224,9 @@ def infer_config(sd: Mapping[str, torch.Tensor], fmt: str, **overrides: Any) -> 
     if not stages or stages != list(range(len(stages))):
         raise CheckpointError(f"cannot infer a config: stage indices found are {stages}")
     hidden, depths, patch, mlp, srs = [], [], [], [], []
-    linear = any(k.endswith("attention.spatial_reduction.weight") and sd[k].shape[-1] == 1 and
-                 ".layers.0." in k for k in sd)
+    linear = any(
+        k.endswith("attention.spatial_reduction.weight") and sd[k].shape[-1] == 1 and ".layers.0." in k for k in sd
+    )
     for s in stages:
         try:
             proj = sd[f"encoder.layers.{s}.patch_embedding.proj.weight"]
@@ -223,9 +243,15 @@ def infer_config(sd: Mapping[str, torch.Tensor], fmt: str, **overrides: Any) -> 
     mlp = [int(r) if float(r).is_integer() else r for r in mlp]
     n = len(stages)
     kwargs: Dict[str, Any] = dict(
-        num_encoder_blocks=n, hidden_sizes=hidden, depths=depths, patch_sizes=patch, mlp_ratios=mlp,
-        sr_ratios=[8, 4, 2, 1] if linear and n == 4 else srs, linear_attention=linear,
-        strides=[4] + [2] * (n - 1), num_attention_heads=[1, 2, 5, 8] if n == 4 else [1] * n,
+        num_encoder_blocks=n,
+        hidden_sizes=hidden,
+        depths=depths,
+        patch_sizes=patch,
+        mlp_ratios=mlp,
+        sr_ratios=[8, 4, 2, 1] if linear and n == 4 else srs,
+        linear_attention=linear,
+        strides=[4] + [2] * (n - 1),
+        num_attention_heads=[1, 2, 5, 8] if n == 4 else [1] * n,
         num_channels=sd["encoder.layers.0.patch_embedding.proj.weight"].shape[1],
         qkv_bias="encoder.layers.0.blocks.0.attention.query.bias" in sd,
     )

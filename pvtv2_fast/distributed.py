@@ -26,8 +26,11 @@ import torch
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="torchrun ... -m pvtv2_fast.distributed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="torchrun ... -m pvtv2_fast.distributed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--weights", required=True, help="segmentation checkpoint folder, file or hub id")
     parser.add_argument("--out", required=True, help="output folder (shared by all ranks)")
@@ -37,8 +40,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", choices=["labels", "logits", "probs"], default="labels")
     parser.add_argument("--fast", action="store_true", help="use the fused kernels")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads per process (default: the CPU count / processes on this machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads per process (default: the CPU count / processes on this machine)",
+    )
     return parser.parse_args(argv)
 
 
@@ -80,14 +87,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (OSError, ValueError) as e:  # a rank that cannot load the model fails all its images, loudly
             errors = [f"{p}: cannot load the model ({e})" for p in todo]
         else:
-            files, errors = segment_files(model, todo, out, mode="slide" if args.tile else "whole",
-                                          tile=args.tile, stride=args.stride or args.tile * 3 // 4,
-                                          output=args.output, tile_batch=args.tile_batch, progress=rank == 0)
+            files, errors = segment_files(
+                model,
+                todo,
+                out,
+                mode="slide" if args.tile else "whole",
+                tile=args.tile,
+                stride=args.stride or args.tile * 3 // 4,
+                output=args.output,
+                tile_batch=args.tile_batch,
+                progress=rank == 0,
+            )
             written = sorted({str(f) for f in files})
     for message in errors:
         print(f"[rank {rank}] {message}", file=sys.stderr, flush=True)
-    report = dict(rank=rank, images=len(mine), skipped=len(mine) - len(todo), failed=len(errors), files=written,
-                  errors=errors)
+    report = dict(
+        rank=rank, images=len(mine), skipped=len(mine) - len(todo), failed=len(errors), files=written, errors=errors
+    )
     reports = [report]
     if world > 1:
         reports = [None] * world
@@ -95,8 +111,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     failed = sum(r["failed"] for r in reports)
     if rank == 0:
         for r in reports:
-            print(f"rank {r['rank']}: {r['images']} images, {r['images'] - r['skipped'] - r['failed']} segmented "
-                  f"({len(r['files'])} files), {r['skipped']} skipped (done before), {r['failed']} failed")
+            print(
+                f"rank {r['rank']}: {r['images']} images, {r['images'] - r['skipped'] - r['failed']} segmented "
+                f"({len(r['files'])} files), {r['skipped']} skipped (done before), {r['failed']} failed"
+            )
         print(f"total: {sum(r['images'] for r in reports)} images, {failed} failed; outputs in {out}")
     if world > 1:
         dist.destroy_process_group()

@@ -25,8 +25,14 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["adaptive_pool_matrix", "adaptive_avg_pool2d_exportable", "ExportableAdaptiveAvgPool2d", "export_mode",
-           "export_onnx", "output_names"]
+__all__ = [
+    "adaptive_pool_matrix",
+    "adaptive_avg_pool2d_exportable",
+    "ExportableAdaptiveAvgPool2d",
+    "export_mode",
+    "export_onnx",
+    "output_names",
+]
 
 
 def adaptive_pool_matrix(size: int | torch.Tensor, bins: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -125,9 +131,18 @@ class _TensorOutputs(nn.Module):
         return out.last_hidden_state
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int = 224, width: int = 224, batch: int = 1,
-                dynamic: bool = True, opset: Optional[int] = None, dynamo: bool = False,
-                min_size: Optional[int] = None) -> str:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    height: int = 224,
+    width: int = 224,
+    batch: int = 1,
+    dynamic: bool = True,
+    opset: Optional[int] = None,
+    dynamo: bool = False,
+    min_size: Optional[int] = None,
+) -> str:
     """Write ``model`` (a pvtv2_fast model, ``fast`` or not) to an ONNX file at ``path`` and return the path.
 
     The graph takes ``pixel_values (batch, C, height, width)``; with ``dynamic`` (default) batch, height and width
@@ -149,9 +164,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int = 224,
     if dynamic:
         if dynamo:
             low = max(2, min_size or min_input_size(model.config))
-            kwargs["dynamic_shapes"] = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=1024),
-                                                          2: torch.export.Dim("height", min=low),
-                                                          3: torch.export.Dim("width", min=low)}}
+            kwargs["dynamic_shapes"] = {
+                "pixel_values": {
+                    0: torch.export.Dim("batch", min=1, max=1024),
+                    2: torch.export.Dim("height", min=low),
+                    3: torch.export.Dim("width", min=low),
+                }
+            }
         else:
             axes = {0: "batch", 2: "height", 3: "width"}
             out_axes = {0: "batch", 2: "out_height", 3: "out_width"}
@@ -166,8 +185,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, height: int = 224,
     return os.fspath(path)
 
 
-def check_onnx(path: str | os.PathLike, model: nn.Module, sizes: Sequence[tuple] = ((97, 131), (61, 45)),
-               batch: int = 1, seed: int = 0) -> float:
+def check_onnx(
+    path: str | os.PathLike,
+    model: nn.Module,
+    sizes: Sequence[tuple] = ((97, 131), (61, 45)),
+    batch: int = 1,
+    seed: int = 0,
+) -> float:
     """Run the ONNX file in ONNX Runtime at each ``(height, width)`` and return the largest absolute difference
     from ``model`` (evaluated in PyTorch) over all outputs and sizes."""
     import onnxruntime as ort

@@ -59,8 +59,9 @@ def resolve_folder(
     if backup is not None:  # a save_pretrained was killed mid-swap: the backup is the complete previous model
         import logging
 
-        logging.getLogger(__name__).warning("%s is missing after an interrupted save; reading the previous "
-                                            "version from %s", path, backup)
+        logging.getLogger(__name__).warning(
+            "%s is missing after an interrupted save; reading the previous version from %s", path, backup
+        )
         return backup / sub if sub else backup
     name = os.fspath(path_or_id)
     if not _looks_like_hub_id(name):
@@ -74,13 +75,23 @@ def resolve_folder(
     errors = []
     for local_only in (True,) if local_files_only else (True, False):
         try:
-            folder = Path(snapshot_download(name, allow_patterns=allow, local_files_only=local_only,
-                                            force_download=force_download and not local_only, **hub))
+            folder = Path(
+                snapshot_download(
+                    name,
+                    allow_patterns=allow,
+                    local_files_only=local_only,
+                    force_download=force_download and not local_only,
+                    **hub,
+                )
+            )
             return folder / sub if sub else folder
         except Exception as e:  # noqa: BLE001 - every hub failure becomes one clear error below
             errors.append(" ".join(f"{type(e).__name__}: {e}".split()))  # one line
-    where = "not in the local cache (local_files_only=True)" if local_files_only else (
-        f"not in the local cache, and the download failed: {errors[-1]}")
+    where = (
+        "not in the local cache (local_files_only=True)"
+        if local_files_only
+        else (f"not in the local cache, and the download failed: {errors[-1]}")
+    )
     raise OSError(
         f"could not reach hub id {name!r}{f' at revision {revision!r}' if revision else ''} ({where}). "
         f"Without network access, download the checkpoint elsewhere and pass its local folder, e.g. "

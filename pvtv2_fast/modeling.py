@@ -97,7 +97,7 @@ class PvtV2Encoder(FastPath, nn.Module):
         rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
         starts = [sum(config.depths[:i]) for i in range(config.num_encoder_blocks)]
         self.layers = nn.ModuleList(
-            PvtV2Stage(config, i, rates[starts[i]: starts[i] + config.depths[i]])
+            PvtV2Stage(config, i, rates[starts[i] : starts[i] + config.depths[i]])
             for i in range(config.num_encoder_blocks)
         )
 
@@ -108,8 +108,11 @@ class PvtV2Encoder(FastPath, nn.Module):
         output_hidden_states: bool = False,
         last_stage: Optional[int] = None,
     ) -> BaseModelOutput:
-        if not torch.compiler.is_dynamo_compiling() and torch.onnx.is_in_onnx_export() and \
-                not getattr(self, "_pvtv2_export_mode", False):
+        if (
+            not torch.compiler.is_dynamo_compiling()
+            and torch.onnx.is_in_onnx_export()
+            and not getattr(self, "_pvtv2_export_mode", False)
+        ):
             # torch.onnx.export of any model: the reference path whatever `fast` says (ONNX has no operator for
             # the fused ops; see pvtv2_fast.export).
             from .export import export_mode
@@ -214,8 +217,9 @@ class PvtV2PreTrainedModel(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Optional[str | os.PathLike] = None, *args: Any,
-                        **kwargs: Any):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Optional[str | os.PathLike] = None, *args: Any, **kwargs: Any
+    ):
         """Load a transformers folder/hub id, a timm / original PVTv2 checkpoint file or a ``state_dict=``, with
         transformers' keywords (see :func:`pvtv2_fast.checkpoint.from_pretrained`: ``config``, ``state_dict``,
         ``dtype``, ``device_map``, ``output_loading_info``, ``subfolder``, hub options, this library's ``format``,
@@ -224,22 +228,34 @@ class PvtV2PreTrainedModel(nn.Module):
 
         return from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: Optional[int | str] = None,
-                        safe_serialization: bool = True) -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        max_shard_size: Optional[int | str] = None,
+        safe_serialization: bool = True,
+    ) -> None:
         """Write ``config.json`` and ``model.safetensors`` (transformers format; shards beyond ``max_shard_size``),
         replacing the folder's checkpoint atomically: a crash leaves the old model or the new one, never a mix."""
         from .checkpoint import save_pretrained
 
         save_pretrained(self, save_directory, max_shard_size=max_shard_size, safe_serialization=safe_serialization)
 
-    def load_checkpoint(self, path_or_state_dict: Any, *, format: str = "auto", strict: bool = True,
-                        ignore_mismatched_sizes: bool = False):
+    def load_checkpoint(
+        self,
+        path_or_state_dict: Any,
+        *,
+        format: str = "auto",
+        strict: bool = True,
+        ignore_mismatched_sizes: bool = False,
+    ):
         """Load weights into this model after checking every key and shape (nothing is copied on a mismatch);
         returns transformers' loading info (missing / unexpected / mismatched keys)."""
         from .checkpoint import load_into
 
-        return load_into(self, path_or_state_dict, format=format, strict=strict,
-                         ignore_mismatched_sizes=ignore_mismatched_sizes)
+        return load_into(
+            self, path_or_state_dict, format=format, strict=strict, ignore_mismatched_sizes=ignore_mismatched_sizes
+        )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -334,7 +350,9 @@ class PvtV2ForImageClassification(PvtV2PreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.pvt_v2 = PvtV2Model(config)
-        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.post_init(fast)
 
     def forward(
@@ -476,7 +494,10 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
         super().__init__(config)
         self.pvt_v2 = PvtV2Model(config)
         self.decode_head = AllMLPDecodeHead(
-            config.hidden_sizes, config.decoder_hidden_size, config.num_labels, config.classifier_dropout_prob,
+            config.hidden_sizes,
+            config.decoder_hidden_size,
+            config.num_labels,
+            config.classifier_dropout_prob,
         )
         self.post_init(fast)
 
@@ -505,8 +526,9 @@ class PvtV2ForSemanticSegmentation(PvtV2PreTrainedModel):
                 loss = F.cross_entropy(upsampled, labels.long(), ignore_index=ignore)
             else:
                 valid = ((labels >= 0) & (labels != ignore)).float()
-                loss = (F.binary_cross_entropy_with_logits(upsampled.squeeze(1), labels.float(), reduction="none")
-                        * valid).mean()
+                loss = (
+                    F.binary_cross_entropy_with_logits(upsampled.squeeze(1), labels.float(), reduction="none") * valid
+                ).mean()
         keep = self._resolve(output_hidden_states, "output_hidden_states")
         attentions = tuple(a for stage in outputs.attentions for a in stage) if output_attentions else None
         out = SemanticSegmenterOutput(loss, logits, maps if keep else None, attentions)

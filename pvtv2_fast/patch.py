@@ -50,8 +50,17 @@ def _is_exact_gelu(act: nn.Module) -> bool:
         return False
 
 
-def _reduce(x: torch.Tensor, height: int, width: int, *, pool: bool, conv: Optional[nn.Conv2d],
-            norm: Optional[nn.Module], act: Optional[nn.Module], backend: str) -> torch.Tensor:
+def _reduce(
+    x: torch.Tensor,
+    height: int,
+    width: int,
+    *,
+    pool: bool,
+    conv: Optional[nn.Conv2d],
+    norm: Optional[nn.Module],
+    act: Optional[nn.Module],
+    backend: str,
+) -> torch.Tensor:
     """Keys/values source ``(B, M, C)`` from ``(B, N, C)`` tokens: Linear SRA (7×7 adaptive pool as a fused op,
     1×1 conv as a linear, LayerNorm, GELU), SRA (strided conv + LayerNorm) or the tokens themselves."""
     b, _, c = x.shape
@@ -72,33 +81,63 @@ def _attention_backend(module: nn.Module) -> str:
     return {"cpu": "torch", "cuda": "auto"}.get(backend, backend)
 
 
-def _ffn(module: nn.Module, x: torch.Tensor, height: int, width: int, fc1: nn.Linear, dwconv: nn.Conv2d,
-         fc2: nn.Linear, relu: bool) -> torch.Tensor:
-    return ops.conv_ffn(x, fc1.weight, fc1.bias, dwconv.weight, dwconv.bias, fc2.weight, fc2.bias, height, width,
-                        relu_input=relu, backend=getattr(module, _BACKEND))
+def _ffn(
+    module: nn.Module,
+    x: torch.Tensor,
+    height: int,
+    width: int,
+    fc1: nn.Linear,
+    dwconv: nn.Conv2d,
+    fc2: nn.Linear,
+    relu: bool,
+) -> torch.Tensor:
+    return ops.conv_ffn(
+        x,
+        fc1.weight,
+        fc1.bias,
+        dwconv.weight,
+        dwconv.bias,
+        fc2.weight,
+        fc2.bias,
+        height,
+        width,
+        relu_input=relu,
+        backend=getattr(module, _BACKEND),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- transformers PvtV2
-def _hf_pvt_attention_forward(self, hidden_states: torch.Tensor, height: int, width: int,
-                              output_attentions: bool = False):
+def _hf_pvt_attention_forward(
+    self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
+):
     if output_attentions or _dropout_active(self, self.attn_drop):
         return _original(self)(hidden_states, height, width, output_attentions)
     backend = getattr(self, _BACKEND)
     query = self.query(hidden_states)
     reduces = self.linear_attention or self.spatial_reduction_ratio > 1
     conv = self.spatial_reduction if reduces else None
-    reduced = _reduce(hidden_states, height, width, pool=self.linear_attention, conv=conv,
-                      norm=getattr(self, "layer_norm", None), act=getattr(self, "act", None), backend=backend)
-    context = ops.sra_attention(query, self.key(reduced), self.value(reduced), self.num_attention_heads,
-                                backend=_attention_backend(self))
+    reduced = _reduce(
+        hidden_states,
+        height,
+        width,
+        pool=self.linear_attention,
+        conv=conv,
+        norm=getattr(self, "layer_norm", None),
+        act=getattr(self, "act", None),
+        backend=backend,
+    )
+    context = ops.sra_attention(
+        query, self.key(reduced), self.value(reduced), self.num_attention_heads, backend=_attention_backend(self)
+    )
     return (self.proj_drop(self.proj(context)),)
 
 
 def _hf_pvt_ffn_forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if not self._pvtv2_fast_gelu or _dropout_active(self, self.dropout):
         return _original(self)(hidden_states, height, width)
-    return _ffn(self, hidden_states, height, width, self.dense1, self.dwconv.dwconv, self.dense2,
-                isinstance(self.relu, nn.ReLU))
+    return _ffn(
+        self, hidden_states, height, width, self.dense1, self.dwconv.dwconv, self.dense2, isinstance(self.relu, nn.ReLU)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- transformers Segformer
@@ -113,19 +152,41 @@ def _segformer_attentions_requested() -> bool:
     return collected is not None and "attentions" in collected
 
 
-def _segformer_attention_forward(self, hidden_states: torch.Tensor, height: int, width: int,
-                                 attention_mask: Optional[torch.Tensor] = None, **kwargs):
+def _segformer_attention_forward(
+    self, hidden_states: torch.Tensor, height: int, width: int, attention_mask: Optional[torch.Tensor] = None, **kwargs
+):
     dropout = self.attention_dropout if self.training else 0.0
-    if attention_mask is not None or dropout > 0 or kwargs.get("output_attentions") or \
-            _segformer_attentions_requested():
+    if (
+        attention_mask is not None
+        or dropout > 0
+        or kwargs.get("output_attentions")
+        or _segformer_attentions_requested()
+    ):
         return _original(self)(hidden_states, height, width, attention_mask, **kwargs)
     backend = getattr(self, _BACKEND)
     reduction = getattr(self, "sequence_reduction", None) if self.sequence_reduction_ratio > 1 else None
-    reduced = hidden_states if reduction is None else _reduce(
-        hidden_states, height, width, pool=False, conv=reduction.sequence_reduction, norm=reduction.layer_norm,
-        act=None, backend=backend)
-    context = ops.sra_attention(self.q_proj(hidden_states), self.k_proj(reduced), self.v_proj(reduced),
-                                self.num_attention_heads, scale=self.scaling, backend=_attention_backend(self))
+    reduced = (
+        hidden_states
+        if reduction is None
+        else _reduce(
+            hidden_states,
+            height,
+            width,
+            pool=False,
+            conv=reduction.sequence_reduction,
+            norm=reduction.layer_norm,
+            act=None,
+            backend=backend,
+        )
+    )
+    context = ops.sra_attention(
+        self.q_proj(hidden_states),
+        self.k_proj(reduced),
+        self.v_proj(reduced),
+        self.num_attention_heads,
+        scale=self.scaling,
+        backend=_attention_backend(self),
+    )
     return self.o_proj(context), None
 
 
@@ -141,13 +202,15 @@ def _timm_attention_forward(self, x: torch.Tensor, feat_size):
         return _original(self)(x, feat_size)
     height, width = feat_size
     backend = getattr(self, _BACKEND)
-    reduced = _reduce(x, height, width, pool=self.pool is not None, conv=self.sr, norm=self.norm, act=self.act,
-                      backend=backend)
+    reduced = _reduce(
+        x, height, width, pool=self.pool is not None, conv=self.sr, norm=self.norm, act=self.act, backend=backend
+    )
     # timm packs keys and values in one (B, M, 2C) projection: K and V are strided views of it, no copy.
     kv = self.kv(reduced)
     c = self.dim
-    context = ops.sra_attention(self.q(x), kv[..., :c], kv[..., c:], self.num_heads, scale=self.scale,
-                                backend=_attention_backend(self))
+    context = ops.sra_attention(
+        self.q(x), kv[..., :c], kv[..., c:], self.num_heads, scale=self.scale, backend=_attention_backend(self)
+    )
     return self.proj_drop(self.proj(context))
 
 
@@ -160,11 +223,12 @@ def _timm_ffn_forward(self, x: torch.Tensor, feat_size):
 # (module path, class name) → (fused forward, activation attribute for the FFN or None for attention)
 _TARGETS: Dict[Tuple[str, str], Tuple[Callable, Optional[str]]] = {
     ("transformers.models.pvt_v2.modeling_pvt_v2", "PvtV2SelfAttention"): (_hf_pvt_attention_forward, None),
-    ("transformers.models.pvt_v2.modeling_pvt_v2", "PvtV2ConvFeedForwardNetwork"): (_hf_pvt_ffn_forward,
-                                                                                     "intermediate_act_fn"),
+    ("transformers.models.pvt_v2.modeling_pvt_v2", "PvtV2ConvFeedForwardNetwork"): (
+        _hf_pvt_ffn_forward,
+        "intermediate_act_fn",
+    ),
     ("transformers.models.segformer.modeling_segformer", "SegformerAttention"): (_segformer_attention_forward, None),
-    ("transformers.models.segformer.modeling_segformer", "SegformerMixMLP"): (_segformer_ffn_forward,
-                                                                             "activation_fn"),
+    ("transformers.models.segformer.modeling_segformer", "SegformerMixMLP"): (_segformer_ffn_forward, "activation_fn"),
     ("timm.models.pvt_v2", "Attention"): (_timm_attention_forward, None),
     ("timm.models.pvt_v2", "MlpWithDepthwiseConv"): (_timm_ffn_forward, "act"),
 }

@@ -49,7 +49,14 @@ if TYPE_CHECKING:
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 # PIL resample codes as stored in preprocessor_config.json.
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic", "nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic"}
+_RESAMPLE = {
+    0: "nearest",
+    2: "bilinear",
+    3: "bicubic",
+    "nearest": "nearest",
+    "bilinear": "bilinear",
+    "bicubic": "bicubic",
+}
 # load_image's default limit: 16384² = 268 Mpx, 1.5× the size above which PIL refuses to open an image (2 ×
 # PIL.Image.MAX_IMAGE_PIXELS = 179 Mpx). A 268 Mpx RGB image is 0.8 GB decoded and 3.2 GB as float32 pixel values.
 DEFAULT_MAX_PIXELS = 16384 * 16384
@@ -99,8 +106,10 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as e:  # PIL's own guard, raised while reading the header
-        raise ImageTooLargeError(f"image is too large for PIL's decompression-bomb guard ({e}); raise "
-                                 f"PIL.Image.MAX_IMAGE_PIXELS, or set it to None and limit with max_pixels") from None
+        raise ImageTooLargeError(
+            f"image is too large for PIL's decompression-bomb guard ({e}); raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS, or set it to None and limit with max_pixels"
+        ) from None
     except UnidentifiedImageError as e:
         raise ImageError(f"cannot read image: not an image file PIL recognises ({e})") from None
     except (FileNotFoundError, IsADirectoryError, PermissionError):
@@ -110,14 +119,18 @@ def load_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         image.close()
-        raise ImageTooLargeError(f"image is {width}×{height} = {_megapixels(width * height)}, over the limit of "
-                                 f"{_megapixels(max_pixels)} (max_pixels={max_pixels}; the CLI's --max-pixels)")
+        raise ImageTooLargeError(
+            f"image is {width}×{height} = {_megapixels(width * height)}, over the limit of "
+            f"{_megapixels(max_pixels)} (max_pixels={max_pixels}; the CLI's --max-pixels)"
+        )
     try:
         image.load()
     except Image.DecompressionBombError as e:  # some formats check frame/tile sizes while decoding
         image.close()
-        raise ImageTooLargeError(f"image is too large for PIL's decompression-bomb guard ({e}); raise "
-                                 f"PIL.Image.MAX_IMAGE_PIXELS, or set it to None and limit with max_pixels") from None
+        raise ImageTooLargeError(
+            f"image is too large for PIL's decompression-bomb guard ({e}); raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS, or set it to None and limit with max_pixels"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
         image.close()
         raise ImageError(f"cannot decode image ({e})") from None
@@ -216,8 +229,10 @@ def _to_tensor(image: Any) -> Tuple[torch.Tensor, _Range]:
         if image.ndim != 3:
             raise ValueError(f"tensor images must be C×H×W (or a B×C×H×W batch), got shape {shape}")
         if image.shape[0] not in (1, 2, 3, 4):
-            raise ValueError(f"tensor images must be C×H×W with 1–4 channels, got shape {shape}"
-                             + (" (an H×W×C tensor? use .permute(2, 0, 1))" if shape[-1] in (1, 2, 3, 4) else ""))
+            raise ValueError(
+                f"tensor images must be C×H×W with 1–4 channels, got shape {shape}"
+                + (" (an H×W×C tensor? use .permute(2, 0, 1))" if shape[-1] in (1, 2, 3, 4) else "")
+            )
         if image.dtype != torch.uint8:
             image = image.float()
         return _channels_to_rgb(image, shape), value_range
@@ -238,25 +253,35 @@ def _white_level(x: torch.Tensor, value_range: _Range) -> float:
     if value_range.white is not None:
         white = value_range.white
         if value_range.checked and (lo < 0 or hi > white):
-            raise ImageError(f"{source} has values in [{lo:.6g}, {hi:.6g}], outside its known range "
-                             f"[0, {white:g}]: scale it to that range or convert it to an 8-bit image")
+            raise ImageError(
+                f"{source} has values in [{lo:.6g}, {hi:.6g}], outside its known range "
+                f"[0, {white:g}]: scale it to that range or convert it to an 8-bit image"
+            )
         if white == 65535.0 and 0 < hi <= 255:
-            warnings.warn(f"{source}: every value is ≤ 255, scaled as 16-bit (white = 65535), so it is nearly "
-                          f"black; if it holds 8-bit data, convert it to uint8 first", ImageRangeWarning, stacklevel=3)
+            warnings.warn(
+                f"{source}: every value is ≤ 255, scaled as 16-bit (white = 65535), so it is nearly "
+                f"black; if it holds 8-bit data, convert it to uint8 first",
+                ImageRangeWarning,
+                stacklevel=3,
+            )
         return white
     if value_range.rule == "int":
         if lo < 0 or hi > 255:
-            raise ImageError(f"{source} has values in [{lo:.6g}, {hi:.6g}]: integer images other than uint8 / "
-                             f"uint16 are read as 8-bit (0..255); convert 16-bit data to uint16, or scale to float "
-                             f"in [0, 1]")
+            raise ImageError(
+                f"{source} has values in [{lo:.6g}, {hi:.6g}]: integer images other than uint8 / "
+                f"uint16 are read as 8-bit (0..255); convert 16-bit data to uint16, or scale to float "
+                f"in [0, 1]"
+            )
         return 255.0
     if lo >= 0 and hi <= 1:
         return 1.0
     if lo >= 0 and hi <= 255:
         return 255.0
-    raise ImageError(f"{source} has values in [{lo:.6g}, {hi:.6g}], so its range is unknown: float images are "
-                     f"read as [0, 1] or 0..255; for pixel values already rescaled and normalised pass "
-                     f"do_rescale=False, do_normalize=False")
+    raise ImageError(
+        f"{source} has values in [{lo:.6g}, {hi:.6g}], so its range is unknown: float images are "
+        f"read as [0, 1] or 0..255; for pixel values already rescaled and normalised pass "
+        f"do_rescale=False, do_normalize=False"
+    )
 
 
 def to_rgb8(image: Any) -> np.ndarray:
@@ -352,9 +377,17 @@ class PvtV2ImageProcessor:
 
     def to_dict(self) -> Dict[str, Any]:
         inverse = {"nearest": 0, "bilinear": 2, "bicubic": 3}
-        return dict(image_processor_type="PvtImageProcessor", do_resize=self.do_resize, size=self.size,
-                    resample=inverse[self.resample], do_rescale=self.do_rescale, rescale_factor=self.rescale_factor,
-                    do_normalize=self.do_normalize, image_mean=self.image_mean, image_std=self.image_std)
+        return dict(
+            image_processor_type="PvtImageProcessor",
+            do_resize=self.do_resize,
+            size=self.size,
+            resample=inverse[self.resample],
+            do_rescale=self.do_rescale,
+            rescale_factor=self.rescale_factor,
+            do_normalize=self.do_normalize,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+        )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)

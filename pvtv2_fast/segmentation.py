@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .preprocessing import DEFAULT_MAX_PIXELS
 from .modeling import PvtV2ForSemanticSegmentation
 from .modules.decode_head import FoldedDecodeHead
+from .preprocessing import DEFAULT_MAX_PIXELS
 from .streaming import LinearAxis, RowCache, band_rows, resample_band
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -71,8 +71,9 @@ def available_memory(device: torch.device) -> Optional[int]:
     return None
 
 
-def _check_args(model, pixel_values: torch.Tensor, mode: str, output: str, tile: int, stride: int,
-                tile_batch: int) -> None:
+def _check_args(
+    model, pixel_values: torch.Tensor, mode: str, output: str, tile: int, stride: int, tile_batch: int
+) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if output not in OUTPUTS:
@@ -102,9 +103,17 @@ def _progress(total: int, unit: str, enabled: bool):
 
 
 @torch.no_grad()
-def iter_segment(model: PvtV2ForSemanticSegmentation, pixel_values: torch.Tensor, mode: str = "whole",
-                 output: str = "labels", tile: int = 1024, stride: int = 768, tile_batch: int = 1,
-                 band_bytes: int = BAND_BYTES, progress: bool = False) -> Iterator[Tuple[int, torch.Tensor]]:
+def iter_segment(
+    model: PvtV2ForSemanticSegmentation,
+    pixel_values: torch.Tensor,
+    mode: str = "whole",
+    output: str = "labels",
+    tile: int = 1024,
+    stride: int = 768,
+    tile_batch: int = 1,
+    band_bytes: int = BAND_BYTES,
+    progress: bool = False,
+) -> Iterator[Tuple[int, torch.Tensor]]:
     """Stream :func:`segment`'s result as ``(first_row, band)`` pairs, top to bottom, bands of consecutive rows.
 
     ``band``: labels ``(B, rows, W)`` (:func:`label_dtype`), or logits / probs ``(B, num_labels, rows, W)`` fp32
@@ -158,9 +167,9 @@ def _stream_slide(model, pixel_values, output, tile, stride, tile_batch, band_by
     count_rows = torch.zeros(h, device=device)
     count_cols = torch.zeros(w, device=device)
     for y0 in ys:
-        count_rows[y0: y0 + th] += 1
+        count_rows[y0 : y0 + th] += 1
     for x0 in xs:
-        count_cols[x0: x0 + tw] += 1
+        count_cols[x0 : x0 + tw] += 1
     count = None
     rows_axis = cols_axis = None
     live = {}  # tile-row index → list of per-tile fp32 logits (B, th/4, tw/4, L), kept while rows need them
@@ -171,10 +180,10 @@ def _stream_slide(model, pixel_values, output, tile, stride, tile_batch, band_by
         for k, y0 in enumerate(ys):
             tiles = []
             for t0 in range(0, len(xs), tile_batch):
-                group = xs[t0: t0 + tile_batch]
-                crops = torch.cat([pixel_values[:, :, y0: y0 + th, x0: x0 + tw] for x0 in group])
+                group = xs[t0 : t0 + tile_batch]
+                crops = torch.cat([pixel_values[:, :, y0 : y0 + th, x0 : x0 + tw] for x0 in group])
                 logits = model(crops).logits.float().permute(0, 2, 3, 1)
-                tiles += [logits[i * b: (i + 1) * b] for i in range(len(group))]
+                tiles += [logits[i * b : (i + 1) * b] for i in range(len(group))]
                 bar.update(len(group))
             live[k] = tiles
             if rows_axis is None:
@@ -191,7 +200,7 @@ def _stream_slide(model, pixel_values, output, tile, stride, tile_batch, band_by
                     lo, hi = rows_axis.source_range(o0 - ys[j], o1 - ys[j])
                     for x0, q in zip(xs, tiles_j):
                         part = resample_band(q[:, lo:hi], rows_axis, cols_axis, o0 - ys[j], o1 - ys[j], offset=lo)
-                        canvas[:, o0 - r0: o1 - r0, x0: x0 + tw] += part
+                        canvas[:, o0 - r0 : o1 - r0, x0 : x0 + tw] += part
                 count = (count_rows[r0:r1, None] * count_cols[None, :])[None, :, :, None]
                 yield r0, _finish(canvas.div_(count), output)
             emitted = finished
@@ -200,9 +209,17 @@ def _stream_slide(model, pixel_values, output, tile, stride, tile_batch, band_by
 
 
 @torch.no_grad()
-def segment(model: PvtV2ForSemanticSegmentation, pixel_values: torch.Tensor, mode: str = "whole",
-            tile: int = 1024, stride: int = 768, output: str = "logits", tile_batch: int = 1,
-            band_bytes: int = BAND_BYTES, progress: bool = False) -> torch.Tensor:
+def segment(
+    model: PvtV2ForSemanticSegmentation,
+    pixel_values: torch.Tensor,
+    mode: str = "whole",
+    tile: int = 1024,
+    stride: int = 768,
+    output: str = "logits",
+    tile_batch: int = 1,
+    band_bytes: int = BAND_BYTES,
+    progress: bool = False,
+) -> torch.Tensor:
     """``pixel_values (B, 3, H, W)`` → ``output="logits"`` (default) or ``"probs"``: ``(B, num_labels, H, W)``
     fp32; ``"labels"``: ``(B, H, W)`` argmax ids (:func:`label_dtype`), never holding full-resolution logits.
 
@@ -218,18 +235,25 @@ def segment(model: PvtV2ForSemanticSegmentation, pixel_values: torch.Tensor, mod
         need = b * num_labels * h * w * 4
         free = available_memory(pixel_values.device)
         if free is not None and need > free:
-            raise MemoryError(f"output={output!r} needs {need / 2**30:.1f} GiB for (B, num_labels, H, W) = "
-                              f"({b}, {num_labels}, {h}, {w}) fp32, {free / 2**30:.1f} GiB available; use "
-                              f"output='labels' ({b * h * w / 2**30:.2f} GiB) or iter_segment() to stream bands")
+            raise MemoryError(
+                f"output={output!r} needs {need / 2**30:.1f} GiB for (B, num_labels, H, W) = "
+                f"({b}, {num_labels}, {h}, {w}) fp32, {free / 2**30:.1f} GiB available; use "
+                f"output='labels' ({b * h * w / 2**30:.2f} GiB) or iter_segment() to stream bands"
+            )
         out = torch.empty(b, num_labels, h, w, device=pixel_values.device)
     for r0, part in iter_segment(model, pixel_values, mode, output, tile, stride, tile_batch, band_bytes, progress):
-        out[..., r0: r0 + part.shape[-2], :] = part
+        out[..., r0 : r0 + part.shape[-2], :] = part
     return out
 
 
 @torch.no_grad()
-def segment_reference(model: PvtV2ForSemanticSegmentation, pixel_values: torch.Tensor, mode: str = "whole",
-                      tile: int = 1024, stride: int = 768) -> torch.Tensor:
+def segment_reference(
+    model: PvtV2ForSemanticSegmentation,
+    pixel_values: torch.Tensor,
+    mode: str = "whole",
+    tile: int = 1024,
+    stride: int = 768,
+) -> torch.Tensor:
     """The unstreamed computation :func:`segment` must equal: the unfolded (reference) head, full-size logits
     resized with ``F.interpolate`` and, in slide mode, a full-size canvas. ``(B, num_labels, H, W)`` fp32."""
     _check_args(model, pixel_values, mode, "logits", tile, stride, 1)
@@ -242,13 +266,13 @@ def segment_reference(model: PvtV2ForSemanticSegmentation, pixel_values: torch.T
         count = torch.zeros(1, 1, h, w, device=pixel_values.device)
         for y0 in tile_origins(h, tile, stride):
             for x0 in tile_origins(w, tile, stride):
-                crop = pixel_values[:, :, y0: y0 + tile, x0: x0 + tile]
+                crop = pixel_values[:, :, y0 : y0 + tile, x0 : x0 + tile]
                 logits = model(crop).logits
                 logits = F.interpolate(logits.float(), size=crop.shape[2:], mode="bilinear", align_corners=False)
                 if canvas is None:
                     canvas = torch.zeros(b, logits.shape[1], h, w, device=pixel_values.device)
-                canvas[:, :, y0: y0 + crop.shape[2], x0: x0 + crop.shape[3]] += logits
-                count[:, :, y0: y0 + crop.shape[2], x0: x0 + crop.shape[3]] += 1
+                canvas[:, :, y0 : y0 + crop.shape[2], x0 : x0 + crop.shape[3]] += logits
+                count[:, :, y0 : y0 + crop.shape[2], x0 : x0 + crop.shape[3]] += 1
         return canvas / count
 
 
@@ -272,8 +296,9 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
-def save_masks(labels: np.ndarray, image: np.ndarray, out_dir: Path, stem: str, num_labels: int,
-               alpha: float = 0.5) -> Tuple[Path, Path]:
+def save_masks(
+    labels: np.ndarray, image: np.ndarray, out_dir: Path, stem: str, num_labels: int, alpha: float = 0.5
+) -> Tuple[Path, Path]:
     """``labels (H, W)`` → ``stem_labels.png`` (palette PNG, pixel value = label id) and ``stem_overlay.png``,
     each written to a temporary name and renamed into place."""
     from PIL import Image
@@ -317,9 +342,18 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> List[Path]:
 PROGRESS_PIXELS = 1 << 22
 
 
-def segment_file(model: PvtV2ForSemanticSegmentation, path: Path, out_dir: Path, mode: str = "whole",
-                 output: str = "labels", tile: int = 1024, stride: int = 768, tile_batch: int = 1,
-                 progress: bool = True, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> List[Path]:
+def segment_file(
+    model: PvtV2ForSemanticSegmentation,
+    path: Path,
+    out_dir: Path,
+    mode: str = "whole",
+    output: str = "labels",
+    tile: int = 1024,
+    stride: int = 768,
+    tile_batch: int = 1,
+    progress: bool = True,
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+) -> List[Path]:
     """Segment one image file and write :func:`output_paths` (each renamed into place once complete). Any image
     type is read at its real range and upright as viewers show it (:func:`pvtv2_fast.preprocessing.load_image`)."""
     from .preprocessing import PvtV2ImageProcessor, load_image, to_rgb8
@@ -336,23 +370,32 @@ def segment_file(model: PvtV2ForSemanticSegmentation, path: Path, out_dir: Path,
     if output == "labels":
         labels = np.empty((h, w), dtype=np.uint8 if model.config.num_labels <= 256 else np.int32)
         for r0, band in bands:
-            labels[r0: r0 + band.shape[1]] = band[0].cpu().numpy()
+            labels[r0 : r0 + band.shape[1]] = band[0].cpu().numpy()
         return list(save_masks(labels, image, out_dir, stem, model.config.num_labels))
     path_out = output_paths(out_dir, stem, output)[0]
 
     def write(tmp: Path) -> None:  # streamed to disk band by band: never (num_labels, H, W) in memory
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(model.config.num_labels, h, w))
         for r0, band in bands:
-            array[:, r0: r0 + band.shape[2]] = band[0].cpu().numpy()
+            array[:, r0 : r0 + band.shape[2]] = band[0].cpu().numpy()
         array.flush()
         del array
 
     return [_atomic(path_out, write)]
 
 
-def segment_files(model: PvtV2ForSemanticSegmentation, paths: Iterable[Path], out_dir: Path, mode: str = "whole",
-                  tile: int = 1024, stride: int = 768, progress: bool = True, output: str = "labels",
-                  tile_batch: int = 1, skip_existing: bool = False) -> Tuple[List[Path], List[str]]:
+def segment_files(
+    model: PvtV2ForSemanticSegmentation,
+    paths: Iterable[Path],
+    out_dir: Path,
+    mode: str = "whole",
+    tile: int = 1024,
+    stride: int = 768,
+    progress: bool = True,
+    output: str = "labels",
+    tile_batch: int = 1,
+    skip_existing: bool = False,
+) -> Tuple[List[Path], List[str]]:
     """Segment image files of any (mixed) sizes one by one; returns (written files, error messages).
 
     A failed image (unreadable, too small for the model, out of memory) is reported and the rest go on;

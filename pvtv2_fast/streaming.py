@@ -35,16 +35,18 @@ class LinearAxis:
     bounds: tuple  # (i0, i1) as Python lists: band bounds without a device round trip per band
 
     @classmethod
-    def build(cls, in_size: int, out_size: int, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32) -> "LinearAxis":
+    def build(
+        cls, in_size: int, out_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "LinearAxis":
         """``dtype``: the data's; PyTorch computes the weights in float32 for every dtype but float64."""
         if in_size < 1 or out_size < 1:
             raise ValueError(f"bilinear resampling needs positive sizes, got {in_size} → {out_size}")
         if dtype == torch.float64:
             # The same arithmetic in float64; the fused multiply-add's single rounding done exactly in rationals.
             scale = Fraction(in_size / out_size)
-            src = torch.tensor([float(scale * (d + Fraction(1, 2)) - Fraction(1, 2)) for d in range(out_size)],
-                               dtype=torch.float64).clamp_min(0)
+            src = torch.tensor(
+                [float(scale * (d + Fraction(1, 2)) - Fraction(1, 2)) for d in range(out_size)], dtype=torch.float64
+            ).clamp_min(0)
             return cls._from_source(src, in_size, out_size, device)
         # PyTorch's CPU and CUDA kernels (area_pixel_compute_source_index + guard_index_and_lambda), in float32:
         # scale = in/out; src = scale·(dst + 0.5) − 0.5 clamped at 0; i0 = min(floor(src), in − 1);
@@ -63,15 +65,17 @@ class LinearAxis:
         w1 = (src - i0.to(src.dtype)).clamp(0, 1)
         i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
         w0 = 1 - w1
-        return cls(i0.to(device), i1.to(device), w0.to(device), w1.to(device), in_size == out_size,
-                   (i0.tolist(), i1.tolist()))
+        return cls(
+            i0.to(device), i1.to(device), w0.to(device), w1.to(device), in_size == out_size, (i0.tolist(), i1.tolist())
+        )
 
     def source_range(self, start: int, stop: int) -> tuple[int, int]:
         """The source rows ``[lo, hi)`` that outputs ``[start, stop)`` read (indices are non-decreasing)."""
         return self.bounds[0][start], self.bounds[1][stop - 1] + 1
 
-    def resample(self, x: torch.Tensor, dim: int, start: int = 0, stop: int | None = None,
-                 offset: int = 0) -> torch.Tensor:
+    def resample(
+        self, x: torch.Tensor, dim: int, start: int = 0, stop: int | None = None, offset: int = 0
+    ) -> torch.Tensor:
         """Outputs ``[start, stop)`` along ``dim`` of ``x``, whose index 0 along ``dim`` is source row ``offset``.
 
         ``x`` (any shape) → same shape with ``stop − start`` along ``dim``; computed in ``x``'s dtype.
@@ -87,8 +91,9 @@ class LinearAxis:
         return out.addcmul_(x.index_select(dim, self.i1[start:stop] - offset), w1)
 
 
-def resample_band(x: torch.Tensor, rows: LinearAxis, cols: LinearAxis, start: int, stop: int,
-                  offset: int = 0) -> torch.Tensor:
+def resample_band(
+    x: torch.Tensor, rows: LinearAxis, cols: LinearAxis, start: int, stop: int, offset: int = 0
+) -> torch.Tensor:
     """Channels-last band ``x (B, r, W_in, C)`` holding source rows ``[offset, offset + r)`` → output rows
     ``[start, stop)`` resampled to ``(B, stop − start, W_out, C)``.
 
@@ -98,8 +103,7 @@ def resample_band(x: torch.Tensor, rows: LinearAxis, cols: LinearAxis, start: in
     x = rows.resample(x, 1, start, stop, offset)
     if cols.identity:
         return x
-    out = F.interpolate(x.permute(0, 3, 1, 2), size=(x.shape[1], cols.i0.numel()), mode="bilinear",
-                        align_corners=False)
+    out = F.interpolate(x.permute(0, 3, 1, 2), size=(x.shape[1], cols.i0.numel()), mode="bilinear", align_corners=False)
     return out.permute(0, 2, 3, 1)
 
 
@@ -128,12 +132,12 @@ class RowCache:
             if self.rows is None or a >= self.stop:
                 self.rows, self.start = new, first
             else:
-                self.rows = torch.cat([self.rows[:, a - self.start:], new], dim=1)
+                self.rows = torch.cat([self.rows[:, a - self.start :], new], dim=1)
                 self.start = a
             self.stop = last
         elif a > self.start:
-            self.rows, self.start = self.rows[:, a - self.start:], a
-        return self.rows[:, a - self.start: b - self.start]
+            self.rows, self.start = self.rows[:, a - self.start :], a
+        return self.rows[:, a - self.start : b - self.start]
 
 
 def band_rows(row_bytes: int, budget_bytes: int, minimum: int = 1) -> int:

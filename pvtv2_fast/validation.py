@@ -39,11 +39,14 @@ def stage_shapes(config: PvtV2Config, height: int, width: int) -> List[StageShap
     for i, (h, w) in enumerate(stage_sizes(config, height, width)):
         c, sr = config.hidden_sizes[i], config.sr_ratios[i]
         if config.linear_attention:
-            keys = LINEAR_SRA_POOL_SIZE ** 2
+            keys = LINEAR_SRA_POOL_SIZE**2
         else:
             keys = (h // sr) * (w // sr) if sr > 1 else h * w
-        shapes.append(StageShape(h, w, c, config.num_attention_heads[i], sr, keys, int(c * config.mlp_ratios[i]),
-                                 config.linear_attention))
+        shapes.append(
+            StageShape(
+                h, w, c, config.num_attention_heads[i], sr, keys, int(c * config.mlp_ratios[i]), config.linear_attention
+            )
+        )
     return shapes
 
 
@@ -70,7 +73,8 @@ def check_pixel_values(pixel_values: object, config: PvtV2Config) -> None:
     if pixel_values.ndim != 4:
         raise ValueError(
             f"pixel_values must be {expected}; got a tensor of rank {pixel_values.ndim} with shape "
-            f"{tuple(pixel_values.shape)}" + (" (add a batch dimension with .unsqueeze(0))" if pixel_values.ndim == 3 else "")
+            f"{tuple(pixel_values.shape)}"
+            + (" (add a batch dimension with .unsqueeze(0))" if pixel_values.ndim == 3 else "")
         )
     if not pixel_values.is_floating_point():
         raise TypeError(

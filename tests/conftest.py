@@ -55,7 +55,6 @@ def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
 
 
-
 def assert_max_abs_close(ours: torch.Tensor, theirs: torch.Tensor, what: str, atol: float = 1e-5) -> None:
     """Same shape and max |ours - theirs| <= atol. Against timm this is the contract too, not bit equality: timm
     projects keys and values with one packed (2C) GEMM where we use two (transformers' layout), and whether the BLAS

@@ -37,8 +37,9 @@ def stage_cases():
             key = (s.channels, s.heads, s.keys, s.ffn_hidden, s.linear)
             if key not in seen:
                 seen.add(key)
-                cases.append((f"{preset}-stage{i + 1}", s.channels, s.heads, s.height, s.width, s.keys, s.ffn_hidden,
-                              s.linear))
+                cases.append(
+                    (f"{preset}-stage{i + 1}", s.channels, s.heads, s.height, s.width, s.keys, s.ffn_hidden, s.linear)
+                )
     return cases
 
 

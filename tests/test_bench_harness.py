@@ -9,8 +9,10 @@ from bench.harness import Candidate, markdown_table, measure_forward_peak, time_
 
 def test_time_interleaved_orders_and_counts():
     calls = []
-    candidates = [Candidate("fast", lambda: calls.append("fast")),
-                  Candidate("slow", lambda: (calls.append("slow"), time.sleep(0.01)))]
+    candidates = [
+        Candidate("fast", lambda: calls.append("fast")),
+        Candidate("slow", lambda: (calls.append("slow"), time.sleep(0.01))),
+    ]
     timings = time_interleaved(candidates, repeats=3, warmup=1)
     assert calls == ["fast", "slow"] * 4  # round-robin: warm-up round, then three timed rounds
     assert len(timings["fast"].samples) == len(timings["slow"].samples) == 3
@@ -43,8 +45,10 @@ def test_triton_vs_cuda_table_orders_each_op_by_geomean():
 def test_fast_summary_ratios():
     from bench.report import fast_summary
 
-    results = [dict(preset="b0", size=512, impl=i, ms=ms, peak_mb=mb)
-               for i, ms, mb in (("reference", 200.0, 72.0), ("fast", 80.0, 18.0), ("timm", 240.0, 72.0))]
+    results = [
+        dict(preset="b0", size=512, impl=i, ms=ms, peak_mb=mb)
+        for i, ms, mb in (("reference", 200.0, 72.0), ("fast", 80.0, 18.0), ("timm", 240.0, 72.0))
+    ]
     lines = fast_summary(results, ["reference", "fast", "timm"]).splitlines()
     header = next(line for line in lines if line.startswith("| preset"))
     assert header == "| preset | input | fast ms | × reference | × timm | peak memory / reference |"

@@ -6,10 +6,10 @@ import re
 import pytest
 import timm
 import torch
+from conftest import assert_max_abs_close, randomize_
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
 from pvtv2_fast.checkpoint import CheckpointError, CheckpointMismatchError, canonical_to_timm, detect_format
-from conftest import assert_max_abs_close, randomize_
 
 
 def _timm_to_original(sd):
@@ -119,8 +119,9 @@ def test_headless_checkpoint_into_classifier_initialises_head(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         model = PvtV2ForImageClassification.from_pretrained(tmp_path)
     assert "classifier.weight" in caplog.text
-    assert torch.equal(model.pvt_v2.encoder.layers[0].patch_embedding.proj.weight,
-                       base.encoder.layers[0].patch_embedding.proj.weight)
+    assert torch.equal(
+        model.pvt_v2.encoder.layers[0].patch_embedding.proj.weight, base.encoder.layers[0].patch_embedding.proj.weight
+    )
 
 
 def test_truncated_safetensors(tmp_path):
@@ -205,8 +206,13 @@ def test_saved_config_names_architecture(tmp_path):
 
 
 def test_export_to_timm_loads_strict(tmp_path):
-    ours = randomize_(PvtV2ForImageClassification(PvtV2Config.from_preset(
-        "b0", num_labels=5, patch_embed_layer_norm_eps=1e-5, spatial_reduction_layer_norm_eps=1e-5))).eval()
+    ours = randomize_(
+        PvtV2ForImageClassification(
+            PvtV2Config.from_preset(
+                "b0", num_labels=5, patch_embed_layer_norm_eps=1e-5, spatial_reduction_layer_norm_eps=1e-5
+            )
+        )
+    ).eval()
     sd = {k.removeprefix("pvt_v2."): v for k, v in ours.state_dict().items()}
     theirs = timm.create_model("pvt_v2_b0", num_classes=5).eval()
     theirs.load_state_dict(canonical_to_timm(sd), strict=True)

@@ -6,15 +6,14 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from conftest import randomize_
 from PIL import Image
+from test_preprocessing import _header_only_png
 
 from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, PvtV2ForSemanticSegmentation
 from pvtv2_fast.__main__ import main
 from pvtv2_fast.preprocessing import PvtV2ImageProcessor
 from pvtv2_fast.segmentation import segment
-from conftest import randomize_
-from test_preprocessing import _header_only_png
 
 # The classifier's processor resizes to 64² (its preprocessor_config.json): small forwards, same code path.
 SIZE = 64
@@ -96,16 +95,29 @@ def test_classify_batch_skips_bad_images(checkpoint, tmp_path, capsys):
     _save(tmp_path / "big.png", 100, 120)
     Image.fromarray(np.full((40, 48), 2.5, np.float32)).save(tmp_path / "range.tif")  # float outside [0, 1]
     names = ["text.png", "good.png", "cut.png", "big.png", "range.tif", "good16.png"]
-    status = main(["classify", *(str(tmp_path / n) for n in names), "--weights", str(folder), "--top", "2",
-                   "--max-pixels", "10000"])
+    status = main(
+        [
+            "classify",
+            *(str(tmp_path / n) for n in names),
+            "--weights",
+            str(folder),
+            "--top",
+            "2",
+            "--max-pixels",
+            "10000",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 1
     printed = [line for line in captured.out.splitlines() if not line.startswith(" ")]
     assert printed == [str(good), str(good16)]
-    reasons = {"text.png": "cannot read image", "cut.png": "cannot decode image",
-               "big.png": "image is 120×100 = 12000 pixels, over the limit of 10000 pixels",
-               "range.tif": "values in [2.5, 2.5], outside its known range [0, 1]"}
-    summary = captured.err[captured.err.index("4 of 6 images failed:"):]
+    reasons = {
+        "text.png": "cannot read image",
+        "cut.png": "cannot decode image",
+        "big.png": "image is 120×100 = 12000 pixels, over the limit of 10000 pixels",
+        "range.tif": "values in [2.5, 2.5], outside its known range [0, 1]",
+    }
+    summary = captured.err[captured.err.index("4 of 6 images failed:") :]
     for name, reason in reasons.items():
         assert reason in _line(captured.err, f"{tmp_path / name}: skipped: ")
         assert reason in _line(summary, f"  {tmp_path / name}: ")
@@ -143,18 +155,31 @@ def test_segment_batch_finishes(segmenter, tmp_path, capsys):
     Image.fromarray(stored).save(images / "rot.png", exif=exif)
     Image.fromarray(np.random.default_rng(5).integers(0, 65536, (33, 41), dtype=np.uint16)).save(images / "c16.png")
     _save(other / "a.png", 40, 48, seed=9)  # same name as images/a.png: must not overwrite its masks
-    status = main(["segment", str(images), str(other / "a.png"), "--weights", str(weights), "--out", str(out),
-                   "--max-pixels", "5000"])
+    status = main(
+        [
+            "segment",
+            str(images),
+            str(other / "a.png"),
+            "--weights",
+            str(weights),
+            "--out",
+            str(out),
+            "--max-pixels",
+            "5000",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 1
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(f"{stem}_{kind}.png" for stem in ("a", "rot", "c16") for kind in ("labels", "overlay"))
     assert "wrote 6 files" in captured.out
-    summary = captured.err[captured.err.index("4 of 7 images failed:"):]
-    for name, reason in [(images / "tiny.png", "input image 20×20 is too small"),
-                         (images / "big.png", "image is 90×80 = 7200 pixels, over the limit of 5000 pixels"),
-                         (images / "text.png", "cannot read image"),
-                         (other / "a.png", f"would overwrite those of {images / 'a.png'}")]:
+    summary = captured.err[captured.err.index("4 of 7 images failed:") :]
+    for name, reason in [
+        (images / "tiny.png", "input image 20×20 is too small"),
+        (images / "big.png", "image is 90×80 = 7200 pixels, over the limit of 5000 pixels"),
+        (images / "text.png", "cannot read image"),
+        (other / "a.png", f"would overwrite those of {images / 'a.png'}"),
+    ]:
         assert reason in _line(summary, f"  {name}: ")
     # the EXIF-rotated image is segmented as viewers show it
     labels = np.array(Image.open(out / "rot_labels.png"))
@@ -168,21 +193,29 @@ def test_segment_batch_finishes(segmenter, tmp_path, capsys):
     _no_traceback(captured)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["classify", "{img}", "--top", "-1"], "argument --top: expected a positive integer, got -1"),
-    (["classify", "{img}", "--top", "0"], "argument --top: expected a positive integer, got 0"),
-    (["classify", "{img}", "--top", "x"], "argument --top: expected a positive integer, got 'x'"),
-    (["classify", "{img}", "--max-pixels", "-5"], "argument --max-pixels: expected a whole number of pixels"),
-    (["classify", "{img}", "--max-pixels", "lots"], "argument --max-pixels: expected a number of pixels"),
-    (["classify", "{img}", "{tmp}/missing.png"], "classify: no such file or folder: {tmp}/missing.png"),
-    (["segment", "{img}", "--out", "{tmp}", "--tile", "0"], "argument --tile: expected a positive integer, got 0"),
-    (["segment", "{img}", "--out", "{tmp}", "--tile", "-3"], "argument --tile: expected a positive integer"),
-    (["segment", "{img}", "--out", "{tmp}", "--tile", "32", "--stride", "48"],
-     "--stride (48) must be at most --tile"),
-    (["segment", "{img}", "--out", "{tmp}", "--stride", "8"], "--stride needs --tile"),
-    (["segment", "{tmp}/nothing", "--out", "{tmp}"], "segment: no such file or folder"),
-    (["segment", "{img}", "--out", "{tmp}", "--stride", "0", "--tile", "8"], "argument --stride: expected a positive"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["classify", "{img}", "--top", "-1"], "argument --top: expected a positive integer, got -1"),
+        (["classify", "{img}", "--top", "0"], "argument --top: expected a positive integer, got 0"),
+        (["classify", "{img}", "--top", "x"], "argument --top: expected a positive integer, got 'x'"),
+        (["classify", "{img}", "--max-pixels", "-5"], "argument --max-pixels: expected a whole number of pixels"),
+        (["classify", "{img}", "--max-pixels", "lots"], "argument --max-pixels: expected a number of pixels"),
+        (["classify", "{img}", "{tmp}/missing.png"], "classify: no such file or folder: {tmp}/missing.png"),
+        (["segment", "{img}", "--out", "{tmp}", "--tile", "0"], "argument --tile: expected a positive integer, got 0"),
+        (["segment", "{img}", "--out", "{tmp}", "--tile", "-3"], "argument --tile: expected a positive integer"),
+        (
+            ["segment", "{img}", "--out", "{tmp}", "--tile", "32", "--stride", "48"],
+            "--stride (48) must be at most --tile",
+        ),
+        (["segment", "{img}", "--out", "{tmp}", "--stride", "8"], "--stride needs --tile"),
+        (["segment", "{tmp}/nothing", "--out", "{tmp}"], "segment: no such file or folder"),
+        (
+            ["segment", "{img}", "--out", "{tmp}", "--stride", "0", "--tile", "8"],
+            "argument --stride: expected a positive",
+        ),
+    ],
+)
 def test_argument_errors_are_usage_errors(args, message, tmp_path, capsys):
     img = _save(tmp_path / "x.png")
     fill = lambda s: s.format(img=img, tmp=tmp_path)  # noqa: E731
@@ -200,9 +233,11 @@ def test_library_errors_are_one_line(segmenter, tmp_path, capsys):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
     (tmp_path / "file").write_text("")
-    for argv in (["classify", str(img), "--weights", str(tmp_path / "missing")],
-                 ["classify", str(img), "--weights", str(junk)],
-                 ["segment", str(img), "--weights", str(weights), "--out", str(tmp_path / "file")]):
+    for argv in (
+        ["classify", str(img), "--weights", str(tmp_path / "missing")],
+        ["classify", str(img), "--weights", str(junk)],
+        ["segment", str(img), "--weights", str(weights), "--out", str(tmp_path / "file")],
+    ):
         assert main(argv) == 2
         captured = capsys.readouterr()
         lines = [line for line in captured.err.splitlines() if line.strip()]
@@ -227,8 +262,9 @@ def test_segment_files_library_twin(segmenter, tmp_path):
     Image.fromarray(stored).save(tmp_path / "rot.png", exif=exif)
     _save(tmp_path / "tiny.png", 20, 20)
     (tmp_path / "text.png").write_text("not an image")
-    written, errors = segment_files(model, [tmp_path / n for n in ("tiny.png", "text.png", "rot.png")],
-                                    tmp_path / "out", progress=False)
+    written, errors = segment_files(
+        model, [tmp_path / n for n in ("tiny.png", "text.png", "rot.png")], tmp_path / "out", progress=False
+    )
     assert [p.name for p in written] == ["rot_labels.png", "rot_overlay.png"]
     assert len(errors) == 2 and "too small" in errors[0] and "cannot read image" in errors[1]
     overlay = np.asarray(Image.open(tmp_path / "out" / "rot_overlay.png"))

@@ -4,15 +4,34 @@ import json
 
 import pytest
 import transformers
-
-from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, preset_names
 from conftest import hf_config
 
+from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, preset_names
+
 FIELDS = [
-    "image_size", "num_channels", "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes", "patch_sizes",
-    "strides", "num_attention_heads", "mlp_ratios", "hidden_act", "hidden_dropout_prob",
-    "attention_probs_dropout_prob", "initializer_range", "drop_path_rate", "layer_norm_eps", "qkv_bias",
-    "linear_attention", "out_features", "out_indices", "num_labels", "id2label", "label2id",
+    "image_size",
+    "num_channels",
+    "num_encoder_blocks",
+    "depths",
+    "sr_ratios",
+    "hidden_sizes",
+    "patch_sizes",
+    "strides",
+    "num_attention_heads",
+    "mlp_ratios",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+    "drop_path_rate",
+    "layer_norm_eps",
+    "qkv_bias",
+    "linear_attention",
+    "out_features",
+    "out_indices",
+    "num_labels",
+    "id2label",
+    "label2id",
 ]
 
 # Published sizes (arXiv 2106.13797): 3.7 / 14.0 / 25.4 / 22.6 / 45.2 / 62.6 / 82.0 M with a 1000-class head.
@@ -39,8 +58,9 @@ def test_preset_parameter_counts(name):
     assert round(model.num_parameters() / 1e6, 2) == PARAMS_M[name]
 
 
-@pytest.mark.parametrize("alias,name", [("pvt_v2_b2_li", "b2_linear"), ("B0", "b0"), ("pvt-v2-b5", "b5"),
-                                        ("OpenGVLab/pvt_v2_b1", "b1")])
+@pytest.mark.parametrize(
+    "alias,name", [("pvt_v2_b2_li", "b2_linear"), ("B0", "b0"), ("pvt-v2-b5", "b5"), ("OpenGVLab/pvt_v2_b1", "b1")]
+)
 def test_preset_aliases(alias, name):
     assert PvtV2Config.from_preset(alias) == PvtV2Config.from_preset(name)
 
@@ -152,8 +172,16 @@ HF_CASES = [
     dict(out_indices=[0, -1]),
     dict(out_features=["stage2", "stage3"]),
     dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], linear_attention=True, image_size=[256, 320]),
-    dict(num_encoder_blocks=3, depths=[1, 1, 1], sr_ratios=[4, 2, 1], hidden_sizes=[8, 16, 32], patch_sizes=[7, 3, 3],
-         strides=[4, 2, 2], num_attention_heads=[1, 2, 4], mlp_ratios=[4, 4, 4]),
+    dict(
+        num_encoder_blocks=3,
+        depths=[1, 1, 1],
+        sr_ratios=[4, 2, 1],
+        hidden_sizes=[8, 16, 32],
+        patch_sizes=[7, 3, 3],
+        strides=[4, 2, 2],
+        num_attention_heads=[1, 2, 4],
+        mlp_ratios=[4, 4, 4],
+    ),
 ]
 
 
@@ -205,20 +233,54 @@ def test_to_json_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- validation
 BAD_VALUES = [
-    ("mlp_ratios", "8844"), ("mlp_ratios", None), ("mlp_ratios", [8, 8, "4", 4]), ("layer_norm_eps", "1e-6"),
-    ("layer_norm_eps", 0), ("layer_norm_eps", float("nan")), ("num_labels", -1), ("num_labels", 2.5),
-    ("depths", None), ("depths", 2), ("depths", [2, 2, 2.0, 2]), ("hidden_sizes", [32, 64, 160, True]),
-    ("sr_ratios", "8421"), ("num_attention_heads", [1, 2, 0, 8]), ("strides", [4, 2, 2, -2]),
-    ("patch_sizes", {"a": 1}), ("num_channels", "3"), ("num_channels", 0), ("num_encoder_blocks", 4.0),
-    ("image_size", 0), ("image_size", [224]), ("image_size", "224"), ("hidden_act", None), ("hidden_act", "mish"),
-    ("hidden_dropout_prob", "0.1"), ("attention_probs_dropout_prob", -0.1), ("drop_path_rate", float("inf")),
-    ("initializer_range", -1.0), ("qkv_bias", "yes"), ("qkv_bias", 1), ("linear_attention", None),
-    ("patch_embed_layer_norm_eps", -1e-5), ("spatial_reduction_layer_norm_eps", "x"),
-    ("out_indices", "0"), ("out_indices", [5]), ("out_indices", [-5]), ("out_indices", [1, 1]),
-    ("out_features", "stage1"), ("out_features", ["stage4", "stage1"]),
-    ("id2label", ["a", "b"]), ("id2label", {"x": "a"}), ("id2label", {0: 1}), ("label2id", {"a": "zero"}),
-    ("problem_type", "ranking"), ("output_hidden_states", "true"), ("return_dict", None),
-    ("classifier_dropout_prob", 2), ("semantic_loss_ignore_index", 255.0),
+    ("mlp_ratios", "8844"),
+    ("mlp_ratios", None),
+    ("mlp_ratios", [8, 8, "4", 4]),
+    ("layer_norm_eps", "1e-6"),
+    ("layer_norm_eps", 0),
+    ("layer_norm_eps", float("nan")),
+    ("num_labels", -1),
+    ("num_labels", 2.5),
+    ("depths", None),
+    ("depths", 2),
+    ("depths", [2, 2, 2.0, 2]),
+    ("hidden_sizes", [32, 64, 160, True]),
+    ("sr_ratios", "8421"),
+    ("num_attention_heads", [1, 2, 0, 8]),
+    ("strides", [4, 2, 2, -2]),
+    ("patch_sizes", {"a": 1}),
+    ("num_channels", "3"),
+    ("num_channels", 0),
+    ("num_encoder_blocks", 4.0),
+    ("image_size", 0),
+    ("image_size", [224]),
+    ("image_size", "224"),
+    ("hidden_act", None),
+    ("hidden_act", "mish"),
+    ("hidden_dropout_prob", "0.1"),
+    ("attention_probs_dropout_prob", -0.1),
+    ("drop_path_rate", float("inf")),
+    ("initializer_range", -1.0),
+    ("qkv_bias", "yes"),
+    ("qkv_bias", 1),
+    ("linear_attention", None),
+    ("patch_embed_layer_norm_eps", -1e-5),
+    ("spatial_reduction_layer_norm_eps", "x"),
+    ("out_indices", "0"),
+    ("out_indices", [5]),
+    ("out_indices", [-5]),
+    ("out_indices", [1, 1]),
+    ("out_features", "stage1"),
+    ("out_features", ["stage4", "stage1"]),
+    ("id2label", ["a", "b"]),
+    ("id2label", {"x": "a"}),
+    ("id2label", {0: 1}),
+    ("label2id", {"a": "zero"}),
+    ("problem_type", "ranking"),
+    ("output_hidden_states", "true"),
+    ("return_dict", None),
+    ("classifier_dropout_prob", 2),
+    ("semantic_loss_ignore_index", 255.0),
 ]
 
 
@@ -230,8 +292,10 @@ def test_every_bad_value_is_a_value_error_naming_the_field(field, value):
         PvtV2Config.from_dict({field: value})
 
 
-@pytest.mark.parametrize("field,value", [("layer_norm_eps", "x"), ("depths", None), ("num_labels", -1),
-                                         ("mlp_ratios", "8844"), ("out_indices", [9])])
+@pytest.mark.parametrize(
+    "field,value",
+    [("layer_norm_eps", "x"), ("depths", None), ("num_labels", -1), ("mlp_ratios", "8844"), ("out_indices", [9])],
+)
 def test_assignment_is_validated(field, value):
     c = PvtV2Config()
     with pytest.raises(ValueError, match=field):
@@ -246,8 +310,9 @@ def test_cross_field_checks_run_before_saving(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("text,what", [("[1, 2]", "array"), ("3", "int"), ('"pvt"', "str"), ("null", "NoneType"),
-                                       ("true", "bool")])
+@pytest.mark.parametrize(
+    "text,what", [("[1, 2]", "array"), ("3", "int"), ('"pvt"', "str"), ("null", "NoneType"), ("true", "bool")]
+)
 def test_config_json_top_level_must_be_an_object(tmp_path, text, what):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(ValueError, match=f"config: .*JSON object.*{what}"):

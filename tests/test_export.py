@@ -136,8 +136,15 @@ def test_plain_torch_onnx_export_of_fast_model(tmp_path):
     path = str(tmp_path / "plain.onnx")
     wrapper = _Plain(model)
     with torch.no_grad():
-        torch.onnx.export(wrapper, (torch.randn(1, 3, 64, 64),), path, dynamo=False, input_names=["pixel_values"],
-                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "b", 2: "h", 3: "w"}})
+        torch.onnx.export(
+            wrapper,
+            (torch.randn(1, 3, 64, 64),),
+            path,
+            dynamo=False,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "b", 2: "h", 3: "w"}},
+        )
     assert model.fast
     assert check_onnx(path, _model("linear", fast=False), sizes=[(97, 131), (61, 45)]) <= ONNX_ATOL
 
@@ -158,13 +165,18 @@ def test_plain_torch_onnx_export_dynamo(tmp_path):
     model = _model("linear")
     path = str(tmp_path / "dynamo.onnx")
     h, w = torch.export.Dim("height", min=32), torch.export.Dim("width", min=32)
-    torch.onnx.export(_Plain(model), (torch.randn(1, 3, 64, 64),), path, input_names=["pixel_values"],
-                      output_names=["logits"], dynamic_shapes={"x": {2: h, 3: w}})
+    torch.onnx.export(
+        _Plain(model),
+        (torch.randn(1, 3, 64, 64),),
+        path,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {2: h, 3: w}},
+    )
     assert check_onnx(path, _model("linear", fast=False), sizes=[(97, 131), (61, 45)]) <= ONNX_ATOL
 
 
-@pytest.mark.parametrize("cls", [PvtV2Model, PvtV2Backbone, PvtV2ForSemanticSegmentation],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [PvtV2Model, PvtV2Backbone, PvtV2ForSemanticSegmentation], ids=lambda c: c.__name__)
 def test_export_other_models(cls, tmp_path):
     """Base model, backbone (every stage out) and Segformer: all outputs, at a size other than the traced one."""
     overrides = {"out_indices": [0, 1, 2, 3]} if cls is PvtV2Backbone else {}
@@ -192,8 +204,23 @@ def test_cli_export(tmp_path, capsys):
     model = _model("sra")
     model.save_pretrained(tmp_path / "weights")
     out = tmp_path / "model.onnx"
-    assert main(["export", "--weights", str(tmp_path / "weights"), "--out", str(out), "--height", "64", "--width",
-                 "64", "--check"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(tmp_path / "weights"),
+                "--out",
+                str(out),
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--check",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert out.is_file() and "dynamic batch, height and width" in printed and "max abs difference" in printed
     assert main(["export", "--weights", str(tmp_path / "missing"), "--out", str(out)]) == 2

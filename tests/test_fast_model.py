@@ -6,11 +6,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import randomize_
+from op_cases import DEVICE
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model, ops
 from pvtv2_fast.ops import FallbackWarning
-from conftest import randomize_
-from op_cases import DEVICE
 
 SIZE = (61, 45)  # small, odd, non-square: stage maps 16×12, 8×6, 4×3, 2×2
 # Model-wide backends and the device their kernels take: every op then runs its kernel or its stand-in.
@@ -18,7 +18,11 @@ MODEL_BACKENDS = [pytest.param("triton", DEVICE, id="triton"), pytest.param("cpu
 if DEVICE == "cuda":
     MODEL_BACKENDS.append(pytest.param("cuda", "cuda", id="cuda"))
 # The op that shows a backend's kernels ran (an export graph node).
-FUSED_NODE = {"triton": "pvtv2_fast.dwconv_gelu_triton", "cpu": "pvtv2_fast_C.conv_ffn", "cuda": "pvtv2_fast_C.dwconv_gelu"}
+FUSED_NODE = {
+    "triton": "pvtv2_fast.dwconv_gelu_triton",
+    "cpu": "pvtv2_fast_C.conv_ffn",
+    "cuda": "pvtv2_fast_C.dwconv_gelu",
+}
 PRESETS = [pytest.param("b0", {}, id="b0"), pytest.param("b2_linear", dict(depths=[1, 2, 1, 1]), id="b2_linear")]
 
 
@@ -68,7 +72,7 @@ def test_training_through_fast_model_matches_reference_gradients(backend, device
     model.set_fast(True, backend=backend)
     model(x, labels=labels).loss.backward()
     for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_fast_switch_keeps_parameters_and_state_dict():

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import randomize_
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
 from pvtv2_fast.checkpoint import CheckpointError
-from conftest import randomize_
 
 TINY = dict(hidden_sizes=[16, 32, 40, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 5, 8], num_labels=3)
 
@@ -58,17 +58,23 @@ def test_default_dtype_and_bad_dtype(saved):
 
 def test_output_loading_info_matches_transformers(saved, tmp_path):
     _, path = saved
-    cases = [(PvtV2Model, transformers.PvtV2Model, {}),  # classifier in the checkpoint, unused by the encoder
-             (PvtV2ForImageClassification, transformers.PvtV2ForImageClassification,
-              dict(num_labels=5, ignore_mismatched_sizes=True))]
+    cases = [
+        (PvtV2Model, transformers.PvtV2Model, {}),  # classifier in the checkpoint, unused by the encoder
+        (
+            PvtV2ForImageClassification,
+            transformers.PvtV2ForImageClassification,
+            dict(num_labels=5, ignore_mismatched_sizes=True),
+        ),
+    ]
     for ours_cls, theirs_cls, kw in cases:
         model, info = ours_cls.from_pretrained(path, output_loading_info=True, **kw)
         _, hf = theirs_cls.from_pretrained(path, output_loading_info=True, **kw)
         assert isinstance(model, ours_cls) and set(info) == set(hf)
         for key in ("missing_keys", "unexpected_keys"):
             assert set(info[key]) == set(hf[key]), key
-        assert {(k, tuple(a), tuple(b)) for k, a, b in info["mismatched_keys"]} == \
-               {(k, tuple(a), tuple(b)) for k, a, b in hf["mismatched_keys"]}
+        assert {(k, tuple(a), tuple(b)) for k, a, b in info["mismatched_keys"]} == {
+            (k, tuple(a), tuple(b)) for k, a, b in hf["mismatched_keys"]
+        }
     _tiny(PvtV2Model).save_pretrained(tmp_path / "base")
     _, info = PvtV2ForImageClassification.from_pretrained(tmp_path / "base", output_loading_info=True)
     assert info["missing_keys"] == {"classifier.weight", "classifier.bias"}
@@ -168,12 +174,14 @@ def test_hub_options_reach_the_cache(saved, tmp_path, monkeypatch):
     model, _ = saved
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = _fake_hub_cache(tmp_path / "cache", model)
-    again = PvtV2ForImageClassification.from_pretrained(repo, cache_dir=tmp_path / "cache", local_files_only=True,
-                                                        revision="main")
+    again = PvtV2ForImageClassification.from_pretrained(
+        repo, cache_dir=tmp_path / "cache", local_files_only=True, revision="main"
+    )
     assert _same_weights(again, model)
     with pytest.raises(OSError, match="could not reach hub id 'org/tiny-pvt' at revision 'v9'"):
-        PvtV2ForImageClassification.from_pretrained(repo, cache_dir=tmp_path / "cache", revision="v9",
-                                                    local_files_only=True)
+        PvtV2ForImageClassification.from_pretrained(
+            repo, cache_dir=tmp_path / "cache", revision="v9", local_files_only=True
+        )
     with pytest.raises(OSError, match="local_files_only"):
         PvtV2ForImageClassification.from_pretrained(repo, cache_dir=tmp_path / "empty", local_files_only=True)
 
@@ -198,8 +206,12 @@ def test_save_keeps_other_files_and_drops_old_weight_files(saved):
     (path / "notes" / "a.txt").write_text("keep me")
     (path / "pytorch_model.bin").write_bytes(b"stale")
     model.save_pretrained(path)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "notes",
-                                                      "preprocessor_config.json"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "notes",
+        "preprocessor_config.json",
+    ]
     assert (path / "notes" / "a.txt").read_text() == "keep me"
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no staging leftovers
 

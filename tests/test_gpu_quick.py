@@ -20,9 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def _start(out: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("OUT", None)
-    return subprocess.Popen([sys.executable, "-m", "bench.gpu_quick", "--dry-run", "--out", str(out), *args], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.gpu_quick", "--dry-run", "--out", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _phase_rows(summary: str) -> dict:
@@ -161,14 +167,21 @@ def test_plan_covers_the_shapes_issue_9_asks_for():
         assert needle in names, needle
     assert any(c.op == "attention" and c.shape[1] <= 128 for c in cases)  # one-block path
     assert any(c.op == "attention" and c.shape[1] > 128 for c in cases)  # streaming path
-    big = [c for c in cases if c.batch * c.shape[0] * c.shape[2] > 2**31 or
-           (c.op != "attention" and c.batch * c.shape[0] * c.shape[1] * c.shape[2] > 2**31)]
+    big = [
+        c
+        for c in cases
+        if c.batch * c.shape[0] * c.shape[2] > 2**31
+        or (c.op != "attention" and c.batch * c.shape[0] * c.shape[1] * c.shape[2] > 2**31)
+    ]
     assert {c.op for c in big} >= {"dwconv", "pool"}
 
 
 def test_estimate_arithmetic():
-    counts = {"env": {"processes": 1}, "parity": {"processes": 3, "compiles": 30, "small": 10},
-              "extras": {"processes": 1}}
+    counts = {
+        "env": {"processes": 1},
+        "parity": {"processes": 3, "compiles": 30, "small": 10},
+        "extras": {"processes": 1},
+    }
     text = gpu_estimate.estimate_markdown(counts)
     cost = gpu_estimate.COST
     parity = (3 * cost["processes"][0] + 30 * cost["compiles"][0]) / 3 + 10 * cost["small"][0]

@@ -18,15 +18,29 @@ from conftest import hf_config, randomize_
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model
 
-
 # PvtV2ModelTester.get_config()
-INPUTS = dict(image_size=64, num_channels=3, num_encoder_blocks=4, depths=[2, 2, 2, 2], sr_ratios=[8, 4, 2, 1],
-              hidden_sizes=[16, 32, 64, 128], num_attention_heads=[1, 2, 4, 8], hidden_act="gelu",
-              hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, initializer_range=0.02,
-              out_indices=[0, 1, 2, 3])
+INPUTS = dict(
+    image_size=64,
+    num_channels=3,
+    num_encoder_blocks=4,
+    depths=[2, 2, 2, 2],
+    sr_ratios=[8, 4, 2, 1],
+    hidden_sizes=[16, 32, 64, 128],
+    num_attention_heads=[1, 2, 4, 8],
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    initializer_range=0.02,
+    out_indices=[0, 1, 2, 3],
+)
 # transformers' config_common_kwargs that apply to a vision encoder config
-COMMON_KWARGS = dict(return_dict=False, output_hidden_states=True, output_attentions=True,
-                     problem_type="multi_label_classification", id2label={0: "cat", 1: "dog", 2: "bird"})
+COMMON_KWARGS = dict(
+    return_dict=False,
+    output_hidden_states=True,
+    output_attentions=True,
+    problem_type="multi_label_classification",
+    id2label={0: "cat", 1: "dog", 2: "bird"},
+)
 
 
 # ---------------------------------------------------------------------------------------------- ConfigTester
@@ -168,8 +182,9 @@ def test_from_pretrained_unknown_keyword_raises(saved):
         PvtV2ForImageClassification.from_pretrained(saved, not_an_option=1)
 
 
-@pytest.mark.parametrize("keyword, value", [("revision", "main"), ("cache_dir", None), ("local_files_only", True),
-                                            ("device_map", "cpu")])
+@pytest.mark.parametrize(
+    "keyword, value", [("revision", "main"), ("cache_dir", None), ("local_files_only", True), ("device_map", "cpu")]
+)
 def test_from_pretrained_loading_options_accepted(keyword, value, saved, tmp_path):
     model = PvtV2ForImageClassification.from_pretrained(saved, **{keyword: value})
     model.save_pretrained(tmp_path)

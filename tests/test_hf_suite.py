@@ -35,12 +35,28 @@ BATCHING_ATOL = 5e-4  # transformers' PvtV2ModelTest.test_batching_equivalence
 
 # PvtV2ModelTester (batch 2, 64², dropout 0.1, 3 labels, all four stages out) and SegformerModelTester (batch 13
 # there; 3 here, the assertions do not depend on it).
-PVT_TESTER = dict(image_size=64, depths=[2, 2, 2, 2], sr_ratios=[8, 4, 2, 1], hidden_sizes=[16, 32, 64, 128],
-                  num_attention_heads=[1, 2, 4, 8], hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                  num_labels=3, out_indices=[0, 1, 2, 3])
-SEG_TESTER = dict(image_size=64, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
-                  num_attention_heads=[1, 1, 2, 2], hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                  num_labels=3, decoder_hidden_size=16)
+PVT_TESTER = dict(
+    image_size=64,
+    depths=[2, 2, 2, 2],
+    sr_ratios=[8, 4, 2, 1],
+    hidden_sizes=[16, 32, 64, 128],
+    num_attention_heads=[1, 2, 4, 8],
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    num_labels=3,
+    out_indices=[0, 1, 2, 3],
+)
+SEG_TESTER = dict(
+    image_size=64,
+    depths=[1, 1, 1, 1],
+    sr_ratios=[8, 4, 2, 1],
+    hidden_sizes=[8, 8, 16, 16],
+    num_attention_heads=[1, 1, 2, 2],
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    num_labels=3,
+    decoder_hidden_size=16,
+)
 IMAGE = 64
 BATCH = {"pvt": 2, "seg": 3}
 
@@ -133,8 +149,12 @@ def assert_same_outputs(ours, theirs, atol=ATOL, what="outputs", flat=False):
         assert err <= atol, f"{what}: tensor {i} max abs error {err:.3e} > {atol}"
 
 
-OUTPUT_OPTIONS = [{}, {"output_hidden_states": True}, {"output_attentions": True},
-                  {"output_hidden_states": True, "output_attentions": True}]
+OUTPUT_OPTIONS = [
+    {},
+    {"output_hidden_states": True},
+    {"output_attentions": True},
+    {"output_hidden_states": True, "output_attentions": True},
+]
 
 
 # ------------------------------------------------------------------------------------------ model tests
@@ -144,8 +164,11 @@ def test_forward_signature(kind, tmp_root):
     transformers' forward is accepted by ours."""
     ours_cls, name, _ = KINDS[kind]
     ours_args = list(inspect.signature(ours_cls.forward).parameters)[1:]
-    theirs_args = [p.name for p in inspect.signature(getattr(transformers, name).forward).parameters.values()
-                   if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)][1:]
+    theirs_args = [
+        p.name
+        for p in inspect.signature(getattr(transformers, name).forward).parameters.values()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ][1:]
     assert ours_args[0] == "pixel_values" == ours_cls.main_input_name
     assert set(theirs_args) <= set(ours_args)
 
@@ -228,8 +251,12 @@ def test_model_outputs_equivalence(kind, fast, tmp_root):
                 as_dict = ours(x, return_dict=True, **kwargs)
                 reference = theirs(x, return_dict=False, **kwargs)
             assert isinstance(as_tuple, tuple)
-            assert_same_outputs(as_tuple, reference, what=f"tuple {sorted(kwargs)}",
-                                flat=kind in NESTED_VS_FLAT and kwargs.get("output_attentions", False))
+            assert_same_outputs(
+                as_tuple,
+                reference,
+                what=f"tuple {sorted(kwargs)}",
+                flat=kind in NESTED_VS_FLAT and kwargs.get("output_attentions", False),
+            )
             if kind == "backbone" and kwargs.get("output_attentions"):
                 continue  # deliberate: the dict also carries attentions; test_backbone_attentions_deliberate
             assert_same_outputs(as_tuple, as_dict.to_tuple(), atol=0, what=f"dict {sorted(kwargs)}")
@@ -253,9 +280,9 @@ def test_batching_equivalence(kind, fast, tmp_root):
     with torch.no_grad():
         batched = leaves(ours(x, output_hidden_states=True))
         for i in range(x.shape[0]):
-            single = leaves(ours(x[i: i + 1], output_hidden_states=True))
+            single = leaves(ours(x[i : i + 1], output_hidden_states=True))
             for a, b in zip(batched, single):
-                assert (a[i: i + 1] - b).abs().max().item() <= BATCHING_ATOL
+                assert (a[i : i + 1] - b).abs().max().item() <= BATCHING_ATOL
 
 
 @FAST
@@ -383,8 +410,11 @@ def test_retain_grad_hidden_states_attentions(kind, fast, tmp_root):
         ours.config.output_hidden_states = ours.config.output_attentions = False
 
 
-PROBLEMS = [("regression", 1, torch.float), ("single_label_classification", 3, torch.long),
-            ("multi_label_classification", 3, torch.float)]
+PROBLEMS = [
+    ("regression", 1, torch.float),
+    ("single_label_classification", 3, torch.long),
+    ("multi_label_classification", 3, torch.float),
+]
 
 
 @FAST
@@ -426,8 +456,7 @@ def test_for_image_segmentation(binary, fast, tmp_path):
     theirs.save_pretrained(tmp_path)
     ours = PvtV2ForSemanticSegmentation.from_pretrained(tmp_path, fast=fast)
     x = pixels("segmentation")
-    labels = (torch.zeros(3, IMAGE, IMAGE, dtype=torch.long) if binary
-              else labels_for(ours, "segmentation", 3))
+    labels = torch.zeros(3, IMAGE, IMAGE, dtype=torch.long) if binary else labels_for(ours, "segmentation", 3)
     with torch.no_grad():
         plain, out, ref = ours(x), ours(x, labels=labels), theirs(x, labels=labels)
     assert plain.logits.shape == out.logits.shape == (3, num_labels, IMAGE // 4, IMAGE // 4)
@@ -485,9 +514,11 @@ def test_backbone_common_attributes(attr, tmp_root):
 
 
 @FAST
-@pytest.mark.parametrize("selection", [{"out_indices": [-2, -1]}, {"out_features": ["stage1", "stage3"]},
-                                       {"out_features": None}, {"out_indices": None}],
-                         ids=["indices-2-1", "features13", "features-none", "indices-none"])
+@pytest.mark.parametrize(
+    "selection",
+    [{"out_indices": [-2, -1]}, {"out_features": ["stage1", "stage3"]}, {"out_features": None}, {"out_indices": None}],
+    ids=["indices-2-1", "features13", "features-none", "indices-none"],
+)
 def test_backbone_stage_selection(selection, fast, tmp_root):
     """test_backbone_stage_selection / test_channels / test_create_from_modified_config: setting out_features
     or out_indices on the model (None = last stage) selects the maps and channels transformers selects."""

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from pvtv2_fast import (PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model, min_input_size,
-                        stage_sizes)
+from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification, PvtV2Model, min_input_size, stage_sizes
 
 
 @pytest.fixture(scope="module")
@@ -12,15 +11,18 @@ def b0():
     return PvtV2ForImageClassification(PvtV2Config(num_labels=4)).eval()
 
 
-@pytest.mark.parametrize("bad,error,match", [
-    (torch.randn(3, 64, 64), ValueError, r"\(B, 3, H, W\).*rank 3.*unsqueeze"),
-    (torch.randn(1, 1, 3, 64, 64), ValueError, "rank 5"),
-    (torch.randn(1, 4, 64, 64), ValueError, "4 channels"),
-    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TypeError, "float.*uint8"),
-    (torch.zeros(1, 3, 64, 64, dtype=torch.int64), TypeError, "int64"),
-    (torch.randn(0, 3, 64, 64), ValueError, "batch size 0"),
-    ([[1.0]], TypeError, "list"),
-])
+@pytest.mark.parametrize(
+    "bad,error,match",
+    [
+        (torch.randn(3, 64, 64), ValueError, r"\(B, 3, H, W\).*rank 3.*unsqueeze"),
+        (torch.randn(1, 1, 3, 64, 64), ValueError, "rank 5"),
+        (torch.randn(1, 4, 64, 64), ValueError, "4 channels"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TypeError, "float.*uint8"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.int64), TypeError, "int64"),
+        (torch.randn(0, 3, 64, 64), ValueError, "batch size 0"),
+        ([[1.0]], TypeError, "list"),
+    ],
+)
 def test_bad_input_is_rejected(b0, bad, error, match):
     with pytest.raises(error, match=match):
         b0(bad)
@@ -62,7 +64,12 @@ def test_eval_is_deterministic_and_batch_independent(b0):
 def test_training_mode_applies_drop_path_and_dropout():
     config = PvtV2Config(num_labels=3, drop_path_rate=0.3, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
     model = PvtV2ForImageClassification(config).train()
-    rates = [b.drop_path.drop_prob for s in model.pvt_v2.encoder.layers for b in s.blocks if hasattr(b.drop_path, "drop_prob")]
+    rates = [
+        b.drop_path.drop_prob
+        for s in model.pvt_v2.encoder.layers
+        for b in s.blocks
+        if hasattr(b.drop_path, "drop_prob")
+    ]
     assert rates == pytest.approx(torch.linspace(0, 0.3, 8).tolist()[1:])  # linear decay, first block 0
     x = torch.randn(2, 3, 64, 64)
     torch.manual_seed(0)
@@ -82,12 +89,15 @@ def test_return_dict_false_and_indexing(b0):
     assert isinstance(tup, tuple) and torch.equal(tup[0], out.logits) and torch.equal(out[0], out.logits)
 
 
-@pytest.mark.parametrize("kwargs,expected", [
-    (dict(), ["stage4"]),
-    (dict(out_indices=[0, 1, 2, 3]), ["stage1", "stage2", "stage3", "stage4"]),
-    (dict(out_features=["stage2", "stage3"]), ["stage2", "stage3"]),
-    (dict(out_indices=[-1]), ["stage4"]),
-])
+@pytest.mark.parametrize(
+    "kwargs,expected",
+    [
+        (dict(), ["stage4"]),
+        (dict(out_indices=[0, 1, 2, 3]), ["stage1", "stage2", "stage3", "stage4"]),
+        (dict(out_features=["stage2", "stage3"]), ["stage2", "stage3"]),
+        (dict(out_indices=[-1]), ["stage4"]),
+    ],
+)
 def test_backbone_feature_selection(kwargs, expected):
     config = PvtV2Config(**kwargs)
     bb = PvtV2Backbone(config).eval()
@@ -107,9 +117,14 @@ def test_losses():
     x = torch.randn(3, 3, 64, 64)
     model = PvtV2ForImageClassification(PvtV2Config(num_labels=4)).eval()
     out = model(x, labels=torch.tensor([0, 3, 1]))
-    assert out.loss.ndim == 0 and torch.isclose(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 3, 1])))
+    assert out.loss.ndim == 0 and torch.isclose(
+        out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 3, 1]))
+    )
     multi = model(x, labels=torch.tensor([[0, 1, 1, 0]] * 3, dtype=torch.float))
-    assert torch.isclose(multi.loss, torch.nn.functional.binary_cross_entropy_with_logits(multi.logits, torch.tensor([[0., 1, 1, 0]] * 3)))
+    assert torch.isclose(
+        multi.loss,
+        torch.nn.functional.binary_cross_entropy_with_logits(multi.logits, torch.tensor([[0.0, 1, 1, 0]] * 3)),
+    )
     reg = PvtV2ForImageClassification(PvtV2Config(num_labels=1)).eval()
     out = reg(x, labels=torch.tensor([0.5, 1.0, -1.0]))
     assert torch.isclose(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(), torch.tensor([0.5, 1.0, -1.0])))

@@ -11,10 +11,10 @@ import pytest
 import timm
 import torch
 import transformers
+from conftest import PARITY_PRESETS, PARITY_SIZES, assert_max_abs_close, hf_config, randomize_
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification
 from pvtv2_fast.checkpoint import canonical_to_timm, timm_to_canonical
-from conftest import PARITY_PRESETS, PARITY_SIZES, assert_max_abs_close, hf_config, randomize_
 
 ATOL = 1e-5
 TIMM_NAMES = {"b0": "pvt_v2_b0", "b1": "pvt_v2_b1", "b2": "pvt_v2_b2", "b2_linear": "pvt_v2_b2_li"}
@@ -34,10 +34,18 @@ def hf_pair(preset):
 def timm_pair(preset):
     theirs = randomize_(timm.create_model(TIMM_NAMES[preset], num_classes=NUM_LABELS), seed=2).eval()
     # timm's keys through the converter; loading from a file is covered by test_timm_state_dict_round_trip
-    ours = PvtV2ForImageClassification(PvtV2Config.from_preset(
-        preset, num_labels=NUM_LABELS, patch_embed_layer_norm_eps=1e-5, spatial_reduction_layer_norm_eps=1e-5))
-    ours.load_state_dict({"pvt_v2." + k if not k.startswith("classifier") else k: v
-                          for k, v in timm_to_canonical(theirs.state_dict()).items()}, strict=True)
+    ours = PvtV2ForImageClassification(
+        PvtV2Config.from_preset(
+            preset, num_labels=NUM_LABELS, patch_embed_layer_norm_eps=1e-5, spatial_reduction_layer_norm_eps=1e-5
+        )
+    )
+    ours.load_state_dict(
+        {
+            "pvt_v2." + k if not k.startswith("classifier") else k: v
+            for k, v in timm_to_canonical(theirs.state_dict()).items()
+        },
+        strict=True,
+    )
     return theirs, ours.eval()
 
 

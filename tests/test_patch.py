@@ -33,9 +33,15 @@ def _build(source: str) -> torch.nn.Module:
     elif source == "hf:backbone":
         model = transformers.PvtV2Backbone(transformers.PvtV2Config(**TINY, out_indices=[0, 1, 2, 3]))
     elif source == "hf:segformer":
-        model = transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(
-            hidden_sizes=[16, 32, 64, 128], num_attention_heads=[1, 2, 4, 8], depths=[1, 1, 1, 1], num_labels=5,
-            decoder_hidden_size=32))
+        model = transformers.SegformerForSemanticSegmentation(
+            transformers.SegformerConfig(
+                hidden_sizes=[16, 32, 64, 128],
+                num_attention_heads=[1, 2, 4, 8],
+                depths=[1, 1, 1, 1],
+                num_labels=5,
+                decoder_hidden_size=32,
+            )
+        )
     else:
         raise ValueError(source)
     return randomize_(model, seed=3).eval()
@@ -130,8 +136,9 @@ def test_patched_gradients(source):
 
 
 def test_patch_with_dropout_in_training_falls_back(spy):
-    model = transformers.PvtV2ForImageClassification(transformers.PvtV2Config(
-        **TINY, attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1)).train()
+    model = transformers.PvtV2ForImageClassification(
+        transformers.PvtV2Config(**TINY, attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1)
+    ).train()
     pvtv2_fast.patch(model)
     model(torch.randn(1, 3, 64, 64))
     assert spy["sra_attention"] == spy["conv_ffn"] == 0

@@ -8,8 +8,15 @@ import torch
 from PIL import Image
 from transformers import PvtImageProcessor
 
-from pvtv2_fast.preprocessing import (IMAGENET_DEFAULT_STD, ImageError, ImageRangeWarning, ImageTooLargeError,
-                                      PvtV2ImageProcessor, load_image, to_rgb8)
+from pvtv2_fast.preprocessing import (
+    IMAGENET_DEFAULT_STD,
+    ImageError,
+    ImageRangeWarning,
+    ImageTooLargeError,
+    PvtV2ImageProcessor,
+    load_image,
+    to_rgb8,
+)
 
 # uint8 resizing rounds to whole grey levels, so an implementation may differ by one level at a pixel.
 ONE_LEVEL = 1.0 / 255 / min(IMAGENET_DEFAULT_STD) + 1e-6
@@ -70,8 +77,9 @@ def test_round_trip_config(tmp_path):
     assert theirs.size["height"] == 256 and theirs.size["width"] == 192
 
 
-@pytest.mark.parametrize("bad,match", [(object(), "unsupported image type"), (np.zeros((2, 2, 2, 2, 2)), "H×W×C"),
-                                       ([], "no images")])
+@pytest.mark.parametrize(
+    "bad,match", [(object(), "unsupported image type"), (np.zeros((2, 2, 2, 2, 2)), "H×W×C"), ([], "no images")]
+)
 def test_bad_images(bad, match):
     with pytest.raises((TypeError, ValueError), match=match):
         PvtV2ImageProcessor()(bad)
@@ -99,8 +107,9 @@ def _png16(path, array):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def _palette_image(rgb):
@@ -159,8 +168,21 @@ def _write(kind, rgb, tmp_path):
     raise AssertionError(kind)
 
 
-FILE_KINDS = ["rgb8", "gray8", "gray16", "rgb16", "rgba16", "gray_alpha16", "float_tiff", "int32_tiff", "palette",
-              "gray_alpha", "rgba", "cmyk", "bilevel"]
+FILE_KINDS = [
+    "rgb8",
+    "gray8",
+    "gray16",
+    "rgb16",
+    "rgba16",
+    "gray_alpha16",
+    "float_tiff",
+    "int32_tiff",
+    "palette",
+    "gray_alpha",
+    "rgba",
+    "cmyk",
+    "bilevel",
+]
 
 
 @pytest.mark.parametrize("kind", FILE_KINDS)
@@ -185,12 +207,26 @@ def _as(array, lib, dtype, scale=1.0):
 
 # (library, dtype, scale applied to the 8-bit values): each is read by the rule in preprocessing's docstring.
 DTYPE_CASES = [
-    ("numpy", np.uint16, 257), ("numpy", ">u2", 257), ("numpy", np.int16, 1), ("numpy", np.int32, 1),
-    ("numpy", np.int64, 1), ("numpy", np.uint32, 1), ("numpy", np.float16, 1 / 255), ("numpy", np.float32, 1 / 255),
-    ("numpy", np.float64, 1 / 255), ("numpy", np.float32, 1), ("numpy", np.float64, 1),
-    ("torch", torch.uint8, 1), ("torch", torch.uint16, 257), ("torch", torch.int32, 1), ("torch", torch.int64, 1),
-    ("torch", torch.float16, 1 / 255), ("torch", torch.bfloat16, 1 / 255), ("torch", torch.float32, 1 / 255),
-    ("torch", torch.float64, 1 / 255), ("torch", torch.float32, 1),
+    ("numpy", np.uint16, 257),
+    ("numpy", ">u2", 257),
+    ("numpy", np.int16, 1),
+    ("numpy", np.int32, 1),
+    ("numpy", np.int64, 1),
+    ("numpy", np.uint32, 1),
+    ("numpy", np.float16, 1 / 255),
+    ("numpy", np.float32, 1 / 255),
+    ("numpy", np.float64, 1 / 255),
+    ("numpy", np.float32, 1),
+    ("numpy", np.float64, 1),
+    ("torch", torch.uint8, 1),
+    ("torch", torch.uint16, 257),
+    ("torch", torch.int32, 1),
+    ("torch", torch.int64, 1),
+    ("torch", torch.float16, 1 / 255),
+    ("torch", torch.bfloat16, 1 / 255),
+    ("torch", torch.float32, 1 / 255),
+    ("torch", torch.float64, 1 / 255),
+    ("torch", torch.float32, 1),
 ]
 
 
@@ -222,9 +258,14 @@ def test_bool_images_are_black_and_white(lib):
 def test_channel_layouts(layout):
     rgb = _rgb()
     gray, alpha = rgb[..., 0], rgb[..., 1]
-    image, shown = {"hw": (gray, gray), "hw1": (gray[..., None], gray), "hw2": (np.dstack([gray, alpha]), gray),
-                    "hw4": (np.dstack([rgb, alpha]), rgb), "chw": (np.moveaxis(rgb, -1, 0), rgb),
-                    "2hw": (np.stack([gray, alpha]), gray)}[layout]
+    image, shown = {
+        "hw": (gray, gray),
+        "hw1": (gray[..., None], gray),
+        "hw2": (np.dstack([gray, alpha]), gray),
+        "hw4": (np.dstack([rgb, alpha]), rgb),
+        "chw": (np.moveaxis(rgb, -1, 0), rgb),
+        "2hw": (np.stack([gray, alpha]), gray),
+    }[layout]
     assert torch.equal(SMALL(image)["pixel_values"], SMALL(shown)["pixel_values"])
     if image.ndim == 3 and layout != "chw" and layout != "2hw":  # the same as a C×H×W tensor
         tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))
@@ -246,26 +287,35 @@ def test_do_rescale_false_takes_values_as_they_are():
     assert torch.equal(out, x)
 
 
-@pytest.mark.parametrize("image,match", [
-    (np.full((8, 8, 3), -0.5, np.float32), r"float32 array has values in \[-0.5, -0.5\], so its range is unknown"),
-    (np.full((8, 8, 3), 300.0), r"float64 array has values in \[300, 300\]"),
-    (np.array([[0.5, np.nan]] * 4, np.float32), "NaN or infinite"),
-    (torch.full((3, 8, 8), float("inf")), "NaN or infinite"),
-    (np.full((8, 8), 256, np.int32), r"int32 array has values in \[256, 256\].*convert 16-bit data to uint16"),
-    (torch.full((3, 8, 8), -1, dtype=torch.int64), r"int64 tensor has values in \[-1, -1\]"),
-    (Image.fromarray(np.full((8, 8), 1.5, np.float32)), r"PIL mode F image .* outside its known range \[0, 1\]"),
-    (Image.fromarray(np.full((8, 8), -3, np.int32), "I"), r"PIL mode I image .* outside its known range \[0, 65535\]"),
-])
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (np.full((8, 8, 3), -0.5, np.float32), r"float32 array has values in \[-0.5, -0.5\], so its range is unknown"),
+        (np.full((8, 8, 3), 300.0), r"float64 array has values in \[300, 300\]"),
+        (np.array([[0.5, np.nan]] * 4, np.float32), "NaN or infinite"),
+        (torch.full((3, 8, 8), float("inf")), "NaN or infinite"),
+        (np.full((8, 8), 256, np.int32), r"int32 array has values in \[256, 256\].*convert 16-bit data to uint16"),
+        (torch.full((3, 8, 8), -1, dtype=torch.int64), r"int64 tensor has values in \[-1, -1\]"),
+        (Image.fromarray(np.full((8, 8), 1.5, np.float32)), r"PIL mode F image .* outside its known range \[0, 1\]"),
+        (
+            Image.fromarray(np.full((8, 8), -3, np.int32), "I"),
+            r"PIL mode I image .* outside its known range \[0, 65535\]",
+        ),
+    ],
+)
 def test_images_of_unknown_range_are_refused(image, match):
     with pytest.raises(ImageError, match=match):
         PvtV2ImageProcessor()(image)
 
 
-@pytest.mark.parametrize("image,error,match", [
-    (np.zeros((8, 8, 3), np.complex64), TypeError, "unsupported array dtype complex64"),
-    (np.zeros((8, 8, 5), np.uint8), ValueError, "1 \\(grey\\), 2 \\(grey\\+alpha\\), 3 \\(RGB\\) or 4"),
-    (torch.zeros(8, 8, 3), ValueError, r"H×W×C tensor\? use .permute\(2, 0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "image,error,match",
+    [
+        (np.zeros((8, 8, 3), np.complex64), TypeError, "unsupported array dtype complex64"),
+        (np.zeros((8, 8, 5), np.uint8), ValueError, "1 \\(grey\\), 2 \\(grey\\+alpha\\), 3 \\(RGB\\) or 4"),
+        (torch.zeros(8, 8, 3), ValueError, r"H×W×C tensor\? use .permute\(2, 0, 1\)"),
+    ],
+)
 def test_bad_layouts_and_dtypes(image, error, match):
     with pytest.raises(error, match=match):
         PvtV2ImageProcessor()(image)
@@ -302,8 +352,10 @@ def test_exif_orientation_applied_as_viewers_do(orientation, suffix, tmp_path):
     assert np.abs(np.asarray(image, np.int16) - shown).max() <= (0 if suffix == ".png" else 40)
     # the processor turns a PIL image upright itself, and a loaded one is not turned twice
     with Image.open(path) as raw:
-        assert torch.equal(PvtV2ImageProcessor(do_resize=False)(raw)["pixel_values"],
-                           PvtV2ImageProcessor(do_resize=False)(image)["pixel_values"])
+        assert torch.equal(
+            PvtV2ImageProcessor(do_resize=False)(raw)["pixel_values"],
+            PvtV2ImageProcessor(do_resize=False)(image)["pixel_values"],
+        )
 
 
 # ---------------------------------------------------------------------------------------------- load_image
@@ -315,8 +367,11 @@ def _header_only_png(path, width, height):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_load_image_errors(tmp_path, monkeypatch):

@@ -12,7 +12,6 @@ import random
 import statistics
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -60,8 +59,9 @@ for line in sys.stdin:
 class Zygote:
     def __init__(self, refs):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(refs)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE, str(refs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
         assert self.proc.stdout.readline().strip() == "ready"
 
     def save(self, which, target, delay=-1.0):
@@ -118,8 +118,13 @@ def test_sigkill_during_save_leaves_old_or_new(tmp_path, monkeypatch):
             # Where the kill landed, from what it left: nothing yet / staging half written / staging complete /
             # swapped but the old copy not yet removed / all done.
             if got == current:
-                phase = "staged" if staging and (staging[0] / "config.json").exists() else \
-                        "writing" if staging else "before"
+                phase = (
+                    "staged"
+                    if staging and (staging[0] / "config.json").exists()
+                    else "writing"
+                    if staging
+                    else "before"
+                )
             else:
                 phase = "cleanup" if staging else "done"
             outcomes.append(outcome)
@@ -135,4 +140,7 @@ def test_sigkill_during_save_leaves_old_or_new(tmp_path, monkeypatch):
         assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
     finally:
         zygote.close()
-    print(f"save {duration * 1e3:.0f} ms; {len(outcomes)} trials, {outcomes.count('killed')} killed; phases: " + ", ".join(f"{p} {phases.count(p)}" for p in sorted(set(phases))))
+    print(
+        f"save {duration * 1e3:.0f} ms; {len(outcomes)} trials, {outcomes.count('killed')} killed; phases: "
+        + ", ".join(f"{p} {phases.count(p)}" for p in sorted(set(phases)))
+    )

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import randomize_
 from PIL import Image
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForSemanticSegmentation
 from pvtv2_fast.__main__ import main
 from pvtv2_fast.checkpoint import CheckpointMismatchError
 from pvtv2_fast.segmentation import segment, segment_reference, tile_origins
-from conftest import randomize_
 
 ATOL = 1e-5
 # MiT-b0 widths with a small decoder; odd, non-square inputs.
@@ -25,12 +25,16 @@ _TO_V4 = [
     (r"stages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1."),
     (r"stages\.(\d+)\.blocks\.", r"encoder.block.\1."),
     (r"stages\.(\d+)\.layer_norm", r"encoder.layer_norm.\1"),
-    (r"attention\.q_proj", "attention.self.query"), (r"attention\.k_proj", "attention.self.key"),
+    (r"attention\.q_proj", "attention.self.query"),
+    (r"attention\.k_proj", "attention.self.key"),
     (r"attention\.v_proj", "attention.self.value"),
     (r"attention\.sequence_reduction\.sequence_reduction", "attention.self.sr"),
     (r"attention\.sequence_reduction\.layer_norm", "attention.self.layer_norm"),
-    (r"attention\.o_proj", "attention.output.dense"), (r"mlp\.fc1", "mlp.dense1"), (r"mlp\.fc2", "mlp.dense2"),
-    (r"layernorm_before", "layer_norm_1"), (r"layernorm_after", "layer_norm_2"),
+    (r"attention\.o_proj", "attention.output.dense"),
+    (r"mlp\.fc1", "mlp.dense1"),
+    (r"mlp\.fc2", "mlp.dense2"),
+    (r"layernorm_before", "layer_norm_1"),
+    (r"layernorm_after", "layer_norm_2"),
     (r"decode_head\.linear_projections", "decode_head.linear_c"),
 ]
 
@@ -139,8 +143,10 @@ def test_classification_checkpoint_is_not_a_segmentation_model(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- inference modes
-@pytest.mark.parametrize("size,tile,stride,expected", [(100, 64, 48, [0, 36]), (64, 64, 48, [0]), (50, 64, 48, [0]),
-                                                       (200, 64, 64, [0, 64, 128, 136])])
+@pytest.mark.parametrize(
+    "size,tile,stride,expected",
+    [(100, 64, 48, [0, 36]), (64, 64, 48, [0]), (50, 64, 48, [0]), (200, 64, 64, [0, 64, 128, 136])],
+)
 def test_tile_origins(size, tile, stride, expected):
     assert tile_origins(size, tile, stride) == expected
 
@@ -165,8 +171,8 @@ def test_slide_averages_overlapping_tiles(seg_model):
     canvas, count = torch.zeros_like(out), torch.zeros(1, 1, 96, 140)
     for y0 in tile_origins(96, 64, 48):
         for x0 in tile_origins(140, 64, 48):
-            canvas[..., y0: y0 + 64, x0: x0 + 64] += segment(seg_model, x[..., y0: y0 + 64, x0: x0 + 64])
-            count[..., y0: y0 + 64, x0: x0 + 64] += 1
+            canvas[..., y0 : y0 + 64, x0 : x0 + 64] += segment(seg_model, x[..., y0 : y0 + 64, x0 : x0 + 64])
+            count[..., y0 : y0 + 64, x0 : x0 + 64] += 1
     assert count.min() >= 1
     torch.testing.assert_close(out, canvas / count)
 
@@ -186,8 +192,23 @@ def test_cli_writes_label_and_overlay_pngs(tmp_path, capsys):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(images / "a.png")
     Image.fromarray(rng.integers(0, 256, (70, 50, 3), dtype=np.uint8)).save(images / "b.jpg")
-    assert main(["segment", str(images), "--weights", str(weights), "--out", str(tmp_path / "out"),
-                 "--tile", "64", "--stride", "48"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(images),
+                "--weights",
+                str(weights),
+                "--out",
+                str(tmp_path / "out"),
+                "--tile",
+                "64",
+                "--stride",
+                "48",
+            ]
+        )
+        == 0
+    )
     labels = Image.open(tmp_path / "out" / "a_labels.png")
     assert labels.mode == "P" and labels.size == (120, 90)
     assert np.array(labels).max() < 5
@@ -276,8 +297,19 @@ def test_training_mode_runs_the_reference_head():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("src,dst", [((97, 130), ODD), (ODD, (97, 130)), ((7, 9), (29, 37)), ((13, 11), (13, 40)),
-                                     ((1, 3), (4, 1)), ((5, 5), (5, 5)), ((64, 64), (256, 256)), ((50, 70), (61, 39))])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ((97, 130), ODD),
+        (ODD, (97, 130)),
+        ((7, 9), (29, 37)),
+        ((13, 11), (13, 40)),
+        ((1, 3), (4, 1)),
+        ((5, 5), (5, 5)),
+        ((64, 64), (256, 256)),
+        ((50, 70), (61, 39)),
+    ],
+)
 def test_banded_bilinear_follows_f_interpolate(src, dst, dtype):
     """PyTorch's index/weight arithmetic (border clamping, fused multiply-add) by bands of any height."""
     from pvtv2_fast.streaming import LinearAxis, resample_band
@@ -329,9 +361,11 @@ def _assert_labels_match(labels, ref_logits):
 
 # (input size, segment kwargs): both modes at an odd size; a dense grid (stride < tile/2: rows under 3-4 tile rows)
 # on a smaller image to keep it fast.
-CASES = {"whole": (ODD, dict(mode="whole")),
-         "slide": (ODD, dict(mode="slide", tile=256, stride=160)),  # 2×3 tiles, overlaps of 96
-         "slide-dense": ((161, 203), dict(mode="slide", tile=96, stride=40))}
+CASES = {
+    "whole": (ODD, dict(mode="whole")),
+    "slide": (ODD, dict(mode="slide", tile=256, stride=160)),  # 2×3 tiles, overlaps of 96
+    "slide-dense": ((161, 203), dict(mode="slide", tile=96, stride=40)),
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -354,8 +388,7 @@ def test_streamed_labels_match_reference(case, fast):
 def test_streamed_logits_and_probs_match_reference(case):
     size, kwargs = CASES[case]
     model, x, ref = tiny_model(True), _x(1, 3, *size, seed=10), _reference(case, True)
-    torch.testing.assert_close(segment(model, x, output="logits", band_bytes=1 << 20, **kwargs), ref,
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(segment(model, x, output="logits", band_bytes=1 << 20, **kwargs), ref, atol=1e-4, rtol=0)
     torch.testing.assert_close(segment(model, x, output="probs", **kwargs), ref.softmax(1), atol=1e-5, rtol=0)
 
 
@@ -365,8 +398,7 @@ def test_slide_tile_batch_and_bands_change_nothing(tile_batch):
 
     model, x = tiny_model(), _x(2, 3, 150, 97, seed=11)  # narrower than the tile: one column of tiles
     ref = segment_reference(model, x, mode="slide", tile=112, stride=64)
-    bands = list(iter_segment(model, x, "slide", "logits", tile=112, stride=64, tile_batch=tile_batch,
-                              band_bytes=1))
+    bands = list(iter_segment(model, x, "slide", "logits", tile=112, stride=64, tile_batch=tile_batch, band_bytes=1))
     assert [r0 for r0, _ in bands] == list(range(150))  # one row per band at a 1-byte budget, in order
     torch.testing.assert_close(torch.cat([band for _, band in bands], dim=2), ref, atol=1e-4, rtol=0)
 
@@ -374,8 +406,13 @@ def test_slide_tile_batch_and_bands_change_nothing(tile_batch):
 def test_labels_dtype_follows_the_label_count():
     from pvtv2_fast.segmentation import label_dtype
 
-    assert [label_dtype(n) for n in (1, 256, 257, 32768, 40000)] == \
-        [torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32]
+    assert [label_dtype(n) for n in (1, 256, 257, 32768, 40000)] == [
+        torch.uint8,
+        torch.uint8,
+        torch.int16,
+        torch.int16,
+        torch.int32,
+    ]
     model, x = tiny_model(num_labels=300), _x(1, 3, 64, 96, seed=12)
     labels = segment(model, x, output="labels")
     assert labels.dtype == torch.int16
@@ -405,8 +442,28 @@ def test_cli_writes_streamed_probs_and_skips_finished_images(tmp_path):
     weights = _saved_hf(tmp_path / "weights")
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    assert main(["segment", str(tmp_path / "a.png"), "--weights", str(weights), "--out", str(tmp_path / "out"),
-                 "--tile", "64", "--stride", "40", "--tile-batch", "2", "--output", "probs", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "a.png"),
+                "--weights",
+                str(weights),
+                "--out",
+                str(tmp_path / "out"),
+                "--tile",
+                "64",
+                "--stride",
+                "40",
+                "--tile-batch",
+                "2",
+                "--output",
+                "probs",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     probs = np.load(tmp_path / "out" / "a_probs.npy")
     model = PvtV2ForSemanticSegmentation.from_pretrained(weights)
     from pvtv2_fast.preprocessing import PvtV2ImageProcessor
@@ -415,8 +472,9 @@ def test_cli_writes_streamed_probs_and_skips_finished_images(tmp_path):
     ref = segment_reference(model, x, mode="slide", tile=64, stride=40).softmax(1)[0].numpy()
     assert probs.shape == ref.shape and np.abs(probs - ref).max() <= 1e-5
     assert not list((tmp_path / "out").glob(".*tmp"))  # no temporary left behind
-    written, errors = segment_files(model, [tmp_path / "a.png"], tmp_path / "out", output="probs",
-                                    skip_existing=True, progress=False)
+    written, errors = segment_files(
+        model, [tmp_path / "a.png"], tmp_path / "out", output="probs", skip_existing=True, progress=False
+    )
     assert written == [] and errors == []
 
 
@@ -427,9 +485,26 @@ def _torchrun(*args, cwd):
     import sys
 
     env = dict(os.environ, PYTHONPATH=str(cwd) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                           "--nproc-per-node", "2", "-m", "pvtv2_fast.distributed", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "pvtv2_fast.distributed",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -451,14 +526,26 @@ def test_torchrun_two_workers_equal_one_process_and_rerun_skips(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' thread count: identical arithmetic
     try:
-        _, errors = segment_files(model, collect_images([images]), tmp_path / "single", mode="slide", tile=64,
-                                  stride=48, progress=False)
+        _, errors = segment_files(
+            model, collect_images([images]), tmp_path / "single", mode="slide", tile=64, stride=48, progress=False
+        )
     finally:
         torch.set_num_threads(threads)
     assert len(errors) == 1
     root = Path(__file__).resolve().parent.parent
-    args = (images, "--weights", weights, "--out", tmp_path / "multi", "--tile", "64", "--stride", "48",
-            "--threads", "1")
+    args = (
+        images,
+        "--weights",
+        weights,
+        "--out",
+        tmp_path / "multi",
+        "--tile",
+        "64",
+        "--stride",
+        "48",
+        "--threads",
+        "1",
+    )
     first = _torchrun(*args, cwd=root)
     assert first.returncode == 1, first.stderr[-3000:]  # the broken image fails; the others are written
     assert "broken.png: cannot read image" in first.stderr
@@ -467,8 +554,9 @@ def test_torchrun_two_workers_equal_one_process_and_rerun_skips(tmp_path):
     single = sorted(p.name for p in (tmp_path / "single").iterdir())
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == single and len(single) == 10
     for name in single:
-        assert np.array_equal(np.array(Image.open(tmp_path / "single" / name)),
-                              np.array(Image.open(tmp_path / "multi" / name))), name
+        assert np.array_equal(
+            np.array(Image.open(tmp_path / "single" / name)), np.array(Image.open(tmp_path / "multi" / name))
+        ), name
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "multi").iterdir()}
     again = _torchrun(*args, cwd=root)
     assert re.search(r"rank 1: 3 images, 0 segmented .* 3 skipped", again.stdout), again.stdout
@@ -482,8 +570,10 @@ def test_segmentation_benchmark_report_round_trips(tmp_path):
     assert parse_points(["b0:512,2048", "b2:4096"]) == [("b0", 512), ("b0", 2048), ("b2", 4096)]
     with pytest.raises(SystemExit, match="PRESET"):
         parse_points(["b9:512"])
-    results = {("b0", 512, "labels"): dict(peak=2**29, seconds=1.0),
-               ("b0", 512, "transformers"): dict(peak=2**30, seconds=3.0)}
+    results = {
+        ("b0", 512, "labels"): dict(peak=2**29, seconds=1.0),
+        ("b0", 512, "transformers"): dict(peak=2**30, seconds=3.0),
+    }
     text = report(results, tmp_path / "seg")
     assert "| b0 | 512² | labels | 0.5 | 1 | 3 |" in text
     assert load(tmp_path / "seg") == results and (tmp_path / "seg.png").stat().st_size > 0

@@ -21,8 +21,9 @@ MAX_REGS = 255
 @pytest.fixture(scope="module")
 def records():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from pvtv2_fast.kernels.aot import compile_all; "
-            "print('AOT' + json.dumps(compile_all((80, 90))))")
+    code = (
+        "import json; from pvtv2_fast.kernels.aot import compile_all; print('AOT' + json.dumps(compile_all((80, 90))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(l for l in out.stdout.splitlines() if l.startswith("AOT"))

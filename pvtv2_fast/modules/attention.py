@@ -93,7 +93,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
         if not self.fast:
             return self.key(reduced), self.value(reduced)
         kv = F.linear(reduced, *self._packed_kv_weights())
-        return kv[..., : self.hidden_size], kv[..., self.hidden_size:]
+        return kv[..., : self.hidden_size], kv[..., self.hidden_size :]
 
     def _packed_kv_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``cat([key, value])`` weights and biases, cached for inference. The cache is keyed on the parameters'

@@ -52,8 +52,9 @@ class AllMLPDecodeHead(nn.Module):
     rounding: ≤ 1e-4 in fp32). Training mode (batch statistics, dropout) always runs the reference.
     """
 
-    def __init__(self, hidden_sizes: Sequence[int], decoder_hidden_size: int, num_labels: int,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, hidden_sizes: Sequence[int], decoder_hidden_size: int, num_labels: int, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.linear_projections = nn.ModuleList(StageProjection(c, decoder_hidden_size) for c in hidden_sizes)
         self.linear_fuse = nn.Conv2d(decoder_hidden_size * len(hidden_sizes), decoder_hidden_size, 1, bias=False)
@@ -105,10 +106,13 @@ class FoldedDecodeHead:
     :meth:`logits` → the whole ``(B, num_labels, H_1, W_1)`` map (a channels-last view).
     """
 
-    def __init__(self, head: AllMLPDecodeHead, feature_maps: Sequence[torch.Tensor],
-                 band_bytes: int = HEAD_BAND_BYTES) -> None:
+    def __init__(
+        self, head: AllMLPDecodeHead, feature_maps: Sequence[torch.Tensor], band_bytes: int = HEAD_BAND_BYTES
+    ) -> None:
         if len(feature_maps) != len(head.linear_projections):
-            raise ValueError(f"the decode head takes {len(head.linear_projections)} stage maps, got {len(feature_maps)}")
+            raise ValueError(
+                f"the decode head takes {len(head.linear_projections)} stage maps, got {len(feature_maps)}"
+            )
         if not head.folds:
             raise ValueError("the folded head needs the head in eval mode with BatchNorm running statistics")
         first = feature_maps[0]
@@ -120,8 +124,11 @@ class FoldedDecodeHead:
         with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
             # Composed in fp32 (and differentiable: the algebra is exact, so gradients through it are the
             # reference's in eval mode).
-            scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps) if bn.affine else \
-                torch.rsqrt(bn.running_var.float() + bn.eps)
+            scale = (
+                bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
+                if bn.affine
+                else torch.rsqrt(bn.running_var.float() + bn.eps)
+            )
             shift = (bn.bias.float() if bn.affine else 0) - bn.running_mean.float() * scale
             fuse = head.linear_fuse.weight.float().reshape(d, n, d)
             bias = shift
@@ -140,11 +147,12 @@ class FoldedDecodeHead:
         self.stages = []
         for i, (fmap, weight) in enumerate(zip(feature_maps, self.stage_weights)):
             if fmap.ndim != 4 or fmap.shape[0] != self.batch or fmap.shape[1] != weight.shape[1]:
-                raise ValueError(f"stage {i} map must be (B={self.batch}, C={weight.shape[1]}, H, W), "
-                                 f"got {tuple(fmap.shape)}")
+                raise ValueError(
+                    f"stage {i} map must be (B={self.batch}, C={weight.shape[1]}, H, W), got {tuple(fmap.shape)}"
+                )
             h, w = fmap.shape[2:]
             tokens = fmap.permute(0, 2, 3, 1)  # (B, H_i, W_i, C_i): a free view for channels-last maps
-            produce = (lambda a, b, t=tokens, g=weight: t[:, a:b] @ g.t())
+            produce = lambda a, b, t=tokens, g=weight: t[:, a:b] @ g.t()
             rows_axis = LinearAxis.build(h, self.height, self.device)
             cols_axis = LinearAxis.build(w, self.width, self.device)
             chunk = band_rows(self.batch * w * d * first.element_size(), band_bytes // 4, minimum=2)
@@ -157,8 +165,9 @@ class FoldedDecodeHead:
         for cache, rows_axis, cols_axis in reversed(self.stages):
             lo, hi = rows_axis.source_range(a, b)
             band = resample_band(cache.get(lo, hi), rows_axis, cols_axis, a, b, offset=lo)
-            acc = (band.clone() if rows_axis.identity and cols_axis.identity else band) if acc is None \
-                else acc.add_(band)
+            acc = (
+                (band.clone() if rows_axis.identity and cols_axis.identity else band) if acc is None else acc.add_(band)
+            )
         acc = F.relu_(acc.add_(self.bias))
         return F.linear(acc, self.classifier_weight, self.classifier_bias)
 

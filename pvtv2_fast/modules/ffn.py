@@ -34,7 +34,11 @@ class ConvFeedForward(FastPath, nn.Module):
     """
 
     def __init__(
-        self, in_features: int, hidden_features: int, hidden_act: str = "gelu", dropout: float = 0.0,
+        self,
+        in_features: int,
+        hidden_features: int,
+        hidden_act: str = "gelu",
+        dropout: float = 0.0,
         extra_relu: bool = False,
     ) -> None:
         super().__init__()
@@ -54,8 +58,17 @@ class ConvFeedForward(FastPath, nn.Module):
         if self.hidden_act == "gelu" and not (self.training and self.dropout.p > 0):
             conv = self.dwconv.dwconv
             return ops.conv_ffn(
-                hidden_states, self.dense1.weight, self.dense1.bias, conv.weight, conv.bias, self.dense2.weight,
-                self.dense2.bias, height, width, relu_input=self.extra_relu, backend=self.op_backend,
+                hidden_states,
+                self.dense1.weight,
+                self.dense1.bias,
+                conv.weight,
+                conv.bias,
+                self.dense2.weight,
+                self.dense2.bias,
+                height,
+                width,
+                relu_input=self.extra_relu,
+                backend=self.op_backend,
                 max_hidden_bytes=self.max_hidden_bytes,
             )
         hidden_states = self.relu(self.dense1(hidden_states))

@@ -31,8 +31,9 @@ def check_token_map(op: str, x, height: int, width: int) -> None:
         raise ValueError(f"{op}: {x.shape[1]} tokens are not a {height}×{width} map")
 
 
-def check_params(op: str, x: torch.Tensor, params: Mapping[str, Tuple[Optional[torch.Tensor], tuple]],
-                 context: str = "") -> None:
+def check_params(
+    op: str, x: torch.Tensor, params: Mapping[str, Tuple[Optional[torch.Tensor], tuple]], context: str = ""
+) -> None:
     """Each named parameter (None allowed) has its expected shape and ``x``'s dtype and device."""
     for name, (t, shape) in params.items():
         if t is None:
@@ -42,5 +43,6 @@ def check_params(op: str, x: torch.Tensor, params: Mapping[str, Tuple[Optional[t
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"{op}: {name} must be {tuple(shape)}{context}, got {tuple(t.shape)}")
         if t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"{op}: {name} must share x's dtype and device ({x.dtype}, {x.device}), "
-                             f"got {t.dtype}, {t.device}")
+            raise ValueError(
+                f"{op}: {name} must share x's dtype and device ({x.dtype}, {x.device}), got {t.dtype}, {t.device}"
+            )

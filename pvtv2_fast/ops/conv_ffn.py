@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _ext
 from .checks import check_params, check_token_map
 from .dwconv_gelu import OP as DWCONV_GELU
 from .dwconv_gelu import dwconv_gelu_reference
 from .registry import define, native_why_not, register_recompute_autograd
-from .. import _ext
 
 
-def _banded(ffn: Callable, x: Tensor, height: int, width: int, hidden: int, c_out: int,
-            max_hidden_bytes: Optional[int]) -> Tensor:
+def _banded(
+    ffn: Callable, x: Tensor, height: int, width: int, hidden: int, c_out: int, max_hidden_bytes: Optional[int]
+) -> Tensor:
     """Run ``ffn(x_band, band_height, width)`` on bands of rows so that no band's widened ``(B, rows·W, hidden)``
     state exceeds ``max_hidden_bytes`` (None: the whole map at once). Each band carries a one-row halo above and
     below for the 3×3 conv, so the result is the same: zero padding still happens at the image border only."""
@@ -28,16 +29,17 @@ def _banded(ffn: Callable, x: Tensor, height: int, width: int, hidden: int, c_ou
     for r0 in range(0, height, band):
         r1 = min(height, r0 + band)
         a0, a1 = max(0, r0 - 1), min(height, r1 + 1)  # the band plus its halo rows
-        band_out = ffn(x[:, a0 * width: a1 * width], a1 - a0, width)
-        out[:, r0 * width: r1 * width] = band_out[:, (r0 - a0) * width: (r1 - a0) * width]
+        band_out = ffn(x[:, a0 * width : a1 * width], a1 - a0, width)
+        out[:, r0 * width : r1 * width] = band_out[:, (r0 - a0) * width : (r1 - a0) * width]
     return out
 
 
 def _composition(dwconv_backend: str) -> Callable:
     """fc1 → :func:`dwconv_gelu` on ``dwconv_backend`` → fc2, in bands of rows when asked."""
 
-    def ffn(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input,
-            max_hidden_bytes):
+    def ffn(
+        x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input, max_hidden_bytes
+    ):
         def one_band(xb: Tensor, h: int, w: int) -> Tensor:
             hidden = F.linear(xb, fc1_weight, fc1_bias)
             if dwconv_backend == "torch":
@@ -51,19 +53,32 @@ def _composition(dwconv_backend: str) -> Callable:
     return ffn
 
 
-def conv_ffn_reference(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], dw_weight: Tensor,
-                       dw_bias: Optional[Tensor], fc2_weight: Tensor, fc2_bias: Optional[Tensor], height: int,
-                       width: int, relu_input: bool, max_hidden_bytes: Optional[int] = None) -> Tensor:
+def conv_ffn_reference(
+    x: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Optional[Tensor],
+    dw_weight: Tensor,
+    dw_bias: Optional[Tensor],
+    fc2_weight: Tensor,
+    fc2_bias: Optional[Tensor],
+    height: int,
+    width: int,
+    relu_input: bool,
+    max_hidden_bytes: Optional[int] = None,
+) -> Tensor:
     """The PyTorch composition (transformers' and timm's math), banded when ``max_hidden_bytes`` is given."""
-    return _composition("torch")(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width,
-                                 relu_input, max_hidden_bytes)
+    return _composition("torch")(
+        x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input, max_hidden_bytes
+    )
 
 
-def _native(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input,
-            max_hidden_bytes):
+def _native(
+    x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input, max_hidden_bytes
+):
     # The C++ kernel streams bands sized to the cache itself: the widened state never exists, whatever the budget.
-    return torch.ops.pvtv2_fast_C.conv_ffn(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias,
-                                           height, width, relu_input)
+    return torch.ops.pvtv2_fast_C.conv_ffn(
+        x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input
+    )
 
 
 OP = define("conv_ffn", conv_ffn_reference)
@@ -72,13 +87,23 @@ if _ext.available():
 OP.register("cpu", _native, native_why_not("conv_ffn", "cpu"))
 # Elsewhere the FFN is fc1 and fc2 in PyTorch around the fused dwconv+GELU of the same backend.
 for _backend in ("triton", "cuda"):
-    OP.register(_backend, _composition(_backend),
-                lambda args, _b=_backend: DWCONV_GELU.why_not(_b, args))
+    OP.register(_backend, _composition(_backend), lambda args, _b=_backend: DWCONV_GELU.why_not(_b, args))
 
 
-def conv_ffn(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], dw_weight: Tensor, dw_bias: Optional[Tensor],
-             fc2_weight: Tensor, fc2_bias: Optional[Tensor], height: int, width: int, relu_input: bool = False,
-             backend: str = "auto", max_hidden_bytes: Optional[int] = None) -> Tensor:
+def conv_ffn(
+    x: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Optional[Tensor],
+    dw_weight: Tensor,
+    dw_bias: Optional[Tensor],
+    fc2_weight: Tensor,
+    fc2_bias: Optional[Tensor],
+    height: int,
+    width: int,
+    relu_input: bool = False,
+    backend: str = "auto",
+    max_hidden_bytes: Optional[int] = None,
+) -> Tensor:
     """x: ``(B, N, C_in)`` tokens of an H×W map; fc1 ``(hidden, C_in)``, dwconv ``(hidden, 1, 3, 3)``,
     fc2 ``(C_out, hidden)`` weights with optional biases. Returns ``(B, N, C_out)``:
     ``fc2(GELU(dwconv3x3(ReLU?(fc1(x)))))`` (zero padding 1, exact erf GELU).
@@ -89,15 +114,36 @@ def conv_ffn(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], dw_weigh
     """
     check_token_map("conv_ffn", x, height, width)
     c_in, hidden, c_out = x.shape[2], fc1_weight.shape[0], fc2_weight.shape[0]
-    check_params("conv_ffn", x, {"fc1_weight": (fc1_weight, (hidden, c_in)), "fc1_bias": (fc1_bias, (hidden,)),
-                                 "dw_weight": (dw_weight, (hidden, 1, 3, 3)), "dw_bias": (dw_bias, (hidden,)),
-                                 "fc2_weight": (fc2_weight, (c_out, hidden)), "fc2_bias": (fc2_bias, (c_out,))},
-                 f" for {c_in} input and {hidden} hidden channels")
+    check_params(
+        "conv_ffn",
+        x,
+        {
+            "fc1_weight": (fc1_weight, (hidden, c_in)),
+            "fc1_bias": (fc1_bias, (hidden,)),
+            "dw_weight": (dw_weight, (hidden, 1, 3, 3)),
+            "dw_bias": (dw_bias, (hidden,)),
+            "fc2_weight": (fc2_weight, (c_out, hidden)),
+            "fc2_bias": (fc2_bias, (c_out,)),
+        },
+        f" for {c_in} input and {hidden} hidden channels",
+    )
     if hidden == 0:
         raise ValueError("conv_ffn: a depthwise conv of no channels (hidden = 0) is an error, as in F.conv2d")
     if not isinstance(relu_input, bool):
         raise TypeError(f"conv_ffn: relu_input must be a bool, got {relu_input!r}")
     if max_hidden_bytes is not None and max_hidden_bytes < 1:
         raise ValueError(f"conv_ffn: max_hidden_bytes must be positive or None, got {max_hidden_bytes}")
-    return OP(backend, x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input,
-              max_hidden_bytes)
+    return OP(
+        backend,
+        x,
+        fc1_weight,
+        fc1_bias,
+        dw_weight,
+        dw_bias,
+        fc2_weight,
+        fc2_bias,
+        height,
+        width,
+        relu_input,
+        max_hidden_bytes,
+    )

@@ -12,8 +12,9 @@ from .checks import check_params, check_token_map
 from .registry import define, register_native, register_recompute_autograd, triton_why_not
 
 
-def dwconv_gelu_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int,
-                          relu_input: bool) -> Tensor:
+def dwconv_gelu_reference(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int, relu_input: bool
+) -> Tensor:
     """The PyTorch composition (transformers' and timm's math): tokens → NCHW map → conv → GELU → tokens."""
     b, n, c = x.shape
     if relu_input:
@@ -25,12 +26,14 @@ def dwconv_gelu_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], hei
 
 
 @torch.library.custom_op("pvtv2_fast::dwconv_gelu_triton", mutates_args=())
-def dwconv_gelu_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int,
-                       relu_input: bool) -> Tensor:
+def dwconv_gelu_triton(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int, relu_input: bool
+) -> Tensor:
     from ..kernels.dwconv_gelu import dwconv_gelu_fwd
 
-    return dwconv_gelu_fwd(x, weight.contiguous(), None if bias is None else bias.contiguous(), height, width,
-                           relu_input)
+    return dwconv_gelu_fwd(
+        x, weight.contiguous(), None if bias is None else bias.contiguous(), height, width, relu_input
+    )
 
 
 @dwconv_gelu_triton.register_fake
@@ -44,8 +47,15 @@ OP.register("triton", dwconv_gelu_triton, triton_why_not)
 register_native(OP, "dwconv_gelu", 3, 3)
 
 
-def dwconv_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int,
-                relu_input: bool = False, backend: str = "auto") -> Tensor:
+def dwconv_gelu(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    height: int,
+    width: int,
+    relu_input: bool = False,
+    backend: str = "auto",
+) -> Tensor:
     """x: ``(B, N, C)`` tokens of an H×W map; weight ``(C, 1, 3, 3)``; bias ``(C,)`` or None.
 
     Returns ``GELU(dwconv3x3(ReLU?(x)) + bias)`` as ``(B, N, C)`` (zero padding 1, exact erf GELU); the fused

@@ -42,7 +42,9 @@ OP.register("triton", linear_sra_pool_triton, triton_why_not)
 register_native(OP, "linear_sra_pool", 1, 3)
 
 
-def linear_sra_pool(x: Tensor, height: int, width: int, pool_size: int = LINEAR_SRA_POOL_SIZE, backend: str = "auto") -> Tensor:
+def linear_sra_pool(
+    x: Tensor, height: int, width: int, pool_size: int = LINEAR_SRA_POOL_SIZE, backend: str = "auto"
+) -> Tensor:
     """x: ``(B, N, C)`` tokens of an H×W map → ``(B, P·P, C)``, the bins of ``nn.AdaptiveAvgPool2d(P)``
     (any H, W, including H or W < P), without an NCHW copy."""
     check_token_map("linear_sra_pool", x, height, width)

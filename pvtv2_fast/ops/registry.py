@@ -165,8 +165,12 @@ class Op:
     backends: Dict[str, Backend] = field(default_factory=dict)
     stand_ins: Dict[str, str] = field(default_factory=dict)  # requested backend -> the backend that serves it
 
-    def register(self, backend: str, impl: Callable, why_not: Callable[[Sequence], Optional[str]],
-                 ) -> None:
+    def register(
+        self,
+        backend: str,
+        impl: Callable,
+        why_not: Callable[[Sequence], Optional[str]],
+    ) -> None:
         if backend not in BACKENDS or backend in ("auto", "torch"):
             raise ValueError(f"{self.name}: cannot register backend {backend!r}")
         self.backends[backend] = Backend(impl, why_not)
@@ -204,8 +208,9 @@ class Op:
             reasons.append(reason)
         if not reasons:
             reasons.append(f"no fused kernel runs on {args[0].device.type} tensors")
-        warn_once(f"{self.name}:{reasons[0]}",
-                  f"pvtv2_fast.ops.{self.name}: using the PyTorch reference because {reasons[0]}")
+        warn_once(
+            f"{self.name}:{reasons[0]}", f"pvtv2_fast.ops.{self.name}: using the PyTorch reference because {reasons[0]}"
+        )
         return "torch"
 
     def __call__(self, backend: str, *args):

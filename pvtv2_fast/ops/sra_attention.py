@@ -50,8 +50,9 @@ register_recompute_autograd(sra_attention_triton, sra_attention_reference, 3, 2)
 OP.register("triton", sra_attention_triton, _triton_why_not)
 
 
-def sra_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: Optional[float] = None,
-                  backend: str = "auto") -> Tensor:
+def sra_attention(
+    q: Tensor, k: Tensor, v: Tensor, num_heads: int, scale: Optional[float] = None, backend: str = "auto"
+) -> Tensor:
     """``softmax(q kᵀ · scale) v`` per head.
 
     q: ``(B, N, C)`` queries of an H×W map; k, v: ``(B, M, C)`` reduced keys/values (any strides, e.g. views into

@@ -4,10 +4,10 @@ PyTorch reference; the reference's own row banding (memory-lean mode)."""
 
 import pytest
 import torch
+from op_cases import DTYPE_IDS, DTYPES, close, fused_backends, randn, require, stage_cases
 
 from pvtv2_fast import ops
 from pvtv2_fast.modules import ConvFeedForward
-from op_cases import DTYPE_IDS, DTYPES, close, fused_backends, randn, require, stage_cases
 
 CASES = stage_cases()
 BACKENDS = fused_backends("conv_ffn")
@@ -16,12 +16,18 @@ BACKENDS = fused_backends("conv_ffn")
 def _weights(c_in, hidden, c_out, seed=0, bias=True, dtype=torch.float32, device="cpu"):
     """Weights scaled like a trained layer's (outputs of order one), so tolerances are relative to O(1) values:
     the tuple ``(fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b)``."""
+
     def r(*shape, k, scale):
         return randn(*shape, seed=seed + k, scale=scale, dtype=dtype, device=device)
 
-    return (r(hidden, c_in, k=0, scale=c_in ** -0.5), r(hidden, k=1, scale=0.5) if bias else None,
-            r(hidden, 1, 3, 3, k=2, scale=0.3), r(hidden, k=3, scale=0.5) if bias else None,
-            r(c_out, hidden, k=4, scale=hidden ** -0.5), r(c_out, k=5, scale=0.5) if bias else None)
+    return (
+        r(hidden, c_in, k=0, scale=c_in**-0.5),
+        r(hidden, k=1, scale=0.5) if bias else None,
+        r(hidden, 1, 3, 3, k=2, scale=0.3),
+        r(hidden, k=3, scale=0.5) if bias else None,
+        r(c_out, hidden, k=4, scale=hidden**-0.5),
+        r(c_out, k=5, scale=0.5) if bias else None,
+    )
 
 
 def _check(backend, device, x, weights, h, w, relu, dtype=torch.float32, what="conv_ffn"):
@@ -38,22 +44,45 @@ def _check(backend, device, x, weights, h, w, relu, dtype=torch.float32, what="c
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_preset_stages(backend, device, case, dtype):
     _, c, _, h, w, _, ffn, linear = case
-    _check(backend, device, randn(2, h * w, c, seed=ffn, dtype=dtype), _weights(c, ffn, c, seed=c, dtype=dtype), h, w,
-           linear, dtype, f"{case[0]} {dtype}")
+    _check(
+        backend,
+        device,
+        randn(2, h * w, c, seed=ffn, dtype=dtype),
+        _weights(c, ffn, c, seed=c, dtype=dtype),
+        h,
+        w,
+        linear,
+        dtype,
+        f"{case[0]} {dtype}",
+    )
 
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("b,h,w,c_in,hidden,c_out", [
-    (1, 1, 1, 8, 16, 8), (3, 1, 23, 5, 13, 7), (2, 19, 1, 17, 40, 3), (1, 2, 2, 3, 9, 3), (2, 7, 9, 40, 100, 40),
-    (1, 64, 3, 16, 24, 16),
-])
+@pytest.mark.parametrize(
+    "b,h,w,c_in,hidden,c_out",
+    [
+        (1, 1, 1, 8, 16, 8),
+        (3, 1, 23, 5, 13, 7),
+        (2, 19, 1, 17, 40, 3),
+        (1, 2, 2, 3, 9, 3),
+        (2, 7, 9, 40, 100, 40),
+        (1, 64, 3, 16, 24, 16),
+    ],
+)
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_odd_shapes(backend, device, b, h, w, c_in, hidden, c_out, bias, relu):
     """1-pixel and 1-row maps (tap clipping, one band), channel counts off the vector widths (scalar tails), c_out
     different from c_in, batch > 1 (bands of several images), tall maps (many bands per thread)."""
-    _check(backend, device, randn(b, h * w, c_in, seed=h * w + c_in), _weights(c_in, hidden, c_out, seed=hidden,
-                                                                               bias=bias), h, w, relu)
+    _check(
+        backend,
+        device,
+        randn(b, h * w, c_in, seed=h * w + c_in),
+        _weights(c_in, hidden, c_out, seed=hidden, bias=bias),
+        h,
+        w,
+        relu,
+    )
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -89,12 +118,15 @@ def test_compile_and_export_keep_the_fused_node(backend, device):
 
     torch.testing.assert_close(torch.compile(FFN(), fullgraph=True, backend="eager")(x), FFN()(x))
     exported = torch.export.export(FFN(), (x,))
-    fused = {"cpu": "pvtv2_fast_C.conv_ffn", "triton": "pvtv2_fast.dwconv_gelu_triton",
-             "cuda": "pvtv2_fast_C.dwconv_gelu"}[backend]
+    fused = {
+        "cpu": "pvtv2_fast_C.conv_ffn",
+        "triton": "pvtv2_fast.dwconv_gelu_triton",
+        "cuda": "pvtv2_fast_C.dwconv_gelu",
+    }[backend]
     assert [n for n in exported.graph.nodes if fused in str(n.target)]
 
 
-@pytest.mark.parametrize("budget", [1, 3 * 7 * 32 * 4, 10 ** 9], ids=["one-row-bands", "odd-bands", "one-band"])
+@pytest.mark.parametrize("budget", [1, 3 * 7 * 32 * 4, 10**9], ids=["one-row-bands", "odd-bands", "one-band"])
 @pytest.mark.parametrize("backend", ["torch"] + [p.values[0] for p in BACKENDS if p.values[0] != "cpu"])
 def test_banded_compositions_are_exact(backend, budget):
     """``max_hidden_bytes`` (memory-lean mode) runs the composed backends in bands of rows with a one-row halo:
@@ -119,6 +151,20 @@ def test_module_keeps_dropout_unfused_when_training():
     ffn.eval()
     ffn.fast = True
     conv = ffn.dwconv.dwconv
-    torch.testing.assert_close(ffn(x, 5, 7), ops.conv_ffn_reference(
-        x, ffn.dense1.weight, ffn.dense1.bias, conv.weight, conv.bias, ffn.dense2.weight, ffn.dense2.bias, 5, 7,
-        False), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ffn(x, 5, 7),
+        ops.conv_ffn_reference(
+            x,
+            ffn.dense1.weight,
+            ffn.dense1.bias,
+            conv.weight,
+            conv.bias,
+            ffn.dense2.weight,
+            ffn.dense2.bias,
+            5,
+            7,
+            False,
+        ),
+        atol=1e-5,
+        rtol=1e-5,
+    )

@@ -16,14 +16,16 @@ import sys
 
 import pytest
 import torch
+from op_cases import DTYPE_IDS, DTYPES, close
 
 from pvtv2_fast import _ext, ops
 from pvtv2_fast.ops.registry import NATIVE_OPS
-from op_cases import DTYPE_IDS, DTYPES, close
 
 pytestmark = pytest.mark.skipif(os.environ.get("PVTV2_FAST_NO_EXT") == "1", reason="extension build turned off")
-needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_kernel("dwconv_gelu", "cuda")),
-                                reason="needs a GPU and the extension built with CUDA")
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _ext.has_kernel("dwconv_gelu", "cuda")),
+    reason="needs a GPU and the extension built with CUDA",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +45,14 @@ def _op(name):
 
 def _dw(dev, c=4, **kw):
     """dwconv_gelu arguments on a 3×3 map: (x, weight, bias, height, width, relu_input)."""
-    a = {"x": torch.randn(2, 9, c, device=dev), "weight": torch.randn(c, 1, 3, 3, device=dev),
-         "bias": torch.randn(c, device=dev), "height": 3, "width": 3, "relu_input": False}
+    a = {
+        "x": torch.randn(2, 9, c, device=dev),
+        "weight": torch.randn(c, 1, 3, 3, device=dev),
+        "bias": torch.randn(c, device=dev),
+        "height": 3,
+        "width": 3,
+        "relu_input": False,
+    }
     a.update(kw)
     return "dwconv_gelu", tuple(a.values())
 
@@ -58,10 +66,18 @@ def _pool(dev, **kw):
 
 def _ffn(dev, c_in=4, hidden=8, c_out=4, **kw):
     """conv_ffn arguments on a 3×3 map."""
-    a = {"x": torch.randn(2, 9, c_in, device=dev), "fc1_weight": torch.randn(hidden, c_in, device=dev),
-         "fc1_bias": torch.randn(hidden, device=dev), "dw_weight": torch.randn(hidden, 1, 3, 3, device=dev),
-         "dw_bias": torch.randn(hidden, device=dev), "fc2_weight": torch.randn(c_out, hidden, device=dev),
-         "fc2_bias": torch.randn(c_out, device=dev), "height": 3, "width": 3, "relu_input": False}
+    a = {
+        "x": torch.randn(2, 9, c_in, device=dev),
+        "fc1_weight": torch.randn(hidden, c_in, device=dev),
+        "fc1_bias": torch.randn(hidden, device=dev),
+        "dw_weight": torch.randn(hidden, 1, 3, 3, device=dev),
+        "dw_bias": torch.randn(hidden, device=dev),
+        "fc2_weight": torch.randn(c_out, hidden, device=dev),
+        "fc2_bias": torch.randn(c_out, device=dev),
+        "height": 3,
+        "width": 3,
+        "relu_input": False,
+    }
     a.update(kw)
     return "conv_ffn", tuple(a.values())
 
@@ -74,39 +90,67 @@ E = RuntimeError  # every check raises c10::Error
 BAD_INPUT = [
     # ---- dwconv_gelu
     ("dw-x-2d", lambda d, o: _dw(d, x=_x(d, 9, 4)), E, "dwconv_gelu: x must be (B, N, C) tokens, got (9, 4)"),
-    ("dw-x-float64", lambda d, o: _dw(d, x=_x(d, 2, 9, 4, dtype=torch.float64)), E,
-     "supports float32, bfloat16 and float16, got Double for x"),
+    (
+        "dw-x-float64",
+        lambda d, o: _dw(d, x=_x(d, 2, 9, 4, dtype=torch.float64)),
+        E,
+        "supports float32, bfloat16 and float16, got Double for x",
+    ),
     ("dw-x-int", lambda d, o: _dw(d, x=torch.ones(2, 9, 4, dtype=torch.int32, device=d)), E, "got Int for x"),
     ("dw-tokens-mismatch", lambda d, o: _dw(d, x=_x(d, 2, 10, 4)), E, "10 tokens are not a 3x3 map"),
     ("dw-height-0", lambda d, o: _dw(d, height=0, width=9), E, "height and width must be >= 1, got 0x9"),
     ("dw-negative-size", lambda d, o: _dw(d, height=-3, width=-3), E, "height and width must be >= 1, got -3x-3"),
     # 2^32·2^32 wraps to 0 = N: the old check passed and the kernel indexed 2^32 rows (SIGSEGV)
-    ("dw-hw-wraps-to-0", lambda d, o: _dw(d, x=torch.empty(1, 0, 4, device=d), height=2**32, width=2**32), E,
-     "0 tokens are not a 4294967296x4294967296 map"),
+    (
+        "dw-hw-wraps-to-0",
+        lambda d, o: _dw(d, x=torch.empty(1, 0, 4, device=d), height=2**32, width=2**32),
+        E,
+        "0 tokens are not a 4294967296x4294967296 map",
+    ),
     # 4·(2^62 + 1) wraps to 4 = N
-    ("dw-hw-wraps-to-n", lambda d, o: _dw(d, x=_x(d, 1, 4, 4), height=4, width=2**62 + 1), E,
-     "4 tokens are not a 4x4611686018427387905 map"),
+    (
+        "dw-hw-wraps-to-n",
+        lambda d, o: _dw(d, x=_x(d, 1, 4, 4), height=4, width=2**62 + 1),
+        E,
+        "4 tokens are not a 4x4611686018427387905 map",
+    ),
     ("dw-huge-width", lambda d, o: _dw(d, x=_x(d, 1, 4, 4), height=1, width=2**63 - 1), E, "4 tokens are not a"),
     ("dw-no-channels", lambda d, o: _dw(d, c=0), E, "dwconv_gelu: the channel count C of x is 0"),
     ("dw-weight-shape", lambda d, o: _dw(d, weight=_x(d, 4, 3, 3)), E, "weight must be (4, 1, 3, 3), got (4, 3, 3)"),
     ("dw-weight-channels", lambda d, o: _dw(d, weight=_x(d, 5, 1, 3, 3)), E, "weight must be (4, 1, 3, 3)"),
     ("dw-bias-shape", lambda d, o: _dw(d, bias=_x(d, 5)), E, "dwconv_gelu: bias must be (4,), got (5,)"),
-    ("dw-weight-dtype", lambda d, o: _dw(d, weight=_x(d, 4, 1, 3, 3, dtype=torch.float64)), E,
-     "weight must have x's dtype (Float), got Double"),
+    (
+        "dw-weight-dtype",
+        lambda d, o: _dw(d, weight=_x(d, 4, 1, 3, 3, dtype=torch.float64)),
+        E,
+        "weight must have x's dtype (Float), got Double",
+    ),
     ("dw-bias-dtype", lambda d, o: _dw(d, bias=_x(d, 4, dtype=torch.bfloat16)), E, "bias must have x's dtype"),
     ("dw-weight-device", lambda d, o: _dw(d, weight=_x(o, 4, 1, 3, 3)), E, "weight must be on x's device"),
     ("dw-bias-device", lambda d, o: _dw(d, bias=_x(o, 4)), E, "bias must be on x's device"),
-    ("dw-relu-str", lambda d, o: _dw(d, relu_input="no"), E,
-     "Expected a value of type 'bool' for argument 'relu_input'"),
+    (
+        "dw-relu-str",
+        lambda d, o: _dw(d, relu_input="no"),
+        E,
+        "Expected a value of type 'bool' for argument 'relu_input'",
+    ),
     ("dw-relu-str-false", lambda d, o: _dw(d, relu_input="False"), E, "Expected a value of type 'bool'"),
     ("dw-height-float", lambda d, o: _dw(d, height=3.0), E, "Expected a value of type 'int' for argument 'height'"),
     # ---- linear_sra_pool
     ("pool-x-2d", lambda d, o: _pool(d, x=_x(d, 9, 4)), E, "linear_sra_pool: x must be (B, N, C) tokens"),
-    ("pool-x-float64", lambda d, o: _pool(d, x=_x(d, 2, 9, 4, dtype=torch.float64)), E,
-     "supports float32, bfloat16 and float16, got Double"),
+    (
+        "pool-x-float64",
+        lambda d, o: _pool(d, x=_x(d, 2, 9, 4, dtype=torch.float64)),
+        E,
+        "supports float32, bfloat16 and float16, got Double",
+    ),
     ("pool-tokens-mismatch", lambda d, o: _pool(d, height=2, width=4), E, "9 tokens are not a 2x4 map"),
-    ("pool-hw-wraps-to-0", lambda d, o: _pool(d, x=torch.empty(1, 0, 4, device=d), height=2**32, width=2**32), E,
-     "0 tokens are not a 4294967296x4294967296 map"),
+    (
+        "pool-hw-wraps-to-0",
+        lambda d, o: _pool(d, x=torch.empty(1, 0, 4, device=d), height=2**32, width=2**32),
+        E,
+        "0 tokens are not a 4294967296x4294967296 map",
+    ),
     ("pool-size-0", lambda d, o: _pool(d, pool_size=0), E, "pool_size must be >= 1, got 0"),
     ("pool-size-negative", lambda d, o: _pool(d, pool_size=-7), E, "pool_size must be >= 1, got -7"),
     # P² = 2^64 wraps to 0: the old kernel returned an empty (B, 0, C) "result"
@@ -114,15 +158,27 @@ BAD_INPUT = [
     ("pool-batch-cells-overflow", lambda d, o: _pool(d, pool_size=2**31), E, "B x pool_size^2"),
     ("pool-output-overflows", lambda d, o: _pool(d, x=_x(d, 1, 9, 4), pool_size=2**31), E, "output elements"),
     # bins form P·H: 2^40 rows of an empty batch and P = 2^24 pass 2^63 (no memory: B = 0)
-    ("pool-bins-overflow", lambda d, o: _pool(d, x=torch.empty(0, 2**40, 1, device=d), height=2**40, width=1,
-                                              pool_size=2**24), E, "pool_size x max(height, width)"),
+    (
+        "pool-bins-overflow",
+        lambda d, o: _pool(d, x=torch.empty(0, 2**40, 1, device=d), height=2**40, width=1, pool_size=2**24),
+        E,
+        "pool_size x max(height, width)",
+    ),
     ("pool-height-str", lambda d, o: _pool(d, height="3"), E, "Expected a value of type 'int' for argument 'height'"),
     # ---- conv_ffn
-    ("ffn-x-float64", lambda d, o: _ffn(d, x=_x(d, 2, 9, 4, dtype=torch.float64)), E,
-     "conv_ffn: the kernel supports float32, bfloat16 and float16, got Double"),
+    (
+        "ffn-x-float64",
+        lambda d, o: _ffn(d, x=_x(d, 2, 9, 4, dtype=torch.float64)),
+        E,
+        "conv_ffn: the kernel supports float32, bfloat16 and float16, got Double",
+    ),
     ("ffn-tokens-mismatch", lambda d, o: _ffn(d, height=9, width=9), E, "9 tokens are not a 9x9 map"),
-    ("ffn-hw-wraps-to-n", lambda d, o: _ffn(d, x=_x(d, 1, 4, 4), height=4, width=2**62 + 1), E,
-     "4 tokens are not a 4x4611686018427387905 map"),
+    (
+        "ffn-hw-wraps-to-n",
+        lambda d, o: _ffn(d, x=_x(d, 1, 4, 4), height=4, width=2**62 + 1),
+        E,
+        "4 tokens are not a 4x4611686018427387905 map",
+    ),
     ("ffn-fc1-1d", lambda d, o: _ffn(d, fc1_weight=_x(d, 8)), E, "fc1_weight must have 2 dimensions, got (8,)"),
     ("ffn-fc1-in", lambda d, o: _ffn(d, fc1_weight=_x(d, 8, 5)), E, "fc1_weight must be (8, 4), got (8, 5)"),
     ("ffn-no-hidden", lambda d, o: _ffn(d, hidden=0), E, "the hidden width fc1_weight.size(0) is 0"),
@@ -134,14 +190,21 @@ BAD_INPUT = [
     ("ffn-fc2-bias", lambda d, o: _ffn(d, fc2_bias=_x(d, 5)), E, "fc2_bias must be (4,), got (5,)"),
     ("ffn-fc1-device", lambda d, o: _ffn(d, fc1_weight=_x(o, 8, 4)), E, "fc1_weight must be on x's device"),
     ("ffn-fc2-bias-device", lambda d, o: _ffn(d, fc2_bias=_x(o, 4)), E, "fc2_bias must be on x's device"),
-    ("ffn-dw-dtype", lambda d, o: _ffn(d, dw_weight=_x(d, 8, 1, 3, 3, dtype=torch.float16)), E,
-     "dw_weight must have x's dtype (Float), got Half"),
+    (
+        "ffn-dw-dtype",
+        lambda d, o: _ffn(d, dw_weight=_x(d, 8, 1, 3, 3, dtype=torch.float16)),
+        E,
+        "dw_weight must have x's dtype (Float), got Half",
+    ),
     ("ffn-relu-str", lambda d, o: _ffn(d, relu_input="yes"), E, "Expected a value of type 'bool'"),
 ]
 
 
-@pytest.mark.parametrize("dev,other", [("cpu", "meta"), ("meta", "cpu"), pytest.param("cuda", "cpu", marks=needs_cuda)],
-                         ids=["cpu-kernel", "meta-kernel", "cuda-kernel"])
+@pytest.mark.parametrize(
+    "dev,other",
+    [("cpu", "meta"), ("meta", "cpu"), pytest.param("cuda", "cpu", marks=needs_cuda)],
+    ids=["cpu-kernel", "meta-kernel", "cuda-kernel"],
+)
 @pytest.mark.parametrize("make,error,fragment", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_raises_a_clear_error(make, error, fragment, dev, other):
     name, args = make(dev, other)
@@ -154,8 +217,11 @@ def test_every_op_is_covered():
     assert covered == set(NATIVE_OPS)
 
 
-@pytest.mark.parametrize("make", [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu")],
-                         ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu")],
+    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn"],
+)
 def test_sparse_input_is_refused_by_the_dispatcher(make):
     """Layouts other than dense never reach a kernel: no kernel is registered for them."""
     name, args = make()
@@ -208,11 +274,19 @@ def _edge_marks(n: int, p: int):
     return line, torch.tensor(means, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("height,width,pool,channels", [
-    (2**20, 1, 7, 1), (1, 2**20, 7, 1), (3, 5, 7, 17), (49, 13, 7, 40), (1000003, 1, 13, 1),
-    # i·H passes 2^31 for i >= 512: with 32-bit bins this read before the tensor (SIGSEGV) or pooled wrong rows
-    (2**22, 1, 520, 1),
-], ids=["H2^20-P7", "W2^20-P7", "H,W<P", "H=7P", "H-prime", "iH>2^31"])
+@pytest.mark.parametrize(
+    "height,width,pool,channels",
+    [
+        (2**20, 1, 7, 1),
+        (1, 2**20, 7, 1),
+        (3, 5, 7, 17),
+        (49, 13, 7, 40),
+        (1000003, 1, 13, 1),
+        # i·H passes 2^31 for i >= 512: with 32-bit bins this read before the tensor (SIGSEGV) or pooled wrong rows
+        (2**22, 1, 520, 1),
+    ],
+    ids=["H2^20-P7", "W2^20-P7", "H,W<P", "H=7P", "H-prime", "iH>2^31"],
+)
 def test_pool_bins_match_integer_arithmetic_at_large_sizes(height, width, pool, channels):
     """x[h, w] = rows[h]·cols[w] with ones only next to bin edges: a cell's mean is the product of its row and column
     bins' means, so a bin off by one row or column in the kernel's math (math.h, shared with CUDA) changes it.
@@ -248,13 +322,14 @@ for v in values:
 print(json.dumps(results))
 """
 ENV_CASES = {
-    "PVTV2_FAST_FFN_BAND_KB": (["-1", "abc", "64kb", "0", " 8", "+8", "1e3", "8.5", "1048577", "99999999999999999999",
-                                "1048576"],
-                               ("PVTV2_FAST_FFN_BAND_KB must be a whole number of KB (1 to 1048576; unset: 512), "
-                                "got '{}'")),
-    "PVTV2_FAST_CPU_ISA": (["sse9", "AVX2", " avx2", "avx2 ", "avx-512", "0", "avx2"],
-                           ("PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512 (unset: the widest the CPU "
-                            "supports), got '{}'")),
+    "PVTV2_FAST_FFN_BAND_KB": (
+        ["-1", "abc", "64kb", "0", " 8", "+8", "1e3", "8.5", "1048577", "99999999999999999999", "1048576"],
+        ("PVTV2_FAST_FFN_BAND_KB must be a whole number of KB (1 to 1048576; unset: 512), got '{}'"),
+    ),
+    "PVTV2_FAST_CPU_ISA": (
+        ["sse9", "AVX2", " avx2", "avx2 ", "avx-512", "0", "avx2"],
+        ("PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512 (unset: the widest the CPU supports), got '{}'"),
+    ),
 }
 
 
@@ -263,15 +338,23 @@ def env_results():
     results = {}
     for name, (values, _) in ENV_CASES.items():
         env = {k: v for k, v in os.environ.items() if k not in ENV_CASES}
-        out = subprocess.run([sys.executable, "-c", _CHILD, name, json.dumps(values)], capture_output=True,
-                             text=True, env=env, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, name, json.dumps(values)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         results[name] = dict(zip(values, json.loads(out.stdout.strip().splitlines()[-1])))
     return results
 
 
-@pytest.mark.parametrize("name,value", [(n, v) for n, (vs, _) in ENV_CASES.items() for v in vs],
-                         ids=[f"{n[11:]}={v!r}" for n, (vs, _) in ENV_CASES.items() for v in vs])
+@pytest.mark.parametrize(
+    "name,value",
+    [(n, v) for n, (vs, _) in ENV_CASES.items() for v in vs],
+    ids=[f"{n[11:]}={v!r}" for n, (vs, _) in ENV_CASES.items() for v in vs],
+)
 def test_environment_variables_are_parsed_strictly(env_results, name, value):
     """Every value but the last (a valid one) raises, naming the variable, the value and what is accepted."""
     values, message = ENV_CASES[name]
@@ -295,18 +378,36 @@ def _cuda_case(b, h, w, c, dtype, offset, seed):
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("b,h,w,c,offset", [(2, 7, 9, 40, 0), (1, 1, 1, 3, 0), (3, 1, 23, 17, 0), (2, 25, 33, 64, 0),
-                                            (1, 30, 2, 8, 0), (2, 13, 17, 64, 1), (2, 5, 7, 2048, 0)])
+@pytest.mark.parametrize(
+    "b,h,w,c,offset",
+    [
+        (2, 7, 9, 40, 0),
+        (1, 1, 1, 3, 0),
+        (3, 1, 23, 17, 0),
+        (2, 25, 33, 64, 0),
+        (1, 30, 2, 8, 0),
+        (2, 13, 17, 64, 1),
+        (2, 5, 7, 2048, 0),
+    ],
+)
 def test_cuda_kernels_match_the_reference(b, h, w, c, offset, dtype):
     x, weight, bias = _cuda_case(b, h, w, c, dtype, offset, seed=h * w + c)
     for relu in (False, True):
         expected = ops.dwconv_gelu(x.double(), weight.double(), bias.double(), h, w, relu_input=relu, backend="torch")
         close(_op("dwconv_gelu")(x, weight, bias, h, w, relu), expected, dtype, f"dwconv_gelu relu={relu}")
-    close(_op("dwconv_gelu")(x, weight, None, h, w, False),
-          ops.dwconv_gelu(x.double(), weight.double(), None, h, w, backend="torch"), dtype, "dwconv_gelu no bias")
+    close(
+        _op("dwconv_gelu")(x, weight, None, h, w, False),
+        ops.dwconv_gelu(x.double(), weight.double(), None, h, w, backend="torch"),
+        dtype,
+        "dwconv_gelu no bias",
+    )
     for pool in (1, 7, 40):
-        close(_op("linear_sra_pool")(x, h, w, pool), ops.linear_sra_pool(x.double(), h, w, pool, backend="torch"),
-              dtype, f"linear_sra_pool P={pool}")
+        close(
+            _op("linear_sra_pool")(x, h, w, pool),
+            ops.linear_sra_pool(x.double(), h, w, pool, backend="torch"),
+            dtype,
+            f"linear_sra_pool P={pool}",
+        )
 
 
 @needs_cuda
@@ -321,7 +422,11 @@ def test_cuda_kernels_on_a_4096_image_stage1_map_in_batch_8():
     y = _op("dwconv_gelu")(x, weight, bias, h, w, False)
     p = _op("linear_sra_pool")(x, h, w, 7)
     for i in (0, b - 1):
-        xi = x[i:i + 1].double()
-        close(y[i:i + 1], ops.dwconv_gelu(xi, weight.double(), bias.double(), h, w, backend="torch"), torch.float16,
-              f"dwconv_gelu image {i}")
-        close(p[i:i + 1], ops.linear_sra_pool(xi, h, w, 7, backend="torch"), torch.float16, f"pool image {i}")
+        xi = x[i : i + 1].double()
+        close(
+            y[i : i + 1],
+            ops.dwconv_gelu(xi, weight.double(), bias.double(), h, w, backend="torch"),
+            torch.float16,
+            f"dwconv_gelu image {i}",
+        )
+        close(p[i : i + 1], ops.linear_sra_pool(xi, h, w, 7, backend="torch"), torch.float16, f"pool image {i}")

@@ -23,15 +23,17 @@ def test_every_isa_path_matches(cap):
     loops (8- and 16-lane); checked in a subprocess, since the ISA is chosen once per process."""
     native = _ext.cpu_isa()
     expected = ISA_ORDER[min(ISA_ORDER.index(native), ISA_ORDER.index(cap))]
-    code = (f"import torch; from pvtv2_fast import ops, _ext; assert _ext.cpu_isa() == {expected!r}, _ext.cpu_isa()\n"
-            "for c in (21, 40, 67):\n"
-            "    x = torch.randn(2, 63, c); w = torch.randn(c, 1, 3, 3); b = torch.randn(c)\n"
-            "    e = (ops.dwconv_gelu(x, w, b, 7, 9, True, backend='cpu') - "
-            "ops.dwconv_gelu_reference(x, w, b, 7, 9, True)).abs().max().item()\n"
-            "    p = (ops.linear_sra_pool(x, 7, 9, backend='cpu') - "
-            "ops.linear_sra_pool_reference(x, 7, 9, 7)).abs().max().item()\n"
-            "    assert e < 1e-5 and p < 1e-6, (c, e, p)\n"
-            "print('ok')")
+    code = (
+        f"import torch; from pvtv2_fast import ops, _ext; assert _ext.cpu_isa() == {expected!r}, _ext.cpu_isa()\n"
+        "for c in (21, 40, 67):\n"
+        "    x = torch.randn(2, 63, c); w = torch.randn(c, 1, 3, 3); b = torch.randn(c)\n"
+        "    e = (ops.dwconv_gelu(x, w, b, 7, 9, True, backend='cpu') - "
+        "ops.dwconv_gelu_reference(x, w, b, 7, 9, True)).abs().max().item()\n"
+        "    p = (ops.linear_sra_pool(x, 7, 9, backend='cpu') - "
+        "ops.linear_sra_pool_reference(x, 7, 9, 7)).abs().max().item()\n"
+        "    assert e < 1e-5 and p < 1e-6, (c, e, p)\n"
+        "print('ok')"
+    )
     env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
@@ -48,11 +50,13 @@ def test_conv_ffn_band_sizes_and_thread_counts():
     """One-row bands (a 3-row ring that wraps every band), odd band sizes and one band per image, on 1 and 3
     threads: every way a thread's bands can carry fc1 rows over (PVTV2_FAST_FFN_BAND_KB is read once, so each
     setting runs in its own process)."""
-    code = ("import sys, torch; from pvtv2_fast import ops; torch.set_num_threads(int(sys.argv[1])); "
-            "g = torch.Generator().manual_seed(0); r = lambda *s: torch.randn(*s, generator=g) * 0.3; "
-            "x = r(3, 37 * 11, 24); a = (r(72, 24), r(72), r(72, 1, 3, 3), r(72), r(20, 72), r(20)); "
-            "y = ops.conv_ffn(x, *a, 37, 11, True, backend='cpu'); e = ops.conv_ffn_reference(x, *a, 37, 11, True); "
-            "d = (y - e).abs().max().item(); assert d < 1e-5, d; print('ok')")
+    code = (
+        "import sys, torch; from pvtv2_fast import ops; torch.set_num_threads(int(sys.argv[1])); "
+        "g = torch.Generator().manual_seed(0); r = lambda *s: torch.randn(*s, generator=g) * 0.3; "
+        "x = r(3, 37 * 11, 24); a = (r(72, 24), r(72), r(72, 1, 3, 3), r(72), r(20, 72), r(20)); "
+        "y = ops.conv_ffn(x, *a, 37, 11, True, backend='cpu'); e = ops.conv_ffn_reference(x, *a, 37, 11, True); "
+        "d = (y - e).abs().max().item(); assert d < 1e-5, d; print('ok')"
+    )
     for kb in ("1", "7", "1000000"):
         for threads in ("1", "3"):
             env = dict(os.environ, PVTV2_FAST_FFN_BAND_KB=kb)

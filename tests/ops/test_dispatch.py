@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
+from op_cases import close
 
 from pvtv2_fast import ops
 from pvtv2_fast.ops import AUTO_ORDER, OPS, FallbackWarning
-from op_cases import close
 
 
 @pytest.fixture(autouse=True)
@@ -21,8 +21,14 @@ def _fresh_warnings():
 
 def _dw_args(dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(1, 9, 4, generator=g).to(dtype), torch.randn(4, 1, 3, 3, generator=g).to(dtype), None, 3, 3,
-            False)
+    return (
+        torch.randn(1, 9, 4, generator=g).to(dtype),
+        torch.randn(4, 1, 3, 3, generator=g).to(dtype),
+        None,
+        3,
+        3,
+        False,
+    )
 
 
 def test_auto_order_is_data_and_names_only_existing_backends():
@@ -95,7 +101,7 @@ def test_head_dim_above_the_triton_limit():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackWarning)
         out = ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1)
-    close(out, ops.sra_attention_reference(q, kv[..., :256], kv[..., 256:], 1, 256 ** -0.5), torch.float32)
+    close(out, ops.sra_attention_reference(q, kv[..., :256], kv[..., 256:], 1, 256**-0.5), torch.float32)
 
 
 def test_conv_ffn_backends_follow_their_dwconv():

@@ -4,9 +4,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from op_cases import DTYPE_IDS, DTYPES, HYPOTHESIS, close, fused_backends, randn, require, stage_cases
 
 from pvtv2_fast import ops
-from op_cases import DTYPE_IDS, DTYPES, HYPOTHESIS, close, fused_backends, randn, require, stage_cases
 
 CASES = stage_cases()
 BACKENDS = fused_backends("dwconv_gelu")
@@ -28,8 +28,17 @@ def _check(backend, device, x, weight, bias, h, w, relu, dtype=torch.float32, wh
 def test_preset_stages(backend, device, case, dtype):
     _, _, _, h, w, _, ffn, linear = case
     x = randn(2, h * w, ffn, dtype=dtype, seed=ffn)
-    _check(backend, device, x, randn(ffn, 1, 3, 3, dtype=dtype, seed=1, scale=0.3), randn(ffn, dtype=dtype, seed=2),
-           h, w, linear, dtype)
+    _check(
+        backend,
+        device,
+        x,
+        randn(ffn, 1, 3, 3, dtype=dtype, seed=1, scale=0.3),
+        randn(ffn, dtype=dtype, seed=2),
+        h,
+        w,
+        linear,
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -59,12 +68,27 @@ def test_gelu_tails_are_exact_enough(backend, device):
 
 
 @HYPOTHESIS
-@given(b=st.integers(1, 2), h=st.integers(1, 30), w=st.integers(1, 30), c=st.integers(1, 130), relu=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 2),
+    h=st.integers(1, 30),
+    w=st.integers(1, 30),
+    c=st.integers(1, 130),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_property_random_shapes(b, h, w, c, relu, seed):
     for backend, device in [p.values for p in BACKENDS]:
-        _check(backend, device, randn(b, h * w, c, seed=seed), randn(c, 1, 3, 3, seed=seed + 1),
-               randn(c, seed=seed + 2), h, w, relu, what=f"{backend} {b}x{h}x{w}x{c}")
+        _check(
+            backend,
+            device,
+            randn(b, h * w, c, seed=seed),
+            randn(c, 1, 3, 3, seed=seed + 1),
+            randn(c, seed=seed + 2),
+            h,
+            w,
+            relu,
+            what=f"{backend} {b}x{h}x{w}x{c}",
+        )
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -73,8 +97,9 @@ def test_gradients_are_the_references(backend, device):
     weight = randn(16, 1, 3, 3, seed=3, device=device).requires_grad_()
     bias = randn(16, seed=4, device=device).requires_grad_()
     require("dwconv_gelu", backend, (x, weight, bias, 5, 7, True))
-    got = torch.autograd.grad(ops.dwconv_gelu(x, weight, bias, 5, 7, True, backend=backend).square().sum(),
-                              (x, weight, bias))
+    got = torch.autograd.grad(
+        ops.dwconv_gelu(x, weight, bias, 5, 7, True, backend=backend).square().sum(), (x, weight, bias)
+    )
     ref = torch.autograd.grad(ops.dwconv_gelu_reference(x, weight, bias, 5, 7, True).square().sum(), (x, weight, bias))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
@@ -83,6 +108,7 @@ def test_gradients_are_the_references(backend, device):
 def test_compile_sees_one_opaque_node(backend, device):
     x, weight, bias = randn(1, 45, 16, device=device), randn(16, 1, 3, 3, seed=1, device=device), None
     require("dwconv_gelu", backend, (x, weight, bias, 5, 9, False))
-    fn = torch.compile(lambda t: ops.dwconv_gelu(t, weight, bias, 5, 9, backend=backend), fullgraph=True,
-                       backend="aot_eager")
+    fn = torch.compile(
+        lambda t: ops.dwconv_gelu(t, weight, bias, 5, 9, backend=backend), fullgraph=True, backend="aot_eager"
+    )
     close(fn(x), ops.dwconv_gelu_reference(x, weight, bias, 5, 9, False), torch.float32)

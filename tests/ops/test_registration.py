@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 import torch
+from op_cases import randn
 
 from pvtv2_fast import _ext
 from pvtv2_fast.ops.registry import NATIVE_OPS
-from op_cases import randn
 
 CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
 
@@ -17,11 +17,22 @@ CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
 def _samples():
     x, kv = randn(1, 45, 16, device="cpu"), randn(1, 6, 128, seed=2, device="cpu")
     dw = (randn(16, 1, 3, 3, seed=1, device="cpu"), randn(16, seed=2, device="cpu"))
-    ffn = (randn(24, 16, device="cpu", scale=0.25), randn(24, device="cpu"), randn(24, 1, 3, 3, device="cpu"),
-           randn(24, device="cpu"), randn(8, 24, device="cpu", scale=0.2), randn(8, device="cpu"))
+    ffn = (
+        randn(24, 16, device="cpu", scale=0.25),
+        randn(24, device="cpu"),
+        randn(24, 1, 3, 3, device="cpu"),
+        randn(24, device="cpu"),
+        randn(8, 24, device="cpu", scale=0.2),
+        randn(8, device="cpu"),
+    )
     return {
-        "pvtv2_fast.sra_attention_triton": (randn(1, 20, 64, device="cpu"), kv[..., :64].contiguous(),
-                                            kv[..., 64:].contiguous(), 2, 0.125),
+        "pvtv2_fast.sra_attention_triton": (
+            randn(1, 20, 64, device="cpu"),
+            kv[..., :64].contiguous(),
+            kv[..., 64:].contiguous(),
+            2,
+            0.125,
+        ),
         "pvtv2_fast.linear_sra_pool_triton": (x, 5, 9, 7),
         "pvtv2_fast.dwconv_gelu_triton": (x, *dw, 5, 9, True),
         "pvtv2_fast_C.dwconv_gelu": (x, *dw, 5, 9, True),
@@ -34,8 +45,9 @@ def _samples():
 def test_opcheck(name):
     namespace, op = name.split(".")
     if namespace == "pvtv2_fast_C" and not _ext.available():
-        pytest.skip(_ext.unavailable_reason()) if os.environ.get("PVTV2_FAST_NO_EXT") == "1" else \
-            pytest.fail(_ext.unavailable_reason())
+        pytest.skip(_ext.unavailable_reason()) if os.environ.get("PVTV2_FAST_NO_EXT") == "1" else pytest.fail(
+            _ext.unavailable_reason()
+        )
     if namespace == "pvtv2_fast":
         import pvtv2_fast.ops  # noqa: F401 - defines the Triton custom ops
         from pvtv2_fast.ops import triton_status

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from op_cases import DEVICE, DTYPE_IDS, DTYPES, HYPOTHESIS, close, fused_backends, randn, require, stage_cases
 
 from pvtv2_fast import ops
-from op_cases import DEVICE, DTYPE_IDS, DTYPES, HYPOTHESIS, close, fused_backends, randn, require, stage_cases
 
 CASES = stage_cases()
 BACKENDS = fused_backends("sra_attention")
@@ -41,15 +41,18 @@ def test_preset_stages(backend, device, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("n,m,c,heads", [
-    (300, 200, 64, 1),    # streaming path, partial last key block
-    (257, 129, 128, 2),   # one key past a block boundary
-    (1, 300, 32, 1),      # a single query
-    (70, 1, 64, 2),       # a single key (sr_ratio windows larger than the map)
-    (33, 49, 320, 5),     # Linear SRA's 49 keys, b2 stage 3 heads
-    (40, 30, 96, 2),      # head dim 48: not a power of two (padded and masked)
-    (20, 20, 128, 1),     # head dim 128, the largest supported
-])
+@pytest.mark.parametrize(
+    "n,m,c,heads",
+    [
+        (300, 200, 64, 1),  # streaming path, partial last key block
+        (257, 129, 128, 2),  # one key past a block boundary
+        (1, 300, 32, 1),  # a single query
+        (70, 1, 64, 2),  # a single key (sr_ratio windows larger than the map)
+        (33, 49, 320, 5),  # Linear SRA's 49 keys, b2 stage 3 heads
+        (40, 30, 96, 2),  # head dim 48: not a power of two (padded and masked)
+        (20, 20, 128, 1),  # head dim 128, the largest supported
+    ],
+)
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_edges(backend, device, n, m, c, heads, dtype):
     close(*_packed(backend, device, 3, n, m, c, heads, dtype, seed=n + m), dtype, "sra_attention")
@@ -58,8 +61,9 @@ def test_edges(backend, device, n, m, c, heads, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU (segmentation-size maps)")
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("n,m,c,heads", [(65536, 1024, 64, 1), (16384, 256, 32, 1), (4096, 49, 320, 5),
-                                         (1000, 1000, 512, 8)])
+@pytest.mark.parametrize(
+    "n,m,c,heads", [(65536, 1024, 64, 1), (16384, 256, 32, 1), (4096, 49, 320, 5), (1000, 1000, 512, 8)]
+)
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_segmentation_sizes(backend, device, n, m, c, heads, dtype):
     close(*_packed(backend, device, 2, n, m, c, heads, dtype), dtype, "sra_attention")
@@ -70,7 +74,7 @@ def test_arbitrary_strides(backend, device):
     """q as a transposed view, k and v from separate non-contiguous buffers: read through strides, no copies."""
     b, n, m, c = 2, 45, 20, 64
     q = randn(b, c, n, seed=3).transpose(1, 2)
-    k = randn(b, m, 3 * c, seed=4)[..., c: 2 * c]
+    k = randn(b, m, 3 * c, seed=4)[..., c : 2 * c]
     v = randn(m, b, c, seed=5).transpose(0, 1)
     assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
     out, ref = _run(backend, device, q, k, v, 2)
@@ -85,12 +89,21 @@ def test_custom_scale(backend, device):
 
 
 @HYPOTHESIS
-@given(b=st.integers(1, 3), n=st.integers(1, 300), m=st.integers(1, 200), heads=st.sampled_from([1, 2, 5]),
-       d=st.sampled_from([16, 32, 64]), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 300),
+    m=st.integers(1, 200),
+    heads=st.sampled_from([1, 2, 5]),
+    d=st.sampled_from([16, 32, 64]),
+    seed=st.integers(0, 2**16),
+)
 def test_property_random_shapes(b, n, m, heads, d, seed):
     for backend, device in [p.values for p in BACKENDS]:
-        close(*_packed(backend, device, b, n, m, heads * d, heads, torch.float32, seed=seed), torch.float32,
-              f"{backend} b={b} n={n} m={m} heads={heads} d={d}")
+        close(
+            *_packed(backend, device, b, n, m, heads * d, heads, torch.float32, seed=seed),
+            torch.float32,
+            f"{backend} b={b} n={n} m={m} heads={heads} d={d}",
+        )
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -98,10 +111,12 @@ def test_gradients_are_the_references(backend, device):
     q = randn(2, 30, 64, device=device).requires_grad_()
     kv = randn(2, 7, 128, seed=1, device=device).requires_grad_()
     require("sra_attention", backend, (q, kv[..., :64], kv[..., 64:], 2))
-    got = torch.autograd.grad(ops.sra_attention(q, kv[..., :64], kv[..., 64:], 2, backend=backend).square().sum(),
-                              (q, kv))
-    ref = torch.autograd.grad(ops.sra_attention(q, kv[..., :64], kv[..., 64:], 2, backend="torch").square().sum(),
-                              (q, kv))
+    got = torch.autograd.grad(
+        ops.sra_attention(q, kv[..., :64], kv[..., 64:], 2, backend=backend).square().sum(), (q, kv)
+    )
+    ref = torch.autograd.grad(
+        ops.sra_attention(q, kv[..., :64], kv[..., 64:], 2, backend="torch").square().sum(), (q, kv)
+    )
     torch.testing.assert_close(got, ref)
 
 
@@ -109,6 +124,9 @@ def test_gradients_are_the_references(backend, device):
 def test_compile_sees_one_opaque_node(backend, device):
     q, kv = randn(1, 50, 64, device=device), randn(1, 9, 128, seed=1, device=device)
     require("sra_attention", backend, (q, kv[..., :64], kv[..., 64:], 2))
-    fn = torch.compile(lambda a, b: ops.sra_attention(a, b[..., :64], b[..., 64:], 2, backend=backend),
-                       fullgraph=True, backend="aot_eager")
-    close(fn(q, kv), ops.sra_attention_reference(q, kv[..., :64], kv[..., 64:], 2, 32 ** -0.5), torch.float32)
+    fn = torch.compile(
+        lambda a, b: ops.sra_attention(a, b[..., :64], b[..., 64:], 2, backend=backend),
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    close(fn(q, kv), ops.sra_attention_reference(q, kv[..., :64], kv[..., 64:], 2, 32**-0.5), torch.float32)
