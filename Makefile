@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (cat requirements-dev.txt setup.py; echo $(CURDIR)) | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test bench bench-micro gpu-check sanitize aot-report info clean
+.PHONY: venv fuzz lint test bench bench-micro gpu-check sanitize aot-report info clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): requirements-dev.txt setup.py $(CSRC)
 # before anything imports triton, unless a GPU is present).
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The ops' property tests as a fuzz: 500 random shapes per op, each on every fused backend, against the reference.
+fuzz: venv
+	PVTV2_FAST_FUZZ_EXAMPLES=$${FUZZ:-500} $(PY) -m pytest -q tests/ops -k property
 
 # Lint and format check (CI runs it before the tests); `ruff format .` fixes formatting.
 lint: venv
