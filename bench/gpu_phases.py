@@ -635,7 +635,7 @@ def phase_kernels(ctx: Ctx) -> None:
     versus: Dict[str, List[float]] = {"dwconv_gelu": [], "linear_sra_pool": []}
     has_cpp = {
         op: _ext.has_kernel(native, cuda_backend)
-        for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "adaptive_pool_tokens"))
+        for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "linear_sra_pool"))
     }
 
     def row(name, shape, t, nbytes, flops, t_ref=None):

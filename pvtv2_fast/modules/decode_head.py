@@ -66,8 +66,11 @@ class AllMLPDecodeHead(nn.Module):
 
     @property
     def folds(self) -> bool:
-        """Whether :meth:`forward` runs the folded head (eval mode, ``fold`` on, BatchNorm has running stats)."""
-        return self.fold and not self.training and self.batch_norm.running_mean is not None
+        """Whether :meth:`forward` runs the folded head: eval mode, ``fold`` on, BatchNorm has running stats, and not
+        inside a graph capture (torch.compile / torch.export / ONNX tracing), whose graphs must not bake in the
+        folded head's size-dependent banding."""
+        capturing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        return self.fold and not self.training and self.batch_norm.running_mean is not None and not capturing
 
     @contextlib.contextmanager
     def unfolded(self) -> Iterator["AllMLPDecodeHead"]:
