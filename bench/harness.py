@@ -116,8 +116,14 @@ def measure_forward_peak(fn: Callable[[], object], device: str = "cpu") -> float
     return float(_rss_kib("VmHWM") - before) * 1024
 
 
-def peak_memory_subprocess(spec: dict, timeout: float = 1800) -> float:
-    """Run ``python -m bench.memory_probe SPEC`` and return the bytes it reports (nan on failure)."""
+class FreshProcessTimeout(Exception):
+    """A fresh-process measurement ran past its timeout."""
+
+
+def run_fresh(args: Sequence[str], marker: str, timeout: float, what: str) -> Optional[str]:
+    """Run ``python -m ARGS`` in a fresh process (one measurement per process: peak RSS is per process) and return
+    what follows ``marker`` on its last line that starts with it; None, with its stderr reported, when no line
+    does. Raises :class:`FreshProcessTimeout` past ``timeout`` seconds."""
     env = dict(os.environ)
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
@@ -125,20 +131,24 @@ def peak_memory_subprocess(spec: dict, timeout: float = 1800) -> float:
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "bench.memory_probe", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=root,
+            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=root
         )
     except subprocess.TimeoutExpired:
-        return float("nan")
+        raise FreshProcessTimeout(f"timed out after {timeout:.0f} s: {what}") from None
     for line in out.stdout.splitlines()[::-1]:
-        if line.startswith("PEAK_BYTES "):
-            return float(line.split()[1])
-    sys.stderr.write(f"memory probe failed for {spec}:\n{out.stderr[-2000:]}\n")
-    return float("nan")
+        if line.startswith(marker):
+            return line[len(marker) :]
+    sys.stderr.write(f"{what} failed:\n{out.stderr[-2000:]}\n")
+    return None
+
+
+def peak_memory_subprocess(spec: dict, timeout: float = 1800) -> float:
+    """Run ``python -m bench.memory_probe SPEC`` and return the bytes it reports (nan on failure)."""
+    try:
+        value = run_fresh(["bench.memory_probe", json.dumps(spec)], "PEAK_BYTES ", timeout, f"memory probe {spec}")
+    except FreshProcessTimeout:
+        return float("nan")
+    return float("nan") if value is None else float(value.split()[0])
 
 
 # ---------------------------------------------------------------------------------------------- output

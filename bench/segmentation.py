@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.harness import RESULTS, machine_line, markdown_table, measure_forward_peak
+from bench.harness import RESULTS, FreshProcessTimeout, machine_line, markdown_table, measure_forward_peak, run_fresh
 
 IMPLS = ["labels", "unstreamed", "transformers", "backbone"]
 MAX_SIZE = {"transformers": 2048, "unstreamed": 2048}
@@ -94,28 +92,15 @@ def child(spec: dict) -> None:
 
 def measure(spec: dict, timeout: float = 3600) -> dict:
     """One point in a fresh process: ``{"peak": bytes, "seconds": median}`` (nan on failure or timeout)."""
-    env = dict(os.environ)
-    root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     nan = dict(peak=float("nan"), seconds=float("nan"))
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.segmentation", "--child", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=root,
+        value = run_fresh(
+            ["bench.segmentation", "--child", json.dumps(spec)], "RESULT ", timeout, f"segmentation probe {spec}"
         )
-    except subprocess.TimeoutExpired:
-        sys.stderr.write(f"timed out after {timeout:.0f} s: {spec}\n")
+    except FreshProcessTimeout as e:
+        sys.stderr.write(f"{e}\n")
         return nan
-    for line in out.stdout.splitlines()[::-1]:
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    sys.stderr.write(f"segmentation probe failed for {spec}:\n{out.stderr[-2000:]}\n")
-    return nan
+    return nan if value is None else json.loads(value)
 
 
 def parse_points(items):
