@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _ext
 from .checks import check_params, check_token_map
 from .dwconv_gelu import OP as DWCONV_GELU
 from .dwconv_gelu import dwconv_gelu_reference
-from .registry import define, native_why_not, register_recompute_autograd
+from .registry import define, register_native
 
 
 def _banded(
@@ -72,19 +70,10 @@ def conv_ffn_reference(
     )
 
 
-def _native(
-    x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input, max_hidden_bytes
-):
-    # The C++ kernel streams bands sized to the cache itself: the widened state never exists, whatever the budget.
-    return torch.ops.pvtv2_fast_C.conv_ffn(
-        x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input
-    )
-
-
 OP = define("conv_ffn", conv_ffn_reference)
-if _ext.available():
-    register_recompute_autograd("pvtv2_fast_C::conv_ffn", conv_ffn_reference, 7, 3)
-OP.register("cpu", _native, native_why_not("conv_ffn", "cpu"))
+# The C++ CPU kernel streams bands sized to the cache itself (the widened state never exists, whatever the budget),
+# so it does not take max_hidden_bytes.
+register_native(OP, "conv_ffn", 7, 3, devices=("cpu",), op_only_args=1)
 # Elsewhere the FFN is fc1 and fc2 in PyTorch around the fused dwconv+GELU of the same backend.
 for _backend in ("triton", "cuda"):
     OP.register(_backend, _composition(_backend), lambda args, _b=_backend: DWCONV_GELU.why_not(_b, args))

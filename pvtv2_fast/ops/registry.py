@@ -253,14 +253,22 @@ def register_recompute_autograd(op, reference: Callable, n_tensors: int, n_rest:
     torch.library.register_autograd(op, backward, setup_context=setup_context)
 
 
-def register_native(op: Op, native_op: str, n_tensors: int, n_rest: int) -> None:
-    """Register the extension's ``pvtv2_fast_C::native_op`` as ``op``'s "cpu" and "cuda" backends (each runs only
-    where the extension was built with that device's kernels), with a recompute-the-reference backward."""
+def register_native(
+    op: Op,
+    native_op: str,
+    n_tensors: int,
+    n_rest: int,
+    devices: Sequence[str] = ("cpu", "cuda"),
+    op_only_args: int = 0,
+) -> None:
+    """Register the extension's ``pvtv2_fast_C::native_op`` as ``op``'s backends for ``devices`` (each runs only
+    where the extension was built with that device's kernels), with a recompute-the-reference backward.
+    ``op_only_args``: trailing arguments of the op that the kernel does not take (they are dropped)."""
     if _ext.available():
         register_recompute_autograd(f"pvtv2_fast_C::{native_op}", op.reference, n_tensors, n_rest)
 
     def impl(*args):
-        return getattr(torch.ops.pvtv2_fast_C, native_op)(*args)
+        return getattr(torch.ops.pvtv2_fast_C, native_op)(*args[: len(args) - op_only_args])
 
-    for device in ("cpu", "cuda"):
+    for device in devices:
         op.register(device, impl, native_why_not(native_op, device))
