@@ -96,15 +96,13 @@ class SpatialReductionAttention(FastPath, nn.Module):
         return kv[..., : self.hidden_size], kv[..., self.hidden_size :]
 
     def _packed_kv_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``cat([key, value])`` weights and biases, cached for inference. The cache is keyed on the parameters'
-        identity and version counters, so in-place updates, ``load_state_dict`` and ``.to()`` all invalidate it;
-        under autograd or compilation the concatenation is recomputed (it must be part of the graph)."""
+        """``cat([key, value])`` weights and biases, cached for inference (see :meth:`_inference_cache`)."""
         params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
         return self._inference_cache("kv", params, self._cat_kv)
 
     def _channels_last_sr_weight(self) -> torch.Tensor:
         """The spatial-reduction conv weight ``(C, C, sr, sr)`` in channels-last memory (same values), cached for
-        inference like the packed K/V weights."""
+        inference (see :meth:`_inference_cache`)."""
         weight = self.spatial_reduction.weight
         return self._inference_cache("sr", (weight,), lambda: weight.contiguous(memory_format=torch.channels_last))
 
