@@ -105,7 +105,7 @@ class Run:
         self.build_t0 = 0.0
         self.build_status = "not started"
         self.counts_dir = Path(tempfile.mkdtemp(prefix="gpu_quick-"))
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: on_signal runs on the main thread, maybe inside `with self.lock`
         self.finished = False
 
     # ------------------------------------------------------------------------------------------ helpers
