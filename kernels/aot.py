@@ -105,6 +105,31 @@ def _dwconv_variants():
         )
 
 
+def _upsample_argmax_variants():
+    from .upsample_argmax import BLOCK_W, MAX_BLOCK_L, NUM_WARPS, upsample_argmax_kernel
+
+    scalars = ["R", "W_out", "L"] + [f"stride_x{a}" for a in "brwl"] + [f"stride_y{a}" for a in "brw"]
+    for dtype in ("fp32", "fp16", "bf16"):
+        sig = {
+            "X": _PTR[dtype],
+            "RowIndex": "*i64",
+            "RowWeight": "*fp32",
+            "ColIndex": "*i64",
+            "ColWeight": "*fp32",
+            "Y": "*u8",
+            **{s: "i32" for s in scalars},
+        }
+        consts = dict(BLOCK_W=BLOCK_W, BLOCK_L=MAX_BLOCK_L)
+        yield (
+            f"upsample_argmax {dtype} W{BLOCK_W}×L{MAX_BLOCK_L}",
+            upsample_argmax_kernel,
+            sig,
+            consts,
+            NUM_WARPS,
+            3,
+        )
+
+
 def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
     """Compile kernel variants for each arch (all autotune configs with ``full``, else a representative set:
     every dtype, both attention paths, the largest tile); returns one record per (variant, arch)."""
@@ -120,7 +145,7 @@ def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
         for name, fn, sig, consts, warps, stages in itertools.chain(
-            _attention_variants(full), _pool_variants(), _dwconv_variants()
+            _attention_variants(full), _pool_variants(), _dwconv_variants(), _upsample_argmax_variants()
         ):
             full_sig = dict(sig)
             full_sig.update({k: "constexpr" for k in consts})

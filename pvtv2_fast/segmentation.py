@@ -8,8 +8,9 @@
 ``output="labels"`` (argmax, ``(B, H, W)``, uint8 up to 256 labels), ``"logits"`` or ``"probs"``
 (``(B, num_labels, H, W)`` fp32). Nothing of size ``num_labels × H × W`` is built for labels: the decode head is
 folded (:class:`~pvtv2_fast.modules.decode_head.FoldedDecodeHead`, rows of its 1/4-resolution logits computed on
-demand) and the final bilinear upsample + argmax runs over bands of a few output rows
-(:mod:`pvtv2_fast.streaming`, PyTorch's exact index/weight arithmetic). The sliding window keeps each row of tiles'
+demand) and the final bilinear upsample + argmax runs over bands of output rows as one fused op
+(:func:`pvtv2_fast.ops.upsample_argmax`, with PyTorch's exact index/weight arithmetic from
+:mod:`pvtv2_fast.streaming`). The sliding window keeps each row of tiles'
 1/4-resolution logits only while unfinished output rows still need them, and emits finished rows as bands.
 :func:`iter_segment` yields the bands (for outputs too large to hold); :func:`segment` assembles them.
 :func:`segment_reference` is the unstreamed computation (unfolded head, full-size logits and canvas), kept as the
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .modeling import PvtV2ForSemanticSegmentation
 from .modules.decode_head import FoldedDecodeHead
 from .preprocessing import DEFAULT_MAX_PIXELS
@@ -146,12 +148,23 @@ def _stream_whole(model, pixel_values, output, band_bytes, progress):
     quarter = RowCache(produce, h4, chunk)
     rows_axis, cols_axis = LinearAxis.build(h4, h, device), LinearAxis.build(w4, w, device)
     num_labels = model.decode_head.classifier.out_channels
-    band = band_rows(3 * b * w * num_labels * 4, band_bytes)
+    if output == "labels":
+        # Fused resample + argmax: a band holds only its 1/4-resolution source rows and its labels, so bands can be
+        # tall (fewer calls); full-resolution logits never exist.
+        col_taps = cols_axis.taps()
+        band = band_rows(b * w * (1 + num_labels), band_bytes)
+    else:
+        band = band_rows(3 * b * w * num_labels * 4, band_bytes)
     with _progress(h, "row", progress) as bar:
         for r0 in range(0, h, band):
             r1 = min(h, r0 + band)
             lo, hi = rows_axis.source_range(r0, r1)
-            yield r0, _finish(resample_band(quarter.get(lo, hi), rows_axis, cols_axis, r0, r1, offset=lo), output)
+            source = quarter.get(lo, hi)
+            if output == "labels":
+                labels = ops.upsample_argmax(source, *rows_axis.taps(r0, r1, lo), *col_taps, label_dtype(num_labels))
+                yield r0, labels
+            else:
+                yield r0, _finish(resample_band(source, rows_axis, cols_axis, r0, r1, offset=lo), output)
             bar.update(r1 - r0)
 
 

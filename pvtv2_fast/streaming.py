@@ -69,6 +69,13 @@ class LinearAxis:
             i0.to(device), i1.to(device), w0.to(device), w1.to(device), in_size == out_size, (i0.tolist(), i1.tolist())
         )
 
+    def taps(self, start: int = 0, stop: int | None = None, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index, weight)``, each ``(stop − start, 2)``: the two source taps (relative to source row ``offset``)
+        and weights of outputs ``[start, stop)``, the form :func:`pvtv2_fast.ops.upsample_argmax` takes."""
+        stop = self.i0.numel() if stop is None else stop
+        index = torch.stack([self.i0[start:stop], self.i1[start:stop]], 1)
+        return index - offset if offset else index, torch.stack([self.w0[start:stop], self.w1[start:stop]], 1)
+
     def source_range(self, start: int, stop: int) -> tuple[int, int]:
         """The source rows ``[lo, hi)`` that outputs ``[start, stop)`` read (indices are non-decreasing)."""
         return self.bounds[0][start], self.bounds[1][stop - 1] + 1

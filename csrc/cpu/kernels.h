@@ -42,6 +42,10 @@ struct ScalarOps {
   static reg relu(reg a) { return fmaxf(a, 0.0f); }
   static reg recip(reg a) { return 1.0f / a; }
   static reg copysign(reg magnitude, reg sign) { return copysignf(magnitude, sign); }
+  static reg max(reg a, reg b) { return a > b ? a : b; }
+  static float reduce_max(reg a) { return a; }
+  static uint32_t eq_mask(reg a, reg b) { return a == b; }
+  static uint32_t nan_mask(reg a) { return isnan(a); }
 };
 
 // Exact-form GELU, 0.5·v·(1 + erf(v/√2)), for any policy: erf(u) = sign(u)·(1 - 1/p(|u|)^16) with kErfA's
@@ -182,6 +186,11 @@ static inline void linear_sra_pool_cell_impl(const float* __restrict__ x, float*
   void linear_sra_pool_cell_##SUFFIX(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W,          \
                                      int64_t C, int64_t P) {                                                       \
     PVT_ISA::linear_sra_pool_cell_impl<PVT_ISA::OPS>(x, y, i, j, H, W, C, P);                                      \
+  }                                                                                                                \
+  void upsample_argmax_row_##SUFFIX(const float* s0, const float* s1, float w0, float w1, const int64_t* ci,         \
+                                    const float* cw, int64_t W_in, int64_t W_out, int64_t L, float* tmp, float* v, \
+                                    int32_t* labels) {                                                             \
+    PVT_ISA::upsample_argmax_row_impl<PVT_ISA::OPS>(s0, s1, w0, w1, ci, cw, W_in, W_out, L, tmp, v, labels);       \
   }                                                                                                                \
   }                                                                                                                \
   }

@@ -5,6 +5,7 @@
 
 #define PVT_ISA avx2
 #include "kernels.h"
+#include "upsample_argmax.h"
 
 namespace pvtv2 {
 namespace cpu {
@@ -33,6 +34,14 @@ struct Avx2Ops {
     const reg mask = _mm256_set1_ps(-0.0f);
     return _mm256_or_ps(_mm256_andnot_ps(mask, magnitude), _mm256_and_ps(mask, sign));
   }
+  static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static float reduce_max(reg a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  static uint32_t eq_mask(reg a, reg b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+  static uint32_t nan_mask(reg a) { return _mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 };
 
 }  // namespace avx2

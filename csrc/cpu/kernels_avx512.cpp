@@ -8,6 +8,7 @@
 
 #define PVT_ISA avx512
 #include "kernels.h"
+#include "upsample_argmax.h"
 
 namespace pvtv2 {
 namespace cpu {
@@ -38,6 +39,17 @@ struct Avx512Ops {
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(mask, _mm512_castps_si512(magnitude)),
                                                _mm512_and_si512(mask, _mm512_castps_si512(sign))));
   }
+  static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  // By shuffles rather than _mm512_reduce_max_ps, whose gcc 12 header warns of an uninitialised temporary.
+  static float reduce_max(reg a) {
+    reg t = _mm512_max_ps(a, _mm512_shuffle_f32x4(a, a, 0x4E));  // 256-bit halves swapped
+    t = _mm512_max_ps(t, _mm512_shuffle_f32x4(t, t, 0xB1));      // 128-bit quarters swapped
+    __m128 m = _mm512_castps512_ps128(t);
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  static uint32_t eq_mask(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static uint32_t nan_mask(reg a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 };
 
 }  // namespace avx512

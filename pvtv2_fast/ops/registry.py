@@ -260,11 +260,13 @@ def register_native(
     n_rest: int,
     devices: Sequence[str] = ("cpu", "cuda"),
     op_only_args: int = 0,
+    differentiable: bool = True,
 ) -> None:
     """Register the extension's ``pvtv2_fast_C::native_op`` as ``op``'s backends for ``devices`` (each runs only
-    where the extension was built with that device's kernels), with a recompute-the-reference backward.
-    ``op_only_args``: trailing arguments of the op that the kernel does not take (they are dropped)."""
-    if _ext.available():
+    where the extension was built with that device's kernels), with a recompute-the-reference backward unless
+    ``differentiable`` is False (integer outputs). ``op_only_args``: trailing arguments of the op that the kernel
+    does not take (they are dropped)."""
+    if _ext.available() and differentiable:
         register_recompute_autograd(f"pvtv2_fast_C::{native_op}", op.reference, n_tensors, n_rest)
 
     def impl(*args):

@@ -10,6 +10,12 @@ t = torch.randn
 W3, W5 = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 5, 5)
 FFN = (torch.randn(8, 4), None, torch.randn(8, 1, 3, 3), None, torch.randn(4, 8), None)
 LONG = dict(dtype=torch.long)
+TAPS = (torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0.5, 0.5], [1.0, 0.0]]))  # 2 output rows/cols of a 2-pixel axis
+
+
+def up(x=None, rows=TAPS, cols=TAPS, **kw):
+    return ops.upsample_argmax(t(1, 2, 2, 5) if x is None else x, *rows, *cols, **kw)
+
 
 CASES = [
     # sra_attention
@@ -76,6 +82,18 @@ CASES = [
         "hidden = 0",
     ),
     ("ffn-budget", lambda: ops.conv_ffn(t(1, 9, 4), *FFN, 3, 3, max_hidden_bytes=0), ValueError, "max_hidden_bytes"),
+    # upsample_argmax
+    ("up-rank", lambda: up(t(2, 2, 5)), ValueError, r"\(B, R, W, L\)"),
+    ("up-int", lambda: up(torch.ones(1, 2, 2, 5, **LONG)), TypeError, "float32, float16 or bfloat16"),
+    ("up-no-labels", lambda: up(t(1, 2, 2, 0)), ValueError, "L = 0"),
+    ("up-label-dtype", lambda: up(dtype=torch.float32), TypeError, "dtype must be one of"),
+    ("up-too-many-labels", lambda: up(t(1, 2, 2, 257), dtype=torch.uint8), ValueError, "257 labels do not fit"),
+    ("up-index-range", lambda: up(rows=(TAPS[0] + 1, TAPS[1])), IndexError, r"reads source rows \[1, 2\]"),
+    ("up-negative-index", lambda: up(cols=(TAPS[0] - 1, TAPS[1])), IndexError, "reads source cols"),
+    ("up-index-shape", lambda: up(rows=(TAPS[0][:, :1], TAPS[1])), ValueError, r"\(n, 2\) int64"),
+    ("up-index-dtype", lambda: up(rows=(TAPS[0].int(), TAPS[1])), ValueError, r"\(n, 2\) int64"),
+    ("up-weight-shape", lambda: up(cols=(TAPS[0], TAPS[1][:1])), ValueError, "col_weight must be"),
+    ("up-weight-dtype", lambda: up(cols=(TAPS[0], TAPS[1].double())), ValueError, "float32 like col_index"),
     ("ffn-backend", lambda: ops.conv_ffn(t(1, 9, 4), *FFN, 3, 3, backend="nope"), ValueError, "backend must be one of"),
 ]
 

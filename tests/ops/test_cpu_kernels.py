@@ -20,7 +20,8 @@ ISA_ORDER = ("default", "avx2", "avx512")
 def test_every_isa_path_matches(cap):
     """PVTV2_FAST_CPU_ISA caps the instruction set, so every compiled path runs here (those the CPU has): the
     portable one, AVX2 and AVX-512. Channel counts put work in each path's paired, single-vector and scalar-tail
-    loops (8- and 16-lane); checked in a subprocess, since the ISA is chosen once per process."""
+    loops (8- and 16-lane), label counts in each path's upsample + argmax loops; checked in a subprocess, since the
+    ISA is chosen once per process."""
     native = _ext.cpu_isa()
     expected = ISA_ORDER[min(ISA_ORDER.index(native), ISA_ORDER.index(cap))]
     code = (
@@ -32,6 +33,14 @@ def test_every_isa_path_matches(cap):
         "    p = (ops.linear_sra_pool(x, 7, 9, backend='cpu') - "
         "ops.linear_sra_pool_reference(x, 7, 9, 7)).abs().max().item()\n"
         "    assert e < 1e-5 and p < 1e-6, (c, e, p)\n"
+        "from pvtv2_fast.streaming import LinearAxis\n"
+        "ax = [LinearAxis.build(i, o) for i, o in ((6, 23), (7, 29))]\n"
+        "taps = [t for a in ax for t in a.taps()]\n"
+        "for L in (5, 19, 150):  # scalar tail only; one vector + tail; many vectors + tail\n"
+        "    x = 3 * torch.randn(2, 6, 7, L)\n"
+        "    u = ops.upsample_argmax(x, *taps, torch.int64, backend='cpu')\n"
+        "    d = (u != ops.upsample_argmax_reference(x, *taps, torch.int64)).sum().item()\n"
+        "    assert d <= 1, (L, d)  # a near-tie may round the other way; 1334 labels per L\n"
         "print('ok')"
     )
     env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)

@@ -25,7 +25,16 @@ def _samples():
         randn(8, 24, device="cpu", scale=0.2),
         randn(8, device="cpu"),
     )
+    logits = randn(2, 5, 6, 19, device="cpu")
+    taps = (
+        torch.tensor([[0, 1], [1, 2], [3, 4], [4, 4]]),
+        torch.tensor([[0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [1.0, 0.0]]),
+        torch.tensor([[0, 1], [2, 3], [5, 5]]),
+        torch.tensor([[0.5, 0.5], [0.875, 0.125], [1.0, 0.0]]),
+    )
     return {
+        "pvtv2_fast.upsample_argmax_triton": (logits, *taps, torch.uint8),
+        "pvtv2_fast_C.upsample_argmax": (logits, *taps, torch.uint8),
         "pvtv2_fast.sra_attention_triton": (
             randn(1, 20, 64, device="cpu"),
             kv[..., :64].contiguous(),

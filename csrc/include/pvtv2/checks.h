@@ -168,5 +168,47 @@ inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c1
   CHECK_SHAPE(fc2_bias, c_out);
 }
 
+
+// x (B, R_in, W_in, L) in a kernel dtype, L >= 1; row_index / col_index (n, 2) int64 taps into R_in / W_in (checked
+// element by element where they are readable, i.e. on the CPU), row_weight / col_weight (n, 2) float32 on x's device;
+// labels of an integer dtype that holds L - 1.
+inline void upsample_argmax_taps(const char* op, const char* name, const at::Tensor& index, const at::Tensor& weight,
+                                 const at::Tensor& x, int64_t source) {
+  TORCH_CHECK(index.dim() == 2 && index.size(1) == 2 && index.scalar_type() == at::kLong, op, ": ", name,
+              "_index must be (n, 2) int64, got ", shape_str(index.sizes()), " ", index.scalar_type());
+  TORCH_CHECK(weight.sizes() == index.sizes() && weight.scalar_type() == at::kFloat, op, ": ", name,
+              "_weight must be ", shape_str(index.sizes()), " float32 like ", name, "_index, got ",
+              shape_str(weight.sizes()), " ", weight.scalar_type());
+  for (const at::Tensor* t : {&index, &weight}) {
+    strided(op, name, t);
+    TORCH_CHECK(t->device() == x.device(), op, ": ", name, " taps must be on x's device (", x.device(), "), got ",
+                t->device());
+  }
+  if (index.device().is_cpu() && index.numel()) {
+    const at::Tensor flat = index.contiguous();
+    const int64_t* p = flat.data_ptr<int64_t>();
+    const auto [lo, hi] = std::minmax_element(p, p + flat.numel());
+    TORCH_CHECK(*lo >= 0 && *hi < source, op, ": ", name, "_index reads source ", name, "s [", *lo, ", ", *hi,
+                "], x has ", source);
+  }
+}
+
+inline void upsample_argmax(const at::Tensor& x, const at::Tensor& row_index, const at::Tensor& row_weight,
+                            const at::Tensor& col_index, const at::Tensor& col_weight, at::ScalarType dtype) {
+  const char* op = "upsample_argmax";
+  CHECK_STRIDED(x);
+  TORCH_CHECK(x.dim() == 4, op, ": x must be a (B, R, W, L) channels-last band, got ", shape_str(x.sizes()));
+  CHECK_KERNEL_DTYPE(x);
+  const int64_t L = x.size(3);
+  TORCH_CHECK(L >= 1, op, ": x has no labels (L = 0): the argmax of nothing is undefined");
+  TORCH_CHECK(dtype == at::kByte || dtype == at::kShort || dtype == at::kInt || dtype == at::kLong, op,
+              ": labels must be uint8, int16, int32 or int64, got ", dtype);
+  const int64_t limit = dtype == at::kByte ? 256 : dtype == at::kShort ? (1 << 15) : INT32_MAX;
+  TORCH_CHECK(L <= limit, op, ": ", L, " labels do not fit in ", dtype);
+  upsample_argmax_taps(op, "row", row_index, row_weight, x, x.size(1));
+  upsample_argmax_taps(op, "col", col_index, col_weight, x, x.size(2));
+  mul(op, "output elements", mul(op, "B x rows", x.size(0), row_index.size(0)), col_index.size(0));
+}
+
 }  // namespace checks
 }  // namespace pvtv2
