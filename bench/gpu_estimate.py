@@ -24,7 +24,7 @@ COST = {
 }
 PARALLEL = {"parity": 3}  # processes running side by side (compiles and sweeps overlap; GPU work does not)
 BUILD_S = 120.0  # the extension for one arch with ninja on 16 cores (in the background from t = 0)
-EXTRAS_S = {"torch.compile of the reference": 70.0, "memory at 4096²": 20.0, "Segformer-size inference": 15.0}
+EXTRAS_S = {"torch.compile of the reference": 70.0, "memory at 4096²": 20.0, "segmentation image → labels": 20.0}
 BUDGET_S = 420.0
 
 

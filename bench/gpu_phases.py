@@ -820,18 +820,27 @@ def phase_extras(ctx: Ctx) -> None:
         return f"{preset}@{size}² peak forward memory: " + ", ".join(parts)
 
     def segformer() -> str:
+        """Image → labels end to end (folded head + Triton upsample_argmax) against the unstreamed reference path
+        (full-size logits + argmax): time, peak memory and label agreement."""
+        from bench.harness import measure_forward_peak
         from pvtv2_fast import PvtV2Config, PvtV2ForSemanticSegmentation
+        from pvtv2_fast.segmentation import segment, segment_reference
 
-        preset, (h, w) = ("b0", (64, 96)) if ctx.dry else ("b2", (1024, 2048))
+        preset, (h, w) = ("b0", (64, 96)) if ctx.dry else ("b2", (2048, 2048))
         torch.manual_seed(0)
         model = PvtV2ForSemanticSegmentation(PvtV2Config.from_preset(preset), fast=True).eval().to(dev)
-        if not ctx.dry:
-            model = model.to(torch.bfloat16)
-        x = torch.randn(1, 3, h, w, device=dev, dtype=next(model.parameters()).dtype)
+        x = torch.randn(1, 3, h, w, device=dev)
+        parts = []
         with torch.inference_mode():
-            t = ctx.time(lambda: model(x), repeats=5, warmup=1)
-            logits = model(x).logits
-        return f"Segformer-{preset} fast=True {h}×{w}: {t * 1e3:.1f} ms, logits {tuple(logits.shape)}"
+            for name, fn in (
+                ("labels", lambda: segment(model, x, output="labels")),
+                ("unstreamed", lambda: segment_reference(model, x).argmax(1)),
+            ):
+                t = ctx.time(fn, repeats=3, warmup=1)
+                peak = measure_forward_peak(fn, dev) / 2**20
+                parts.append(f"{name} {t * 1e3:.1f} ms, peak {peak:.0f} MB")
+            agree = (segment(model, x, output="labels").long() == segment_reference(model, x).argmax(1)).float()
+        return f"Segformer-{preset} fp32 {h}×{w} → labels: " + "; ".join(parts) + f"; labels agree {agree.mean():.6f}"
 
     def pytest_subset() -> str:
         files = (
@@ -859,7 +868,7 @@ def phase_extras(ctx: Ctx) -> None:
     else:
         item("torch.compile of the reference (cold)", 90, compiled_reference)
     item("memory at 4096²", 5 if ctx.dry else 30, memory_4096)
-    item("Segformer-size inference", 5 if ctx.dry else 20, segformer)
+    item("segmentation image → labels", 5 if ctx.dry else 30, segformer)
     ctx.count("processes")
     item("pytest subset", 5 if ctx.dry else 30, pytest_subset)
 

@@ -14,7 +14,7 @@ Phases run in order, most valuable first, each in its own process under a timeou
 4. ``kernels``: copy bandwidth and GEMM rate, attention vs SDPA, dwconv+GELU Triton vs CUDA C++ vs PyTorch vs a
    copy, pooling; the per-op Triton-vs-CUDA C++ verdict for ``CUDA_ORDER``.
 5. ``e2e``: b2 at 1024², batch 8, bf16: fast vs reference vs transformers vs timm, memory-lean on and off.
-6. ``extras`` (time left): ``torch.compile`` of the reference, 4096² memory, Segformer-size inference, pytest.
+6. ``extras`` (time left): ``torch.compile`` of the reference, 4096² memory, segmentation image → labels, pytest.
 
 Output (``--out``, default ``$OUT`` when set, else ``bench/results/gpu/``), at most 8 files: ``summary.md``
 (rewritten at every phase start and end, and on SIGTERM/SIGINT: a killed run still says how far it got), one
