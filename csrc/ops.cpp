@@ -54,6 +54,7 @@ std::string isa() { return kIsaNames[static_cast<int>(active_isa())]; }
 DwconvGeluRowFn dwconv_gelu_row() { return PVT_FOR_ACTIVE_ISA(dwconv_gelu_row); }
 LinearSraPoolCellFn linear_sra_pool_cell() { return PVT_FOR_ACTIVE_ISA(linear_sra_pool_cell); }
 UpsampleArgmaxRowFn upsample_argmax_row() { return PVT_FOR_ACTIVE_ISA(upsample_argmax_row); }
+UpsampleAccumulateRowFn upsample_accumulate_row() { return PVT_FOR_ACTIVE_ISA(upsample_accumulate_row); }
 }  // namespace cpu
 
 // Large outputs are written once, right after allocation: on Linux, ask for transparent huge pages on them, so the

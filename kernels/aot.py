@@ -130,6 +130,31 @@ def _upsample_argmax_variants():
         )
 
 
+def _upsample_accumulate_variants():
+    from .upsample_accumulate import BLOCK_W, MAX_BLOCK_C, NUM_WARPS, upsample_accumulate_kernel
+
+    scalars = ["R", "W_out", "C"] + [f"stride_x{a}" for a in "brwc"] + [f"stride_a{a}" for a in "brwc"]
+    for dtype, first in itertools.product(("fp32", "fp16", "bf16"), (True, False)):
+        sig = {
+            "X": _PTR[dtype],
+            "RowIndex": "*i64",
+            "RowWeight": "*fp32",
+            "ColIndex": "*i64",
+            "ColWeight": "*fp32",
+            "Acc": "*fp32",
+            **{s: "i32" for s in scalars},
+        }
+        consts = dict(FIRST=first, BLOCK_W=BLOCK_W, BLOCK_C=MAX_BLOCK_C)
+        yield (
+            f"upsample_accumulate {dtype} first={first} W{BLOCK_W}×C{MAX_BLOCK_C}",
+            upsample_accumulate_kernel,
+            sig,
+            consts,
+            NUM_WARPS,
+            3,
+        )
+
+
 def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
     """Compile kernel variants for each arch (all autotune configs with ``full``, else a representative set:
     every dtype, both attention paths, the largest tile); returns one record per (variant, arch)."""
@@ -145,7 +170,11 @@ def compile_all(archs=(80, 90), full: bool = False) -> List[dict]:
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
         for name, fn, sig, consts, warps, stages in itertools.chain(
-            _attention_variants(full), _pool_variants(), _dwconv_variants(), _upsample_argmax_variants()
+            _attention_variants(full),
+            _pool_variants(),
+            _dwconv_variants(),
+            _upsample_argmax_variants(),
+            _upsample_accumulate_variants(),
         ):
             full_sig = dict(sig)
             full_sig.update({k: "constexpr" for k in consts})

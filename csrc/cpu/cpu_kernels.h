@@ -16,17 +16,27 @@ using DwconvGeluRowFn = void (*)(const float* const* rows, const float* wt, cons
 using LinearSraPoolCellFn = void (*)(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W,
                                      int64_t C, int64_t P);
 
-// One output row of upsample_argmax (upsample_argmax.h): src0 / src1 the (W_in, L) source rows with weights w0 / w1,
+// One output row of upsample_argmax (resample.h): src0 / src1 the (W_in, L) source rows with weights w0 / w1,
 // col_index / col_weight (W_out, 2), scratch tmp (W_in·L floats) and v (L floats), labels (W_out,) out.
 using UpsampleArgmaxRowFn = void (*)(const float* src0, const float* src1, float w0, float w1,
                                      const int64_t* col_index, const float* col_weight, int64_t W_in, int64_t W_out,
                                      int64_t L, float* tmp, float* v, int32_t* labels);
+// One output row of upsample_accumulate (resample.h): out (W_out, C) += one source map's resampled row.
+using UpsampleAccumulateRowFn = void (*)(const float* src0, const float* src1, float w0, float w1,
+                                         const int64_t* col_index, const float* col_weight, int64_t W_in,
+                                         int64_t W_out, int64_t C, float* tmp, float* out);
 
 void dwconv_gelu_row_default(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
 void linear_sra_pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+void upsample_accumulate_row_default(const float*, const float*, float, float, const int64_t*, const float*,
+                                     int64_t, int64_t, int64_t, float*, float*);
 void upsample_argmax_row_default(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
                                  int64_t, int64_t, float*, float*, int32_t*);
 #if defined(__x86_64__) || defined(_M_X64)
+void upsample_accumulate_row_avx2(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
+                                  int64_t, int64_t, float*, float*);
+void upsample_accumulate_row_avx512(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
+                                    int64_t, int64_t, float*, float*);
 void upsample_argmax_row_avx2(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
                               int64_t, int64_t, float*, float*, int32_t*);
 void upsample_argmax_row_avx512(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
@@ -43,6 +53,7 @@ std::string isa();
 DwconvGeluRowFn dwconv_gelu_row();
 LinearSraPoolCellFn linear_sra_pool_cell();
 UpsampleArgmaxRowFn upsample_argmax_row();
+UpsampleAccumulateRowFn upsample_accumulate_row();
 
 // y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all float32 and contiguous:
 // x (B, H·W, c_in), fc1_w (hidden, c_in), dw_wt (9, hidden) tap-major, fc2_w (c_out, hidden), y (B, H·W, c_out);

@@ -192,5 +192,10 @@ static inline void linear_sra_pool_cell_impl(const float* __restrict__ x, float*
                                     int32_t* labels) {                                                             \
     PVT_ISA::upsample_argmax_row_impl<PVT_ISA::OPS>(s0, s1, w0, w1, ci, cw, W_in, W_out, L, tmp, v, labels);       \
   }                                                                                                                \
+  void upsample_accumulate_row_##SUFFIX(const float* s0, const float* s1, float w0, float w1, const int64_t* ci,     \
+                                        const float* cw, int64_t W_in, int64_t W_out, int64_t C, float* tmp,       \
+                                        float* out) {                                                              \
+    PVT_ISA::upsample_accumulate_row_impl<PVT_ISA::OPS>(s0, s1, w0, w1, ci, cw, W_in, W_out, C, tmp, out);         \
+  }                                                                                                                \
   }                                                                                                                \
   }

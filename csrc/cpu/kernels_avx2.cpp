@@ -5,7 +5,7 @@
 
 #define PVT_ISA avx2
 #include "kernels.h"
-#include "upsample_argmax.h"
+#include "resample.h"
 
 namespace pvtv2 {
 namespace cpu {

@@ -8,7 +8,7 @@
 
 #define PVT_ISA avx512
 #include "kernels.h"
-#include "upsample_argmax.h"
+#include "resample.h"
 
 namespace pvtv2 {
 namespace cpu {

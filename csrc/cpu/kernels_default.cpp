@@ -1,6 +1,6 @@
 // The kernels for the baseline ISA (any CPU): the same loops with one scalar lane.
 #define PVT_ISA generic
 #include "kernels.h"
-#include "upsample_argmax.h"
+#include "resample.h"
 
 PVT_DEFINE_ENTRY_POINTS(default, ScalarOps)

@@ -1,4 +1,4 @@
-// The upsample_argmax op's CPU and Meta kernels (the row kernel is upsample_argmax.h, compiled per ISA).
+// The upsample_argmax op's CPU and Meta kernels (the row kernel is in resample.h, compiled per ISA).
 // Registered as a fragment of the pvtv2_fast_C library that ops.cpp defines.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..streaming import LinearAxis, RowCache, band_rows, resample_band
+from .. import ops
+from ..streaming import LinearAxis, RowCache, band_rows
 
 # Bytes of temporaries one band of the folded head may use (rows are sized from it; the result does not depend
 # on it beyond float rounding order).
@@ -157,21 +158,19 @@ class FoldedDecodeHead:
             tokens = fmap.permute(0, 2, 3, 1)  # (B, H_i, W_i, C_i): a free view for channels-last maps
             produce = lambda a, b, t=tokens, g=weight: t[:, a:b] @ g.t()
             rows_axis = LinearAxis.build(h, self.height, self.device)
-            cols_axis = LinearAxis.build(w, self.width, self.device)
+            col_taps = LinearAxis.build(w, self.width, self.device).taps()
             chunk = band_rows(self.batch * w * d * first.element_size(), band_bytes // 4, minimum=2)
-            self.stages.append((RowCache(produce, h, chunk), rows_axis, cols_axis))
+            self.stages.append((RowCache(produce, h, chunk), rows_axis, col_taps))
 
     def rows(self, a: int, b: int) -> torch.Tensor:
-        acc = None
-        # Deepest stage first: its resampled band is a fresh tensor to accumulate into (stage 1's is a view of
-        # its cache, at the same resolution).
-        for cache, rows_axis, cols_axis in reversed(self.stages):
+        bands, taps = [], []
+        # Deepest stage first (the reference's concatenation order); each stage's band holds only the source rows
+        # that output rows [a, b) read.
+        for cache, rows_axis, col_taps in reversed(self.stages):
             lo, hi = rows_axis.source_range(a, b)
-            band = resample_band(cache.get(lo, hi), rows_axis, cols_axis, a, b, offset=lo)
-            acc = (
-                (band.clone() if rows_axis.identity and cols_axis.identity else band) if acc is None else acc.add_(band)
-            )
-        acc = F.relu_(acc.add_(self.bias))
+            bands.append(cache.get(lo, hi))
+            taps.append((*rows_axis.taps(a, b, lo), *col_taps))
+        acc = ops.upsample_accumulate(bands, taps, self.bias, relu=True)
         return F.linear(acc, self.classifier_weight, self.classifier_bias)
 
     def logits(self) -> torch.Tensor:

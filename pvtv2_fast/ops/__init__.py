@@ -10,6 +10,7 @@ from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
 from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
 from .sra_attention import sra_attention, sra_attention_reference
+from .upsample_accumulate import upsample_accumulate, upsample_accumulate_reference
 from .upsample_argmax import upsample_argmax, upsample_argmax_reference
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "sra_attention",
     "sra_attention_reference",
     "triton_status",
+    "upsample_accumulate",
+    "upsample_accumulate_reference",
     "upsample_argmax",
     "upsample_argmax_reference",
 ]

@@ -93,12 +93,19 @@ def dtype_reason(t: torch.Tensor, what: str) -> Optional[str]:
     return None
 
 
+def lead_tensor(args: Sequence) -> torch.Tensor:
+    """The tensor that decides a call's device and dtype: the first argument, or its first element for ops whose
+    first argument is a list of tensors."""
+    t = args[0]
+    return t[0] if isinstance(t, (list, tuple)) else t
+
+
 def triton_why_not(args: Sequence) -> Optional[str]:
     """Why the Triton kernels cannot take these tensors (device, interpreter state, dtype), or None."""
     ok, interpreted, why = triton_status()
     if not ok:
         return why
-    t = args[0]
+    t = lead_tensor(args)
     if t.device.type == "cuda":
         if interpreted:
             return "the kernels were imported under TRITON_INTERPRET=1, which runs CPU tensors only"
@@ -123,7 +130,7 @@ def native_why_not(native_op: str, device: str) -> Callable[[Sequence], Optional
         reason = f"pvtv2_fast._C has no {device.upper()} kernel for {native_op} (built without {device.upper()}?)"
 
     def why_not(args: Sequence) -> Optional[str]:
-        t = args[0]
+        t = lead_tensor(args)
         if t.device.type != device:
             return f"the {device} kernel needs {device} tensors, got {t.device.type}"
         return reason or dtype_reason(t, device.upper())
@@ -151,7 +158,8 @@ def reset_warnings() -> None:
 class Backend:
     impl: Callable
     # Why this backend cannot take the call's arguments (device, dtype, build, shape limits), or None when it can.
-    # It receives the op's full argument list; the first argument is the tensor that decides the device.
+    # It receives the op's full argument list; the first argument (or its first element, see lead_tensor) is the
+    # tensor that decides the device.
     why_not: Callable[[Sequence], Optional[str]]
 
 
@@ -199,7 +207,8 @@ class Op:
             if reason is not None:
                 raise NotImplementedError(f"{self.name}: backend={backend!r} cannot run this input: {reason}")
             return self.stand_ins.get(backend, backend)
-        order = AUTO_ORDER.get(args[0].device.type, {})
+        device = lead_tensor(args).device.type
+        order = AUTO_ORDER.get(device, {})
         reasons = []
         for candidate in order.get(self.name, order.get("default", ())):
             reason = self.why_not(candidate, args)
@@ -207,7 +216,7 @@ class Op:
                 return self.stand_ins.get(candidate, candidate)
             reasons.append(reason)
         if not reasons:
-            reasons.append(f"no fused kernel runs on {args[0].device.type} tensors")
+            reasons.append(f"no fused kernel runs on {device} tensors")
         warn_once(
             f"{self.name}:{reasons[0]}", f"pvtv2_fast.ops.{self.name}: using the PyTorch reference because {reasons[0]}"
         )

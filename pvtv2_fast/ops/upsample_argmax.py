@@ -50,21 +50,22 @@ OP.register("triton", upsample_argmax_triton, triton_why_not)
 register_native(OP, "upsample_argmax", 5, 1, devices=("cpu",), differentiable=False)
 
 
-def _check_taps(name: str, index, weight, source: int, x: Tensor) -> None:
+def check_taps(op: str, name: str, index, weight, source: int, x: Tensor) -> None:
+    """``index (n, 2)`` int64 taps into ``source`` rows / columns of ``x`` and ``weight (n, 2)`` float32, on x's
+    device (shared by the resampling ops)."""
     if not isinstance(index, Tensor) or index.ndim != 2 or index.shape[1] != 2 or index.dtype != torch.int64:
-        raise ValueError(f"upsample_argmax: {name}_index must be (n, 2) int64 source taps, got {_describe(index)}")
+        raise ValueError(f"{op}: {name}_index must be (n, 2) int64 source taps, got {_describe(index)}")
     if not isinstance(weight, Tensor) or tuple(weight.shape) != tuple(index.shape) or weight.dtype != torch.float32:
         raise ValueError(
-            f"upsample_argmax: {name}_weight must be {tuple(index.shape)} float32 like {name}_index, "
-            f"got {_describe(weight)}"
+            f"{op}: {name}_weight must be {tuple(index.shape)} float32 like {name}_index, got {_describe(weight)}"
         )
     for t in (index, weight):
         if t.device != x.device:
-            raise ValueError(f"upsample_argmax: {name} taps must be on x's device {x.device}, got {t.device}")
+            raise ValueError(f"{op}: {name} taps must be on x's device {x.device}, got {t.device}")
     if index.numel() and not torch.compiler.is_compiling():
         lo, hi = int(index.min()), int(index.max())
         if lo < 0 or hi >= source:
-            raise IndexError(f"upsample_argmax: {name}_index reads source {name}s [{lo}, {hi}], x has {source}")
+            raise IndexError(f"{op}: {name}_index reads source {name}s [{lo}, {hi}], x has {source}")
 
 
 def _describe(t) -> str:
@@ -100,6 +101,6 @@ def upsample_argmax(
         raise ValueError("upsample_argmax: x has no labels (L = 0): the argmax of nothing is undefined")
     if x.shape[3] > LABEL_DTYPES[dtype]:
         raise ValueError(f"upsample_argmax: {x.shape[3]} labels do not fit in {dtype}")
-    _check_taps("row", row_index, row_weight, x.shape[1], x)
-    _check_taps("col", col_index, col_weight, x.shape[2], x)
+    check_taps("upsample_argmax", "row", row_index, row_weight, x.shape[1], x)
+    check_taps("upsample_argmax", "col", col_index, col_weight, x.shape[2], x)
     return OP(backend, x, row_index, row_weight, col_index, col_weight, dtype)

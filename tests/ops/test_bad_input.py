@@ -94,6 +94,23 @@ CASES = [
     ("up-index-dtype", lambda: up(rows=(TAPS[0].int(), TAPS[1])), ValueError, r"\(n, 2\) int64"),
     ("up-weight-shape", lambda: up(cols=(TAPS[0], TAPS[1][:1])), ValueError, "col_weight must be"),
     ("up-weight-dtype", lambda: up(cols=(TAPS[0], TAPS[1].double())), ValueError, "float32 like col_index"),
+    # upsample_accumulate
+    ("acc-no-maps", lambda: ops.upsample_accumulate([], []), ValueError, "one .* per map"),
+    ("acc-rank", lambda: ops.upsample_accumulate([t(2, 2, 5)], [(*TAPS, *TAPS)]), ValueError, r"\(B, R, W, C\)"),
+    (
+        "acc-channels",
+        lambda: ops.upsample_accumulate([t(1, 2, 2, 5), t(1, 2, 2, 4)], [(*TAPS, *TAPS)] * 2),
+        ValueError,
+        "must share xs\\[0\\]'s batch, channels",
+    ),
+    (
+        "acc-sizes",
+        lambda: ops.upsample_accumulate([t(1, 2, 2, 5)] * 2, [(*TAPS, *TAPS), (TAPS[0][:1], TAPS[1][:1], *TAPS)]),
+        ValueError,
+        "same rows and columns",
+    ),
+    ("acc-bias", lambda: ops.upsample_accumulate([t(1, 2, 2, 5)], [(*TAPS, *TAPS)], t(4)), ValueError, "bias must be"),
+    ("acc-index", lambda: ops.upsample_accumulate([t(1, 1, 2, 5)], [(*TAPS, *TAPS)]), IndexError, "reads source rows"),
     ("ffn-backend", lambda: ops.conv_ffn(t(1, 9, 4), *FFN, 3, 3, backend="nope"), ValueError, "backend must be one of"),
 ]
 

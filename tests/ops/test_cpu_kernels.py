@@ -41,6 +41,10 @@ def test_every_isa_path_matches(cap):
         "    u = ops.upsample_argmax(x, *taps, torch.int64, backend='cpu')\n"
         "    d = (u != ops.upsample_argmax_reference(x, *taps, torch.int64)).sum().item()\n"
         "    assert d <= 1, (L, d)  # a near-tie may round the other way; 1334 labels per L\n"
+        "    a = ops.upsample_accumulate([x, -x], [taps, taps], x[0, 0, 0], True, backend='cpu')\n"
+        "    e = (a - ops.upsample_accumulate_reference([x, -x], *[[t, t] for t in taps], x[0, 0, 0], True))"
+        ".abs().max().item()\n"
+        "    assert e < 1e-5, (L, e)\n"
         "print('ok')"
     )
     env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)

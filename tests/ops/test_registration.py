@@ -32,7 +32,12 @@ def _samples():
         torch.tensor([[0, 1], [2, 3], [5, 5]]),
         torch.tensor([[0.5, 0.5], [0.875, 0.125], [1.0, 0.0]]),
     )
+    maps = [randn(2, 5, 6, 8, device="cpu"), randn(2, 2, 3, 8, device="cpu", seed=1)]
+    small = (torch.tensor([[0, 1]] * 4), torch.full((4, 2), 0.5), torch.tensor([[0, 1], [1, 2], [2, 2]]))
+    stacked = ([taps[0], small[0]], [taps[1], small[1]], [taps[2], small[2]], [taps[3], taps[3]])
     return {
+        "pvtv2_fast.upsample_accumulate_triton": (maps, *stacked, randn(8, device="cpu"), True),
+        "pvtv2_fast_C.upsample_accumulate": (maps, *stacked, randn(8, device="cpu"), True),
         "pvtv2_fast.upsample_argmax_triton": (logits, *taps, torch.uint8),
         "pvtv2_fast_C.upsample_argmax": (logits, *taps, torch.uint8),
         "pvtv2_fast.sra_attention_triton": (

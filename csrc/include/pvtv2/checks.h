@@ -210,5 +210,39 @@ inline void upsample_argmax(const at::Tensor& x, const at::Tensor& row_index, co
   mul(op, "output elements", mul(op, "B x rows", x.size(0), row_index.size(0)), col_index.size(0));
 }
 
+
+// xs: n >= 1 maps (B, R_i, W_i, C) of one kernel dtype on one device; per map, taps (R, 2) / (W, 2) as in
+// upsample_argmax (the same R and W for every map); bias (C,) of the maps' dtype, or absent.
+inline void upsample_accumulate(at::TensorList xs, at::TensorList row_index, at::TensorList row_weight,
+                                at::TensorList col_index, at::TensorList col_weight,
+                                const c10::optional<at::Tensor>& bias) {
+  const char* op = "upsample_accumulate";
+  TORCH_CHECK(!xs.empty(), op, ": needs at least one map");
+  const size_t n = xs.size();
+  TORCH_CHECK(row_index.size() == n && row_weight.size() == n && col_index.size() == n && col_weight.size() == n, op,
+              ": one row_index, row_weight, col_index and col_weight per map (", n, " maps), got ", row_index.size(),
+              ", ", row_weight.size(), ", ", col_index.size(), ", ", col_weight.size());
+  const at::Tensor& x = xs[0];
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& xi = xs[i];
+    strided(op, "xs", &xi);
+    TORCH_CHECK(xi.dim() == 4, op, ": xs[", i, "] must be a (B, R, W, C) channels-last map, got ",
+                shape_str(xi.sizes()));
+    kernel_dtype(op, "xs", &xi);
+    TORCH_CHECK(xi.scalar_type() == x.scalar_type() && xi.device() == x.device(), op, ": xs[", i,
+                "] must share xs[0]'s dtype and device");
+    TORCH_CHECK(xi.size(0) == x.size(0) && xi.size(3) == x.size(3), op, ": xs[", i, "] ", shape_str(xi.sizes()),
+                " must have xs[0]'s batch and channels ", shape_str(x.sizes()));
+    upsample_argmax_taps(op, "row", row_index[i], row_weight[i], xi, xi.size(1));
+    upsample_argmax_taps(op, "col", col_index[i], col_weight[i], xi, xi.size(2));
+    TORCH_CHECK(row_index[i].size(0) == row_index[0].size(0) && col_index[i].size(0) == col_index[0].size(0), op,
+                ": every map must resample to the same rows and columns");
+  }
+  like(op, "bias", get(bias), x);
+  if (bias.has_value()) CHECK_SHAPE(bias, x.size(3));
+  mul(op, "output elements", mul(op, "B x rows", x.size(0), row_index[0].size(0)),
+      mul(op, "cols x C", col_index[0].size(0), x.size(3)));
+}
+
 }  // namespace checks
 }  // namespace pvtv2
