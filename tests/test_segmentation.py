@@ -3,6 +3,7 @@ inference, and the ``segment`` CLI."""
 
 import functools
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -382,6 +383,28 @@ def test_streamed_labels_match_reference(case, fast):
     labels = segment(tiny_model(fast), _x(1, 3, *size, seed=10), output="labels", **kwargs)
     assert labels.shape == (1, *size) and labels.dtype == torch.uint8
     _assert_labels_match(labels, _reference(case, fast))
+
+
+@pytest.mark.parametrize("kernels", ["triton", "torch"])
+@pytest.mark.parametrize("case", ["whole", "slide-dense"])
+def test_streamed_labels_through_the_other_backends(case, kernels):
+    """The decode head's and labels' ops on the Triton kernels (interpreted here: a GPU's path; a smaller odd image,
+    the interpreter is slow) and on the PyTorch reference (what a build without the extension falls back to, with a
+    warning), reference encoder."""
+    from pvtv2_fast import ops
+
+    size, kwargs = CASES[case]
+    size = (97, 131) if kernels == "triton" else size
+    x = _x(1, 3, *size, seed=10)
+    off = ["cpu"] if kernels == "triton" else ["cpu", "triton"]
+    ops.reset_warnings()
+    with ops.simulate(unavailable=off), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = segment(tiny_model(False), x, output="labels", **kwargs)
+    fell_back = {str(w.message).split(":")[0] for w in caught if issubclass(w.category, ops.FallbackWarning)}
+    fused = {"pvtv2_fast.ops.upsample_accumulate"} | ({"pvtv2_fast.ops.upsample_argmax"} if case == "whole" else set())
+    assert fell_back == (fused if kernels == "torch" else set()), fell_back
+    _assert_labels_match(labels, segment_reference(tiny_model(False), x, **kwargs))
 
 
 @pytest.mark.parametrize("case", list(CASES))
