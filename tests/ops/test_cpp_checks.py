@@ -82,6 +82,30 @@ def _ffn(dev, c_in=4, hidden=8, c_out=4, **kw):
     return "conv_ffn", tuple(a.values())
 
 
+def _taps(dev, rows=((0, 1), (1, 1)), weights=None):
+    index = torch.tensor(rows, device=dev)
+    weight = torch.full(index.shape, 0.5, device=dev) if weights is None else torch.tensor(weights, device=dev)
+    return index, weight
+
+
+def _ua(dev, **kw):
+    """upsample_argmax arguments: a (1, 2, 3, 5) band → 2 × 2 labels."""
+    (ri, rw), (ci, cw) = _taps(dev), _taps(dev, ((0, 1), (2, 2)))
+    a = {"x": torch.randn(1, 2, 3, 5, device=dev), "row_index": ri, "row_weight": rw, "col_index": ci}
+    a.update({"col_weight": cw, "dtype": torch.uint8})
+    a.update(kw)
+    return "upsample_argmax", tuple(a.values())
+
+
+def _uacc(dev, **kw):
+    """upsample_accumulate arguments: two (1, 2, 3, 5) maps → one (1, 2, 2, 5) sum."""
+    (ri, rw), (ci, cw) = _taps(dev), _taps(dev, ((0, 1), (2, 2)))
+    a = {"xs": [torch.randn(1, 2, 3, 5, device=dev)] * 2, "row_index": [ri] * 2, "row_weight": [rw] * 2}
+    a.update({"col_index": [ci] * 2, "col_weight": [cw] * 2, "bias": torch.randn(5, device=dev), "relu": True})
+    a.update(kw)
+    return "upsample_accumulate", tuple(a.values())
+
+
 def _x(dev, *shape, dtype=torch.float32):
     return torch.randn(*shape, device=dev).to(dtype)
 
@@ -197,6 +221,74 @@ BAD_INPUT = [
         "dw_weight must have x's dtype (Float), got Half",
     ),
     ("ffn-relu-str", lambda d, o: _ffn(d, relu_input="yes"), E, "Expected a value of type 'bool'"),
+    # ---- upsample_argmax
+    ("ua-x-3d", lambda d, o: _ua(d, x=_x(d, 2, 3, 5)), E, "upsample_argmax: x must be a (B, R, W, L) channels-last"),
+    ("ua-x-float64", lambda d, o: _ua(d, x=_x(d, 1, 2, 3, 5, dtype=torch.float64)), E, "got Double for x"),
+    ("ua-no-labels", lambda d, o: _ua(d, x=_x(d, 1, 2, 3, 0)), E, "x has no labels (L = 0)"),
+    ("ua-label-dtype", lambda d, o: _ua(d, dtype=torch.float32), E, "labels must be uint8, int16, int32 or int64"),
+    ("ua-too-many-labels", lambda d, o: _ua(d, x=_x(d, 1, 2, 3, 257)), E, "257 labels do not fit in Byte"),
+    (
+        "ua-index-shape",
+        lambda d, o: _ua(d, row_index=torch.zeros(2, 3, dtype=torch.long, device=d)),
+        E,
+        "row_index must be (n, 2) int64",
+    ),
+    (
+        "ua-index-dtype",
+        lambda d, o: _ua(d, col_index=torch.zeros(2, 2, dtype=torch.int32, device=d)),
+        E,
+        "col_index must be (n, 2) int64",
+    ),
+    (
+        "ua-weight-dtype",
+        lambda d, o: _ua(d, row_weight=_x(d, 2, 2, dtype=torch.float64)),
+        E,
+        "row_weight must be (2, 2) float32 like row_index",
+    ),
+    ("ua-weight-shape", lambda d, o: _ua(d, col_weight=_x(d, 3, 2)), E, "col_weight must be (2, 2) float32"),
+    (
+        "ua-index-device",
+        lambda d, o: _ua(d, row_index=torch.zeros(2, 2, dtype=torch.long, device=o)),
+        E,
+        "row taps must be on x's device",
+    ),
+    # ---- upsample_accumulate
+    (
+        "acc-no-maps",
+        lambda d, o: _uacc(d, xs=[], row_index=[], row_weight=[], col_index=[], col_weight=[]),
+        E,
+        "upsample_accumulate: needs at least one map",
+    ),
+    (
+        "acc-tap-count",
+        lambda d, o: _uacc(d, col_weight=_uacc(d)[1][4][:1]),
+        E,
+        "one row_index, row_weight, col_index and col_weight per map (2 maps)",
+    ),
+    ("acc-x-3d", lambda d, o: _uacc(d, xs=[_x(d, 2, 3, 5)] * 2), E, "xs[0] must be a (B, R, W, C) channels-last map"),
+    ("acc-x-float64", lambda d, o: _uacc(d, xs=[_x(d, 1, 2, 3, 5, dtype=torch.float64)] * 2), E, "got Double for xs"),
+    (
+        "acc-mixed-dtype",
+        lambda d, o: _uacc(d, xs=[_x(d, 1, 2, 3, 5), _x(d, 1, 2, 3, 5, dtype=torch.half)]),
+        E,
+        "xs[1] must share xs[0]'s dtype and device",
+    ),
+    (
+        "acc-channels",
+        lambda d, o: _uacc(d, xs=[_x(d, 1, 2, 3, 5), _x(d, 1, 2, 3, 4)]),
+        E,
+        "must have xs[0]'s batch and channels",
+    ),
+    (
+        "acc-out-size",
+        lambda d, o: _uacc(
+            d, row_index=[_taps(d)[0], _taps(d, ((0, 1),))[0]], row_weight=[_taps(d)[1], _taps(d, ((0, 1),))[1]]
+        ),
+        E,
+        "every map must resample to the same rows and columns",
+    ),
+    ("acc-bias-shape", lambda d, o: _uacc(d, bias=_x(d, 4)), E, "upsample_accumulate: bias must be (5,), got (4,)"),
+    ("acc-bias-device", lambda d, o: _uacc(d, bias=_x(o, 5)), E, "bias must be on x's device"),
 ]
 
 
@@ -208,6 +300,8 @@ BAD_INPUT = [
 @pytest.mark.parametrize("make,error,fragment", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_raises_a_clear_error(make, error, fragment, dev, other):
     name, args = make(dev, other)
+    if dev == "cuda" and not _ext.has_kernel(name, "cuda"):
+        pytest.skip(f"{name} has no CUDA C++ kernel (Triton serves CUDA tensors)")
     with pytest.raises(error, match=re.escape(fragment)):
         _op(name)(*args)
 
@@ -228,6 +322,18 @@ def test_sparse_input_is_refused_by_the_dispatcher(make):
     args = (args[0].to_sparse(),) + args[1:]
     with pytest.raises(NotImplementedError, match="SparseCPU"):
         _op(name)(*args)
+
+
+@pytest.mark.parametrize("which", ["row", "col"])
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_resampling_taps_outside_the_source_are_refused(which, bad):
+    """On the CPU the taps are read and range-checked before any row is (a tap past the band would read memory
+    outside it); the Python wrappers check the same before any backend runs."""
+    index = torch.tensor([[0, 1], [1, bad]])
+    kw = {f"{which}_index": index}
+    for name, args in (_ua("cpu", **kw), _uacc("cpu", **{f"{which}_index": [index] * 2})):
+        with pytest.raises(RuntimeError, match=re.escape(f"{which}_index reads source {which}s [")):
+            _op(name)(*args)
 
 
 # ------------------------------------------------------------------------------------------------ C = 0
