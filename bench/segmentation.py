@@ -2,8 +2,8 @@
 
 Candidates (Segformer configs, 150 labels, random weights, fp32, batch 1, whole-image inference):
 
-* ``labels``: this library, ``fast=True``, ``segment(model, x, output="labels")`` (folded decode head, streamed
-  upsample + argmax);
+* ``labels``: this library, ``fast=True``, ``segment(model, x, output="labels")`` (folded decode head with the fused
+  ``upsample_accumulate``, streamed bands through the fused ``upsample_argmax``);
 * ``unstreamed``: the same fast model through :func:`pvtv2_fast.segmentation.segment_reference` (unfolded head,
   full-size logits) + ``argmax`` — the path before streaming;
 * ``transformers``: ``SegformerForSemanticSegmentation`` + ``F.interpolate`` + ``argmax`` (up to 2048²: its eager
