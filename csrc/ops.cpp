@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #endif
 #include <string>
+#include <vector>
 
 #include "cpu_kernels.h"
 #include "env.h"
@@ -53,6 +54,7 @@ std::string isa() { return kIsaNames[static_cast<int>(active_isa())]; }
 
 DwconvGeluRowFn dwconv_gelu_row() { return PVT_FOR_ACTIVE_ISA(dwconv_gelu_row); }
 LinearSraPoolCellFn linear_sra_pool_cell() { return PVT_FOR_ACTIVE_ISA(linear_sra_pool_cell); }
+RoundToBf16Fn round_to_bf16() { return PVT_FOR_ACTIVE_ISA(round_to_bf16); }
 }  // namespace cpu
 
 // Large outputs are written once, right after allocation: on Linux, ask for transparent huge pages on them, so the
@@ -70,8 +72,31 @@ static void advise_huge_pages(void* ptr, size_t nbytes) {
 #endif
 }
 
-// The CPU kernels below take float32 contiguous copies of their inputs (half types are computed in fp32 and rounded
-// once at the end). `op` names the op in the checks' messages (checks.h).
+// The CPU kernels below read and write fp32 and bf16 tensors as they are (contiguous), computing in fp32; fp16 is
+// converted to fp32 copies on the way in and rounded once on the way out. `op` names the op in the checks' messages
+// (checks.h).
+
+// The kernels' element type for a tensor dtype: bf16 is read natively, everything else (fp32; fp16 after the
+// conversion above) as fp32.
+static cpu::Elem elem_of(at::ScalarType dtype) { return dtype == at::kBFloat16 ? cpu::Elem::kBF16 : cpu::Elem::kF32; }
+
+// The depthwise weight (C, 1, 3, 3), of any kernel dtype and strides, as fp32 (9, C) tap-major (each tap's channels
+// contiguous for the vector loop), transposed by a plain loop: an ATen reshape/t/contiguous chain cost more per call
+// in dispatch and allocation than the 9·C copy itself.
+static std::vector<float> tap_major(const at::Tensor& weight) {
+  const at::Tensor w = weight.to(at::kFloat).contiguous();  // no copy when already fp32 and contiguous
+  const int64_t C = w.size(0);
+  const float* p = w.data_ptr<float>();
+  std::vector<float> out(9 * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < 9; ++t) out[t * C + c] = p[c * 9 + t];
+  return out;
+}
+
+// x as the kernels read it: contiguous, bf16 kept, other dtypes as fp32.
+static at::Tensor kernel_input(const at::Tensor& x) {
+  return (x.scalar_type() == at::kBFloat16 ? x : x.to(at::kFloat)).contiguous();
+}
 
 // ------------------------------------------------------------------------------------------ dwconv + GELU
 at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -81,29 +106,30 @@ at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, con
   CHECK_DEVICE(x_in, at::kCPU);
   const int64_t B = x_in.size(0), C = x_in.size(2);
   const auto dtype = x_in.scalar_type();
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const at::Tensor wt = weight.to(at::kFloat).reshape({C, 9}).t().contiguous();  // (9, C): contiguous per tap
-  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor x = kernel_input(x_in);
+  const cpu::Elem elem = elem_of(x.scalar_type());
   at::Tensor y = at::empty_like(x);
   if (y.numel() == 0) return y.to(dtype);  // B = 0
   CHECK_CONTIGUOUS(y);  // the row pointers below assume dense (B, H, W, C) rows
+  const std::vector<float> wt = tap_major(weight);
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   advise_huge_pages(y.data_ptr(), y.nbytes());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = wt.data_ptr<float>();
+  const char* xp = static_cast<const char*>(x.data_ptr());
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  const int64_t N = height * width, row_floats = width * C;  // both <= x.numel(): the checks matched N to x
+  char* yp = static_cast<char*>(y.data_ptr());
+  // In bytes, so one loop serves both element types; all offsets <= x.nbytes() (the checks matched N to x).
+  const int64_t row_bytes = width * C * static_cast<int64_t>(x.element_size()), image_bytes = height * row_bytes;
   const cpu::DwconvGeluRowFn row = cpu::dwconv_gelu_row();
   at::parallel_for(0, B * height, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t bi = r / height, h = r % height;
-      const float* image = xp + bi * N * C;
-      const float* rows[3] = {h > 0 ? image + (h - 1) * row_floats : nullptr, image + h * row_floats,
-                              h + 1 < height ? image + (h + 1) * row_floats : nullptr};
-      row(rows, wp, bp, yp + bi * N * C + h * row_floats, width, C, relu_input);
+      const char* image = xp + bi * image_bytes;
+      const void* rows[3] = {h > 0 ? image + (h - 1) * row_bytes : nullptr, image + h * row_bytes,
+                             h + 1 < height ? image + (h + 1) * row_bytes : nullptr};
+      row(rows, elem, wt.data(), bp, yp + bi * image_bytes + h * row_bytes, elem, width, C, relu_input);
     }
   });
-  return dtype == at::kFloat ? y : y.to(dtype);
+  return y.scalar_type() == dtype ? y : y.to(dtype);
 }
 
 // ------------------------------------------------------------------------------------------ Linear SRA pool
@@ -112,21 +138,23 @@ at::Tensor linear_sra_pool_cpu(const at::Tensor& x_in, int64_t height, int64_t w
   checks::linear_sra_pool(x_in, height, width, pool_size);
   CHECK_DEVICE(x_in, at::kCPU);
   const auto dtype = x_in.scalar_type();
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor x = kernel_input(x_in);
+  const cpu::Elem elem = elem_of(x.scalar_type());
   const int64_t B = x.size(0), C = x.size(2), N = height * width, P = pool_size;
   at::Tensor y = at::empty({B, P * P, C}, x.options());  // B·P·P·C checked not to overflow
   if (y.numel() == 0) return y.to(dtype);  // B = 0 or C = 0
   CHECK_CONTIGUOUS(x);
-  const float* xp = x.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+  const char* xp = static_cast<const char*>(x.data_ptr());
+  char* yp = static_cast<char*>(y.data_ptr());
+  const int64_t es = x.element_size();
   const cpu::LinearSraPoolCellFn cell = cpu::linear_sra_pool_cell();
   at::parallel_for(0, B * P * P, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t bi = k / (P * P), ij = k % (P * P);
-      cell(xp + bi * N * C, yp + k * C, ij / P, ij % P, height, width, C, P);
+      cell(xp + bi * N * C * es, yp + k * C * es, elem, ij / P, ij % P, height, width, C, P);
     }
   });
-  return dtype == at::kFloat ? y : y.to(dtype);
+  return y.scalar_type() == dtype ? y : y.to(dtype);
 }
 
 // ------------------------------------------------------------------------------------------ conv FFN
@@ -142,19 +170,25 @@ at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, co
   TORCH_CHECK(std::max({c_in, hidden, c_out, width}) <= INT_MAX, op, ": the CPU kernel's BLAS takes channel counts "
               "and widths below 2^31, got c_in ", c_in, ", hidden ", hidden, ", c_out ", c_out, ", width ", width);
   const auto dtype = x_in.scalar_type();
-  // fp32 inside; half types are converted once on the way in and rounded once on the way out.
-  auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
-  auto f32_opt = [&](const c10::optional<at::Tensor>& t) { return t.has_value() ? f32(*t) : at::Tensor(); };
+  // bf16 natively (bf16 GEMMs, fp32 accumulation) when the BLAS has a bf16 GEMM; otherwise, and for fp16, fp32 copies
+  // in and one rounding out.
+  const bool native_bf16 = dtype == at::kBFloat16 && cpu::has_bf16_gemm();
+  const auto io_dtype = native_bf16 ? at::kBFloat16 : at::kFloat;
+  auto io = [&](const at::Tensor& t) { return t.to(io_dtype).contiguous(); };  // no copy when already so
+  auto f32_opt = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() ? t->to(at::kFloat).contiguous() : at::Tensor();
+  };
   auto ptr = [](const at::Tensor& t) -> const float* { return t.defined() ? t.data_ptr<float>() : nullptr; };
-  const at::Tensor x = f32(x_in), w1 = f32(fc1_weight), w2 = f32(fc2_weight);
+  const at::Tensor x = io(x_in), w1 = io(fc1_weight), w2 = io(fc2_weight);
   const at::Tensor b1 = f32_opt(fc1_bias), db = f32_opt(dw_bias), b2 = f32_opt(fc2_bias);
-  const at::Tensor dwt = dw_weight.to(at::kFloat).reshape({hidden, 9}).t().contiguous();  // (9, hidden)
   at::Tensor y = at::empty({B, height * width, c_out}, x.options());
   if (y.numel() == 0) return y.to(dtype);  // B = 0 or c_out = 0 (c_in = 0 runs: fc1 gives its bias)
-  cpu::ConvFfnArgs args{ptr(x), ptr(w1), ptr(b1), ptr(dwt), ptr(db), ptr(w2), ptr(b2), y.data_ptr<float>(),
-                        B, height, width, c_in, hidden, c_out, relu_input};
+  const std::vector<float> dwt = tap_major(dw_weight);  // (9, hidden)
+  cpu::ConvFfnArgs args{x.data_ptr(),  w1.data_ptr(), ptr(b1),  dwt.data(), ptr(db), w2.data_ptr(), ptr(b2),
+                        y.data_ptr(),  B,             height,   width,      c_in,    hidden,        c_out,
+                        relu_input,    elem_of(io_dtype)};
   cpu::conv_ffn_forward(args);
-  return dtype == at::kFloat ? y : y.to(dtype);
+  return y.scalar_type() == dtype ? y : y.to(dtype);
 }
 
 // ------------------------------------------------------------------------------------------ meta (shapes)
