@@ -107,9 +107,11 @@ def test_attention_maps_still_available_in_fast_mode():
             torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-5)
 
 
-def test_packed_key_value_weights_follow_weight_updates():
-    """The fast attention caches cat([key, value]) for inference: in-place updates and load_state_dict refresh it."""
-    model = _model("b0", DEVICE).set_fast(True, backend="triton")
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+def test_cached_weights_follow_weight_updates(backend):
+    """Fast mode caches derived weights for inference (cat([key, value]), channels-last patch-embedding and
+    spatial-reduction conv weights): in-place updates and load_state_dict refresh them."""
+    model = _model("b0", DEVICE).set_fast(True, backend=backend)
     x = torch.randn(1, 3, *SIZE).to(DEVICE)
     with torch.no_grad():
         model(x)

@@ -63,8 +63,6 @@ class SpatialReductionAttention(FastPath, nn.Module):
         elif sr_ratio > 1:
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
             self.layer_norm = nn.LayerNorm(hidden_size, eps=sr_eps)
-        # Derived weights for inference (packed K/V, channels-last SR conv), see _inference_cache.
-        self._caches: dict = {}
 
     def reduce(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The key/value source: ``(B, N, C)`` tokens of an H×W map → ``(B, M, C)`` reduced tokens."""
@@ -96,27 +94,14 @@ class SpatialReductionAttention(FastPath, nn.Module):
         return kv[..., : self.hidden_size], kv[..., self.hidden_size :]
 
     def _packed_kv_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``cat([key, value])`` weights and biases, cached for inference (see :meth:`_inference_cache`)."""
+        """``cat([key, value])`` weights and biases, cached for inference (see :meth:`FastPath._inference_cache`)."""
         params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
         return self._inference_cache("kv", params, self._cat_kv)
 
     def _channels_last_sr_weight(self) -> torch.Tensor:
         """The spatial-reduction conv weight ``(C, C, sr, sr)`` in channels-last memory (same values), cached for
-        inference (see :meth:`_inference_cache`)."""
-        weight = self.spatial_reduction.weight
-        return self._inference_cache("sr", (weight,), lambda: weight.contiguous(memory_format=torch.channels_last))
-
-    def _inference_cache(self, slot: str, params: tuple, make):
-        """``make()``, computed once per state of ``params``: the cache key is their identity, version counter and
-        storage, so in-place updates, ``load_state_dict`` and ``.to()`` all invalidate it; under autograd or
-        compilation ``make()`` runs every call (it must be part of the graph)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return make()
-        key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
-        entry = self._caches.get(slot)
-        if entry is None or entry[0] != key:
-            entry = self._caches[slot] = (key, make())
-        return entry[1]
+        inference (see :meth:`FastPath._inference_cache`)."""
+        return self._channels_last_weight("sr", self.spatial_reduction.weight)
 
     def _cat_kv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         bias = None if self.key.bias is None else torch.cat([self.key.bias, self.value.bias])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .fast_path import FastPath
@@ -29,7 +30,12 @@ class OverlapPatchEmbed(FastPath, nn.Module):
             # Channels-last input makes the conv write (B, H', W', C) memory, which *is* the token layout: no
             # NCHW → tokens copy, and LayerNorm gets a contiguous input (a no-op between fast stages).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        embeddings = self.proj(pixel_values)
+            conv = self.proj
+            embeddings = F.conv2d(
+                pixel_values, self._channels_last_weight("proj", conv.weight), conv.bias, conv.stride, conv.padding
+            )
+        else:
+            embeddings = self.proj(pixel_values)
         _, _, height, width = embeddings.shape
         embeddings = embeddings.flatten(2).transpose(1, 2)
         return self.layer_norm(embeddings), height, width
