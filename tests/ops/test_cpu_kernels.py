@@ -5,6 +5,7 @@ reference is in the per-op suites (tests/ops/test_<op>.py), parametrised over ba
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -33,6 +34,45 @@ def test_every_isa_path_matches(cap):
         "ops.linear_sra_pool_reference(x, 7, 9, 7)).abs().max().item()\n"
         "    assert e < 1e-5 and p < 1e-6, (c, e, p)\n"
         "print('ok')"
+    )
+    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cap", ISA_ORDER)
+def test_every_isa_path_reads_and_writes_bf16(cap):
+    """bf16 tensors are read and written by each ISA path itself (widening loads, round-to-nearest-even stores built
+    from AVX2 / AVX-512F integer instructions, no AVX512-BF16), so every path is checked here whatever the CPU has.
+    A mean of two bf16 values is exact in fp32, so the pool's bf16 result must equal PyTorch's rounding of it
+    exactly: random pairs land on ties often, plus overflow to inf, inf - inf = NaN and signed infinities.
+    dwconv+GELU and conv_ffn in bf16 (on CPUs without AVX512-BF16 / AMX, MKL's bf16 GEMM emulates them) against
+    the fp32 reference within the bf16 tolerance of tests/op_cases.py (8 significant bits: 2^-8 relative per
+    rounding)."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from pvtv2_fast import ops
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s, k=1.0: (torch.randn(*s, generator=g) * k).bfloat16()
+        tol = dict(atol=1e-2, rtol=1.6e-2)
+        for c in (21, 40, 67):
+            x = r(1, 2, c, k=3.0)
+            inf = float("inf")  # overflow to inf, inf - inf = NaN, inf, -inf
+            x[0, :, :4] = torch.tensor([[3e38, inf, inf, -inf], [3e38, -inf, 1, -2]])
+            got = ops.linear_sra_pool(x, 2, 1, 1, backend="cpu")[:, 0]
+            want = ((x[:, 0].float() + x[:, 1].float()) / 2).bfloat16()
+            torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+            x, w, b = r(2, 63, c), r(c, 1, 3, 3, k=0.3), r(c)
+            e = ops.dwconv_gelu(x, w, b, 7, 9, True, backend="cpu")
+            ref = ops.dwconv_gelu_reference(x.float(), w.float(), b.float(), 7, 9, True)
+            torch.testing.assert_close(e.float(), ref, **tol)
+            a = [r(*s, k=0.2) for s in ((72, c), (72,), (72, 1, 3, 3), (72,), (c, 72), (c,))]
+            f = ops.conv_ffn(x, *a, 7, 9, False, backend="cpu")
+            ref = ops.conv_ffn_reference(x.float(), *(t.float() for t in a), 7, 9, False)
+            torch.testing.assert_close(f.float(), ref, **tol)
+        print("ok")
+        """
     )
     env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
