@@ -70,7 +70,10 @@ class SpatialReductionAttention(FastPath, nn.Module):
             c = self.hidden_size
             pooled = ops.linear_sra_pool(hidden_states, height, width, self.pool_size, backend=self.op_backend)
             # The 1×1 conv on pooled tokens is a linear layer on them: no NCHW round trip.
-            reduced = F.linear(pooled, self.spatial_reduction.weight.view(c, c), self.spatial_reduction.bias)
+            conv = self.spatial_reduction
+            reduced = self._linear(
+                "sr_linear", pooled, (conv.weight, conv.bias), lambda: (conv.weight.view(c, c), conv.bias)
+            )
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
             grid = token_map(hidden_states, height, width, channels_last=self.fast)
@@ -90,13 +93,14 @@ class SpatialReductionAttention(FastPath, nn.Module):
         transformers does (the sums then round alike)."""
         if not self.fast:
             return self.key(reduced), self.value(reduced)
-        kv = F.linear(reduced, *self._packed_kv_weights())
+        params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
+        kv = self._linear("kv", reduced, params, self._packed_kv_weights)
         return kv[..., : self.hidden_size], kv[..., self.hidden_size :]
 
     def _packed_kv_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``cat([key, value])`` weights and biases, cached for inference (see :meth:`FastPath._inference_cache`)."""
         params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
-        return self._inference_cache("kv", params, self._cat_kv)
+        return self._inference_cache("kv_cat", params, self._cat_kv)
 
     def _channels_last_sr_weight(self) -> torch.Tensor:
         """The spatial-reduction conv weight ``(C, C, sr, sr)`` in channels-last memory (same values), cached for
@@ -111,7 +115,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
         self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Returns ``(context (B, N, C), attention_probs (B, heads, N, M) or None)``."""
-        query = self.query(hidden_states)
+        query = self._projection("query", self.query, hidden_states)
         key, value = self.key_value(self.reduce(hidden_states, height, width))
         dropout_p = self.attn_drop.p if self.training else 0.0
         probs = None
@@ -120,7 +124,13 @@ class SpatialReductionAttention(FastPath, nn.Module):
             context, probs = self._explicit_attention(query, key, value)
         else:
             context = ops.sra_attention(query, key, value, self.num_attention_heads, backend=self.op_backend)
-        return self.proj_drop(self.proj(context)), probs
+        return self.proj_drop(self._projection("proj", self.proj, context)), probs
+
+    def _projection(self, slot: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x)``; in fast mode through :meth:`FastPath._linear` (prepacked bf16 weights on CPU)."""
+        if not self.fast:
+            return linear(x)
+        return self._linear(slot, x, (linear.weight, linear.bias), lambda: (linear.weight, linear.bias))
 
     def _explicit_attention(self, query, key, value) -> Tuple[torch.Tensor, torch.Tensor]:
         b, n, c = query.shape
