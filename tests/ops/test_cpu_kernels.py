@@ -89,13 +89,27 @@ def test_unknown_isa_name_is_an_error():
 def test_conv_ffn_band_sizes_and_thread_counts():
     """One-row bands (a 3-row ring that wraps every band), odd band sizes and one band per image, on 1 and 3
     threads: every way a thread's bands can carry fc1 rows over (PVTV2_FAST_FFN_BAND_KB is read once, so each
-    setting runs in its own process)."""
-    code = (
-        "import sys, torch; from pvtv2_fast import ops; torch.set_num_threads(int(sys.argv[1])); "
-        "g = torch.Generator().manual_seed(0); r = lambda *s: torch.randn(*s, generator=g) * 0.3; "
-        "x = r(3, 37 * 11, 24); a = (r(72, 24), r(72), r(72, 1, 3, 3), r(72), r(20, 72), r(20)); "
-        "y = ops.conv_ffn(x, *a, 37, 11, True, backend='cpu'); e = ops.conv_ffn_reference(x, *a, 37, 11, True); "
-        "d = (y - e).abs().max().item(); assert d < 1e-5, d; print('ok')"
+    setting runs in its own process); fp32, and the bf16 path (its own buffers: bf16 band, fp32 fc2 band) within
+    the bf16 tolerance of tests/op_cases.py."""
+    code = textwrap.dedent(
+        """
+        import sys, torch
+        from pvtv2_fast import ops
+        torch.set_num_threads(int(sys.argv[1]))
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=g) * 0.3
+        x = r(3, 37 * 11, 24)
+        a = (r(72, 24), r(72), r(72, 1, 3, 3), r(72), r(20, 72), r(20))
+        y = ops.conv_ffn(x, *a, 37, 11, True, backend="cpu")
+        e = ops.conv_ffn_reference(x, *a, 37, 11, True)
+        d = (y - e).abs().max().item()
+        assert d < 1e-5, d
+        xb, ab = x.bfloat16(), [t.bfloat16() for t in a]
+        yb = ops.conv_ffn(xb, *ab, 37, 11, True, backend="cpu")
+        eb = ops.conv_ffn_reference(xb.float(), *(t.float() for t in ab), 37, 11, True)
+        torch.testing.assert_close(yb.float(), eb, atol=1e-2, rtol=1.6e-2)
+        print("ok")
+        """
     )
     for kb in ("1", "7", "1000000"):
         for threads in ("1", "3"):
