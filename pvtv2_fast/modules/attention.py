@@ -6,7 +6,6 @@ import math
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -77,13 +76,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
             grid = token_map(hidden_states, height, width, channels_last=self.fast)
-            conv = self.spatial_reduction
-            if self.fast:
-                # The grid is a channels-last view: oneDNN wants the weight channels-last too, and would otherwise
-                # reorder it on every call (profiled: the largest non-arithmetic item of fast=True at 224²).
-                reduced = F.conv2d(grid, self._channels_last_sr_weight(), conv.bias, conv.stride)
-            else:
-                reduced = conv(grid)
+            reduced = self._conv2d("sr", grid, self.spatial_reduction) if self.fast else self.spatial_reduction(grid)
             return self.layer_norm(reduced.flatten(2).transpose(1, 2))
         return hidden_states
 
@@ -101,11 +94,6 @@ class SpatialReductionAttention(FastPath, nn.Module):
         """``cat([key, value])`` weights and biases, cached for inference (see :meth:`FastPath._inference_cache`)."""
         params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
         return self._inference_cache("kv_cat", params, self._cat_kv)
-
-    def _channels_last_sr_weight(self) -> torch.Tensor:
-        """The spatial-reduction conv weight ``(C, C, sr, sr)`` in channels-last memory (same values), cached for
-        inference (see :meth:`FastPath._inference_cache`)."""
-        return self._channels_last_weight("sr", self.spatial_reduction.weight)
 
     def _cat_kv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         bias = None if self.key.bias is None else torch.cat([self.key.bias, self.value.bias])

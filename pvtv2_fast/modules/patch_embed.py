@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .fast_path import FastPath
@@ -30,10 +29,7 @@ class OverlapPatchEmbed(FastPath, nn.Module):
             # Channels-last input makes the conv write (B, H', W', C) memory, which *is* the token layout: no
             # NCHW → tokens copy, and LayerNorm gets a contiguous input (a no-op between fast stages).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-            conv = self.proj
-            embeddings = F.conv2d(
-                pixel_values, self._channels_last_weight("proj", conv.weight), conv.bias, conv.stride, conv.padding
-            )
+            embeddings = self._conv2d("proj", pixel_values, self.proj)
         else:
             embeddings = self.proj(pixel_values)
         _, _, height, width = embeddings.shape
