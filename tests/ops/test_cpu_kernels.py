@@ -46,9 +46,9 @@ def test_every_isa_path_reads_and_writes_bf16(cap):
     from AVX2 / AVX-512F integer instructions, no AVX512-BF16), so every path is checked here whatever the CPU has.
     A mean of two bf16 values is exact in fp32, so the pool's bf16 result must equal PyTorch's rounding of it
     exactly: random pairs land on ties often, plus overflow to inf, inf - inf = NaN and signed infinities.
-    dwconv+GELU and conv_ffn in bf16 (on CPUs without AVX512-BF16 / AMX, MKL's bf16 GEMM emulates them) against
-    the fp32 reference within the bf16 tolerance of tests/op_cases.py (8 significant bits: 2^-8 relative per
-    rounding)."""
+    dwconv+GELU and conv_ffn in bf16 against the fp32 reference within the bf16 tolerance of tests/op_cases.py (8
+    significant bits: 2^-8 relative per rounding). Below AVX-512, MKL and oneDNN are capped to AVX2 as well, so the
+    bf16 GEMMs run MKL's AVX2 path, as on a CPU without AVX512-BF16 / AMX."""
     code = textwrap.dedent(
         """
         import torch
@@ -75,6 +75,8 @@ def test_every_isa_path_reads_and_writes_bf16(cap):
         """
     )
     env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
+    if cap != "avx512":
+        env.update(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
