@@ -10,7 +10,12 @@ the fused CPU ops against their PyTorch compositions and a plain copy; written a
 
 Batched rows (issue 11): ``--configs b0:224 b2:224 --batch 8 --impls timm inference openvino openvino-tput
 --no-memory --out bench/results/cpu_e2e_batch8``; bf16 (skipped with the reason on CPUs without AVX512-BF16/AMX):
-``--dtype bf16 --impls timm inference openvino --no-memory --out bench/results/cpu_e2e_bf16``.
+``--configs b0:224 b2:224 b0:512 --dtype bf16 --impls timm fast openvino --no-memory --no-op-tables
+--out bench/results/cpu_e2e_bf16``.
+
+Use as many threads as the machine has idle cores: with a core taken by another process, every OpenMP region
+of PyTorch waits for its descheduled thread (measured on 2 cores with one busy: fast=True b0 bf16 100 ms at 2 threads
+against 27 ms at 1), and the comparison then measures the scheduler, not the candidates.
 """
 
 from __future__ import annotations

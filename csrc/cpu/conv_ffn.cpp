@@ -7,6 +7,10 @@
 //
 // Each thread walks its bands of one image top to bottom; fc1 rows are kept in a ring of (band + 2) rows, so the
 // halo rows a band shares with the previous one are computed once (a thread's first band computes its own halo).
+//
+// bf16 (x, weights and y in bf16): the GEMMs are MKL's bf16 × bf16 → fp32 GEMM (AMX tiles or AVX512-BF16 where
+// the CPU has them), so the ring stays fp32 (fc1's sums are not rounded before the conv, as the reference rounds
+// them), the conv + GELU writes the bf16 band fc2 reads, and fc2's fp32 band is rounded once into y.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -15,6 +19,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "cpu_kernels.h"
 #include "env.h"
@@ -24,43 +33,77 @@
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
+// MKL's mixed-precision GEMM, same Fortran conventions: c (fp32) = alpha·op(a)·op(b) + beta·c, a and b bf16 (raw
+// uint16 bits). Weak as sgemm_; absent from OpenBLAS builds.
+extern "C" void gemm_bf16bf16f32_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                                  const float* alpha, const uint16_t* a, const int* lda, const uint16_t* b,
+                                  const int* ldb, const float* beta, float* c, const int* ldc) __attribute__((weak));
 
 namespace pvtv2 {
 namespace cpu {
 
 bool has_sgemm() { return sgemm_ != nullptr; }
 
+bool has_bf16_gemm() {
+  static const bool ok = [] {
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+    // Linux hands out AMX tile state only to processes that ask (ARCH_REQ_XCOMP_PERM for XTILEDATA), as oneDNN does
+    // on its first bf16 primitive. Asking here lets MKL use AMX even when no oneDNN op ran before; on CPUs or
+    // kernels without AMX the call fails harmlessly and MKL takes its AVX512-BF16 / AVX-512 / AVX2 path.
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    (void)syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata);
+#endif
+    return gemm_bf16bf16f32_ != nullptr;
+  }();
+  return ok;
+}
+
 namespace {
 
-// out (rows, n) = in (rows, k) · w (n, k)ᵀ + bias, row-major and contiguous; bias may be nullptr.
-// Called from inside at::parallel_for, where the BLAS runs single-threaded (it sees the OpenMP region). The caller
-// keeps rows, k and n below 2^31 (the BLAS takes ints).
-void linear_rows(const float* in, int64_t rows, int64_t k, const float* w, const float* bias, int64_t n, float* out) {
-  float beta = 0.0f;
+// Bias rows before an accumulating GEMM: out (rows, n) = bias, or zeros when there is no input channel to sum.
+// Returns the GEMM's beta.
+float init_rows(int64_t rows, int64_t k, const float* bias, int64_t n, float* out) {
   if (bias != nullptr) {
     for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * n, bias, n * sizeof(float));
-    beta = 1.0f;
-  } else if (k == 0) {
-    std::memset(out, 0, rows * n * sizeof(float));
+    return 1.0f;
   }
+  if (k == 0) std::memset(out, 0, rows * n * sizeof(float));
+  return 0.0f;
+}
+
+// out (rows, n) = in (rows, k) · w (n, k)ᵀ + bias, row-major and contiguous; bias may be nullptr; out is fp32, in and
+// w fp32 (sgemm) or bf16 (MKL's bf16 GEMM, fp32 accumulation).
+// Called from inside at::parallel_for, where the BLAS runs single-threaded (it sees the OpenMP region). The caller
+// keeps rows, k and n below 2^31 (the BLAS takes ints).
+template <typename T>
+void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* bias, int64_t n, float* out) {
+  const float beta = init_rows(rows, k, bias, n, out);
   if (k == 0) return;  // no input channels: out is the bias (BLAS would reject lda = k = 0)
   // Column-major view of the same memory: outᵀ (n × rows) = w (stored k × n, transposed) · inᵀ (k × rows).
   const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
   const int lda = k_, ldb = k_, ldc = m_;
   const float alpha = 1.0f;
-  sgemm_("T", "N", &m_, &n_, &k_, &alpha, w, &lda, in, &ldb, &beta, out, &ldc);
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm_("T", "N", &m_, &n_, &k_, &alpha, w, &lda, in, &ldb, &beta, out, &ldc);
+  } else {
+    static_assert(std::is_same_v<T, bf16> && sizeof(bf16) == sizeof(uint16_t));
+    gemm_bf16bf16f32_("T", "N", &m_, &n_, &k_, &alpha, reinterpret_cast<const uint16_t*>(w), &lda,
+                      reinterpret_cast<const uint16_t*>(in), &ldb, &beta, out, &ldc);
+  }
 }
 
 struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
+  void operator()(void* p) const { std::free(p); }
 };
-using Buffer = std::unique_ptr<float[], FreeDeleter>;
+template <typename T>
+using Buffer = std::unique_ptr<T[], FreeDeleter>;
 
-Buffer alloc_floats(int64_t n) {
-  const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
-  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+template <typename T>
+Buffer<T> alloc(int64_t n) {
+  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+  T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
   TORCH_CHECK(p != nullptr, "conv_ffn: could not allocate ", bytes, " bytes of band buffer");
-  return Buffer(p);
+  return Buffer<T>(p);
 }
 
 int64_t band_target_bytes() {
@@ -83,7 +126,13 @@ int64_t conv_ffn_band_rows(int64_t row_floats, int64_t height, int64_t batch) {
   return std::max<int64_t>(1, std::min(rows, height));
 }
 
-void conv_ffn_forward(const ConvFfnArgs& a) {
+namespace {
+
+// The band loop for element type T (float or bf16) of x, the weights, the fc2 input band and y.
+template <typename T>
+void conv_ffn_forward_t(const ConvFfnArgs& a) {
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  constexpr Elem kElem = kF32 ? Elem::kF32 : Elem::kBF16;
   const int64_t H = a.height, W = a.width, N = H * W, hid = a.hidden;
   const int64_t row_floats = W * hid;
   const int64_t R = conv_ffn_band_rows(row_floats, H, a.batch);
@@ -92,17 +141,24 @@ void conv_ffn_forward(const ConvFfnArgs& a) {
   // The most rows one GEMM gets is cap·W (fc1 over the whole ring); the BLAS takes ints.
   TORCH_CHECK(cap * W <= INT_MAX, "conv_ffn: the CPU kernel's GEMMs take below 2^31 rows, got bands of ", cap, " x ",
               W, " tokens");
+  const T* x = static_cast<const T*>(a.x);
+  const T* fc1_w = static_cast<const T*>(a.fc1_w);
+  const T* fc2_w = static_cast<const T*>(a.fc2_w);
+  T* y = static_cast<T*>(a.y);
   const DwconvGeluRowFn row_fn = dwconv_gelu_row();
+  const RoundToBf16Fn round_fn = round_to_bf16();
   at::parallel_for(0, a.batch * bands, 1, [&](int64_t begin, int64_t end) {
-    Buffer ring = alloc_floats(cap * row_floats);
-    Buffer act = alloc_floats(R * row_floats);
+    Buffer<float> ring = alloc<float>(cap * row_floats);
+    Buffer<T> act = alloc<T>(R * row_floats);
+    // bf16: fc2's fp32 result for one band, rounded into y (fp32 writes y directly).
+    Buffer<float> out = alloc<float>(kF32 ? 0 : R * W * a.c_out);
     // fc1 rows [have_lo, have_hi) of image have_image are in the ring, row h at slot h % cap.
     int64_t have_image = -1, have_lo = 0, have_hi = 0;
     auto slot = [&](int64_t h) { return ring.get() + (h % cap) * row_floats; };
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / bands, r0 = (item % bands) * R, r1 = std::min(H, r0 + R);
       const int64_t lo = std::max<int64_t>(0, r0 - 1), hi = std::min(H, r1 + 1);
-      const float* xb = a.x + b * N * a.c_in;
+      const T* xb = x + b * N * a.c_in;
       const bool carry = have_image == b && have_lo <= lo && lo <= have_hi;
       int64_t from = carry ? have_hi : lo;
       have_lo = carry ? std::max(have_lo, hi - cap) : lo;
@@ -110,16 +166,34 @@ void conv_ffn_forward(const ConvFfnArgs& a) {
       have_hi = hi;
       while (from < hi) {  // fc1 for the missing rows, split where the ring wraps
         const int64_t s = from % cap, n = std::min(hi - from, cap - s);
-        linear_rows(xb + from * W * a.c_in, n * W, a.c_in, a.fc1_w, a.fc1_b, hid, ring.get() + s * row_floats);
+        linear_rows(xb + from * W * a.c_in, n * W, a.c_in, fc1_w, a.fc1_b, hid, ring.get() + s * row_floats);
         from += n;
       }
       for (int64_t h = r0; h < r1; ++h) {
-        const float* rows[3] = {h > 0 ? slot(h - 1) : nullptr, slot(h), h + 1 < H ? slot(h + 1) : nullptr};
-        row_fn(rows, a.dw_wt, a.dw_b, act.get() + (h - r0) * row_floats, W, hid, a.relu_input);
+        const void* rows[3] = {h > 0 ? slot(h - 1) : nullptr, slot(h), h + 1 < H ? slot(h + 1) : nullptr};
+        row_fn(rows, Elem::kF32, a.dw_wt, a.dw_b, act.get() + (h - r0) * row_floats, kElem, W, hid, a.relu_input);
       }
-      linear_rows(act.get(), (r1 - r0) * W, hid, a.fc2_w, a.fc2_b, a.c_out, a.y + (b * N + r0 * W) * a.c_out);
+      const int64_t tokens = (r1 - r0) * W;
+      T* yb = y + (b * N + r0 * W) * a.c_out;
+      if constexpr (kF32) {
+        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_b, a.c_out, yb);
+      } else {
+        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_b, a.c_out, out.get());
+        round_fn(out.get(), yb, tokens * a.c_out);
+      }
     }
   });
+}
+
+}  // namespace
+
+void conv_ffn_forward(const ConvFfnArgs& a) {
+  if (a.elem == Elem::kBF16) {
+    TORCH_CHECK(has_bf16_gemm(), "conv_ffn: the CPU kernel's bf16 path needs MKL's bf16 GEMM, absent from this build");
+    conv_ffn_forward_t<bf16>(a);
+  } else {
+    conv_ffn_forward_t<float>(a);
+  }
 }
 
 }  // namespace cpu

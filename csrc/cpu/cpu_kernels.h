@@ -9,13 +9,22 @@
 namespace pvtv2 {
 namespace cpu {
 
-// rows: 3 pointers to (W, C) input rows (above / at / below; nullptr = zero padding); y: the (W, C) output row.
-using DwconvGeluRowFn = void (*)(const float* const* rows, const float* wt, const float* bias, float* y, int64_t W,
-                                 int64_t C, bool relu_input);
-// x: one image's (H·W, C) tokens; y: the C floats of output cell (i, j) of its P×P adaptive average pool.
-using LinearSraPoolCellFn = void (*)(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W,
-                                     int64_t C, int64_t P);
+// The element types the kernels read and write. bf16 is computed in fp32 (loads widen exactly; stores round to
+// nearest even, as c10::BFloat16 does); fp16 is converted by ops.cpp around fp32 kernels.
+enum class Elem : int { kF32 = 0, kBF16 = 1 };
+// A bf16 value as stored: the upper 16 bits of the fp32 with the same sign and exponent (c10::BFloat16's layout).
+struct bf16 {
+  uint16_t bits;
+};
 
+// rows: 3 pointers to (W, C) input rows of element type `in` (above / at / below; nullptr = zero padding); y: the
+// (W, C) output row of type `out`; wt: (9, C) fp32 tap-major weights, bias: C floats or nullptr.
+using DwconvGeluRowFn = void (*)(const void* const* rows, Elem in, const float* wt, const float* bias, void* y,
+                                 Elem out, int64_t W, int64_t C, bool relu_input);
+// x: one image's (H·W, C) tokens; y: the C values of output cell (i, j) of its P×P adaptive average pool; both of
+// element type `elem` (sums in fp32).
+using LinearSraPoolCellFn = void (*)(const void* x, void* y, Elem elem, int64_t i, int64_t j, int64_t H, int64_t W,
+                                     int64_t C, int64_t P);
 // One output row of upsample_argmax (resample.h): src0 / src1 the (W_in, L) source rows with weights w0 / w1,
 // col_index / col_weight (W_out, 2), scratch tmp (W_in·L floats) and v (L floats), labels (W_out,) out.
 using UpsampleArgmaxRowFn = void (*)(const float* src0, const float* src1, float w0, float w1,
@@ -25,54 +34,58 @@ using UpsampleArgmaxRowFn = void (*)(const float* src0, const float* src1, float
 using UpsampleAccumulateRowFn = void (*)(const float* src0, const float* src1, float w0, float w1,
                                          const int64_t* col_index, const float* col_weight, int64_t W_in,
                                          int64_t W_out, int64_t C, float* tmp, float* out);
+// y[k] = bf16(x[k]), k < n.
+using RoundToBf16Fn = void (*)(const float* x, bf16* y, int64_t n);
 
-void dwconv_gelu_row_default(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
-void linear_sra_pool_cell_default(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-void upsample_accumulate_row_default(const float*, const float*, float, float, const int64_t*, const float*,
-                                     int64_t, int64_t, int64_t, float*, float*);
-void upsample_argmax_row_default(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
-                                 int64_t, int64_t, float*, float*, int32_t*);
+#define PVT_DECLARE_ENTRY_POINTS(SUFFIX)                                                                            \
+  void dwconv_gelu_row_##SUFFIX(const void* const*, Elem, const float*, const float*, void*, Elem, int64_t, int64_t, \
+                                bool);                                                                             \
+  void linear_sra_pool_cell_##SUFFIX(const void*, void*, Elem, int64_t, int64_t, int64_t, int64_t, int64_t,         \
+                                     int64_t);                                                                     \
+  void round_to_bf16_##SUFFIX(const float*, bf16*, int64_t);                                                       \
+  void upsample_argmax_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*, int64_t,  \
+                                    int64_t, int64_t, float*, float*, int32_t*);                                   \
+  void upsample_accumulate_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*,      \
+                                        int64_t, int64_t, int64_t, float*, float*);
+PVT_DECLARE_ENTRY_POINTS(default)
 #if defined(__x86_64__) || defined(_M_X64)
-void upsample_accumulate_row_avx2(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
-                                  int64_t, int64_t, float*, float*);
-void upsample_accumulate_row_avx512(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
-                                    int64_t, int64_t, float*, float*);
-void upsample_argmax_row_avx2(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
-                              int64_t, int64_t, float*, float*, int32_t*);
-void upsample_argmax_row_avx512(const float*, const float*, float, float, const int64_t*, const float*, int64_t,
-                                int64_t, int64_t, float*, float*, int32_t*);
-void dwconv_gelu_row_avx2(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
-void linear_sra_pool_cell_avx2(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-void dwconv_gelu_row_avx512(const float* const*, const float*, const float*, float*, int64_t, int64_t, bool);
-void linear_sra_pool_cell_avx512(const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+PVT_DECLARE_ENTRY_POINTS(avx2)
+PVT_DECLARE_ENTRY_POINTS(avx512)
 #endif
+#undef PVT_DECLARE_ENTRY_POINTS
 
 // The widest ISA the CPU (and OS) support: "avx512" (AVX-512F), "avx2" (AVX2 + FMA) or "default"; the
 // environment variable PVTV2_FAST_CPU_ISA (one of those names) caps it, so tests cover every path on one machine.
 std::string isa();
 DwconvGeluRowFn dwconv_gelu_row();
 LinearSraPoolCellFn linear_sra_pool_cell();
+RoundToBf16Fn round_to_bf16();
 UpsampleArgmaxRowFn upsample_argmax_row();
 UpsampleAccumulateRowFn upsample_accumulate_row();
 
-// y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all float32 and contiguous:
-// x (B, H·W, c_in), fc1_w (hidden, c_in), dw_wt (9, hidden) tap-major, fc2_w (c_out, hidden), y (B, H·W, c_out);
-// biases may be nullptr. The widened hidden state only ever exists for a few rows per thread (see conv_ffn.cpp).
+// y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all contiguous:
+// x (B, H·W, c_in), fc1_w (hidden, c_in), fc2_w (c_out, hidden) and y (B, H·W, c_out) of element type `elem`;
+// dw_wt (9, hidden) tap-major and the biases fp32 (biases may be nullptr). The widened hidden state only ever exists
+// for a few rows per thread (see conv_ffn.cpp); bf16 runs its GEMMs in bf16 with fp32 accumulation and output.
 struct ConvFfnArgs {
-  const float* x;
-  const float* fc1_w;
+  const void* x;
+  const void* fc1_w;
   const float* fc1_b;
   const float* dw_wt;
   const float* dw_b;
-  const float* fc2_w;
+  const void* fc2_w;
   const float* fc2_b;
-  float* y;
+  void* y;
   int64_t batch, height, width, c_in, hidden, c_out;
   bool relu_input;
+  Elem elem;
 };
 
 // Whether a BLAS sgemm is linked in (the conv FFN's GEMMs run on it); false on torch builds without one.
 bool has_sgemm();
+// Whether the BLAS also has a bf16 × bf16 → fp32 GEMM (MKL's gemm_bf16bf16f32: AMX / AVX512-BF16 where the CPU has
+// them, emulated elsewhere), which conv_ffn's bf16 path needs; false on builds without MKL.
+bool has_bf16_gemm();
 // Rows per band for a hidden state of `row_floats` floats per map row (override: PVTV2_FAST_FFN_BAND_KB, a whole
 // number of KB from 1 to 1048576; any other value set raises).
 int64_t conv_ffn_band_rows(int64_t row_floats, int64_t height, int64_t batch);

@@ -6,12 +6,15 @@
 //
 // A policy V provides: kWidth, type `reg`, load(const float*), store(float*, reg), set1(float), zero(),
 // fmadd(a, b, c) = a·b + c, add, sub, mul, min, abs, relu, recip (1/x, ~1e-7 relative) and copysign(magnitude,
-// sign); the GELU below is built from these.
+// sign); the GELU below is built from these. Each ISA also specialises Bf16<V> (below): bf16 loads and stores, so
+// the kernels read and write bf16 tensors directly and compute in fp32.
 #pragma once
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "cpu_kernels.h"
 #include "pvtv2/math.h"
 
 #ifndef PVT_ISA
@@ -68,11 +71,59 @@ static inline typename V::reg gelu(typename V::reg v) {
 
 static inline float gelu_scalar(float v) { return gelu<ScalarOps>(v); }
 
+// ---- bf16 storage: the upper 16 bits of an fp32. Widening is exact; narrowing rounds to nearest, ties to even, and
+// keeps NaN a (quiet) NaN: what c10::BFloat16 does, so results match PyTorch's rounding bit for bit.
+static inline float bf16_to_float(bf16 h) {
+  const uint32_t bits = static_cast<uint32_t>(h.bits) << 16;
+  float v;
+  memcpy(&v, &bits, sizeof v);
+  return v;
+}
+static inline bf16 float_to_bf16(float v) {
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  if (v != v) return bf16{0x7fc0};
+  return bf16{static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16)};
+}
+
+// Vector bf16 loads / stores of policy V (8 or 16 lanes): specialised by each ISA's translation unit, with the same
+// rounding as float_to_bf16. Only integer and fp32 instructions: no AVX512-BF16 needed, so the same code is correct
+// on every CPU of its ISA.
+template <typename V>
+struct Bf16;
+template <>
+struct Bf16<ScalarOps> {
+  static float load(const bf16* p) { return bf16_to_float(*p); }
+  static void store(bf16* p, float v) { *p = float_to_bf16(v); }
+};
+
+// Element access for the kernels templated on their storage type T (float or bf16).
+template <typename V>
+static inline typename V::reg load_elem(const float* p) {
+  return V::load(p);
+}
+template <typename V>
+static inline typename V::reg load_elem(const bf16* p) {
+  return Bf16<V>::load(p);
+}
+template <typename V>
+static inline void store_elem(float* p, typename V::reg v) {
+  V::store(p, v);
+}
+template <typename V>
+static inline void store_elem(bf16* p, typename V::reg v) {
+  Bf16<V>::store(p, v);
+}
+static inline float scalar_elem(float v) { return v; }
+static inline float scalar_elem(bf16 v) { return bf16_to_float(v); }
+static inline void store_scalar(float* p, float v) { *p = v; }
+static inline void store_scalar(bf16* p, float v) { *p = float_to_bf16(v); }
+
 // The channel loop of one output pixel with NT taps (NT = 9 for interior pixels: a fixed trip count the compiler
 // unrolls, with the ReLU decision hoisted out as RELU), vector lanes first, then the C % kWidth tail.
-template <typename V, int NT, bool RELU>
-static inline void dwconv_gelu_pixel(const float* const* taps, const float* const* kern, int n,
-                                     const float* __restrict__ bias, float* __restrict__ out, int64_t C) {
+template <typename V, int NT, bool RELU, typename TIn, typename TOut>
+static inline void dwconv_gelu_pixel(const TIn* const* taps, const float* const* kern, int n,
+                                     const float* __restrict__ bias, TOut* __restrict__ out, int64_t C) {
   const int nt = NT > 0 ? NT : n;
   const int64_t vec_end = C - C % V::kWidth;
   int64_t c = 0;
@@ -82,7 +133,7 @@ static inline void dwconv_gelu_pixel(const float* const* taps, const float* cons
     typename V::reg acc0 = bias ? V::load(bias + c) : V::zero();
     typename V::reg acc1 = bias ? V::load(bias + c + V::kWidth) : V::zero();
     for (int t = 0; t < nt; ++t) {
-      typename V::reg v0 = V::load(taps[t] + c), v1 = V::load(taps[t] + c + V::kWidth);
+      typename V::reg v0 = load_elem<V>(taps[t] + c), v1 = load_elem<V>(taps[t] + c + V::kWidth);
       if (RELU) {
         v0 = V::relu(v0);
         v1 = V::relu(v1);
@@ -90,30 +141,33 @@ static inline void dwconv_gelu_pixel(const float* const* taps, const float* cons
       acc0 = V::fmadd(v0, V::load(kern[t] + c), acc0);
       acc1 = V::fmadd(v1, V::load(kern[t] + c + V::kWidth), acc1);
     }
-    V::store(out + c, gelu<V>(acc0));
-    V::store(out + c + V::kWidth, gelu<V>(acc1));
+    store_elem<V>(out + c, gelu<V>(acc0));
+    store_elem<V>(out + c + V::kWidth, gelu<V>(acc1));
   }
   for (; c < vec_end; c += V::kWidth) {
     typename V::reg acc = bias ? V::load(bias + c) : V::zero();
     for (int t = 0; t < nt; ++t) {
-      typename V::reg v = V::load(taps[t] + c);
+      typename V::reg v = load_elem<V>(taps[t] + c);
       if (RELU) v = V::relu(v);
       acc = V::fmadd(v, V::load(kern[t] + c), acc);
     }
-    V::store(out + c, gelu<V>(acc));
+    store_elem<V>(out + c, gelu<V>(acc));
   }
   for (c = vec_end; c < C; ++c) {
     float acc = bias ? bias[c] : 0.0f;
-    for (int t = 0; t < nt; ++t) acc += (RELU ? fmaxf(taps[t][c], 0.0f) : taps[t][c]) * kern[t][c];
-    out[c] = gelu_scalar(acc);
+    for (int t = 0; t < nt; ++t) {
+      const float v = scalar_elem(taps[t][c]);
+      acc += (RELU ? fmaxf(v, 0.0f) : v) * kern[t][c];
+    }
+    store_scalar(out + c, gelu_scalar(acc));
   }
 }
 
-template <typename V, bool RELU>
-static inline void dwconv_gelu_row_t(const float* const* rows, const float* __restrict__ wt,
-                                     const float* __restrict__ bias, float* __restrict__ y, int64_t W, int64_t C) {
+template <typename V, bool RELU, typename TIn, typename TOut>
+static inline void dwconv_gelu_row_t(const TIn* const* rows, const float* __restrict__ wt,
+                                     const float* __restrict__ bias, TOut* __restrict__ y, int64_t W, int64_t C) {
   for (int64_t w = 0; w < W; ++w) {
-    const float* taps[9];
+    const TIn* taps[9];
     const float* kern[9];
     int n = 0;
     const TapRange cols = tap_range(0, w, 1, W);  // only its dw range is used
@@ -132,26 +186,43 @@ static inline void dwconv_gelu_row_t(const float* const* rows, const float* __re
 }
 
 // One output row of the 3×3 depthwise conv: y[w, c] = GELU(bias[c] + Σ_taps ReLU?(row[dh][w+dw, c]) · wt[tap, c]).
-// rows[0], rows[1], rows[2]: the input rows above, at and below the output row, each (W, C) contiguous floats;
+// rows[0], rows[1], rows[2]: the input rows above, at and below the output row, each (W, C) contiguous elements;
 // rows[0] / rows[2] are nullptr at the top / bottom border (zero padding). Taking rows by pointer lets callers keep
 // them anywhere: in the input tensor (dwconv_gelu) or in a ring buffer of fc1 rows (conv_ffn).
 // wt: (9, C), tap-major; y: the (W, C) output row. Channels advance V::kWidth at a time with the accumulators in
-// registers across all 9 taps; the C % kWidth tail runs scalar.
-template <typename V>
-static inline void dwconv_gelu_row_impl(const float* const* rows, const float* __restrict__ wt,
-                                        const float* __restrict__ bias, float* __restrict__ y, int64_t W, int64_t C,
-                                        bool relu_input) {
+// registers across all 9 taps; the C % kWidth tail runs scalar. Rows and output are fp32 or bf16 (`in`, `out`):
+// conv_ffn's bf16 path reads its fp32 fc1 ring and writes the bf16 input of its fc2 GEMM.
+template <typename V, typename TIn, typename TOut>
+static inline void dwconv_gelu_row_typed(const void* const* rows, const float* __restrict__ wt,
+                                         const float* __restrict__ bias, void* y, int64_t W, int64_t C,
+                                         bool relu_input) {
+  const TIn* r[3] = {static_cast<const TIn*>(rows[0]), static_cast<const TIn*>(rows[1]),
+                     static_cast<const TIn*>(rows[2])};
   if (relu_input)
-    dwconv_gelu_row_t<V, true>(rows, wt, bias, y, W, C);
+    dwconv_gelu_row_t<V, true>(r, wt, bias, static_cast<TOut*>(y), W, C);
   else
-    dwconv_gelu_row_t<V, false>(rows, wt, bias, y, W, C);
+    dwconv_gelu_row_t<V, false>(r, wt, bias, static_cast<TOut*>(y), W, C);
+}
+
+template <typename V>
+static inline void dwconv_gelu_row_impl(const void* const* rows, Elem in, const float* __restrict__ wt,
+                                        const float* __restrict__ bias, void* y, Elem out, int64_t W, int64_t C,
+                                        bool relu_input) {
+  if (in == Elem::kF32 && out == Elem::kF32)
+    dwconv_gelu_row_typed<V, float, float>(rows, wt, bias, y, W, C, relu_input);
+  else if (in == Elem::kF32)
+    dwconv_gelu_row_typed<V, float, bf16>(rows, wt, bias, y, W, C, relu_input);
+  else if (out == Elem::kF32)
+    dwconv_gelu_row_typed<V, bf16, float>(rows, wt, bias, y, W, C, relu_input);
+  else
+    dwconv_gelu_row_typed<V, bf16, bf16>(rows, wt, bias, y, W, C, relu_input);
 }
 
 // One output cell (i, j) of a P×P adaptive average pool of one image's (H·W, C) tokens; y: C floats. All index
 // arithmetic in int64_t (math.h): i·H and (hh·W + ww)·C pass 2^31 on large maps.
-template <typename V>
-static inline void linear_sra_pool_cell_impl(const float* __restrict__ x, float* __restrict__ y, int64_t i, int64_t j,
-                                             int64_t H, int64_t W, int64_t C, int64_t P) {
+template <typename V, typename T>
+static inline void linear_sra_pool_cell_typed(const T* __restrict__ x, T* __restrict__ y, int64_t i, int64_t j,
+                                              int64_t H, int64_t W, int64_t C, int64_t P) {
   const int64_t h0 = adaptive_start(i, H, P), h1 = adaptive_end(i, H, P);
   const int64_t w0 = adaptive_start(j, W, P), w1 = adaptive_end(j, W, P);
   const float scale = 1.0f / static_cast<float>((h1 - h0) * (w1 - w0));
@@ -159,33 +230,54 @@ static inline void linear_sra_pool_cell_impl(const float* __restrict__ x, float*
   for (int64_t c = 0; c < vec_end; c += V::kWidth) {
     typename V::reg acc = V::zero();
     for (int64_t hh = h0; hh < h1; ++hh)
-      for (int64_t ww = w0; ww < w1; ++ww) acc = V::add(acc, V::load(x + (hh * W + ww) * C + c));
-    V::store(y + c, V::mul(acc, V::set1(scale)));
+      for (int64_t ww = w0; ww < w1; ++ww) acc = V::add(acc, load_elem<V>(x + (hh * W + ww) * C + c));
+    store_elem<V>(y + c, V::mul(acc, V::set1(scale)));
   }
   for (int64_t c = vec_end; c < C; ++c) {
     float acc = 0.0f;
     for (int64_t hh = h0; hh < h1; ++hh)
-      for (int64_t ww = w0; ww < w1; ++ww) acc += x[(hh * W + ww) * C + c];
-    y[c] = acc * scale;
+      for (int64_t ww = w0; ww < w1; ++ww) acc += scalar_elem(x[(hh * W + ww) * C + c]);
+    store_scalar(y + c, acc * scale);
   }
+}
+
+// x and y both fp32 or both bf16 (`elem`); bf16 sums in fp32 and rounds each mean once.
+template <typename V>
+static inline void linear_sra_pool_cell_impl(const void* x, void* y, Elem elem, int64_t i, int64_t j, int64_t H,
+                                             int64_t W, int64_t C, int64_t P) {
+  if (elem == Elem::kBF16)
+    linear_sra_pool_cell_typed<V>(static_cast<const bf16*>(x), static_cast<bf16*>(y), i, j, H, W, C, P);
+  else
+    linear_sra_pool_cell_typed<V>(static_cast<const float*>(x), static_cast<float*>(y), i, j, H, W, C, P);
+}
+
+// y[k] = bf16(x[k]) for k < n (round to nearest even): conv_ffn's bf16 path rounds its fp32 fc2 band into the output.
+template <typename V>
+static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restrict__ y, int64_t n) {
+  const int64_t vec_end = n - n % V::kWidth;
+  for (int64_t k = 0; k < vec_end; k += V::kWidth) Bf16<V>::store(y + k, V::load(x + k));
+  for (int64_t k = vec_end; k < n; ++k) y[k] = float_to_bf16(x[k]);
 }
 
 }  // namespace PVT_ISA
 }  // namespace cpu
 }  // namespace pvtv2
 
-// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX> and linear_sra_pool_cell_<SUFFIX>, run with
-// policy OPS.
+// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>,
+// round_to_bf16_<SUFFIX> and the resampling rows (resample.h), run with policy OPS.
 #define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
   namespace pvtv2 {                                                                                                \
   namespace cpu {                                                                                                  \
-  void dwconv_gelu_row_##SUFFIX(const float* const* rows, const float* wt, const float* bias, float* y, int64_t W,   \
-                                int64_t C, bool relu) {                                                            \
-    PVT_ISA::dwconv_gelu_row_impl<PVT_ISA::OPS>(rows, wt, bias, y, W, C, relu);                                     \
+  void dwconv_gelu_row_##SUFFIX(const void* const* rows, Elem in, const float* wt, const float* bias, void* y,      \
+                                Elem out, int64_t W, int64_t C, bool relu) {                                       \
+    PVT_ISA::dwconv_gelu_row_impl<PVT_ISA::OPS>(rows, in, wt, bias, y, out, W, C, relu);                            \
   }                                                                                                                \
-  void linear_sra_pool_cell_##SUFFIX(const float* x, float* y, int64_t i, int64_t j, int64_t H, int64_t W,          \
+  void linear_sra_pool_cell_##SUFFIX(const void* x, void* y, Elem elem, int64_t i, int64_t j, int64_t H, int64_t W, \
                                      int64_t C, int64_t P) {                                                       \
-    PVT_ISA::linear_sra_pool_cell_impl<PVT_ISA::OPS>(x, y, i, j, H, W, C, P);                                      \
+    PVT_ISA::linear_sra_pool_cell_impl<PVT_ISA::OPS>(x, y, elem, i, j, H, W, C, P);                                \
+  }                                                                                                                \
+  void round_to_bf16_##SUFFIX(const float* x, bf16* y, int64_t n) {                                                \
+    PVT_ISA::round_to_bf16_impl<PVT_ISA::OPS>(x, y, n);                                                             \
   }                                                                                                                \
   void upsample_argmax_row_##SUFFIX(const float* s0, const float* s1, float w0, float w1, const int64_t* ci,         \
                                     const float* cw, int64_t W_in, int64_t W_out, int64_t L, float* tmp, float* v, \

@@ -11,6 +11,26 @@ namespace pvtv2 {
 namespace cpu {
 namespace avx2 {
 
+// bf16 ↔ fp32 for 8 lanes with AVX2 integer instructions, rounding as float_to_bf16.
+struct Avx2Ops;
+template <>
+struct Bf16<Avx2Ops> {
+  static __m256 load(const bf16* p) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+  }
+  static void store(bf16* p, __m256 v) {
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+    // r holds 8 values below 2^16: pack to 16 bits (packus works per 128-bit lane, so reorder the lanes after)
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+};
+
 struct Avx2Ops {
   static constexpr int kWidth = 8;
   using reg = __m256;

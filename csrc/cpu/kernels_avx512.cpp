@@ -14,6 +14,23 @@ namespace pvtv2 {
 namespace cpu {
 namespace avx512 {
 
+// bf16 ↔ fp32 for 16 lanes with AVX-512F integer instructions (vpmovzxwd / vpmovdw), rounding as float_to_bf16.
+struct Avx512Ops;
+template <>
+struct Bf16<Avx512Ops> {
+  static __m512 load(const bf16* p) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  }
+  static void store(bf16* p, __m512 v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+};
+
 struct Avx512Ops {
   static constexpr int kWidth = 16;
   using reg = __m512;

@@ -6,7 +6,6 @@ import math
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -63,8 +62,6 @@ class SpatialReductionAttention(FastPath, nn.Module):
         elif sr_ratio > 1:
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
             self.layer_norm = nn.LayerNorm(hidden_size, eps=sr_eps)
-        # Derived weights for inference (packed K/V, channels-last SR conv), see _inference_cache.
-        self._caches: dict = {}
 
     def reduce(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The key/value source: ``(B, N, C)`` tokens of an H×W map → ``(B, M, C)`` reduced tokens."""
@@ -72,17 +69,14 @@ class SpatialReductionAttention(FastPath, nn.Module):
             c = self.hidden_size
             pooled = ops.linear_sra_pool(hidden_states, height, width, self.pool_size, backend=self.op_backend)
             # The 1×1 conv on pooled tokens is a linear layer on them: no NCHW round trip.
-            reduced = F.linear(pooled, self.spatial_reduction.weight.view(c, c), self.spatial_reduction.bias)
+            conv = self.spatial_reduction
+            reduced = self._linear(
+                "sr_linear", pooled, (conv.weight, conv.bias), lambda: (conv.weight.view(c, c), conv.bias)
+            )
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
             grid = token_map(hidden_states, height, width, channels_last=self.fast)
-            conv = self.spatial_reduction
-            if self.fast:
-                # The grid is a channels-last view: oneDNN wants the weight channels-last too, and would otherwise
-                # reorder it on every call (profiled: the largest non-arithmetic item of fast=True at 224²).
-                reduced = F.conv2d(grid, self._channels_last_sr_weight(), conv.bias, conv.stride)
-            else:
-                reduced = conv(grid)
+            reduced = self._conv2d("sr", grid, self.spatial_reduction) if self.fast else self.spatial_reduction(grid)
             return self.layer_norm(reduced.flatten(2).transpose(1, 2))
         return hidden_states
 
@@ -92,31 +86,14 @@ class SpatialReductionAttention(FastPath, nn.Module):
         transformers does (the sums then round alike)."""
         if not self.fast:
             return self.key(reduced), self.value(reduced)
-        kv = F.linear(reduced, *self._packed_kv_weights())
+        params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
+        kv = self._linear("kv", reduced, params, self._packed_kv_weights)
         return kv[..., : self.hidden_size], kv[..., self.hidden_size :]
 
     def _packed_kv_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``cat([key, value])`` weights and biases, cached for inference (see :meth:`_inference_cache`)."""
+        """``cat([key, value])`` weights and biases, cached for inference (see :meth:`FastPath._inference_cache`)."""
         params = (self.key.weight, self.value.weight, self.key.bias, self.value.bias)
-        return self._inference_cache("kv", params, self._cat_kv)
-
-    def _channels_last_sr_weight(self) -> torch.Tensor:
-        """The spatial-reduction conv weight ``(C, C, sr, sr)`` in channels-last memory (same values), cached for
-        inference (see :meth:`_inference_cache`)."""
-        weight = self.spatial_reduction.weight
-        return self._inference_cache("sr", (weight,), lambda: weight.contiguous(memory_format=torch.channels_last))
-
-    def _inference_cache(self, slot: str, params: tuple, make):
-        """``make()``, computed once per state of ``params``: the cache key is their identity, version counter and
-        storage, so in-place updates, ``load_state_dict`` and ``.to()`` all invalidate it; under autograd or
-        compilation ``make()`` runs every call (it must be part of the graph)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return make()
-        key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
-        entry = self._caches.get(slot)
-        if entry is None or entry[0] != key:
-            entry = self._caches[slot] = (key, make())
-        return entry[1]
+        return self._inference_cache("kv_cat", params, self._cat_kv)
 
     def _cat_kv(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         bias = None if self.key.bias is None else torch.cat([self.key.bias, self.value.bias])
@@ -126,7 +103,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
         self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Returns ``(context (B, N, C), attention_probs (B, heads, N, M) or None)``."""
-        query = self.query(hidden_states)
+        query = self._projection("query", self.query, hidden_states)
         key, value = self.key_value(self.reduce(hidden_states, height, width))
         dropout_p = self.attn_drop.p if self.training else 0.0
         probs = None
@@ -135,7 +112,13 @@ class SpatialReductionAttention(FastPath, nn.Module):
             context, probs = self._explicit_attention(query, key, value)
         else:
             context = ops.sra_attention(query, key, value, self.num_attention_heads, backend=self.op_backend)
-        return self.proj_drop(self.proj(context)), probs
+        return self.proj_drop(self._projection("proj", self.proj, context)), probs
+
+    def _projection(self, slot: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x)``; in fast mode through :meth:`FastPath._linear` (prepacked bf16 weights on CPU)."""
+        if not self.fast:
+            return linear(x)
+        return self._linear(slot, x, (linear.weight, linear.bias), lambda: (linear.weight, linear.bias))
 
     def _explicit_attention(self, query, key, value) -> Tuple[torch.Tensor, torch.Tensor]:
         b, n, c = query.shape

@@ -29,7 +29,9 @@ class OverlapPatchEmbed(FastPath, nn.Module):
             # Channels-last input makes the conv write (B, H', W', C) memory, which *is* the token layout: no
             # NCHW → tokens copy, and LayerNorm gets a contiguous input (a no-op between fast stages).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        embeddings = self.proj(pixel_values)
+            embeddings = self._conv2d("proj", pixel_values, self.proj)
+        else:
+            embeddings = self.proj(pixel_values)
         _, _, height, width = embeddings.shape
         embeddings = embeddings.flatten(2).transpose(1, 2)
         return self.layer_norm(embeddings), height, width

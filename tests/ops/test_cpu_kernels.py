@@ -5,6 +5,7 @@ reference is in the per-op suites (tests/ops/test_<op>.py), parametrised over ba
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -52,6 +53,47 @@ def test_every_isa_path_matches(cap):
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.parametrize("cap", ISA_ORDER)
+def test_every_isa_path_reads_and_writes_bf16(cap):
+    """bf16 tensors are read and written by each ISA path itself (widening loads, round-to-nearest-even stores built
+    from AVX2 / AVX-512F integer instructions, no AVX512-BF16), so every path is checked here whatever the CPU has.
+    A mean of two bf16 values is exact in fp32, so the pool's bf16 result must equal PyTorch's rounding of it
+    exactly: random pairs land on ties often, plus overflow to inf, inf - inf = NaN and signed infinities.
+    dwconv+GELU and conv_ffn in bf16 against the fp32 reference within the bf16 tolerance of tests/op_cases.py (8
+    significant bits: 2^-8 relative per rounding). Below AVX-512, MKL and oneDNN are capped to AVX2 as well, so the
+    bf16 GEMMs run MKL's AVX2 path, as on a CPU without AVX512-BF16 / AMX."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from pvtv2_fast import ops
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s, k=1.0: (torch.randn(*s, generator=g) * k).bfloat16()
+        tol = dict(atol=1e-2, rtol=1.6e-2)
+        for c in (21, 40, 67):
+            x = r(1, 2, c, k=3.0)
+            inf = float("inf")  # overflow to inf, inf - inf = NaN, inf, -inf
+            x[0, :, :4] = torch.tensor([[3e38, inf, inf, -inf], [3e38, -inf, 1, -2]])
+            got = ops.linear_sra_pool(x, 2, 1, 1, backend="cpu")[:, 0]
+            want = ((x[:, 0].float() + x[:, 1].float()) / 2).bfloat16()
+            torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+            x, w, b = r(2, 63, c), r(c, 1, 3, 3, k=0.3), r(c)
+            e = ops.dwconv_gelu(x, w, b, 7, 9, True, backend="cpu")
+            ref = ops.dwconv_gelu_reference(x.float(), w.float(), b.float(), 7, 9, True)
+            torch.testing.assert_close(e.float(), ref, **tol)
+            a = [r(*s, k=0.2) for s in ((72, c), (72,), (72, 1, 3, 3), (72,), (c, 72), (c,))]
+            f = ops.conv_ffn(x, *a, 7, 9, False, backend="cpu")
+            ref = ops.conv_ffn_reference(x.float(), *(t.float() for t in a), 7, 9, False)
+            torch.testing.assert_close(f.float(), ref, **tol)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
+    if cap != "avx512":
+        env.update(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
 def test_unknown_isa_name_is_an_error():
     code = "from pvtv2_fast import _ext; _ext.cpu_isa()"
     env = dict(os.environ, PVTV2_FAST_CPU_ISA="sse9")
@@ -62,13 +104,27 @@ def test_unknown_isa_name_is_an_error():
 def test_conv_ffn_band_sizes_and_thread_counts():
     """One-row bands (a 3-row ring that wraps every band), odd band sizes and one band per image, on 1 and 3
     threads: every way a thread's bands can carry fc1 rows over (PVTV2_FAST_FFN_BAND_KB is read once, so each
-    setting runs in its own process)."""
-    code = (
-        "import sys, torch; from pvtv2_fast import ops; torch.set_num_threads(int(sys.argv[1])); "
-        "g = torch.Generator().manual_seed(0); r = lambda *s: torch.randn(*s, generator=g) * 0.3; "
-        "x = r(3, 37 * 11, 24); a = (r(72, 24), r(72), r(72, 1, 3, 3), r(72), r(20, 72), r(20)); "
-        "y = ops.conv_ffn(x, *a, 37, 11, True, backend='cpu'); e = ops.conv_ffn_reference(x, *a, 37, 11, True); "
-        "d = (y - e).abs().max().item(); assert d < 1e-5, d; print('ok')"
+    setting runs in its own process); fp32, and the bf16 path (its own buffers: bf16 band, fp32 fc2 band) within
+    the bf16 tolerance of tests/op_cases.py."""
+    code = textwrap.dedent(
+        """
+        import sys, torch
+        from pvtv2_fast import ops
+        torch.set_num_threads(int(sys.argv[1]))
+        g = torch.Generator().manual_seed(0)
+        r = lambda *s: torch.randn(*s, generator=g) * 0.3
+        x = r(3, 37 * 11, 24)
+        a = (r(72, 24), r(72), r(72, 1, 3, 3), r(72), r(20, 72), r(20))
+        y = ops.conv_ffn(x, *a, 37, 11, True, backend="cpu")
+        e = ops.conv_ffn_reference(x, *a, 37, 11, True)
+        d = (y - e).abs().max().item()
+        assert d < 1e-5, d
+        xb, ab = x.bfloat16(), [t.bfloat16() for t in a]
+        yb = ops.conv_ffn(xb, *ab, 37, 11, True, backend="cpu")
+        eb = ops.conv_ffn_reference(xb.float(), *(t.float() for t in ab), 37, 11, True)
+        torch.testing.assert_close(yb.float(), eb, atol=1e-2, rtol=1.6e-2)
+        print("ok")
+        """
     )
     for kb in ("1", "7", "1000000"):
         for threads in ("1", "3"):
