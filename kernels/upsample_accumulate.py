@@ -2,7 +2,7 @@
 ``(B, R, W, C)``: the decode head's sum of per-stage maps resampled to one resolution, without materialising any
 stage's resampled map.
 
-Taps as in :mod:`upsample_argmax`: output row ``r`` reads source rows ``row_index[r, 0..1]`` with weights
+Taps as in :mod:`resample`: output row ``r`` reads source rows ``row_index[r, 0..1]`` with weights
 ``row_weight[r, 0..1]``, output column ``c`` source columns ``col_index[c, 0..1]`` with ``col_weight[c, 0..1]``.
 Each program owns one output row, ``BLOCK_W`` columns and ``BLOCK_C`` channels (loads along channels are
 contiguous). Arithmetic in fp32, rows first: ``t = x[r0]·rw0 + x[r1]·rw1`` at both source columns, then
@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from .launch import MAX_GRID_AXIS12, check_grid
+from .resample import load_taps
 
 # Tiles, defined once here; kernels/aot.py compiles exactly these.
 BLOCK_W = 32
@@ -57,14 +58,7 @@ def upsample_accumulate_kernel(
     mask_w = offs_w < W_out
     mask = mask_w[:, None] & (offs_c < C)[None, :]
 
-    r0 = tl.load(RowIndex + 2 * r)
-    r1 = tl.load(RowIndex + 2 * r + 1)
-    rw0 = tl.load(RowWeight + 2 * r)
-    rw1 = tl.load(RowWeight + 2 * r + 1)
-    c0 = tl.load(ColIndex + 2 * offs_w, mask=mask_w, other=0)
-    c1 = tl.load(ColIndex + 2 * offs_w + 1, mask=mask_w, other=0)
-    cw0 = tl.load(ColWeight + 2 * offs_w, mask=mask_w, other=0.0)[:, None]
-    cw1 = tl.load(ColWeight + 2 * offs_w + 1, mask=mask_w, other=0.0)[:, None]
+    r0, r1, rw0, rw1, c0, c1, cw0, cw1 = load_taps(RowIndex, RowWeight, ColIndex, ColWeight, r, offs_w, mask_w)
 
     image = X + b.to(tl.int64) * stride_xb  # 64-bit: large maps pass 2³¹ elements
     row0 = image + r0 * stride_xr

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from .launch import check_grid
+from .resample import load_taps
 
 # Tiles, defined once here; kernels/aot.py compiles exactly these.
 BLOCK_W = 32
@@ -53,14 +54,7 @@ def upsample_argmax_kernel(
     offs_w = (pid % n_wb) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask_w = offs_w < W_out
 
-    r0 = tl.load(RowIndex + 2 * r)
-    r1 = tl.load(RowIndex + 2 * r + 1)
-    rw0 = tl.load(RowWeight + 2 * r)
-    rw1 = tl.load(RowWeight + 2 * r + 1)
-    c0 = tl.load(ColIndex + 2 * offs_w, mask=mask_w, other=0)
-    c1 = tl.load(ColIndex + 2 * offs_w + 1, mask=mask_w, other=0)
-    cw0 = tl.load(ColWeight + 2 * offs_w, mask=mask_w, other=0.0)[:, None]
-    cw1 = tl.load(ColWeight + 2 * offs_w + 1, mask=mask_w, other=0.0)[:, None]
+    r0, r1, rw0, rw1, c0, c1, cw0, cw1 = load_taps(RowIndex, RowWeight, ColIndex, ColWeight, r, offs_w, mask_w)
 
     # 64-bit: a band of a 8192² map's logits passes 2³¹ elements
     image = X + b.to(tl.int64) * stride_xb
