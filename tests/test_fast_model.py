@@ -124,6 +124,25 @@ def test_cached_weights_follow_weight_updates(backend):
         torch.testing.assert_close(model(x).logits, other(x).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_models_with_cached_weights_deep_copy_and_pickle(dtype):
+    """The inference cache may hold opaque oneDNN tensors (no storage): copies and pickles of a model that has run
+    start with an empty cache and compute the same outputs (transformers' tests deep-copy models, users save them
+    whole)."""
+    import copy
+    import io
+
+    model = _model("b0", "cpu").to(dtype).set_fast(True)
+    x = torch.randn(1, 3, *SIZE, dtype=dtype)
+    with torch.no_grad():
+        expected = model(x).logits
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        for clone in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+            torch.testing.assert_close(clone(x).logits, expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("preset,overrides", PRESETS)
 def test_bf16_on_cpu(preset, overrides):
     """bf16 on CPU: the C++ kernels read and write bf16 (bf16 GEMMs with fp32 sums in the FFN) and the projections

@@ -9,6 +9,18 @@ import torch
 import torch.nn.functional as F
 
 
+class _DerivedWeights(dict):
+    """The per-module inference cache: copies and pickles start empty. Its entries are derived from the weights
+    (and may be opaque oneDNN tensors, which have no storage to copy), so a deep-copied or unpickled module
+    recomputes them instead of failing or sharing them."""
+
+    def __deepcopy__(self, memo) -> "_DerivedWeights":
+        return _DerivedWeights()
+
+    def __reduce__(self):
+        return _DerivedWeights, ()
+
+
 class FastPath:
     """Mixin of the modules whose math runs through :mod:`pvtv2_fast.ops`.
 
@@ -40,7 +52,7 @@ class FastPath:
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return make()
         key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
-        caches = self.__dict__.setdefault("_inference_caches", {})  # a mixin: no __init__ of its own
+        caches = self.__dict__.setdefault("_inference_caches", _DerivedWeights())  # a mixin: no __init__ of its own
         entry = caches.get(slot)
         if entry is None or entry[0] != key:
             entry = caches[slot] = (key, make())

@@ -39,7 +39,14 @@ def test_auto_order_is_data_and_names_only_existing_backends():
 
 
 def test_every_op_has_a_reference_and_only_known_backends():
-    assert set(OPS) == {"sra_attention", "linear_sra_pool", "dwconv_gelu", "conv_ffn"}
+    assert set(OPS) == {
+        "sra_attention",
+        "linear_sra_pool",
+        "dwconv_gelu",
+        "conv_ffn",
+        "upsample_argmax",
+        "upsample_accumulate",
+    }
     for op in OPS.values():
         assert callable(op.reference)
         assert set(op.available()) <= set(ops.BACKENDS) - {"auto"}
