@@ -46,3 +46,30 @@ def check_params(
             raise ValueError(
                 f"{op}: {name} must share x's dtype and device ({x.dtype}, {x.device}), got {t.dtype}, {t.device}"
             )
+
+
+def describe(t) -> str:
+    """``(2, 3) torch.float32`` for a tensor, the type name otherwise (for error messages)."""
+    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_taps(op: str, name: str, index, weight, source: int, x: torch.Tensor) -> None:
+    """Resampling taps (``upsample_argmax``, ``upsample_accumulate``): ``index (n, 2)`` int64 into the ``source``
+    rows / columns of ``x``, ``weight (n, 2)`` float32, both on x's device."""
+    if not isinstance(index, torch.Tensor) or index.ndim != 2 or index.shape[1] != 2 or index.dtype != torch.int64:
+        raise ValueError(f"{op}: {name}_index must be (n, 2) int64 source taps, got {describe(index)}")
+    if (
+        not isinstance(weight, torch.Tensor)
+        or tuple(weight.shape) != tuple(index.shape)
+        or weight.dtype != torch.float32
+    ):
+        raise ValueError(
+            f"{op}: {name}_weight must be {tuple(index.shape)} float32 like {name}_index, got {describe(weight)}"
+        )
+    for t in (index, weight):
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} taps must be on x's device {x.device}, got {t.device}")
+    if index.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= source:
+            raise IndexError(f"{op}: {name}_index reads source {name}s [{lo}, {hi}], x has {source}")

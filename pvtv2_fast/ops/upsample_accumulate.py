@@ -9,8 +9,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .checks import check_params, check_taps
 from .registry import FUSED_DTYPES, define, register_native, triton_why_not
-from .upsample_argmax import check_taps
+from .upsample_argmax import resample_reference
 
 Taps = Tuple[Tensor, Tensor, Tensor, Tensor]  # (row_index, row_weight, col_index, col_weight)
 
@@ -24,15 +25,11 @@ def upsample_accumulate_reference(
     bias: Optional[Tensor],
     relu: bool,
 ) -> Tensor:
-    """The PyTorch composition, summed in fp32 in the order of ``xs``: per map a gather of its two source rows
-    and two source columns per output (rows first), then the bias, then ReLU; differentiable."""
+    """The PyTorch composition, summed in fp32 in the order of ``xs``: per map :func:`resample_reference`, then
+    the bias, then ReLU; differentiable."""
     acc = None
-    for x, ri, rw, ci, cw in zip(xs, row_index, row_weight, col_index, col_weight):
-        xf = x.float()
-        w = rw.view(1, -1, 1, 1, 2)
-        rows = xf.index_select(1, ri[:, 0]) * w[..., 0] + xf.index_select(1, ri[:, 1]) * w[..., 1]
-        w = cw.view(1, 1, -1, 1, 2)
-        band = rows.index_select(2, ci[:, 0]) * w[..., 0] + rows.index_select(2, ci[:, 1]) * w[..., 1]
+    for taps in zip(xs, row_index, row_weight, col_index, col_weight):
+        band = resample_reference(*taps)
         acc = band if acc is None else acc + band
     if bias is not None:
         acc = acc + bias.float()
@@ -111,10 +108,7 @@ def upsample_accumulate(
         check_taps("upsample_accumulate", "col", ci, cw, x.shape[2], x)
         if ri.shape[0] != taps[0][0].shape[0] or ci.shape[0] != taps[0][2].shape[0]:
             raise ValueError("upsample_accumulate: every map must resample to the same rows and columns")
-    if bias is not None and (
-        tuple(bias.shape) != (lead.shape[3],) or bias.dtype != lead.dtype or bias.device != lead.device
-    ):
-        raise ValueError(f"upsample_accumulate: bias must be ({lead.shape[3]},) {lead.dtype} on {lead.device}")
+    check_params("upsample_accumulate", lead, {"bias": (bias, (lead.shape[3],))}, f" for {lead.shape[3]} channels")
     args = (xs, *[[t[k] for t in taps] for k in range(4)], bias, bool(relu))
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in xs + ([bias] if bias is not None else []))
     return OP("torch" if needs_grad else backend, *args)

@@ -12,22 +12,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .checks import check_taps, describe
 from .registry import FUSED_DTYPES, define, register_native, triton_why_not
 
 LABEL_DTYPES = {torch.uint8: 256, torch.int16: 2**15, torch.int32: 2**31, torch.int64: 2**63}
 
 
-def upsample_argmax_reference(
-    x: Tensor, row_index: Tensor, row_weight: Tensor, col_index: Tensor, col_weight: Tensor, dtype: torch.dtype
+def resample_reference(
+    x: Tensor, row_index: Tensor, row_weight: Tensor, col_index: Tensor, col_weight: Tensor
 ) -> Tensor:
-    """The PyTorch composition, in fp32: rows first (a gather of whole source rows), then columns, then the
-    first index of the maximum over labels (NaN counts as the maximum, as in ``torch.argmax``)."""
+    """``x (B, R_in, W_in, C)`` resampled by its taps to ``(B, R, W, C)`` in fp32 (differentiable): rows first (a
+    gather of whole source rows), then columns — the reference arithmetic of both resampling ops."""
     xf = x.float()
     rw = row_weight.view(1, -1, 1, 1, 2)
     rows = xf.index_select(1, row_index[:, 0]) * rw[..., 0] + xf.index_select(1, row_index[:, 1]) * rw[..., 1]
     cw = col_weight.view(1, 1, -1, 1, 2)
-    v = rows.index_select(2, col_index[:, 0]) * cw[..., 0] + rows.index_select(2, col_index[:, 1]) * cw[..., 1]
-    return v.argmax(-1).to(dtype)
+    return rows.index_select(2, col_index[:, 0]) * cw[..., 0] + rows.index_select(2, col_index[:, 1]) * cw[..., 1]
+
+
+def upsample_argmax_reference(
+    x: Tensor, row_index: Tensor, row_weight: Tensor, col_index: Tensor, col_weight: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """The PyTorch composition: :func:`resample_reference`, then the first index of the maximum over labels (NaN
+    counts as the maximum, as in ``torch.argmax``)."""
+    return resample_reference(x, row_index, row_weight, col_index, col_weight).argmax(-1).to(dtype)
 
 
 @torch.library.custom_op("pvtv2_fast::upsample_argmax_triton", mutates_args=())
@@ -50,28 +58,6 @@ OP.register("triton", upsample_argmax_triton, triton_why_not)
 register_native(OP, "upsample_argmax", 5, 1, devices=("cpu",), differentiable=False)
 
 
-def check_taps(op: str, name: str, index, weight, source: int, x: Tensor) -> None:
-    """``index (n, 2)`` int64 taps into ``source`` rows / columns of ``x`` and ``weight (n, 2)`` float32, on x's
-    device (shared by the resampling ops)."""
-    if not isinstance(index, Tensor) or index.ndim != 2 or index.shape[1] != 2 or index.dtype != torch.int64:
-        raise ValueError(f"{op}: {name}_index must be (n, 2) int64 source taps, got {_describe(index)}")
-    if not isinstance(weight, Tensor) or tuple(weight.shape) != tuple(index.shape) or weight.dtype != torch.float32:
-        raise ValueError(
-            f"{op}: {name}_weight must be {tuple(index.shape)} float32 like {name}_index, got {_describe(weight)}"
-        )
-    for t in (index, weight):
-        if t.device != x.device:
-            raise ValueError(f"{op}: {name} taps must be on x's device {x.device}, got {t.device}")
-    if index.numel() and not torch.compiler.is_compiling():
-        lo, hi = int(index.min()), int(index.max())
-        if lo < 0 or hi >= source:
-            raise IndexError(f"{op}: {name}_index reads source {name}s [{lo}, {hi}], x has {source}")
-
-
-def _describe(t) -> str:
-    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
-
-
 def upsample_argmax(
     x: Tensor,
     row_index: Tensor,
@@ -92,7 +78,7 @@ def upsample_argmax(
     Backends agree up to a different last-bit rounding, which can only change the label of a near-tie.
     """
     if not isinstance(x, Tensor) or x.ndim != 4:
-        raise ValueError(f"upsample_argmax: x must be a (B, R, W, L) channels-last band, got {_describe(x)}")
+        raise ValueError(f"upsample_argmax: x must be a (B, R, W, L) channels-last band, got {describe(x)}")
     if x.dtype not in FUSED_DTYPES:
         raise TypeError(f"upsample_argmax: x must be float32, float16 or bfloat16, got {x.dtype}")
     if dtype not in LABEL_DTYPES:
