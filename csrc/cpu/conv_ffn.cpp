@@ -62,19 +62,25 @@ namespace {
 
 // Bias rows before an accumulating GEMM: out (rows, n) = bias, or zeros when there is no input channel to sum.
 // Returns the GEMM's beta.
+// Returns the GEMM's beta. Parallel when called outside a parallel region (the whole-map path), inline inside one.
 float init_rows(int64_t rows, int64_t k, const float* bias, int64_t n, float* out) {
-  if (bias != nullptr) {
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * n, bias, n * sizeof(float));
-    return 1.0f;
-  }
-  if (k == 0) std::memset(out, 0, rows * n * sizeof(float));
-  return 0.0f;
+  if (bias == nullptr && k != 0) return 0.0f;
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (bias != nullptr)
+        std::memcpy(out + r * n, bias, n * sizeof(float));
+      else
+        std::memset(out + r * n, 0, n * sizeof(float));
+    }
+  });
+  return bias != nullptr ? 1.0f : 0.0f;
 }
 
 // out (rows, n) = in (rows, k) · w (n, k)ᵀ + bias, row-major and contiguous; bias may be nullptr; out is fp32, in and
 // w fp32 (sgemm) or bf16 (MKL's bf16 GEMM, fp32 accumulation).
-// Called from inside at::parallel_for, where the BLAS runs single-threaded (it sees the OpenMP region). The caller
-// keeps rows, k and n below 2^31 (the BLAS takes ints).
+// Called from inside at::parallel_for (the band loop), the BLAS runs single-threaded (it sees the OpenMP region);
+// called outside one (the whole-map path), it runs on its own threads. The caller keeps rows, k and n below 2^31
+// (the BLAS takes ints).
 template <typename T>
 void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* bias, int64_t n, float* out) {
   const float beta = init_rows(rows, k, bias, n, out);
@@ -106,6 +112,21 @@ Buffer<T> alloc(int64_t n) {
   return Buffer<T>(p);
 }
 
+// A buffer of at least n elements, kept per calling thread and reused by later calls (the whole-map path's hidden
+// state: fresh pages cost a first-touch fault each, which measured more than the small GEMMs they feed).
+template <typename T>
+T* scratch(int64_t n, int which) {
+  thread_local Buffer<char> buffers[3];
+  thread_local int64_t sizes[3] = {0, 0, 0};
+  const int64_t bytes = std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T));
+  if (sizes[which] < bytes) {
+    buffers[which].reset();
+    buffers[which] = alloc<char>(bytes);
+    sizes[which] = bytes;
+  }
+  return reinterpret_cast<T*>(buffers[which].get());
+}
+
 int64_t band_target_bytes() {
   // 512 KB of hidden rows per band. Bands this small keep the ring (band + 2 rows) and the activation band in
   // L2/L3, yet give the GEMMs hundreds of rows; measured on a 2-core EPYC (512 KB L2 per core, 32 MB L3) over the
@@ -116,6 +137,20 @@ int64_t band_target_bytes() {
 }
 
 }  // namespace
+
+bool conv_ffn_whole_map(int64_t hidden_bytes, int64_t weight_bytes) {
+  // Read per call (a getenv, next to GEMMs of tens of microseconds at least), so tests switch schedules in-process.
+  const int64_t kb = env::integer("PVTV2_FAST_FFN_WHOLE_KB", 0, int64_t{1} << 30, -1, "a whole number of KB",
+                                 "the measured rule");
+  if (kb >= 0) return hidden_bytes <= kb * 1024;
+  // Measured (2 threads, b0/b2 stage shapes, batch 1-8; bench/results/cpu_conv_ffn_schedule.md): bands re-read the
+  // weights once per band and thread, whole-map GEMMs move the hidden state through memory. Whole-map won 1.1-1.7x
+  // wherever the weights pass 1 MB (C >= 128) up to 20 MB of hidden state, and 1.2x below 4 MB even with small
+  // weights; bands won 1.1-1.35x for small weights over larger maps (C = 64 / 160 at 64² and up). The cap of 16 MB also
+  // bounds the scratch the calling thread keeps (scratch()).
+  constexpr int64_t MB = 1 << 20;
+  return hidden_bytes <= 4 * MB || (weight_bytes >= MB && hidden_bytes <= 16 * MB);
+}
 
 int64_t conv_ffn_band_rows(int64_t row_floats, int64_t height, int64_t batch) {
   int64_t rows = std::max<int64_t>(1, band_target_bytes() / (row_floats * static_cast<int64_t>(sizeof(float))));
@@ -185,14 +220,59 @@ void conv_ffn_forward_t(const ConvFfnArgs& a) {
   });
 }
 
+// The whole map at once, for hidden states small enough to stay in cache (conv_ffn_whole_map_bytes): fc1 over all
+// B·H·W tokens in one GEMM, the conv + GELU row-parallel, fc2 in one GEMM. The GEMMs run outside any parallel region,
+// so the BLAS splits them over its threads, and each weight matrix is read once rather than once per band.
+template <typename T>
+void conv_ffn_whole_t(const ConvFfnArgs& a) {
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  constexpr Elem kElem = kF32 ? Elem::kF32 : Elem::kBF16;
+  const int64_t H = a.height, W = a.width, hid = a.hidden, tokens = a.batch * H * W;
+  const int64_t row_floats = W * hid;
+  float* hidden = scratch<float>(tokens * hid, 0);
+  T* act = scratch<T>(tokens * hid, 1);
+  linear_rows(static_cast<const T*>(a.x), tokens, a.c_in, static_cast<const T*>(a.fc1_w), a.fc1_b, hid, hidden);
+  const DwconvGeluRowFn row_fn = dwconv_gelu_row();
+  at::parallel_for(0, a.batch * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t h = bh % H;
+      const float* row = hidden + bh * row_floats;
+      const void* rows[3] = {h > 0 ? row - row_floats : nullptr, row, h + 1 < H ? row + row_floats : nullptr};
+      row_fn(rows, Elem::kF32, a.dw_wt, a.dw_b, act + bh * row_floats, kElem, W, hid, a.relu_input);
+    }
+  });
+  if constexpr (kF32) {
+    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), a.fc2_b, a.c_out, static_cast<float*>(a.y));
+  } else {
+    float* out = scratch<float>(tokens * a.c_out, 2);
+    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), a.fc2_b, a.c_out, out);
+    const RoundToBf16Fn round_fn = round_to_bf16();
+    bf16* y = static_cast<bf16*>(a.y);
+    at::parallel_for(0, tokens, 256, [&](int64_t t0, int64_t t1) {
+      round_fn(out + t0 * a.c_out, y + t0 * a.c_out, (t1 - t0) * a.c_out);
+    });
+  }
+}
+
+template <typename T>
+void conv_ffn_dispatch_t(const ConvFfnArgs& a) {
+  const int64_t hidden_bytes = a.batch * a.height * a.width * a.hidden * static_cast<int64_t>(sizeof(float));
+  const int64_t weight_bytes = (a.c_in + a.c_out) * a.hidden * static_cast<int64_t>(sizeof(float));
+  (void)band_target_bytes();  // both variables are checked on every call, whichever schedule runs
+  if (conv_ffn_whole_map(hidden_bytes, weight_bytes))
+    conv_ffn_whole_t<T>(a);
+  else
+    conv_ffn_forward_t<T>(a);
+}
+
 }  // namespace
 
 void conv_ffn_forward(const ConvFfnArgs& a) {
   if (a.elem == Elem::kBF16) {
     TORCH_CHECK(has_bf16_gemm(), "conv_ffn: the CPU kernel's bf16 path needs MKL's bf16 GEMM, absent from this build");
-    conv_ffn_forward_t<bf16>(a);
+    conv_ffn_dispatch_t<bf16>(a);
   } else {
-    conv_ffn_forward_t<float>(a);
+    conv_ffn_dispatch_t<float>(a);
   }
 }
 

@@ -89,6 +89,9 @@ bool has_bf16_gemm();
 // Rows per band for a hidden state of `row_floats` floats per map row (override: PVTV2_FAST_FFN_BAND_KB, a whole
 // number of KB from 1 to 1048576; any other value set raises).
 int64_t conv_ffn_band_rows(int64_t row_floats, int64_t height, int64_t batch);
+// Whether conv_ffn runs whole-map GEMMs rather than bands, for a hidden state of hidden_bytes (B·H·W·hidden fp32) and
+// fc1 + fc2 weights of weight_bytes (fp32). PVTV2_FAST_FFN_WHOLE_KB replaces the measured rule with one cap (0: bands).
+bool conv_ffn_whole_map(int64_t hidden_bytes, int64_t weight_bytes);
 void conv_ffn_forward(const ConvFfnArgs& args);
 
 }  // namespace cpu

@@ -1,4 +1,4 @@
-// Environment variables of the CPU kernels (PVTV2_FAST_CPU_ISA, PVTV2_FAST_FFN_BAND_KB), parsed strictly: a value that
+// Environment variables of the CPU kernels (PVTV2_FAST_CPU_ISA, PVTV2_FAST_FFN_BAND_KB, PVTV2_FAST_FFN_WHOLE_KB), parsed strictly: a value that
 // is set but not understood raises an error naming the variable, the value and what is accepted; it is never
 // silently replaced by the default. Set to the empty string counts as unset (how shells clear a variable: VAR=).
 #pragma once
@@ -20,15 +20,18 @@ inline const char* get(const char* name) {
 }
 
 // A whole number in [lo, hi] in plain decimal digits ("512"; not "-1", "+8", " 8", "abc", "64kb", "1e3"), or
-// `unset` when the variable is unset. `accepted` describes the range and unit for the error message.
-inline int64_t integer(const char* name, int64_t lo, int64_t hi, int64_t unset, const char* accepted) {
+// `unset` when the variable is unset. `accepted` describes the range and unit for the error message, and
+// `unset_means` what leaving it unset does (default: the value `unset`).
+inline int64_t integer(const char* name, int64_t lo, int64_t hi, int64_t unset, const char* accepted,
+                       const char* unset_means = nullptr) {
   const char* value = get(name);
   if (value == nullptr) return unset;
   const std::string s(value);
   bool ok = s.size() <= 18 && s.find_first_not_of("0123456789") == std::string::npos;  // 18 digits: no int64 overflow
   const int64_t v = ok ? std::stoll(s) : 0;
   ok = ok && v >= lo && v <= hi;
-  TORCH_CHECK(ok, name, " must be ", accepted, " (", lo, " to ", hi, "; unset: ", unset, "), got '", s, "'");
+  TORCH_CHECK(ok, name, " must be ", accepted, " (", lo, " to ", hi, "; unset: ",
+              unset_means != nullptr ? std::string(unset_means) : std::to_string(unset), "), got '", s, "'");
   return v;
 }
 

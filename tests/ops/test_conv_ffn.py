@@ -1,5 +1,5 @@
 """``ops.conv_ffn``: the whole convolutional FFN as one op, on every fused backend this machine has (the C++ CPU
-kernel streams bands of rows through the cache; Triton / CUDA compose fc1 → fused dwconv+GELU → fc2), against the
+kernel streams bands of rows through the cache, or runs whole-map GEMMs on small hidden states; Triton / CUDA compose fc1 → fused dwconv+GELU → fc2), against the
 PyTorch reference; the reference's own row banding (memory-lean mode)."""
 
 import pytest
@@ -11,6 +11,31 @@ from pvtv2_fast.modules import ConvFeedForward
 
 CASES = stage_cases()
 BACKENDS = fused_backends("conv_ffn")
+
+
+def _with_schedules(backends):
+    """The C++ CPU kernel has two schedules (csrc/cpu/conv_ffn.cpp): bands of rows streamed through the cache, and
+    whole-map GEMMs for small hidden states. It picks by size; PVTV2_FAST_FFN_WHOLE_KB (read per call) forces either,
+    so every CPU case runs both: ``(backend, device, cap in KB or None)``."""
+    out = []
+    for p in backends:
+        if p.values[0] == "cpu":
+            out += [pytest.param("cpu", "cpu", "0", id="cpu-bands"), pytest.param("cpu", "cpu", "1048576", id="cpu-whole")]
+        else:
+            out.append(pytest.param(*p.values, None, id=p.id))
+    return out
+
+
+SCHEDULED = _with_schedules(BACKENDS)
+
+
+@pytest.fixture
+def schedule(monkeypatch):
+    def use(cap_kb):
+        if cap_kb is not None:
+            monkeypatch.setenv("PVTV2_FAST_FFN_WHOLE_KB", cap_kb)
+
+    return use
 
 
 def _weights(c_in, hidden, c_out, seed=0, bias=True, dtype=torch.float32, device="cpu"):
@@ -46,8 +71,9 @@ def _check(backend, device, x, weights, h, w, relu, dtype=torch.float32, what="c
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_preset_stages(backend, device, case, dtype):
+@pytest.mark.parametrize("backend,device,cap", SCHEDULED)
+def test_preset_stages(backend, device, cap, schedule, case, dtype):
+    schedule(cap)
     _, c, _, h, w, _, ffn, linear = case
     _check(
         backend,
@@ -75,10 +101,11 @@ def test_preset_stages(backend, device, case, dtype):
         (1, 64, 3, 16, 24, 16),
     ],
 )
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_odd_shapes(backend, device, b, h, w, c_in, hidden, c_out, bias, relu):
+@pytest.mark.parametrize("backend,device,cap", SCHEDULED)
+def test_odd_shapes(backend, device, cap, schedule, b, h, w, c_in, hidden, c_out, bias, relu):
     """1-pixel and 1-row maps (tap clipping, one band), channel counts off the vector widths (scalar tails), c_out
     different from c_in, batch > 1 (bands of several images), tall maps (many bands per thread)."""
+    schedule(cap)
     _check(
         backend,
         device,
@@ -90,8 +117,9 @@ def test_odd_shapes(backend, device, b, h, w, c_in, hidden, c_out, bias, relu):
     )
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_non_contiguous_inputs(backend, device):
+@pytest.mark.parametrize("backend,device,cap", SCHEDULED)
+def test_non_contiguous_inputs(backend, device, cap, schedule):
+    schedule(cap)
     x = randn(2, 2 * 63, 24, seed=3)[:, ::2]
     fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b = _weights(24, 48, 24, seed=4)
     fc1_w = fc1_w.t().contiguous().t()  # (48, 24) with transposed strides

@@ -432,6 +432,10 @@ ENV_CASES = {
         ["-1", "abc", "64kb", "0", " 8", "+8", "1e3", "8.5", "1048577", "99999999999999999999", "1048576"],
         ("PVTV2_FAST_FFN_BAND_KB must be a whole number of KB (1 to 1048576; unset: 512), got '{}'"),
     ),
+    "PVTV2_FAST_FFN_WHOLE_KB": (
+        ["-1", "abc", "64kb", " 8", "+8", "1e3", "8.5", "1073741825", "99999999999999999999", "0"],
+        ("PVTV2_FAST_FFN_WHOLE_KB must be a whole number of KB (0 to 1073741824; unset: the measured rule), got '{}'"),
+    ),
     "PVTV2_FAST_CPU_ISA": (
         ["sse9", "AVX2", " avx2", "avx2 ", "avx-512", "0", "avx2"],
         ("PVTV2_FAST_CPU_ISA must be one of default, avx2, avx512 (unset: the widest the CPU supports), got '{}'"),

@@ -1,0 +1,108 @@
+"""The C++ CPU ``conv_ffn`` kernel's two schedules side by side, to check (or re-derive) the rule it picks by.
+
+``bands``: bands of rows streamed through per-thread cache buffers, single-threaded GEMMs per band (weights re-read
+per band). ``whole``: one GEMM over all tokens on the BLAS's threads, the hidden state kept in reused scratch.
+``PVTV2_FAST_FFN_WHOLE_KB`` (read per call) forces each; ``auto`` leaves the kernel's rule to pick.
+Shapes: b0/b2 stages at 224² to 1024², batch 1, 2 and 8; timed interleaved (bench.harness), medians.
+
+    python -m bench.ffn_schedule [--dtype fp32|bf16] [--repeats 15] [--out bench/results/cpu_conv_ffn_schedule]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bench.candidates import DTYPES
+from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved
+from bench.report import cpu_line
+from pvtv2_fast import ops
+
+# (batch, map side, channels, hidden): b2's stages at 224² (56², 28², 14², 7²), b0's and b2's at 512²-1024²,
+# batch 2 and 8 rows of the batched benchmarks.
+SHAPES = [
+    (1, 56, 64, 512), (1, 28, 128, 1024), (1, 14, 320, 1280), (1, 7, 512, 2048),
+    (8, 7, 512, 2048), (8, 14, 320, 1280), (8, 28, 128, 1024), (8, 56, 64, 512),
+    (1, 8, 256, 1024), (1, 16, 256, 1024), (1, 16, 512, 2048), (1, 32, 160, 640),
+    (1, 32, 256, 1024), (2, 32, 256, 1024), (1, 32, 512, 2048), (1, 56, 128, 1024),
+    (1, 64, 64, 512), (1, 64, 160, 640), (1, 64, 320, 1280), (1, 128, 64, 512), (1, 128, 128, 1024),
+]  # fmt: skip
+FORCE = {"bands": "0", "whole": str(1 << 30), "auto": None}  # auto: the kernel's own rule
+MB = 1 << 20
+
+
+def _forced(schedule: str, fn):
+    def run():
+        if FORCE[schedule] is not None:
+            os.environ["PVTV2_FAST_FFN_WHOLE_KB"] = FORCE[schedule]
+        try:
+            return fn()
+        finally:
+            os.environ.pop("PVTV2_FAST_FFN_WHOLE_KB", None)
+
+    return run
+
+
+def run(dtype_name: str, repeats: int, out: Path) -> str:
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for b, side, c, hid in tqdm(SHAPES, desc="conv_ffn shapes", unit="shape"):
+
+        def r(*shape, scale=1.0):
+            return (scale * torch.randn(*shape, generator=g)).to(dtype)
+
+        args = (r(b, side * side, c), r(hid, c, scale=c**-0.5), r(hid), r(hid, 1, 3, 3, scale=0.3), r(hid),
+                r(c, hid, scale=hid**-0.5), r(c), side, side)  # fmt: skip
+        call = lambda: ops.conv_ffn(*args, backend="cpu")  # noqa: E731
+        t = time_interleaved([Candidate(s, _forced(s, call)) for s in FORCE], repeats=repeats, warmup=2)
+        hidden_bytes, weight_bytes = b * side * side * hid * 4, 2 * c * hid * 4
+        bands, whole, auto = (t[s].median * 1e3 for s in FORCE)
+        row = [b, f"{side}²", c, hid, hidden_bytes / MB, weight_bytes / MB, bands, whole, bands / whole, auto]
+        rows.append(row + [auto / min(bands, whole)])
+    text = (
+        f"# conv_ffn on CPU: bands vs whole-map GEMMs ({dtype_name}, 3 candidates interleaved, median of {repeats})\n\n"
+        f"Machine: {machine_line()}.\n{cpu_line()}.\n"
+        f"Reproduce: `python -m bench.ffn_schedule --dtype {dtype_name}`\n\n"
+        "Hidden MB: the fp32 hidden state B·H·W·hidden; weights MB: fc1 + fc2 in fp32. Bands / whole > 1: whole-map "
+        "is faster. Auto: the kernel's own pick (whole-map up to 4 MB of hidden state, or up to 16 MB when the "
+        "weights reach 1 MB); auto / best near 1 means it picked the faster one.\n\n"
+        + markdown_table(
+            [
+                "batch",
+                "map",
+                "C",
+                "hidden",
+                "hidden MB",
+                "weights MB",
+                "bands ms",
+                "whole ms",
+                "bands / whole",
+                "auto ms",
+                "auto / best",
+            ],
+            rows,
+        )
+        + "\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    return text
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    suffix = "" if a.dtype == "fp32" else f"_{a.dtype}"
+    print(run(a.dtype, a.repeats, a.out or RESULTS / f"cpu_conv_ffn_schedule{suffix}"))
+
+
+if __name__ == "__main__":
+    main()
