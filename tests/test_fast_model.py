@@ -75,6 +75,37 @@ def test_training_through_fast_model_matches_reference_gradients(backend, device
         torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
 
 
+@pytest.mark.parametrize(
+    "overrides,fused",
+    [
+        (dict(drop_path_rate=0.3), False),
+        (dict(hidden_dropout_prob=0.2), False),
+        (dict(attention_probs_dropout_prob=0.2), True),
+        ({}, True),
+    ],
+    ids=["drop-path", "proj-dropout", "attention-dropout", "no-dropout"],
+)
+def test_residual_joins_the_projection_only_when_nothing_sits_between(overrides, fused):
+    """In fast mode the block hands the residual to the attention's output projection (added in its epilogue),
+    except in training with drop-path or projection dropout active, which must apply before the add: the same
+    random draws then give the reference's outputs."""
+    model = _model("b0", "cpu", **overrides).train()
+    x = torch.randn(2, 3, 33, 35, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    ref = model(x).logits
+    model.set_fast(True, backend="cpu")
+    block = model.pvt_v2.encoder.layers[1].blocks[1]
+    calls = []
+    hook = block.attention.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append(kwargs.get("residual") is not None), with_kwargs=True
+    )
+    torch.manual_seed(0)
+    fast = model(x).logits
+    hook.remove()
+    assert calls == [fused]
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_fast_switch_keeps_parameters_and_state_dict():
     model = _model("b0", DEVICE)
     before = {k: v.clone() for k, v in model.state_dict().items()}

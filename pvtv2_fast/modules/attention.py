@@ -100,9 +100,16 @@ class SpatialReductionAttention(FastPath, nn.Module):
         return torch.cat([self.key.weight, self.value.weight]), bias
 
     def forward(
-        self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        height: int,
+        width: int,
+        output_attentions: bool = False,
+        residual: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Returns ``(context (B, N, C), attention_probs (B, heads, N, M) or None)``."""
+        """Returns ``(context (B, N, C), attention_probs (B, heads, N, M) or None)``; with ``residual`` (B, N, C),
+        ``residual + context`` instead, added in the output projection's epilogue where the fast path can (the
+        block passes it only when nothing sits between the projection and the residual add)."""
         query = self._projection("query", self.query, hidden_states)
         key, value = self.key_value(self.reduce(hidden_states, height, width))
         dropout_p = self.attn_drop.p if self.training else 0.0
@@ -112,13 +119,18 @@ class SpatialReductionAttention(FastPath, nn.Module):
             context, probs = self._explicit_attention(query, key, value)
         else:
             context = ops.sra_attention(query, key, value, self.num_attention_heads, backend=self.op_backend)
+        if residual is not None:
+            return self._projection("proj", self.proj, context, residual), probs
         return self.proj_drop(self._projection("proj", self.proj, context)), probs
 
-    def _projection(self, slot: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """``linear(x)``; in fast mode through :meth:`FastPath._linear` (prepacked bf16 weights on CPU)."""
+    def _projection(
+        self, slot: str, linear: nn.Linear, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``linear(x)`` (``+ residual``); in fast mode through :meth:`FastPath._linear` (prepacked weights and the
+        residual in the epilogue on CPU)."""
         if not self.fast:
-            return linear(x)
-        return self._linear(slot, x, (linear.weight, linear.bias), lambda: (linear.weight, linear.bias))
+            return linear(x) if residual is None else residual + linear(x)
+        return self._linear(slot, x, (linear.weight, linear.bias), lambda: (linear.weight, linear.bias), residual)
 
     def _explicit_attention(self, query, key, value) -> Tuple[torch.Tensor, torch.Tensor]:
         b, n, c = query.shape

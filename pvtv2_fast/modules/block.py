@@ -66,10 +66,20 @@ class PvtV2Block(nn.Module):
             hidden_size, int(hidden_size * mlp_ratio), hidden_act, hidden_dropout, extra_relu=linear_attention
         )
 
+    @property
+    def drop_path_active(self) -> bool:
+        return isinstance(self.drop_path, DropPath) and self.drop_path.drop_prob > 0.0
+
     def forward(
         self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        attention, probs = self.attention(self.layer_norm_1(hidden_states), height, width, output_attentions)
-        hidden_states = hidden_states + self.drop_path(attention)
+        if self.attention.fast and not (self.training and (self.drop_path_active or self.attention.proj_drop.p > 0)):
+            # Nothing between the projection and the residual add: the fast path adds it in the GEMM's epilogue.
+            hidden_states, probs = self.attention(
+                self.layer_norm_1(hidden_states), height, width, output_attentions, residual=hidden_states
+            )
+        else:
+            attention, probs = self.attention(self.layer_norm_1(hidden_states), height, width, output_attentions)
+            hidden_states = hidden_states + self.drop_path(attention)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
         return hidden_states, probs

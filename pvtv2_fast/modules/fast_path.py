@@ -99,25 +99,34 @@ class FastPath:
         x: torch.Tensor,
         params: Sequence[Optional[torch.Tensor]],
         weights: Callable[[], tuple],
+        residual: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``F.linear(x, *weights())`` where ``weights()`` returns ``(weight (out, in), bias or None)`` derived from
-        ``params``. In fast mode, bf16 inference on CPU runs oneDNN's linear on the weight prepacked once into its
-        blocked (AMX / VNNI) layout and cached (see :meth:`_inference_cache`): ``F.linear`` reorders the plain weight
-        on every call, which measured 1.2–1.5× slower on b0/b2's projections (same bits out). Everything else is
-        ``F.linear``."""
+        """``F.linear(x, *weights())`` (``+ residual`` when given) where ``weights()`` returns ``(weight (out, in),
+        bias or None)`` derived from ``params``.
+
+        In fast mode, bf16 inference on CPU runs oneDNN's linear on the weight prepacked once into its blocked (AMX /
+        VNNI) layout and cached (see :meth:`_inference_cache`), the residual added in the GEMM's epilogue (a binary
+        post-op): ``F.linear`` reorders the plain weight on every call, which measured 1.2–1.5× slower on b0/b2's
+        projections (same bits out). Everything else is ``F.linear``, the residual added in place into its fresh
+        output rather than into a new tensor (fp addition commutes: the bits are the reference's ``residual + out``).
+        The fp32 oneDNN linear measured no faster end to end (b0/b2, 224²-512², batch 1 and 8) and is not used."""
         if (
             torch.compiler.is_compiling()  # first: the checks below are not traceable
             or torch.is_grad_enabled()
             or not (self.fast and x.dtype == torch.bfloat16 and x.device.type == "cpu" and _mkldnn_bf16())
+            or (residual is not None and (residual.dtype != x.dtype or residual.shape[:-1] != x.shape[:-1]))
         ):
-            return F.linear(x, *weights())
+            out = F.linear(x, *weights())
+            return out if residual is None else out.add_(residual)
 
         def pack():
             weight, bias = weights()
             return torch.ops.mkldnn._reorder_linear_weight(weight, None), bias
 
         packed, bias = self._inference_cache(slot, tuple(params), pack)
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), residual.contiguous(), packed, bias, "add")
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,7 @@
 """``ops.conv_ffn``: the whole convolutional FFN as one op, on every fused backend this machine has (the C++ CPU
-kernel streams bands of rows through the cache, or runs whole-map GEMMs on small hidden states; Triton / CUDA compose fc1 → fused dwconv+GELU → fc2), against the
-PyTorch reference; the reference's own row banding (memory-lean mode)."""
+kernel streams bands of rows through the cache, or runs whole-map GEMMs on small hidden states; Triton / CUDA
+compose fc1 → fused dwconv+GELU → fc2), against the PyTorch reference; the reference's own row banding
+(memory-lean mode)."""
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ def _with_schedules(backends):
     out = []
     for p in backends:
         if p.values[0] == "cpu":
-            out += [pytest.param("cpu", "cpu", "0", id="cpu-bands"), pytest.param("cpu", "cpu", "1048576", id="cpu-whole")]
+            out += [pytest.param("cpu", "cpu", "0", id="cpu-bands")]
+            out += [pytest.param("cpu", "cpu", "1048576", id="cpu-whole")]
         else:
             out.append(pytest.param(*p.values, None, id=p.id))
     return out
