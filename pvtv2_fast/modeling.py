@@ -19,7 +19,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .config import PvtV2Config
-from .modules import AllMLPDecodeHead, ConvFeedForward, FastPath, OverlapPatchEmbed, PvtV2Block
+from .modules import AllMLPDecodeHead, ConvFeedForward, FastPath, OverlapPatchEmbed, PvtV2Block, TokenLayerNorm
 from .modules.fast_path import token_map
 from .outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from .validation import check_pixel_values
@@ -66,7 +66,7 @@ class PvtV2Stage(nn.Module):
             )
             for rate in drop_path_rates
         )
-        self.layer_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.layer_norm = TokenLayerNorm(hidden, eps=config.layer_norm_eps)
         # Set by PvtV2PreTrainedModel.gradient_checkpointing_enable: in training, each block's activations are
         # recomputed in the backward pass instead of kept (torch.utils.checkpoint).
         self.gradient_checkpointing = False

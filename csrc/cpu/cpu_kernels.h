@@ -34,6 +34,9 @@ using UpsampleArgmaxRowFn = void (*)(const float* src0, const float* src1, float
 using UpsampleAccumulateRowFn = void (*)(const float* src0, const float* src1, float w0, float w1,
                                          const int64_t* col_index, const float* col_weight, int64_t W_in,
                                          int64_t W_out, int64_t C, float* tmp, float* out);
+// LayerNorm of `rows` contiguous rows of C elements of type `elem` (x → y), w and b C floats.
+using LayerNormRowsFn = void (*)(const void* x, void* y, Elem elem, const float* w, const float* b, int64_t rows,
+                                 int64_t C, float eps);
 // y[k] = bf16(x[k]), k < n.
 using RoundToBf16Fn = void (*)(const float* x, bf16* y, int64_t n);
 
@@ -42,6 +45,7 @@ using RoundToBf16Fn = void (*)(const float* x, bf16* y, int64_t n);
                                 bool);                                                                             \
   void linear_sra_pool_cell_##SUFFIX(const void*, void*, Elem, int64_t, int64_t, int64_t, int64_t, int64_t,         \
                                      int64_t);                                                                     \
+  void layer_norm_rows_##SUFFIX(const void*, void*, Elem, const float*, const float*, int64_t, int64_t, float);      \
   void round_to_bf16_##SUFFIX(const float*, bf16*, int64_t);                                                       \
   void upsample_argmax_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*, int64_t,  \
                                     int64_t, int64_t, float*, float*, int32_t*);                                   \
@@ -60,6 +64,7 @@ std::string isa();
 DwconvGeluRowFn dwconv_gelu_row();
 LinearSraPoolCellFn linear_sra_pool_cell();
 RoundToBf16Fn round_to_bf16();
+LayerNormRowsFn layer_norm_rows();
 UpsampleArgmaxRowFn upsample_argmax_row();
 UpsampleAccumulateRowFn upsample_accumulate_row();
 

@@ -6,7 +6,7 @@
 //
 // A policy V provides: kWidth, type `reg`, load(const float*), store(float*, reg), set1(float), zero(),
 // fmadd(a, b, c) = a·b + c, add, sub, mul, min, abs, relu, recip (1/x, ~1e-7 relative) and copysign(magnitude,
-// sign); the GELU below is built from these. Each ISA also specialises Bf16<V> (below): bf16 loads and stores, so
+// sign); the GELU below is built from these. Horizontal reductions: reduce_max, reduce_add (LayerNorm's moments). Each ISA also specialises Bf16<V> (below): bf16 loads and stores, so
 // the kernels read and write bf16 tensors directly and compute in fp32.
 #pragma once
 
@@ -47,6 +47,7 @@ struct ScalarOps {
   static reg copysign(reg magnitude, reg sign) { return copysignf(magnitude, sign); }
   static reg max(reg a, reg b) { return a > b ? a : b; }
   static float reduce_max(reg a) { return a; }
+  static float reduce_add(reg a) { return a; }
   static uint32_t eq_mask(reg a, reg b) { return a == b; }
   static uint32_t nan_mask(reg a) { return isnan(a); }
 };
@@ -251,6 +252,51 @@ static inline void linear_sra_pool_cell_impl(const void* x, void* y, Elem elem, 
     linear_sra_pool_cell_typed<V>(static_cast<const float*>(x), static_cast<float*>(y), i, j, H, W, C, P);
 }
 
+// LayerNorm of `rows` contiguous rows of C elements (fp32 or bf16, x and y alike): y = (x - mean)·rstd·w + b with
+// the moments in fp32, two passes over the row (it is in L1: C ≤ a few thousand), the variance from the centred
+// values (no E[x²] - mean² cancellation). w and b are C floats (ones / zeros when the module has none).
+template <typename V, typename T>
+static inline void layer_norm_rows_typed(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ w,
+                                         const float* __restrict__ b, int64_t rows, int64_t C, float eps) {
+  using reg = typename V::reg;
+  const int64_t vec_end = C - C % V::kWidth;
+  const float inv_c = 1.0f / static_cast<float>(C);
+  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+    reg acc = V::zero();
+    for (int64_t c = 0; c < vec_end; c += V::kWidth) acc = V::add(acc, load_elem<V>(x + c));
+    float sum = V::reduce_add(acc);
+    for (int64_t c = vec_end; c < C; ++c) sum += scalar_elem(x[c]);
+    const float mean = sum * inv_c;
+    const reg vmean = V::set1(mean);
+    reg sq = V::zero();
+    for (int64_t c = 0; c < vec_end; c += V::kWidth) {
+      const reg d = V::sub(load_elem<V>(x + c), vmean);
+      sq = V::fmadd(d, d, sq);
+    }
+    float ss = V::reduce_add(sq);
+    for (int64_t c = vec_end; c < C; ++c) {
+      const float d = scalar_elem(x[c]) - mean;
+      ss += d * d;
+    }
+    const float rstd = 1.0f / sqrtf(ss * inv_c + eps);
+    const reg vrstd = V::set1(rstd);
+    for (int64_t c = 0; c < vec_end; c += V::kWidth) {
+      const reg d = V::mul(V::sub(load_elem<V>(x + c), vmean), vrstd);
+      store_elem<V>(y + c, V::fmadd(d, V::load(w + c), V::load(b + c)));
+    }
+    for (int64_t c = vec_end; c < C; ++c) store_scalar(y + c, (scalar_elem(x[c]) - mean) * rstd * w[c] + b[c]);
+  }
+}
+
+template <typename V>
+static inline void layer_norm_rows_impl(const void* x, void* y, Elem elem, const float* w, const float* b,
+                                        int64_t rows, int64_t C, float eps) {
+  if (elem == Elem::kBF16)
+    layer_norm_rows_typed<V>(static_cast<const bf16*>(x), static_cast<bf16*>(y), w, b, rows, C, eps);
+  else
+    layer_norm_rows_typed<V>(static_cast<const float*>(x), static_cast<float*>(y), w, b, rows, C, eps);
+}
+
 // y[k] = bf16(x[k]) for k < n (round to nearest even): conv_ffn's bf16 path rounds its fp32 fc2 band into the output.
 template <typename V>
 static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restrict__ y, int64_t n) {
@@ -263,7 +309,7 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
 }  // namespace cpu
 }  // namespace pvtv2
 
-// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>,
+// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>, layer_norm_rows_<SUFFIX>,
 // round_to_bf16_<SUFFIX> and the resampling rows (resample.h), run with policy OPS.
 #define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
   namespace pvtv2 {                                                                                                \
@@ -275,6 +321,10 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
   void linear_sra_pool_cell_##SUFFIX(const void* x, void* y, Elem elem, int64_t i, int64_t j, int64_t H, int64_t W, \
                                      int64_t C, int64_t P) {                                                       \
     PVT_ISA::linear_sra_pool_cell_impl<PVT_ISA::OPS>(x, y, elem, i, j, H, W, C, P);                                \
+  }                                                                                                                \
+  void layer_norm_rows_##SUFFIX(const void* x, void* y, Elem elem, const float* w, const float* b, int64_t rows,     \
+                                int64_t C, float eps) {                                                            \
+    PVT_ISA::layer_norm_rows_impl<PVT_ISA::OPS>(x, y, elem, w, b, rows, C, eps);                                    \
   }                                                                                                                \
   void round_to_bf16_##SUFFIX(const float* x, bf16* y, int64_t n) {                                                \
     PVT_ISA::round_to_bf16_impl<PVT_ISA::OPS>(x, y, n);                                                             \

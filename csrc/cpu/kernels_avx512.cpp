@@ -65,6 +65,13 @@ struct Avx512Ops {
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
   }
+  static float reduce_add(reg a) {
+    reg t = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0x4E));
+    t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0xB1));
+    __m128 m = _mm512_castps512_ps128(t);
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+  }
   static uint32_t eq_mask(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static uint32_t nan_mask(reg a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 };

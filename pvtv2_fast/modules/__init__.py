@@ -6,6 +6,7 @@ from .block import DropPath, PvtV2Block
 from .decode_head import AllMLPDecodeHead
 from .fast_path import FastPath
 from .ffn import ConvFeedForward, DepthwiseConv
+from .layer_norm import TokenLayerNorm
 from .patch_embed import OverlapPatchEmbed
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "OverlapPatchEmbed",
     "PvtV2Block",
     "SpatialReductionAttention",
+    "TokenLayerNorm",
     "get_activation",
 ]

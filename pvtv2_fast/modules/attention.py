@@ -11,6 +11,7 @@ from torch import nn
 from .. import ops
 from ..ops.linear_sra_pool import LINEAR_SRA_POOL_SIZE
 from .fast_path import FastPath, token_map
+from .layer_norm import TokenLayerNorm
 
 
 class SpatialReductionAttention(FastPath, nn.Module):
@@ -57,11 +58,11 @@ class SpatialReductionAttention(FastPath, nn.Module):
         if linear_attention:
             self.pool = nn.AdaptiveAvgPool2d(pool_size)  # kept for transformers' module tree; ops.linear_sra_pool runs
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=1, stride=1)
-            self.layer_norm = nn.LayerNorm(hidden_size, eps=sr_eps)
+            self.layer_norm = TokenLayerNorm(hidden_size, eps=sr_eps)
             self.act = nn.GELU()
         elif sr_ratio > 1:
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
-            self.layer_norm = nn.LayerNorm(hidden_size, eps=sr_eps)
+            self.layer_norm = TokenLayerNorm(hidden_size, eps=sr_eps)
 
     def reduce(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The key/value source: ``(B, N, C)`` tokens of an H×W map → ``(B, M, C)`` reduced tokens."""

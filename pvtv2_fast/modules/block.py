@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention import SpatialReductionAttention
 from .ffn import ConvFeedForward
+from .layer_norm import TokenLayerNorm
 
 
 class DropPath(nn.Module):
@@ -49,7 +50,7 @@ class PvtV2Block(nn.Module):
         sr_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.layer_norm_1 = nn.LayerNorm(hidden_size, eps=eps)
+        self.layer_norm_1 = TokenLayerNorm(hidden_size, eps=eps)
         self.attention = SpatialReductionAttention(
             hidden_size,
             num_attention_heads,
@@ -61,7 +62,7 @@ class PvtV2Block(nn.Module):
             sr_eps=sr_eps,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.layer_norm_2 = nn.LayerNorm(hidden_size, eps=eps)
+        self.layer_norm_2 = TokenLayerNorm(hidden_size, eps=eps)
         self.mlp = ConvFeedForward(
             hidden_size, int(hidden_size * mlp_ratio), hidden_act, hidden_dropout, extra_relu=linear_attention
         )

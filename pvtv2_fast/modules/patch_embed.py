@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .fast_path import FastPath
+from .layer_norm import TokenLayerNorm
 
 
 class OverlapPatchEmbed(FastPath, nn.Module):
@@ -22,7 +23,7 @@ class OverlapPatchEmbed(FastPath, nn.Module):
         self.patch_size = (patch_size, patch_size)
         self.stride = stride
         self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=stride, padding=patch_size // 2)
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.layer_norm = TokenLayerNorm(hidden_size, eps=eps)
 
     def forward(self, pixel_values: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         if self.fast:

@@ -7,6 +7,7 @@ Each fused kernel is registered with ``torch.library`` (custom op + fake impleme
 
 from .conv_ffn import conv_ffn, conv_ffn_reference
 from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
+from .layer_norm import layer_norm, layer_norm_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
 from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
 from .sra_attention import sra_attention, sra_attention_reference
@@ -22,6 +23,8 @@ __all__ = [
     "conv_ffn_reference",
     "dwconv_gelu",
     "dwconv_gelu_reference",
+    "layer_norm",
+    "layer_norm_reference",
     "linear_sra_pool",
     "linear_sra_pool_reference",
     "reset_warnings",

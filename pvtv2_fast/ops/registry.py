@@ -40,6 +40,7 @@ CUDA_ORDER: Dict[str, Tuple[str, ...]] = {
     "default": ("triton", "cuda"),
     "dwconv_gelu": ("triton", "cuda"),
     "linear_sra_pool": ("triton", "cuda"),
+    "layer_norm": ("torch",),  # PyTorch's CUDA LayerNorm is one fused kernel already
 }
 AUTO_ORDER: Dict[str, Dict[str, Tuple[str, ...]]] = {"cpu": CPU_ORDER, "cuda": CUDA_ORDER}
 

@@ -40,6 +40,19 @@ CASES = [
         ValueError,
         "share dtype",
     ),
+    # layer_norm
+    ("ln-rank", lambda: ops.layer_norm(t(9, 4), None, None), ValueError, r"\(B, L, C\)"),
+    ("ln-int", lambda: ops.layer_norm(torch.ones(1, 9, 4, **LONG), None, None), TypeError, "floating"),
+    ("ln-no-channels", lambda: ops.layer_norm(t(1, 9, 0), None, None), ValueError, "no channels"),
+    (
+        "ln-weight-shape",
+        lambda: ops.layer_norm(t(1, 9, 4), t(5), None),
+        ValueError,
+        r"weight must be \(4,\), got \(5,\)",
+    ),
+    ("ln-bias-dtype", lambda: ops.layer_norm(t(1, 9, 4), None, t(4).half()), ValueError, "share x's dtype"),
+    ("ln-eps", lambda: ops.layer_norm(t(1, 9, 4), None, None, -1.0), ValueError, "eps must be a finite number"),
+    ("ln-eps-nan", lambda: ops.layer_norm(t(1, 9, 4), None, None, float("nan")), ValueError, "eps must be"),
     # linear_sra_pool
     ("pool-map", lambda: ops.linear_sra_pool(t(1, 10, 4), 3, 3), ValueError, "3×3 map"),
     ("pool-zero-height", lambda: ops.linear_sra_pool(t(1, 0, 4), 0, 5), ValueError, "0×5 map"),

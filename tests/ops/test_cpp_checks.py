@@ -106,6 +106,13 @@ def _uacc(dev, **kw):
     return "upsample_accumulate", tuple(a.values())
 
 
+def _ln(dev, c=5, **kw):
+    """layer_norm arguments: (x, weight, bias, eps)."""
+    a = {"x": torch.randn(2, 9, c, device=dev), "weight": torch.randn(c, device=dev), "bias": None, "eps": 1e-6}
+    a.update(kw)
+    return "layer_norm", tuple(a.values())
+
+
 def _x(dev, *shape, dtype=torch.float32):
     return torch.randn(*shape, device=dev).to(dtype)
 
@@ -289,6 +296,15 @@ BAD_INPUT = [
     ),
     ("acc-bias-shape", lambda d, o: _uacc(d, bias=_x(d, 4)), E, "upsample_accumulate: bias must be (5,), got (4,)"),
     ("acc-bias-device", lambda d, o: _uacc(d, bias=_x(o, 5)), E, "bias must be on x's device"),
+    # ---- layer_norm
+    ("ln-x-2d", lambda d, o: _ln(d, x=_x(d, 9, 5)), E, "layer_norm: x must be (B, N, C) tokens"),
+    ("ln-x-int", lambda d, o: _ln(d, x=torch.ones(1, 2, 5, dtype=torch.long, device=d)), E, "got Long"),
+    ("ln-no-channels", lambda d, o: _ln(d, c=0), E, "no channels to normalise"),
+    ("ln-weight-shape", lambda d, o: _ln(d, weight=_x(d, 4)), E, "weight must be (5,), got (4,)"),
+    ("ln-bias-dtype", lambda d, o: _ln(d, bias=_x(d, 5, dtype=torch.half)), E, "bias must"),
+    ("ln-weight-device", lambda d, o: _ln(d, weight=_x(o, 5)), E, "weight must be on x's device"),
+    ("ln-eps-negative", lambda d, o: _ln(d, eps=-1.0), E, "eps must be finite and >= 0"),
+    ("ln-eps-nan", lambda d, o: _ln(d, eps=float("nan")), E, "eps must be finite and >= 0"),
 ]
 
 
@@ -313,8 +329,8 @@ def test_every_op_is_covered():
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu")],
-    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn"],
+    [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu"), lambda: _ln("cpu")],
+    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm"],
 )
 def test_sparse_input_is_refused_by_the_dispatcher(make):
     """Layouts other than dense never reach a kernel: no kernel is registered for them."""

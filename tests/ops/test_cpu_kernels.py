@@ -21,8 +21,8 @@ ISA_ORDER = ("default", "avx2", "avx512")
 def test_every_isa_path_matches(cap):
     """PVTV2_FAST_CPU_ISA caps the instruction set, so every compiled path runs here (those the CPU has): the
     portable one, AVX2 and AVX-512. Channel counts put work in each path's paired, single-vector and scalar-tail
-    loops (8- and 16-lane), label counts in each path's upsample + argmax loops; checked in a subprocess, since the
-    ISA is chosen once per process."""
+    loops (8- and 16-lane; LayerNorm's reductions too), label counts in each path's upsample + argmax loops;
+    checked in a subprocess, since the ISA is chosen once per process."""
     native = _ext.cpu_isa()
     expected = ISA_ORDER[min(ISA_ORDER.index(native), ISA_ORDER.index(cap))]
     code = (
@@ -33,7 +33,9 @@ def test_every_isa_path_matches(cap):
         "ops.dwconv_gelu_reference(x, w, b, 7, 9, True)).abs().max().item()\n"
         "    p = (ops.linear_sra_pool(x, 7, 9, backend='cpu') - "
         "ops.linear_sra_pool_reference(x, 7, 9, 7)).abs().max().item()\n"
-        "    assert e < 1e-5 and p < 1e-6, (c, e, p)\n"
+        "    n = (ops.layer_norm(3 * x + 1, w[:, 0, 0, 0], b, 1e-6, backend='cpu') - "
+        "ops.layer_norm_reference(3 * x + 1, w[:, 0, 0, 0], b, 1e-6)).abs().max().item()\n"
+        "    assert e < 1e-5 and p < 1e-6 and n < 1e-5, (c, e, p, n)\n"
         "from pvtv2_fast.streaming import LinearAxis\n"
         "ax = [LinearAxis.build(i, o) for i, o in ((6, 23), (7, 29))]\n"
         "taps = [t for a in ax for t in a.taps()]\n"

@@ -46,6 +46,7 @@ def test_every_op_has_a_reference_and_only_known_backends():
         "conv_ffn",
         "upsample_argmax",
         "upsample_accumulate",
+        "layer_norm",
     }
     for op in OPS.values():
         assert callable(op.reference)
@@ -59,6 +60,8 @@ def test_cpu_auto_takes_the_cpp_kernel_and_sdpa_for_attention():
         warnings.simplefilter("error", FallbackWarning)  # SDPA on CPU is a choice, not a fallback
         assert OPS["sra_attention"].resolve("auto", (q, q, q, 2)) == "torch"
     assert OPS["sra_attention"].resolve("cpu", (q, q, q, 2)) == "torch"  # the stand-in
+    assert OPS["layer_norm"].resolve("auto", (q, None, None, 1e-6)) == "cpu"
+    assert OPS["layer_norm"].resolve("triton", (q, None, None, 1e-6)) == "torch"  # PyTorch's kernel stands in
 
 
 def test_without_the_extension_auto_falls_back_once_per_op_and_reason():

@@ -17,6 +17,7 @@
 #include <c10/util/safe_numerics.h>
 
 #include <algorithm>
+#include <cmath>
 #include <initializer_list>
 #include <sstream>
 #include <string>
@@ -129,6 +130,21 @@ inline void dwconv_gelu(const at::Tensor& x, const at::Tensor& weight, const c10
   CHECK_SHAPE(weight, C, 1, 3, 3);
   CHECK_LIKE(bias, x);
   CHECK_SHAPE(bias, C);
+}
+
+// x (B, N, C) tokens, normalised over C; weight and bias (C,) or absent; eps >= 0 and finite.
+inline void layer_norm(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                       const c10::optional<at::Tensor>& bias, double eps) {
+  const char* op = "layer_norm";
+  CHECK_STRIDED(x);
+  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, N, C) tokens, got ", shape_str(x.sizes()));
+  CHECK_KERNEL_DTYPE(x);
+  TORCH_CHECK(x.size(2) >= 1, op, ": x has no channels to normalise (C = 0)");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, op, ": eps must be finite and >= 0, got ", eps);
+  CHECK_LIKE(weight, x);
+  CHECK_SHAPE(weight, x.size(2));
+  CHECK_LIKE(bias, x);
+  CHECK_SHAPE(bias, x.size(2));
 }
 
 // x (B, H·W, C) → (B, P·P, C).
