@@ -7,7 +7,7 @@ from op_cases import DTYPE_IDS, DTYPES, close, fused_backends, randn, require, s
 
 from pvtv2_fast import ops
 from pvtv2_fast.modules import TokenLayerNorm
-from pvtv2_fast.modules.layer_norm import FUSED_MIN_ELEMENTS
+from pvtv2_fast.modules.layer_norm import FUSED_MIN_TOKENS
 
 CASES = stage_cases()
 BACKENDS = fused_backends("layer_norm")
@@ -74,9 +74,9 @@ def test_compile_and_export_keep_the_fused_node(backend, device):
     assert [n for n in exported.graph.nodes if "pvtv2_fast_C.layer_norm" in str(n.target)]
 
 
-@pytest.mark.parametrize("tokens", [FUSED_MIN_ELEMENTS // 64 - 1, FUSED_MIN_ELEMENTS // 64])
+@pytest.mark.parametrize("tokens", [FUSED_MIN_TOKENS - 1, FUSED_MIN_TOKENS])
 def test_module_routes_large_maps_to_the_op(tokens, monkeypatch):
-    """TokenLayerNorm is nn.LayerNorm (same state_dict); in fast mode maps of FUSED_MIN_ELEMENTS values and more go
+    """TokenLayerNorm is nn.LayerNorm (same state_dict); in fast mode maps of FUSED_MIN_TOKENS tokens and more go
     through ops.layer_norm, smaller ones (where its call overhead loses) through PyTorch's."""
     ln = TokenLayerNorm(64, eps=1e-6)
     assert isinstance(ln, torch.nn.LayerNorm) and set(ln.state_dict()) == {"weight", "bias"}
@@ -87,5 +87,5 @@ def test_module_routes_large_maps_to_the_op(tokens, monkeypatch):
     x = randn(1, tokens, 64, device="cpu")
     with torch.no_grad():
         out = ln(x)
-    assert calls == ([1] if x.numel() >= FUSED_MIN_ELEMENTS else [])
+    assert calls == ([1] if tokens >= FUSED_MIN_TOKENS else [])
     close(out, torch.nn.functional.layer_norm(x, (64,), ln.weight, ln.bias, 1e-6), torch.float32)
