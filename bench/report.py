@@ -258,8 +258,8 @@ def fast_summary(results, impls) -> str:
 
 
 def op_table(threads: int, repeats: int = 15) -> str:
-    """The fused CPU ops vs their PyTorch compositions at the stage-1 shapes of b0 and b2 at 512², with a plain
-    copy of the same bytes as the bandwidth yardstick."""
+    """The fused CPU ops (dwconv + GELU, Linear-SRA pool, LayerNorm) vs PyTorch at the stage-1 shapes of b0 and b2
+    at 512², with a plain copy of the same bytes as the bandwidth yardstick."""
     from bench.harness import Candidate, time_interleaved
     from pvtv2_fast import PvtV2Config, _ext, ops, stage_sizes
 
@@ -275,12 +275,15 @@ def op_table(threads: int, repeats: int = 15) -> str:
         wt, b = torch.randn(ffn, 1, 3, 3), torch.randn(ffn)
         y = torch.empty_like(x)
         tokens = torch.randn(1, h * w, c)
+        ln_w, ln_b = torch.randn(c), torch.randn(c)
         cands = [
             Candidate("copy (same bytes)", lambda: y.copy_(x)),
             Candidate("dwconv+GELU torch", lambda: ops.dwconv_gelu(x, wt, b, h, w, backend="torch")),
             Candidate("dwconv+GELU cpu", lambda: ops.dwconv_gelu(x, wt, b, h, w, backend="cpu")),
             Candidate("pool 7×7 torch", lambda: ops.linear_sra_pool(tokens, h, w, backend="torch")),
             Candidate("pool 7×7 cpu", lambda: ops.linear_sra_pool(tokens, h, w, backend="cpu")),
+            Candidate("LayerNorm torch", lambda: ops.layer_norm(tokens, ln_w, ln_b, 1e-6, backend="torch")),
+            Candidate("LayerNorm cpu", lambda: ops.layer_norm(tokens, ln_w, ln_b, 1e-6, backend="cpu")),
         ]
         t = time_interleaved(cands, repeats=repeats, warmup=2)
         nbytes = 2 * x.numel() * 4
@@ -296,17 +299,21 @@ def op_table(threads: int, repeats: int = 15) -> str:
                 ]
             )
         pool_bytes = tokens.numel() * 4
-        for name in ("pool 7×7 torch", "pool 7×7 cpu"):
-            rows.append(
-                [
-                    preset,
-                    f"{h}×{w}×{c}",
-                    name,
-                    t[name].median * 1e3,
-                    pool_bytes / t[name].median / 1e9,
-                    t["pool 7×7 torch"].median / t[name].median,
-                ]
-            )
+        for pair, nbytes in (
+            (("pool 7×7 torch", "pool 7×7 cpu"), pool_bytes),
+            (("LayerNorm torch", "LayerNorm cpu"), 2 * pool_bytes),
+        ):
+            for name in pair:
+                rows.append(
+                    [
+                        preset,
+                        f"{h}×{w}×{c}",
+                        name,
+                        t[name].median * 1e3,
+                        nbytes / t[name].median / 1e9,
+                        t[pair[0]].median / t[name].median,
+                    ]
+                )
     headers = [
         "preset (stage 1 @512²)",
         "tensor",
