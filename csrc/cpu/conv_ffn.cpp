@@ -8,6 +8,9 @@
 // Each thread walks its bands of one image top to bottom; fc1 rows are kept in a ring of (band + 2) rows, so the
 // halo rows a band shares with the previous one are computed once (a thread's first band computes its own halo).
 //
+// Small hidden states (conv_ffn_whole_map: up to 4 MB, or 16 MB with large weights) run as whole-map GEMMs instead,
+// in scratch kept per calling thread: there, bands would re-read large weights once per band and thread.
+//
 // bf16 (x, weights and y in bf16): the GEMMs are MKL's bf16 × bf16 → fp32 GEMM (AMX tiles or AVX512-BF16 where
 // the CPU has them), so the ring stays fp32 (fc1's sums are not rounded before the conv, as the reference rounds
 // them), the conv + GELU writes the bf16 band fc2 reads, and fc2's fp32 band is rounded once into y.
@@ -61,7 +64,6 @@ bool has_bf16_gemm() {
 namespace {
 
 // Bias rows before an accumulating GEMM: out (rows, n) = bias, or zeros when there is no input channel to sum.
-// Returns the GEMM's beta.
 // Returns the GEMM's beta. Parallel when called outside a parallel region (the whole-map path), inline inside one.
 float init_rows(int64_t rows, int64_t k, const float* bias, int64_t n, float* out) {
   if (bias == nullptr && k != 0) return 0.0f;
@@ -143,11 +145,12 @@ bool conv_ffn_whole_map(int64_t hidden_bytes, int64_t weight_bytes) {
   const int64_t kb = env::integer("PVTV2_FAST_FFN_WHOLE_KB", 0, int64_t{1} << 30, -1, "a whole number of KB",
                                  "the measured rule");
   if (kb >= 0) return hidden_bytes <= kb * 1024;
-  // Measured (2 threads, b0/b2 stage shapes, batch 1-8; bench/results/cpu_conv_ffn_schedule.md): bands re-read the
-  // weights once per band and thread, whole-map GEMMs move the hidden state through memory. Whole-map won 1.1-1.7x
-  // wherever the weights pass 1 MB (C >= 128) up to 20 MB of hidden state, and 1.2x below 4 MB even with small
-  // weights; bands won 1.1-1.35x for small weights over larger maps (C = 64 / 160 at 64² and up). The cap of 16 MB also
-  // bounds the scratch the calling thread keeps (scratch()).
+  // Measured (2 threads, b0/b2 stage shapes, batch 1-8, fp32 and bf16; bench/results/cpu_conv_ffn_schedule*.md):
+  // bands re-read the weights once per band and thread, whole-map GEMMs move the hidden state through memory.
+  // Whole-map won up to 1.25-1.9x where the weights pass 1 MB (C >= 128) and the map is small, and wherever the
+  // hidden state is below 4 MB; bands won up to 1.5x for small weights over larger maps (C = 64 / 160 at 64² and
+  // up). The rule picked within 0.94-1.09x of the faster schedule on all 21 shapes. The cap of 16 MB also bounds the
+  // scratch the calling thread keeps (scratch(): hidden + activation, at most 32 MB).
   constexpr int64_t MB = 1 << 20;
   return hidden_bytes <= 4 * MB || (weight_bytes >= MB && hidden_bytes <= 16 * MB);
 }
@@ -220,7 +223,7 @@ void conv_ffn_forward_t(const ConvFfnArgs& a) {
   });
 }
 
-// The whole map at once, for hidden states small enough to stay in cache (conv_ffn_whole_map_bytes): fc1 over all
+// The whole map at once, for small hidden states (conv_ffn_whole_map): fc1 over all
 // B·H·W tokens in one GEMM, the conv + GELU row-parallel, fc2 in one GEMM. The GEMMs run outside any parallel region,
 // so the BLAS splits them over its threads, and each weight matrix is read once rather than once per band.
 template <typename T>
@@ -259,7 +262,8 @@ void conv_ffn_dispatch_t(const ConvFfnArgs& a) {
   const int64_t hidden_bytes = a.batch * a.height * a.width * a.hidden * static_cast<int64_t>(sizeof(float));
   const int64_t weight_bytes = (a.c_in + a.c_out) * a.hidden * static_cast<int64_t>(sizeof(float));
   (void)band_target_bytes();  // both variables are checked on every call, whichever schedule runs
-  if (conv_ffn_whole_map(hidden_bytes, weight_bytes))
+  // The whole-map GEMMs take all B·H·W tokens as one BLAS (int) row count; past that, bands check their own.
+  if (conv_ffn_whole_map(hidden_bytes, weight_bytes) && a.batch * a.height * a.width <= INT_MAX)
     conv_ffn_whole_t<T>(a);
   else
     conv_ffn_forward_t<T>(a);

@@ -71,8 +71,8 @@ def conv_ffn_reference(
 
 
 OP = define("conv_ffn", conv_ffn_reference)
-# The C++ CPU kernel streams bands sized to the cache itself (the widened state never exists, whatever the budget),
-# so it does not take max_hidden_bytes.
+# The C++ CPU kernel streams bands sized to the cache itself, or runs small hidden states (<= 16 MB, in reused
+# scratch) whole-map, so the widened state never exceeds that whatever the budget: it does not take max_hidden_bytes.
 register_native(OP, "conv_ffn", 7, 3, devices=("cpu",), op_only_args=1)
 # Elsewhere the FFN is fc1 and fc2 in PyTorch around the fused dwconv+GELU of the same backend.
 for _backend in ("triton", "cuda"):

@@ -165,7 +165,7 @@ def test_compile_and_export_keep_the_fused_node(backend, device):
 @pytest.mark.parametrize("backend", ["torch"] + [p.values[0] for p in BACKENDS if p.values[0] != "cpu"])
 def test_banded_compositions_are_exact(backend, budget):
     """``max_hidden_bytes`` (memory-lean mode) runs the composed backends in bands of rows with a one-row halo:
-    the result does not change (the C++ kernel bands by itself and ignores the budget)."""
+    the result does not change (the C++ kernel schedules by itself and ignores the budget)."""
     x, w = randn(2, 11 * 7, 16, seed=11), _weights(16, 32, 16, seed=12, device=randn(1).device)
     require("conv_ffn", backend, (x, *w, 11, 7, True, budget))
     whole = ops.conv_ffn_reference(x, *w, 11, 7, True)
