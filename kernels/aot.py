@@ -105,6 +105,10 @@ def _dwconv_variants():
         )
 
 
+# The resampling kernels' tap arguments (streaming.LinearAxis.taps(): int64 indices, fp32 weights).
+_TAPS_SIG = {"RowIndex": "*i64", "RowWeight": "*fp32", "ColIndex": "*i64", "ColWeight": "*fp32"}
+
+
 def _upsample_argmax_variants():
     from .upsample_argmax import BLOCK_W, MAX_BLOCK_L, NUM_WARPS, upsample_argmax_kernel
 
@@ -112,10 +116,7 @@ def _upsample_argmax_variants():
     for dtype in ("fp32", "fp16", "bf16"):
         sig = {
             "X": _PTR[dtype],
-            "RowIndex": "*i64",
-            "RowWeight": "*fp32",
-            "ColIndex": "*i64",
-            "ColWeight": "*fp32",
+            **_TAPS_SIG,
             "Y": "*u8",
             **{s: "i32" for s in scalars},
         }
@@ -137,10 +138,7 @@ def _upsample_accumulate_variants():
     for dtype, first in itertools.product(("fp32", "fp16", "bf16"), (True, False)):
         sig = {
             "X": _PTR[dtype],
-            "RowIndex": "*i64",
-            "RowWeight": "*fp32",
-            "ColIndex": "*i64",
-            "ColWeight": "*fp32",
+            **_TAPS_SIG,
             "Acc": "*fp32",
             **{s: "i32" for s in scalars},
         }
