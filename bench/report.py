@@ -259,7 +259,7 @@ def fast_summary(results, impls) -> str:
 
 def op_table(threads: int, repeats: int = 15) -> str:
     """The fused CPU ops (dwconv + GELU, Linear-SRA pool, LayerNorm) vs PyTorch at the stage-1 shapes of b0 and b2
-    at 512², with a plain copy of the same bytes as the bandwidth yardstick."""
+    at 512², with a plain copy of the same bytes as the bandwidth yardstick; then the conv FFN and attention tables."""
     from bench.harness import Candidate, time_interleaved
     from pvtv2_fast import PvtV2Config, _ext, ops, stage_sizes
 
@@ -310,6 +310,41 @@ def op_table(threads: int, repeats: int = 15) -> str:
         + markdown_table(headers, rows)
         + "\n"
         + ffn_table(repeats)
+        + attention_table(repeats)
+    )
+
+
+def attention_table(repeats: int) -> str:
+    """Every stage's attention of b0 (32-wide heads) and b2 (64-wide) at 1024²: PyTorch's SDPA against the C++ kernel
+    (fp32), and which of the two ``backend="auto"`` takes there (the kernel's measured ``slower`` rule)."""
+    from bench.harness import Candidate, time_interleaved
+    from pvtv2_fast import PvtV2Config, ops
+    from pvtv2_fast.ops.registry import OPS
+    from pvtv2_fast.validation import stage_shapes
+
+    rows = []
+    for preset in ("b0", "b2"):
+        for stage, shape in enumerate(stage_shapes(PvtV2Config.from_preset(preset), 1024, 1024)):
+            n, m, c, heads = shape.height * shape.width, shape.keys, shape.channels, shape.heads
+            q, kv = torch.randn(1, n, c), torch.randn(1, m, 2 * c)
+            args = (q, kv[..., :c], kv[..., c:], heads)
+            cands = [Candidate(b, lambda b=b: ops.sra_attention(*args, backend=b)) for b in ("torch", "cpu")]
+            with torch.inference_mode():
+                t = time_interleaved(cands, repeats=repeats, warmup=1)
+            auto = OPS["sra_attention"].resolve("auto", (*args, c // heads))
+            flops = 4 * n * m * c  # q·kᵀ and p·v
+            for cand in cands:
+                med = t[cand.name].median
+                rows.append([f"{preset} stage {stage + 1}", f"{n} × {m}, {heads} × {c // heads}",
+                             "SDPA (torch)" if cand.name == "torch" else "C++ (cpu)", med * 1e3, flops / med / 1e9,
+                             t["torch"].median / med, "✓" if auto == cand.name else ""])  # fmt: skip
+    headers = ["preset @1024²", "queries × keys, heads × dim", "attention", "median ms", "GFLOP/s", "× SDPA", "auto"]
+    return (
+        "\n### Attention: SDPA vs the C++ kernel (fp32)\n\n"
+        "GFLOP/s counts q·kᵀ and p·v (4·N·M·C). `auto` takes the C++ kernel for fp32 / fp16 heads of ≤ 32 channels "
+        "over ≥ 64 keys (b0), SDPA otherwise (bf16, wider heads, few keys), as measured here.\n\n"
+        + markdown_table(headers, rows)
+        + "\n"
     )
 
 

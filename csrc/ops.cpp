@@ -56,6 +56,9 @@ DwconvGeluRowFn dwconv_gelu_row() { return PVT_FOR_ACTIVE_ISA(dwconv_gelu_row); 
 LinearSraPoolCellFn linear_sra_pool_cell() { return PVT_FOR_ACTIVE_ISA(linear_sra_pool_cell); }
 RoundToBf16Fn round_to_bf16() { return PVT_FOR_ACTIVE_ISA(round_to_bf16); }
 LayerNormRowsFn layer_norm_rows() { return PVT_FOR_ACTIVE_ISA(layer_norm_rows); }
+AttentionGeometryFn attention_geometry() { return PVT_FOR_ACTIVE_ISA(attention_geometry); }
+AttentionPackFn attention_pack() { return PVT_FOR_ACTIVE_ISA(attention_pack); }
+AttentionRowsFn attention_rows() { return PVT_FOR_ACTIVE_ISA(attention_rows); }
 UpsampleArgmaxRowFn upsample_argmax_row() { return PVT_FOR_ACTIVE_ISA(upsample_argmax_row); }
 UpsampleAccumulateRowFn upsample_accumulate_row() { return PVT_FOR_ACTIVE_ISA(upsample_accumulate_row); }
 }  // namespace cpu
@@ -209,6 +212,59 @@ at::Tensor layer_norm_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor
   return y.scalar_type() == dtype ? y : y.to(dtype);
 }
 
+// ------------------------------------------------------------------------------------------ SRA attention
+// softmax(q kᵀ · scale) v per head, flash-style (cpu/attention.h): each (image, head)'s keys and values are packed
+// once (K transposed into key blocks), then tasks of query rows run in parallel. fp32 and bf16 are read and written
+// as they are (fp32 compute); fp16 through fp32 copies.
+at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, int64_t num_heads,
+                             double scale) {
+  constexpr const char* op = "sra_attention";
+  checks::sra_attention(q_in, k_in, v_in, num_heads, scale);
+  CHECK_DEVICE(q_in, at::kCPU);
+  const auto dtype = q_in.scalar_type();
+  const auto io = dtype == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  // q is read through its row stride and k / v through theirs; only a channel stride other than 1 needs a copy.
+  const auto dense_rows = [&](const at::Tensor& t) {
+    const at::Tensor c = t.scalar_type() == io ? t : t.to(io);
+    return c.stride(2) == 1 ? c : c.contiguous();
+  };
+  const at::Tensor q = dense_rows(q_in), k = dense_rows(k_in), v = dense_rows(v_in);
+  const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1), D = C / num_heads;
+  at::Tensor out = at::empty({B, N, C}, q.options());
+  if (out.numel() == 0) return out.to(dtype);
+  const cpu::Elem elem = elem_of(io);
+  const int64_t esize = q.element_size();
+  const cpu::AttentionGeometry geo = cpu::attention_geometry()(M, D);
+  const cpu::AttentionPackFn pack = cpu::attention_pack();
+  const cpu::AttentionRowsFn rows = cpu::attention_rows();
+  const int64_t heads = B * num_heads;
+  std::vector<float> packed(static_cast<size_t>(heads * geo.packed));
+  const char* qp = static_cast<const char*>(q.data_ptr());
+  const char* kp = static_cast<const char*>(k.data_ptr());
+  const char* vp = static_cast<const char*>(v.data_ptr());
+  char* op_ = static_cast<char*>(out.data_ptr());
+  at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t bh = h0; bh < h1; ++bh) {
+      const int64_t b = bh / num_heads, h = bh % num_heads;
+      pack(kp + (b * k.stride(0) + h * D) * esize, k.stride(1), vp + (b * v.stride(0) + h * D) * esize, v.stride(1),
+           elem, M, D, packed.data() + bh * geo.packed);
+    }
+  });
+  const int64_t per_head = (N + geo.task_rows - 1) / geo.task_rows;
+  const float qscale = static_cast<float>(scale * 1.4426950408889634);  // log2(e): the kernel's softmax is base 2
+  at::parallel_for(0, heads * per_head, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scratch(static_cast<size_t>(geo.scratch));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t bh = t / per_head, n0 = (t % per_head) * geo.task_rows;
+      const int64_t b = bh / num_heads, h = bh % num_heads;
+      rows(qp + (b * q.stride(0) + n0 * q.stride(1) + h * D) * esize, q.stride(1), elem,
+           std::min(geo.task_rows, N - n0), packed.data() + bh * geo.packed, M, D, qscale,
+           op_ + (b * out.stride(0) + n0 * out.stride(1) + h * D) * esize, out.stride(1), scratch.data());
+    }
+  });
+  return out.scalar_type() == dtype ? out : out.to(dtype);
+}
+
 // ------------------------------------------------------------------------------------------ conv FFN
 at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
                         const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
@@ -259,6 +315,12 @@ at::Tensor linear_sra_pool_meta(const at::Tensor& x, int64_t height, int64_t wid
   return at::empty({x.size(0), pool_size * pool_size, x.size(2)}, x.options());
 }
 
+at::Tensor sra_attention_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
+                              double scale) {
+  checks::sra_attention(q, k, v, num_heads, scale);
+  return at::empty(q.sizes(), q.options());
+}
+
 at::Tensor layer_norm_meta(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                            const c10::optional<at::Tensor>& bias, double eps) {
   checks::layer_norm(x, weight, bias, eps);
@@ -276,6 +338,7 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
       "conv_ffn(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor dw_weight, Tensor? dw_bias, Tensor fc2_weight, "
       "Tensor? fc2_bias, int height, int width, bool relu_input) -> Tensor");
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  m.def("sra_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
 }
 
@@ -283,6 +346,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
   m.impl("dwconv_gelu", &pvtv2::dwconv_gelu_cpu);
   m.impl("linear_sra_pool", &pvtv2::linear_sra_pool_cpu);
   m.impl("layer_norm", &pvtv2::layer_norm_cpu);
+  m.impl("sra_attention", &pvtv2::sra_attention_cpu);
   // The conv FFN's GEMMs need a BLAS; without one the op has no CPU kernel and Python uses the composition.
   if (pvtv2::cpu::has_sgemm()) m.impl("conv_ffn", &pvtv2::conv_ffn_cpu);
 }
@@ -292,6 +356,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
   m.impl("linear_sra_pool", &pvtv2::linear_sra_pool_meta);
   m.impl("conv_ffn", &pvtv2::conv_ffn_meta);
   m.impl("layer_norm", &pvtv2::layer_norm_meta);
+  m.impl("sra_attention", &pvtv2::sra_attention_meta);
 }
 
 // Importable as pvtv2_fast._C; importing it runs the registrations above.

@@ -155,6 +155,16 @@ def test_cached_weights_follow_weight_updates(backend):
         torch.testing.assert_close(model(x).logits, other(x).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_a_model_built_under_inference_mode_runs_fast():
+    """Parameters created under torch.inference_mode() have no version counter: fast mode derives its weights per
+    call for them instead of caching (it used to raise "Inference tensors do not track version counter")."""
+    reference = _model("b0", "cpu")
+    with torch.inference_mode():
+        model = _model("b0", "cpu").set_fast(True)
+        x = torch.randn(1, 3, *SIZE)
+        torch.testing.assert_close(model(x).logits, reference(x).logits, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_models_with_cached_weights_deep_copy_and_pickle(dtype):
     """The inference cache may hold opaque oneDNN tensors (no storage): copies and pickles of a model that has run

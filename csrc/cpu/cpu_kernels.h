@@ -39,6 +39,19 @@ using LayerNormRowsFn = void (*)(const void* x, void* y, Elem elem, const float*
                                  int64_t C, float eps);
 // y[k] = bf16(x[k]), k < n.
 using RoundToBf16Fn = void (*)(const float* x, bf16* y, int64_t n);
+// Spatial-reduction attention of one (image, head) (attention.h). Sizes, in floats, for M keys of head dim D:
+// task_rows query rows per attention_rows call, packed floats per head, scratch floats per calling thread.
+struct AttentionGeometry {
+  int64_t task_rows, packed, scratch;
+};
+using AttentionGeometryFn = AttentionGeometry (*)(int64_t M, int64_t D);
+// k, v: M rows of D elements of type `elem` (row strides in elements) → `packed` (geometry.packed floats).
+using AttentionPackFn = void (*)(const void* k, int64_t k_stride, const void* v, int64_t v_stride, Elem elem,
+                                 int64_t M, int64_t D, float* packed);
+// Up to task_rows query rows q (row stride q_stride) → out rows (row stride out_stride), both of type `elem`;
+// qscale = softmax scale · log2(e).
+using AttentionRowsFn = void (*)(const void* q, int64_t q_stride, Elem elem, int64_t n_rows, const float* packed,
+                                 int64_t M, int64_t D, float qscale, void* out, int64_t out_stride, float* scratch);
 
 #define PVT_DECLARE_ENTRY_POINTS(SUFFIX)                                                                            \
   void dwconv_gelu_row_##SUFFIX(const void* const*, Elem, const float*, const float*, void*, Elem, int64_t, int64_t, \
@@ -47,6 +60,10 @@ using RoundToBf16Fn = void (*)(const float* x, bf16* y, int64_t n);
                                      int64_t);                                                                     \
   void layer_norm_rows_##SUFFIX(const void*, void*, Elem, const float*, const float*, int64_t, int64_t, float);      \
   void round_to_bf16_##SUFFIX(const float*, bf16*, int64_t);                                                       \
+  AttentionGeometry attention_geometry_##SUFFIX(int64_t, int64_t);                                                 \
+  void attention_pack_##SUFFIX(const void*, int64_t, const void*, int64_t, Elem, int64_t, int64_t, float*);        \
+  void attention_rows_##SUFFIX(const void*, int64_t, Elem, int64_t, const float*, int64_t, int64_t, float, void*,   \
+                               int64_t, float*);                                                                   \
   void upsample_argmax_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*, int64_t,  \
                                     int64_t, int64_t, float*, float*, int32_t*);                                   \
   void upsample_accumulate_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*,      \
@@ -65,6 +82,9 @@ DwconvGeluRowFn dwconv_gelu_row();
 LinearSraPoolCellFn linear_sra_pool_cell();
 RoundToBf16Fn round_to_bf16();
 LayerNormRowsFn layer_norm_rows();
+AttentionGeometryFn attention_geometry();
+AttentionPackFn attention_pack();
+AttentionRowsFn attention_rows();
 UpsampleArgmaxRowFn upsample_argmax_row();
 UpsampleAccumulateRowFn upsample_accumulate_row();
 

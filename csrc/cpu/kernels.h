@@ -6,7 +6,8 @@
 //
 // A policy V provides: kWidth, type `reg`, load(const float*), store(float*, reg), set1(float), zero(),
 // fmadd(a, b, c) = a·b + c, add, sub, mul, min, abs, relu, recip (1/x, ~1e-7 relative) and copysign(magnitude,
-// sign); the GELU below is built from these. Horizontal reductions: reduce_max, reduce_add (LayerNorm's moments). Each ISA also specialises Bf16<V> (below): bf16 loads and stores, so
+// sign); the GELU below is built from these. Horizontal reductions: reduce_max, reduce_add (LayerNorm's moments);
+// exp2 (attention.h's softmax, see kExp2P). Each ISA also specialises Bf16<V> (below): bf16 loads and stores, so
 // the kernels read and write bf16 tensors directly and compute in fp32.
 #pragma once
 
@@ -29,6 +30,11 @@ namespace PVT_ISA {
 // erf(x) = 1 - 1 / (1 + a1 z + ... + a6 z^6)^16 for z = |x|, sign restored.
 constexpr float kErfA[6] = {0.0705230784f, 0.0422820123f, 0.0092705272f, 0.0001520143f, 0.0002765672f, 0.0000430638f};
 
+// 2^f on f in [-1/2, 1/2] (Cephes exp2f's minimax polynomial, ~2e-7 relative): the vector exp2 of each ISA is
+// 2^round(x) · p(x - round(x)), p(f) = 1 + f·(P0·f^5 + ... + P5).
+constexpr float kExp2P[6] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f,
+                             5.550332471162809e-2f, 2.402264791363012e-1f, 6.931472028550421e-1f};
+
 struct ScalarOps {
   static constexpr int kWidth = 1;
   using reg = float;
@@ -48,6 +54,7 @@ struct ScalarOps {
   static reg max(reg a, reg b) { return a > b ? a : b; }
   static float reduce_max(reg a) { return a; }
   static float reduce_add(reg a) { return a; }
+  static reg exp2(reg x) { return exp2f(x); }
   static uint32_t eq_mask(reg a, reg b) { return a == b; }
   static uint32_t nan_mask(reg a) { return isnan(a); }
 };
@@ -310,7 +317,7 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
 }  // namespace pvtv2
 
 // The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>, layer_norm_rows_<SUFFIX>,
-// round_to_bf16_<SUFFIX> and the resampling rows (resample.h), run with policy OPS.
+// round_to_bf16_<SUFFIX>, the attention's (attention.h) and the resampling rows (resample.h), run with policy OPS.
 #define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
   namespace pvtv2 {                                                                                                \
   namespace cpu {                                                                                                  \
@@ -328,6 +335,17 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
   }                                                                                                                \
   void round_to_bf16_##SUFFIX(const float* x, bf16* y, int64_t n) {                                                \
     PVT_ISA::round_to_bf16_impl<PVT_ISA::OPS>(x, y, n);                                                             \
+  }                                                                                                                \
+  AttentionGeometry attention_geometry_##SUFFIX(int64_t M, int64_t D) {                                            \
+    return PVT_ISA::attention_geometry_impl<PVT_ISA::OPS>(M, D);                                                    \
+  }                                                                                                                \
+  void attention_pack_##SUFFIX(const void* k, int64_t ks, const void* v, int64_t vs, Elem elem, int64_t M,          \
+                               int64_t D, float* packed) {                                                         \
+    PVT_ISA::attention_pack_impl<PVT_ISA::OPS>(k, ks, v, vs, elem, M, D, packed);                                   \
+  }                                                                                                                \
+  void attention_rows_##SUFFIX(const void* q, int64_t qs, Elem elem, int64_t n, const float* packed, int64_t M,      \
+                               int64_t D, float qscale, void* out, int64_t os, float* scratch) {                   \
+    PVT_ISA::attention_rows_impl<PVT_ISA::OPS>(q, qs, elem, n, packed, M, D, qscale, out, os, scratch);            \
   }                                                                                                                \
   void upsample_argmax_row_##SUFFIX(const float* s0, const float* s1, float w0, float w1, const int64_t* ci,         \
                                     const float* cw, int64_t W_in, int64_t W_out, int64_t L, float* tmp, float* v, \

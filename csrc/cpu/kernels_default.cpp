@@ -2,5 +2,6 @@
 #define PVT_ISA generic
 #include "kernels.h"
 #include "resample.h"
+#include "attention.h"
 
 PVT_DEFINE_ENTRY_POINTS(default, ScalarOps)

@@ -48,8 +48,11 @@ class FastPath:
         """``make()``, computed once per state of ``params`` (derived weights for inference: packed K/V,
         channels-last conv weights): the cache key is their identity, version counter and storage, so in-place
         updates, ``load_state_dict`` and ``.to()`` all invalidate it; under autograd or compilation ``make()`` runs
-        every call (it must be part of the graph)."""
+        every call (it must be part of the graph), and likewise for parameters created under
+        ``torch.inference_mode()``, which have no version counter to key on."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return make()
+        if any(p is not None and p.is_inference() for p in params):
             return make()
         key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
         caches = self.__dict__.setdefault("_inference_caches", _DerivedWeights())  # a mixin: no __init__ of its own

@@ -6,12 +6,14 @@ Backends (``backend=`` of every op):
 * ``"triton"``: the fused Triton kernel as a ``torch.library`` custom op. Compiled for CUDA tensors; on CPU tensors
   only when the kernels were imported under the Triton interpreter (``TRITON_INTERPRET=1``).
 * ``"cpu"`` / ``"cuda"``: the C++ / CUDA C++ kernels of the extension ``pvtv2_fast._C``.
-* ``"auto"``: the first backend of :data:`AUTO_ORDER` (per device type, per op) that can run this input. When none
-  can, the reference runs and a :class:`FallbackWarning` says why, once per op and reason.
+* ``"auto"``: the first backend of :data:`AUTO_ORDER` (per device type, per op) that can run this input and that
+  does not measure slower than the next choice on it (a backend's ``slower`` rule: e.g. the C++ attention leaves
+  bf16 and few keys to SDPA). When none can, the reference runs and a :class:`FallbackWarning` says why, once per op
+  and reason.
 
 An explicit backend that cannot run raises ``NotImplementedError`` with the reason instead of falling back.
-An op may name a *stand-in* for a backend it has no kernel for (attention has no C++ kernel: ``"cpu"`` means
-PyTorch's SDPA), so a model-wide ``set_fast(backend="cpu")`` stays meaningful for every op.
+An op may name a *stand-in* for a backend it has no kernel for (LayerNorm has no Triton or CUDA C++ kernel: there
+PyTorch's fused CUDA LayerNorm serves), so a model-wide ``set_fast(backend=...)`` stays meaningful for every op.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # (bench/kernels.py); until then Triton (autotuned) goes first.
 CPU_ORDER: Dict[str, Tuple[str, ...]] = {
     "default": ("cpu", "triton"),
-    # No C++ attention kernel beat PyTorch's SDPA on CPU (README, "Attention stays SDPA on CPU").
-    "sra_attention": ("torch",),
+    # The C++ attention where it measured faster than SDPA (its `slower` rule, ops/sra_attention.py), else SDPA.
+    "sra_attention": ("cpu", "torch"),
 }
 CUDA_ORDER: Dict[str, Tuple[str, ...]] = {
     "default": ("triton", "cuda"),
@@ -162,6 +164,9 @@ class Backend:
     # It receives the op's full argument list; the first argument (or its first element, see lead_tensor) is the
     # tensor that decides the device.
     why_not: Callable[[Sequence], Optional[str]]
+    # Whether "auto" should pass over this backend for these arguments, silently, because it measured slower than
+    # the next choice there (an explicit backend= still runs it). None: never.
+    slower: Optional[Callable[[Sequence], bool]] = None
 
 
 @dataclass
@@ -179,10 +184,11 @@ class Op:
         backend: str,
         impl: Callable,
         why_not: Callable[[Sequence], Optional[str]],
+        slower: Optional[Callable[[Sequence], bool]] = None,
     ) -> None:
         if backend not in BACKENDS or backend in ("auto", "torch"):
             raise ValueError(f"{self.name}: cannot register backend {backend!r}")
-        self.backends[backend] = Backend(impl, why_not)
+        self.backends[backend] = Backend(impl, why_not, slower)
 
     def available(self) -> Tuple[str, ...]:
         """The backends this op has (registered, or stand-ins), "torch" included; not whether they run here."""
@@ -210,12 +216,19 @@ class Op:
             return self.stand_ins.get(backend, backend)
         device = lead_tensor(args).device.type
         order = AUTO_ORDER.get(device, {})
-        reasons = []
+        reasons, passed_over = [], False
         for candidate in order.get(self.name, order.get("default", ())):
             reason = self.why_not(candidate, args)
             if reason is None:
-                return self.stand_ins.get(candidate, candidate)
+                served = self.stand_ins.get(candidate, candidate)
+                rule = self.backends[served].slower if served in self.backends else None
+                if rule is not None and rule(args):
+                    passed_over = True  # measured slower here than what follows: a choice, not a failure
+                    continue
+                return served
             reasons.append(reason)
+        if passed_over:
+            return "torch"
         if not reasons:
             reasons.append(f"no fused kernel runs on {device} tensors")
         warn_once(
@@ -271,11 +284,12 @@ def register_native(
     devices: Sequence[str] = ("cpu", "cuda"),
     op_only_args: int = 0,
     differentiable: bool = True,
+    slower: Optional[Callable[[Sequence], bool]] = None,
 ) -> None:
     """Register the extension's ``pvtv2_fast_C::native_op`` as ``op``'s backends for ``devices`` (each runs only
     where the extension was built with that device's kernels), with a recompute-the-reference backward unless
     ``differentiable`` is False (integer outputs). ``op_only_args``: trailing arguments of the op that the kernel
-    does not take (they are dropped)."""
+    does not take (they are dropped). ``slower``: see :class:`Backend`."""
     if _ext.available() and differentiable:
         register_recompute_autograd(f"pvtv2_fast_C::{native_op}", op.reference, n_tensors, n_rest)
 
@@ -283,4 +297,4 @@ def register_native(
         return getattr(torch.ops.pvtv2_fast_C, native_op)(*args[: len(args) - op_only_args])
 
     for device in devices:
-        op.register(device, impl, native_why_not(native_op, device))
+        op.register(device, impl, native_why_not(native_op, device), slower)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_tokens
-from .registry import define, register_recompute_autograd, triton_why_not
+from .registry import define, register_native, register_recompute_autograd, triton_why_not
 
 MAX_HEAD_DIM = 128  # the Triton kernel keeps a head's queries and accumulator in registers
 
@@ -43,11 +43,24 @@ def _triton_why_not(args: Sequence) -> Optional[str]:
     return triton_why_not(args) or (f"head dim {head_dim} > {MAX_HEAD_DIM}" if head_dim > MAX_HEAD_DIM else None)
 
 
-# No C++/CUDA C++ attention kernel: on CPU PyTorch's SDPA is the kernel (a C++ flash-style kernel measured
-# 0.77-1.15x SDPA's speed), on CUDA the Triton kernel.
-OP = define("sra_attention", sra_attention_reference, stand_ins={"cpu": "torch", "cuda": "triton"})
+MIN_CPU_KEYS = 64  # below, the C++ kernel's per-task setup outweighs its tiles
+MAX_CPU_HEAD_DIM = 32  # above, its register tiles only tie with SDPA's BLAS calls
+
+
+def _cpu_slower(args: Sequence) -> bool:
+    """Where "auto" leaves CPU attention to SDPA, as measured against it (2 threads, AVX-512; README, "CPU
+    attention"): bf16 (SDPA's AMX / AVX512-BF16 path ran 1.7-2x the C++ kernel's fp32-compute tiles), fewer than
+    MIN_CPU_KEYS keys (0.77-0.88x at 49) and heads wider than MAX_CPU_HEAD_DIM (0.95-1.11x at 64: a tie). Where it
+    runs (b0's 32-wide heads, >= 64 keys) it measured 1.1-1.4x SDPA."""
+    q, k, heads = args[0], args[1], args[3]
+    return q.dtype == torch.bfloat16 or k.shape[1] < MIN_CPU_KEYS or q.shape[2] // heads > MAX_CPU_HEAD_DIM
+
+
+# On CUDA the Triton kernel; no CUDA C++ attention kernel exists ("cuda" means Triton's).
+OP = define("sra_attention", sra_attention_reference, stand_ins={"cuda": "triton"})
 register_recompute_autograd(sra_attention_triton, sra_attention_reference, 3, 2)
 OP.register("triton", sra_attention_triton, _triton_why_not)
+register_native(OP, "sra_attention", 3, 2, devices=("cpu",), slower=_cpu_slower)
 
 
 def sra_attention(
@@ -57,7 +70,8 @@ def sra_attention(
 
     q: ``(B, N, C)`` queries of an H×W map; k, v: ``(B, M, C)`` reduced keys/values (any strides, e.g. views into
     a packed ``(B, M, 2C)`` projection); ``scale`` defaults to ``head_dim ** -0.5``. Returns ``(B, N, C)``.
-    The fused kernel never materialises the N×M scores.
+    The fused kernels (Triton on CUDA, C++ on CPU: flash-style with an online softmax in fp32) never materialise the
+    N×M scores.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tokens("sra_attention", name, t)

@@ -113,6 +113,14 @@ def _ln(dev, c=5, **kw):
     return "layer_norm", tuple(a.values())
 
 
+def _attn(dev, m=4, **kw):
+    """sra_attention arguments: (q, k, v, num_heads, scale), k and v views of one (2, m, 16) projection."""
+    kv = torch.randn(2, m, 16, device=dev)
+    a = {"q": torch.randn(2, 9, 8, device=dev), "k": kv[..., :8], "v": kv[..., 8:], "num_heads": 2, "scale": 0.5}
+    a.update(kw)
+    return "sra_attention", tuple(a.values())
+
+
 def _x(dev, *shape, dtype=torch.float32):
     return torch.randn(*shape, device=dev).to(dtype)
 
@@ -305,6 +313,19 @@ BAD_INPUT = [
     ("ln-weight-device", lambda d, o: _ln(d, weight=_x(o, 5)), E, "weight must be on x's device"),
     ("ln-eps-negative", lambda d, o: _ln(d, eps=-1.0), E, "eps must be finite and >= 0"),
     ("ln-eps-nan", lambda d, o: _ln(d, eps=float("nan")), E, "eps must be finite and >= 0"),
+    # ---- sra_attention
+    ("attn-q-2d", lambda d, o: _attn(d, q=_x(d, 9, 8)), E, "sra_attention: q must be (B, N, C) tokens"),
+    ("attn-q-int", lambda d, o: _attn(d, q=torch.ones(2, 9, 8, dtype=torch.long, device=d)), E, "got Long"),
+    ("attn-k-2d", lambda d, o: _attn(d, k=_x(d, 4, 8)), E, "k must have 3 dimensions"),
+    ("attn-k-channels", lambda d, o: _attn(d, k=_x(d, 2, 4, 6)), E, "k must be (2, 4, 8), got (2, 4, 6)"),
+    ("attn-v-keys", lambda d, o: _attn(d, v=_x(d, 2, 5, 8)), E, "v must be (2, 4, 8), got (2, 5, 8)"),
+    ("attn-k-batch", lambda d, o: _attn(d, k=_x(d, 1, 4, 8)), E, "k must be (2, 4, 8), got (1, 4, 8)"),
+    ("attn-no-keys", lambda d, o: _attn(d, m=0), E, "at least one key is needed"),
+    ("attn-heads", lambda d, o: _attn(d, num_heads=3), E, "8 channels are not divisible into 3 heads"),
+    ("attn-heads-zero", lambda d, o: _attn(d, num_heads=0), E, "not divisible into 0 heads"),
+    ("attn-v-dtype", lambda d, o: _attn(d, v=_x(d, 2, 4, 8, dtype=torch.half)), E, "v must have q's dtype"),
+    ("attn-k-device", lambda d, o: _attn(d, k=_x(o, 2, 4, 8)), E, "k must be on q's device"),
+    ("attn-scale-nan", lambda d, o: _attn(d, scale=float("nan")), E, "scale must be finite"),
 ]
 
 
@@ -329,8 +350,8 @@ def test_every_op_is_covered():
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu"), lambda: _ln("cpu")],
-    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm"],
+    [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu"), lambda: _ln("cpu"), lambda: _attn("cpu")],
+    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm", "sra_attention"],
 )
 def test_sparse_input_is_refused_by_the_dispatcher(make):
     """Layouts other than dense never reach a kernel: no kernel is registered for them."""

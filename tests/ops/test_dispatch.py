@@ -56,12 +56,50 @@ def test_every_op_has_a_reference_and_only_known_backends():
 def test_cpu_auto_takes_the_cpp_kernel_and_sdpa_for_attention():
     assert OPS["dwconv_gelu"].resolve("auto", _dw_args()) == "cpu"
     q = torch.randn(1, 5, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FallbackWarning)  # SDPA on CPU is a choice, not a fallback
-        assert OPS["sra_attention"].resolve("auto", (q, q, q, 2)) == "torch"
-    assert OPS["sra_attention"].resolve("cpu", (q, q, q, 2)) == "torch"  # the stand-in
     assert OPS["layer_norm"].resolve("auto", (q, None, None, 1e-6)) == "cpu"
     assert OPS["layer_norm"].resolve("triton", (q, None, None, 1e-6)) == "torch"  # PyTorch's kernel stands in
+
+
+@pytest.mark.parametrize(
+    "keys,dtype,chosen",
+    [
+        (64, torch.float32, "cpu"),
+        (1024, torch.float16, "cpu"),
+        (63, torch.float32, "torch"),  # few keys: SDPA measured faster (the C++ kernel's `slower` rule)
+        (49, torch.float32, "torch"),
+        (1024, torch.bfloat16, "torch"),  # bf16: SDPA's AMX / AVX512-BF16 path measured faster
+        (1024, "wide", "torch"),  # head dim 64: a tie, SDPA kept
+    ],
+)
+def test_cpu_attention_auto_picks_by_the_measured_rule(keys, dtype, chosen):
+    c, heads = (128, 2) if dtype == "wide" else (64, 2)
+    dtype = torch.float32 if dtype == "wide" else dtype
+    q, kv = torch.randn(1, 5, c, dtype=dtype), torch.randn(1, keys, 2 * c, dtype=dtype)
+    args = (q, kv[..., :c], kv[..., c:], heads, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)  # passing over a slower backend is a choice, not a fallback
+        assert OPS["sra_attention"].resolve("auto", args) == chosen
+    assert OPS["sra_attention"].resolve("cpu", args) == "cpu"  # asked for explicitly, the C++ kernel runs anyway
+
+
+def test_a_slower_rule_passes_over_silently_and_never_hides_a_failure():
+    """`slower` only reorders what can run; a backend that cannot run still leads to the warned fallback."""
+    op = ops.registry.Op("demo", lambda x: x)
+    op.register("cpu", lambda x: x + 1, lambda args: None, slower=lambda args: args[0].numel() < 4)
+    saved = ops.registry.CPU_ORDER.get("demo")
+    ops.registry.CPU_ORDER["demo"] = ("cpu", "torch")
+    try:
+        assert op.resolve("auto", (torch.zeros(2),)) == "torch"
+        assert op.resolve("auto", (torch.zeros(8),)) == "cpu"
+        ops.registry.CPU_ORDER["demo"] = ("cpu",)  # nothing after it: "torch" by default, still silent
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FallbackWarning)
+            assert op.resolve("auto", (torch.zeros(2),)) == "torch"
+    finally:
+        if saved is None:
+            del ops.registry.CPU_ORDER["demo"]
+        else:
+            ops.registry.CPU_ORDER["demo"] = saved
 
 
 def test_without_the_extension_auto_falls_back_once_per_op_and_reason():

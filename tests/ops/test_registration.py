@@ -53,6 +53,7 @@ def _samples():
         "pvtv2_fast_C.linear_sra_pool": (x, 5, 9, 7),
         "pvtv2_fast_C.conv_ffn": (randn(2, 45, 16, device="cpu"), *ffn, 5, 9, True),
         "pvtv2_fast_C.layer_norm": (x, randn(x.shape[2], device="cpu"), randn(x.shape[2], device="cpu", seed=2), 1e-6),
+        "pvtv2_fast_C.sra_attention": (randn(1, 20, 64, device="cpu"), kv[..., :64], kv[..., 64:], 2, 0.125),
     }
 
 

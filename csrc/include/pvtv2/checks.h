@@ -66,13 +66,13 @@ inline void kernel_dtype(const char* op, const char* name, const at::Tensor* t) 
 }
 // Another input of an op must match x: same device (a meta or other-device weight is refused, not read), same
 // dtype (no silent conversion), dense layout.
-inline void like(const char* op, const char* name, const at::Tensor* t, const at::Tensor& x) {
+inline void like(const char* op, const char* name, const at::Tensor* t, const at::Tensor& x, const char* x_name) {
   if (!t) return;
   strided(op, name, t);
-  TORCH_CHECK(t->device() == x.device(), op, ": ", name, " must be on x's device (", x.device(), "), got ",
+  TORCH_CHECK(t->device() == x.device(), op, ": ", name, " must be on ", x_name, "'s device (", x.device(), "), got ",
               t->device());
-  TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype (", x.scalar_type(),
-              "), got ", t->scalar_type());
+  TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have ", x_name, "'s dtype (",
+              x.scalar_type(), "), got ", t->scalar_type());
 }
 
 #define CHECK_DIM(x, d) ::pvtv2::checks::dim(op, #x, ::pvtv2::checks::get(x), d)
@@ -81,7 +81,7 @@ inline void like(const char* op, const char* name, const at::Tensor* t, const at
 #define CHECK_STRIDED(x) ::pvtv2::checks::strided(op, #x, ::pvtv2::checks::get(x))
 #define CHECK_CONTIGUOUS(x) ::pvtv2::checks::contiguous(op, #x, ::pvtv2::checks::get(x))
 #define CHECK_KERNEL_DTYPE(x) ::pvtv2::checks::kernel_dtype(op, #x, ::pvtv2::checks::get(x))
-#define CHECK_LIKE(t, x) ::pvtv2::checks::like(op, #t, ::pvtv2::checks::get(t), x)
+#define CHECK_LIKE(t, x) ::pvtv2::checks::like(op, #t, ::pvtv2::checks::get(t), x, #x)
 
 // a·b and a + b, or an error naming what overflowed int64 (sizes are products of user-supplied ints).
 inline int64_t mul(const char* op, const char* what, int64_t a, int64_t b) {
@@ -145,6 +145,28 @@ inline void layer_norm(const at::Tensor& x, const c10::optional<at::Tensor>& wei
   CHECK_SHAPE(weight, x.size(2));
   CHECK_LIKE(bias, x);
   CHECK_SHAPE(bias, x.size(2));
+}
+
+// q (B, N, C) queries; k and v (B, M, C) keys and values (any strides, e.g. views into one (B, M, 2C) projection);
+// num_heads divides C; M >= 1; the scale finite.
+inline void sra_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
+                          double scale) {
+  const char* op = "sra_attention";
+  CHECK_STRIDED(q);
+  TORCH_CHECK(q.dim() == 3, op, ": q must be (B, N, C) tokens, got ", shape_str(q.sizes()));
+  CHECK_KERNEL_DTYPE(q);
+  CHECK_LIKE(k, q);
+  CHECK_LIKE(v, q);
+  CHECK_DIM(k, 3);
+  CHECK_SHAPE(k, q.size(0), k.size(1), q.size(2));
+  CHECK_SHAPE(v, q.size(0), k.size(1), q.size(2));
+  TORCH_CHECK(k.size(1) >= 1, op, ": at least one key is needed (M >= 1)");
+  TORCH_CHECK(num_heads >= 1 && q.size(2) % num_heads == 0, op, ": ", q.size(2),
+              " channels are not divisible into ", num_heads, " heads");
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  // The CPU kernel packs every head's keys and values: B·heads·(M + 15)·2·C floats at most.
+  mul(op, "packed keys and values", mul(op, "B x M", q.size(0), add(op, "M + 15", k.size(1), 15)),
+      mul(op, "2 x C", 2, q.size(2)));
 }
 
 // x (B, H·W, C) → (B, P·P, C).
@@ -254,7 +276,7 @@ inline void upsample_accumulate(at::TensorList xs, at::TensorList row_index, at:
     TORCH_CHECK(row_index[i].size(0) == row_index[0].size(0) && col_index[i].size(0) == col_index[0].size(0), op,
                 ": every map must resample to the same rows and columns");
   }
-  like(op, "bias", get(bias), x);
+  like(op, "bias", get(bias), x, "x");
   if (bias.has_value()) CHECK_SHAPE(bias, x.size(3));
   mul(op, "output elements", mul(op, "B x rows", x.size(0), row_index[0].size(0)),
       mul(op, "cols x C", col_index[0].size(0), x.size(3)));
