@@ -82,6 +82,21 @@ def test_arbitrary_strides(backend, device):
     assert out.is_contiguous() and out.shape == (b, n, c)
 
 
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_non_finite_inputs_give_the_references_non_finite_outputs(backend, device, where, value):
+    """A NaN or inf in q, k or v makes exactly the rows the reference makes non-finite, and leaves the others
+    (per head) within tolerance: no masking of the padded keys or rescaling step may hide or spread it."""
+    t = {"q": randn(2, 37, 64, seed=1), "k": randn(2, 70, 64, seed=2), "v": randn(2, 70, 64, seed=3)}
+    t[where][1, 5, 3] = value
+    out, ref = _run(backend, device, t["q"], t["k"], t["v"], 2)
+    out = out.float().cpu()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    close(out[finite], ref[finite], torch.float32, f"{where}={value}")
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_custom_scale(backend, device):
     kv = randn(1, 10, 128, seed=1)
