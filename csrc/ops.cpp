@@ -242,7 +242,7 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
   const char* qp = static_cast<const char*>(q.data_ptr());
   const char* kp = static_cast<const char*>(k.data_ptr());
   const char* vp = static_cast<const char*>(v.data_ptr());
-  char* op_ = static_cast<char*>(out.data_ptr());
+  char* yp = static_cast<char*>(out.data_ptr());
   at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t b = bh / num_heads, h = bh % num_heads;
@@ -259,7 +259,7 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
       const int64_t b = bh / num_heads, h = bh % num_heads;
       rows(qp + (b * q.stride(0) + n0 * q.stride(1) + h * D) * esize, q.stride(1), elem,
            std::min(geo.task_rows, N - n0), packed.data() + bh * geo.packed, M, D, qscale,
-           op_ + (b * out.stride(0) + n0 * out.stride(1) + h * D) * esize, out.stride(1), scratch.data());
+           yp + (b * out.stride(0) + n0 * out.stride(1) + h * D) * esize, out.stride(1), scratch.data());
     }
   });
   return out.scalar_type() == dtype ? out : out.to(dtype);

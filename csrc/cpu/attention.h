@@ -6,22 +6,23 @@
 // exp2(x) for x <= 0 (2^x to ~2e-7 relative; 0 below 2^-126; NaN stays NaN).
 //
 // Layout, per (image, head) (attention_pack): K transposed into key blocks of kWidth, kt[M/W][D][W], so one vector
-// load gives D-th channel of W keys; V as contiguous (M, Dp) rows, Dp = D rounded up to a multiple of kWidth (zero
+// load gives channel d of W keys; V as contiguous (M, Dp) rows, Dp = D rounded up to a multiple of kWidth (zero
 // columns). q is read in place (strided rows) and scaled once by scale·log2(e), so the softmax runs on exp2.
 //
 // One task (attention_rows) is up to kSubBlocks·kRows query rows. For each chunk of KC keys (K and V of the chunk:
 // <= 32 KB, in L1 while the task's row groups reuse it), each group of kRows rows:
 //   1. scores: a kRows × 2·kWidth register tile per step (24 zmm accumulators on AVX-512, 12 ymm on AVX2), written
-//      to the strip s (kRows × KC floats, L1) with each row's running maximum kept as a vector;
+//      to the strip s (kRows × kStrip floats, L1) with each row's running maximum kept as a vector;
 //   2. online softmax: the row maximum m' = max(m, chunk max), p = 2^(s - m') in place, the row sum kept as a vector
 //      (reduced once at the end), and alpha = 2^(m - m') for what was accumulated so far;
-//   3. P·V: the output rows (fp32, in the task's scratch) scaled by alpha and accumulated in a kRows × 2·kWidth
-//      register tile of channels.
+//   3. P·V: the output rows (fp32, in the task's scratch) scaled by alpha and accumulated in kRows × 2·kWidth
+//      register tiles of channels (kRows / 2 × 4·kWidth where the head is that wide: half the broadcasts).
 // Finally each row is divided by its sum. Horizontal reductions are done per row and chunk, independent across the
 // rows of a group, so they overlap instead of serialising (measured: 2.0 -> 1.1 ns per score when reordered so).
 //
-// Why not PyTorch's SDPA: its CPU flash kernel runs both products through BLAS calls per block; at PVTv2's head
-// sizes (d = 32 / 64, M = 49-4096 keys) the fused tiles measured 1.1-1.45x its speed (bench.report's op table).
+// Why not PyTorch's SDPA: its CPU flash kernel runs both products through BLAS calls per block. At b0's 32-wide
+// heads over >= 64 keys the fused tiles measured 1.09-1.4x its speed (bench/results/cpu_attention.md); at 64-wide
+// heads they tie, with 49 keys and in bf16 (AMX) SDPA wins, so "auto" keeps SDPA there (ops/sra_attention.py).
 #pragma once
 
 #include <math.h>
@@ -174,7 +175,8 @@ struct Attention {
           m_old[r] = m;
           m = m_new[r] = chunk_max > m ? chunk_max : m;  // a NaN maximum keeps m: the NaN scores still propagate
         }
-        for (int r = 0; r < kRowsPad; r += W) V::store(alpha + r, V::exp2(V::sub(V::load(m_old + r), V::load(m_new + r))));
+        for (int r = 0; r < kRowsPad; r += W)
+          V::store(alpha + r, V::exp2(V::sub(V::load(m_old + r), V::load(m_new + r))));
         for (int r = 0; r < kRows; ++r) {
           float* sr = s + r * kStrip;
           const reg mv = V::set1(mrow[g * kRows + r]);

@@ -316,8 +316,9 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
 }  // namespace cpu
 }  // namespace pvtv2
 
-// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>, layer_norm_rows_<SUFFIX>,
-// round_to_bf16_<SUFFIX>, the attention's (attention.h) and the resampling rows (resample.h), run with policy OPS.
+// The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>,
+// layer_norm_rows_<SUFFIX>, round_to_bf16_<SUFFIX>, the attention's (attention.h) and the resampling rows
+// (resample.h), run with policy OPS.
 #define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
   namespace pvtv2 {                                                                                                \
   namespace cpu {                                                                                                  \

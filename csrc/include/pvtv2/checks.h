@@ -164,9 +164,10 @@ inline void sra_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
   TORCH_CHECK(num_heads >= 1 && q.size(2) % num_heads == 0, op, ": ", q.size(2),
               " channels are not divisible into ", num_heads, " heads");
   TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  // The CPU kernel packs every head's keys and values: B·heads·(M + 15)·2·C floats at most.
-  mul(op, "packed keys and values", mul(op, "B x M", q.size(0), add(op, "M + 15", k.size(1), 15)),
-      mul(op, "2 x C", 2, q.size(2)));
+  // The CPU kernel packs every head's keys and values, each head's K and V padded to 16 keys and 16 channels:
+  // at most B·(M + 15)·(2·C + 15·heads) floats.
+  mul(op, "packed keys and values", mul(op, "B x (M + 15)", q.size(0), add(op, "M + 15", k.size(1), 15)),
+      add(op, "2C + 15 heads", mul(op, "2 x C", 2, q.size(2)), mul(op, "15 x heads", 15, num_heads)));
 }
 
 // x (B, H·W, C) → (B, P·P, C).
