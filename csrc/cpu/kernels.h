@@ -171,10 +171,55 @@ static inline void dwconv_gelu_pixel(const TIn* const* taps, const float* const*
   }
 }
 
+// The interior pixels (1 <= w <= W - 2) of a row with all three input rows, channels [0, vec_end): one channel
+// vector at a time across the row, its 9 weights in registers and a 3 × 3 window of input vectors sliding along w,
+// so each output loads 3 input vectors (the new column) instead of 9 inputs and 9 weights. Same taps in the same
+// order as dwconv_gelu_pixel (bit-identical sums); consecutive pixels are independent, so their GELU chains overlap.
+// Measured against the pixel-by-pixel loop on one core (AVX-512, interleaved A/B): 1.0-1.2x on b0/b2 FFN rows
+// (fp32 and bf16 out); what remains is mostly the GELU (~22 of ~36-45 cycles per 16 outputs).
+template <typename V, bool RELU, typename TIn, typename TOut>
+static inline void dwconv_gelu_interior(const TIn* const* rows, const float* __restrict__ wt,
+                                        const float* __restrict__ bias, TOut* __restrict__ y, int64_t W, int64_t C,
+                                        int64_t vec_end) {
+  using reg = typename V::reg;
+  for (int64_t c = 0; c < vec_end; c += V::kWidth) {
+    reg k[9];
+    for (int t = 0; t < 9; ++t) k[t] = V::load(wt + t * C + c);
+    const reg b = bias ? V::load(bias + c) : V::zero();
+    reg win[3][3];
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < 2; ++j) {
+        win[r][j] = load_elem<V>(rows[r] + j * C + c);
+        if (RELU) win[r][j] = V::relu(win[r][j]);
+      }
+    for (int64_t w = 1; w + 1 < W; ++w) {
+      for (int r = 0; r < 3; ++r) {
+        win[r][2] = load_elem<V>(rows[r] + (w + 1) * C + c);
+        if (RELU) win[r][2] = V::relu(win[r][2]);
+      }
+      reg acc = b;
+      for (int r = 0; r < 3; ++r)
+        for (int j = 0; j < 3; ++j) acc = V::fmadd(win[r][j], k[r * 3 + j], acc);
+      store_elem<V>(y + w * C + c, gelu<V>(acc));
+      for (int r = 0; r < 3; ++r) {
+        win[r][0] = win[r][1];
+        win[r][1] = win[r][2];
+      }
+    }
+  }
+}
+
 template <typename V, bool RELU, typename TIn, typename TOut>
 static inline void dwconv_gelu_row_t(const TIn* const* rows, const float* __restrict__ wt,
                                      const float* __restrict__ bias, TOut* __restrict__ y, int64_t W, int64_t C) {
+  // Interior pixels' vector channels by the sliding window; what remains (border pixels, the C % kWidth tail of
+  // interior ones) pixel by pixel below.
+  const bool interior = rows[0] && rows[2] && W >= 3 && C >= V::kWidth;
+  const int64_t done = interior ? C - C % V::kWidth : 0;
+  if (interior) dwconv_gelu_interior<V, RELU>(rows, wt, bias, y, W, C, done);
   for (int64_t w = 0; w < W; ++w) {
+    const int64_t c0 = (w == 0 || w == W - 1) ? 0 : done;
+    if (c0 == C) continue;
     const TIn* taps[9];
     const float* kern[9];
     int n = 0;
@@ -182,14 +227,15 @@ static inline void dwconv_gelu_row_t(const TIn* const* rows, const float* __rest
     for (int dh = -1; dh <= 1; ++dh) {
       if (rows[dh + 1] == nullptr) continue;
       for (int dw = cols.dw0; dw <= cols.dw1; ++dw, ++n) {
-        taps[n] = rows[dh + 1] + (w + dw) * C;
-        kern[n] = wt + ((dh + 1) * 3 + (dw + 1)) * C;
+        taps[n] = rows[dh + 1] + (w + dw) * C + c0;
+        kern[n] = wt + ((dh + 1) * 3 + (dw + 1)) * C + c0;
       }
     }
+    const float* b = bias ? bias + c0 : nullptr;
     if (n == 9)
-      dwconv_gelu_pixel<V, 9, RELU>(taps, kern, n, bias, y + w * C, C);
+      dwconv_gelu_pixel<V, 9, RELU>(taps, kern, n, b, y + w * C + c0, C - c0);
     else
-      dwconv_gelu_pixel<V, 0, RELU>(taps, kern, n, bias, y + w * C, C);
+      dwconv_gelu_pixel<V, 0, RELU>(taps, kern, n, b, y + w * C + c0, C - c0);
   }
 }
 
