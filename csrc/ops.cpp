@@ -238,7 +238,11 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
   const cpu::AttentionPackFn pack = cpu::attention_pack();
   const cpu::AttentionRowsFn rows = cpu::attention_rows();
   const int64_t heads = B * num_heads;
-  std::vector<float> packed(static_cast<size_t>(heads * geo.packed));
+  // Tensors rather than std::vector: PyTorch's CPU allocator aligns them to 64 B, so the kernel's vector loads of K,
+  // V and its scratch never split cache lines (a 16 B-aligned buffer measured 1.10-1.15x slower at 1024 keys), and
+  // nothing is zero-filled before the kernel writes every element.
+  const at::Tensor packed_t = at::empty({heads * geo.packed}, q.options().dtype(at::kFloat));
+  float* packed = packed_t.data_ptr<float>();
   const char* qp = static_cast<const char*>(q.data_ptr());
   const char* kp = static_cast<const char*>(k.data_ptr());
   const char* vp = static_cast<const char*>(v.data_ptr());
@@ -247,19 +251,20 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t b = bh / num_heads, h = bh % num_heads;
       pack(kp + (b * k.stride(0) + h * D) * esize, k.stride(1), vp + (b * v.stride(0) + h * D) * esize, v.stride(1),
-           elem, M, D, packed.data() + bh * geo.packed);
+           elem, M, D, packed + bh * geo.packed);
     }
   });
   const int64_t per_head = (N + geo.task_rows - 1) / geo.task_rows;
   const float qscale = static_cast<float>(scale * 1.4426950408889634);  // log2(e): the kernel's softmax is base 2
   at::parallel_for(0, heads * per_head, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scratch(static_cast<size_t>(geo.scratch));
+    const at::Tensor scratch_t = at::empty({geo.scratch}, q.options().dtype(at::kFloat));
+    float* scratch = scratch_t.data_ptr<float>();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t bh = t / per_head, n0 = (t % per_head) * geo.task_rows;
       const int64_t b = bh / num_heads, h = bh % num_heads;
       rows(qp + (b * q.stride(0) + n0 * q.stride(1) + h * D) * esize, q.stride(1), elem,
-           std::min(geo.task_rows, N - n0), packed.data() + bh * geo.packed, M, D, qscale,
-           yp + (b * out.stride(0) + n0 * out.stride(1) + h * D) * esize, out.stride(1), scratch.data());
+           std::min(geo.task_rows, N - n0), packed + bh * geo.packed, M, D, qscale,
+           yp + (b * out.stride(0) + n0 * out.stride(1) + h * D) * esize, out.stride(1), scratch);
     }
   });
   return out.scalar_type() == dtype ? out : out.to(dtype);
