@@ -327,11 +327,11 @@ def attention_table(repeats: int) -> str:
         for stage, shape in enumerate(stage_shapes(PvtV2Config.from_preset(preset), 1024, 1024)):
             n, m, c, heads = shape.height * shape.width, shape.keys, shape.channels, shape.heads
             q, kv = torch.randn(1, n, c), torch.randn(1, m, 2 * c)
-            args = (q, kv[..., :c], kv[..., c:], heads)
+            args = (q, kv[..., :c], kv[..., c:], heads, (c // heads) ** -0.5)  # the op's full arguments
             cands = [Candidate(b, lambda b=b: ops.sra_attention(*args, backend=b)) for b in ("torch", "cpu")]
             with torch.inference_mode():
                 t = time_interleaved(cands, repeats=repeats, warmup=1)
-            auto = OPS["sra_attention"].resolve("auto", (*args, c // heads))
+            auto = OPS["sra_attention"].resolve("auto", args)
             flops = 4 * n * m * c  # q·kᵀ and p·v
             for cand in cands:
                 med = t[cand.name].median
