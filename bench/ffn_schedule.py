@@ -6,6 +6,11 @@ per band). ``whole``: one GEMM over all tokens on the BLAS's threads, the hidden
 Shapes: b0/b2 stages at 224² to 1024², batch 1, 2 and 8; timed interleaved (bench.harness), medians.
 
     python -m bench.ffn_schedule [--dtype fp32|bf16] [--repeats 15] [--out bench/results/cpu_conv_ffn_schedule]
+
+``--module``: one level up, the FFN module's two CPU inference schedules (``modules/ffn.py``) on the same shapes,
+residual included as the block passes it: ``conv_ffn`` (the C++ kernel, its own rule inside, then the residual
+added in place) against ``onednn`` (oneDNN fc1 on prepacked weights → ``dwconv_gelu`` → oneDNN fc2 with bias and
+residual in its epilogue), and ``rule``, the module's pick (written to ``cpu_ffn_onednn[_bf16].md``).
 """
 
 from __future__ import annotations
@@ -94,14 +99,88 @@ def run(dtype_name: str, repeats: int, out: Path) -> str:
     return text
 
 
+def _ffn_module(args, dtype, schedule: str):
+    """A fast-mode ConvFeedForward holding ``args``' weights, its schedule forced (``conv_ffn`` / ``onednn``) or left
+    to its rule; returns ``(thunk, module)``, the thunk adding a residual as the block does."""
+    from pvtv2_fast.modules.ffn import ConvFeedForward
+
+    x, w1, b1, dw, db, w2, b2, side, _ = args
+    m = ConvFeedForward(w1.shape[1], w1.shape[0]).eval().to(dtype)
+    with torch.no_grad():
+        for p, v in ((m.dense1.weight, w1), (m.dense1.bias, b1), (m.dwconv.dwconv.weight, dw)):
+            p.copy_(v)
+        for p, v in ((m.dwconv.dwconv.bias, db), (m.dense2.weight, w2), (m.dense2.bias, b2)):
+            p.copy_(v)
+    m.backend = "auto"
+    if schedule != "rule":
+        m._onednn_schedule = lambda t: schedule == "onednn"
+    residual = torch.randn_like(x)
+    return (lambda: m(x, side, side, residual=residual)), m
+
+
+def run_module(dtype_name: str, repeats: int, out: Path) -> str:
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for b, side, c, hid in tqdm(SHAPES, desc="FFN module shapes", unit="shape"):
+
+        def r(*shape, scale=1.0):
+            return (scale * torch.randn(*shape, generator=g)).to(dtype)
+
+        args = (r(b, side * side, c), r(hid, c, scale=c**-0.5), r(hid), r(hid, 1, 3, 3, scale=0.3), r(hid),
+                r(c, hid, scale=hid**-0.5), r(c), side, side)  # fmt: skip
+        built = {s: _ffn_module(args, dtype, s) for s in ("conv_ffn", "onednn", "rule")}
+        t = time_interleaved([Candidate(s, fn) for s, (fn, _) in built.items()], repeats=repeats, warmup=2)
+        with torch.no_grad():
+            picks = built["rule"][1]._onednn_schedule(args[0])
+        hidden_mb = b * side * side * hid * args[0].element_size() / MB
+        weights_mb = 2 * c * hid * args[0].element_size() / MB
+        conv, one, rule = (t[s].median * 1e3 for s in ("conv_ffn", "onednn", "rule"))
+        rows.append([b, f"{side}²", c, hid, hidden_mb, weights_mb, conv, one, conv / one,
+                     "onednn" if picks else "conv_ffn", rule / min(conv, one)])  # fmt: skip
+    text = (
+        f"# The FFN module on CPU: conv_ffn vs oneDNN GEMMs around dwconv_gelu ({dtype_name}, interleaved, median of "
+        f"{repeats})\n\n"
+        f"Machine: {machine_line()}.\n{cpu_line()}.\n"
+        f"Reproduce: `python -m bench.ffn_schedule --module --dtype {dtype_name}`\n\n"
+        f"Hidden MB / weights MB in {dtype_name}. Each candidate adds a residual as the block does (conv_ffn: in place "
+        "afterwards; onednn: in fc2's epilogue). conv_ffn / onednn > 1: the oneDNN schedule is faster. Rule: what "
+        "the module picks (modules/ffn.py); rule / best near 1 means it picked the faster one.\n\n"
+        + markdown_table(
+            [
+                "batch",
+                "map",
+                "C",
+                "hidden",
+                "hidden MB",
+                "weights MB",
+                "conv_ffn ms",
+                "onednn ms",
+                "conv_ffn / onednn",
+                "rule picks",
+                "rule / best",
+            ],  # fmt: skip
+            rows,
+        )
+        + "\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    return text
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--module", action="store_true", help="the FFN module's conv_ffn vs oneDNN schedules")
     a = p.parse_args(argv)
     suffix = "" if a.dtype == "fp32" else f"_{a.dtype}"
-    print(run(a.dtype, a.repeats, a.out or RESULTS / f"cpu_conv_ffn_schedule{suffix}"))
+    if a.module:
+        print(run_module(a.dtype, a.repeats, a.out or RESULTS / f"cpu_ffn_onednn{suffix}"))
+    else:
+        print(run(a.dtype, a.repeats, a.out or RESULTS / f"cpu_conv_ffn_schedule{suffix}"))
 
 
 if __name__ == "__main__":

@@ -341,8 +341,8 @@ def attention_table(repeats: int) -> str:
     headers = ["preset @1024²", "queries × keys, heads × dim", "attention", "median ms", "GFLOP/s", "× SDPA", "auto"]
     return (
         "\n### Attention: SDPA vs the C++ kernel (fp32)\n\n"
-        "GFLOP/s counts q·kᵀ and p·v (4·N·M·C). `auto` takes the C++ kernel for fp32 / fp16 heads of ≤ 32 channels "
-        "over ≥ 64 keys (b0), SDPA otherwise (bf16, wider heads, few keys), as measured here.\n\n"
+        "GFLOP/s counts q·kᵀ and p·v (4·N·M·C). `auto` takes the C++ kernel for fp32 / fp16 heads of ≤ 64 channels "
+        "over ≥ 64 keys (b0 and b2 above 224²), SDPA otherwise (bf16, wider heads, few keys), as measured here.\n\n"
         + markdown_table(headers, rows)
         + "\n"
     )

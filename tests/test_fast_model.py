@@ -185,6 +185,55 @@ def test_models_with_cached_weights_deep_copy_and_pickle(dtype):
 
 
 @pytest.mark.parametrize("preset,overrides", PRESETS)
+@pytest.mark.parametrize("min_bytes", [0, 1 << 40], ids=["onednn", "f_linear"])
+def test_fp32_projections_on_either_side_of_the_onednn_rule(monkeypatch, preset, overrides, min_bytes):
+    """fp32 projections run on prepacked oneDNN weights from ONEDNN_FP32_MIN_OUT_BYTES of output up (large maps),
+    ``F.linear`` below: both stay within 1e-5 of the reference, and the packed weights follow load_state_dict."""
+    from pvtv2_fast.modules import fast_path
+
+    monkeypatch.setattr(fast_path, "ONEDNN_FP32_MIN_OUT_BYTES", min_bytes)
+    model = _model(preset, "cpu", **overrides)
+    x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x).logits
+        fast = model.set_fast(True, backend="cpu")
+        torch.testing.assert_close(fast(x).logits, ref, atol=1e-5, rtol=1e-5)
+        attention = fast.pvt_v2.encoder.layers[0].blocks[0].attention
+        assert ("proj" in attention.__dict__.get("_inference_caches", {})) == (min_bytes == 0)
+        other = _model(preset, "cpu", seed=7, **overrides)
+        expected = other(x).logits
+        fast.load_state_dict(other.state_dict())
+        torch.testing.assert_close(fast(x).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset,overrides", PRESETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn_ffn", "conv_ffn"])
+def test_both_cpu_ffn_schedules_match_the_reference(monkeypatch, preset, overrides, dtype, onednn):
+    """CPU inference runs the FFN as oneDNN fc1 → dwconv_gelu → oneDNN fc2 (+ residual) or as conv_ffn, by a size
+    rule (modules/ffn.py); forced either way on every stage, fp32 stays within 1e-5 of the reference and bf16 no
+    less accurate than the reference run in bf16 (as in test_bf16_on_cpu); the linear variant's ReLU is covered."""
+    from pvtv2_fast.modules import ffn
+
+    big = 1 << 40
+    for name, value in (("MIN_WEIGHT_BYTES_FP32", 0), ("MAX_HIDDEN_BYTES_FP32", big), ("MAX_HIDDEN_BYTES_BF16", big)):
+        monkeypatch.setattr(ffn, f"ONEDNN_FFN_{name}", (value if onednn else -1) if "MAX" in name else value)
+    model = _model(preset, "cpu", **overrides)
+    x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = model(x).logits
+        if dtype == torch.float32:
+            torch.testing.assert_close(model.set_fast(True)(x).logits, exact, atol=1e-5, rtol=1e-5)
+        else:
+            model.to(dtype)
+            ref_err = (model(x.to(dtype)).logits.float() - exact).abs().max().item()
+            fast_err = (model.set_fast(True)(x.to(dtype)).logits.float() - exact).abs().max().item()
+            assert fast_err <= 1.25 * ref_err, (fast_err, ref_err)
+    mlps = [m for m in model.modules() if isinstance(m, ffn.ConvFeedForward)]
+    assert all(("fc1" in m.__dict__.get("_inference_caches", {})) == onednn for m in mlps)
+
+
+@pytest.mark.parametrize("preset,overrides", PRESETS)
 def test_bf16_on_cpu(preset, overrides):
     """bf16 on CPU: the C++ kernels read and write bf16 (bf16 GEMMs with fp32 sums in the FFN) and the projections
     run on prepacked oneDNN weights. bf16 keeps 8 significant bits and every layer rounds, so neither path matches

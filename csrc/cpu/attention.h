@@ -21,8 +21,9 @@
 // rows of a group, so they overlap instead of serialising (measured: 2.0 -> 1.1 ns per score when reordered so).
 //
 // Why not PyTorch's SDPA: its CPU flash kernel runs both products through BLAS calls per block. At b0's 32-wide
-// heads over >= 64 keys the fused tiles measured 1.09-1.4x its speed (bench/results/cpu_attention.md); at 64-wide
-// heads they tie, with 49 keys and in bf16 (AMX) SDPA wins, so "auto" keeps SDPA there (ops/sra_attention.py).
+// heads over >= 64 keys the fused tiles measured 1.09-1.4x its speed (bench/results/cpu_attention.md), at b2's
+// 64-wide heads 0.95-1.29x; with 49 keys and in bf16 (AMX) SDPA wins, so "auto" keeps SDPA there
+// (ops/sra_attention.py).
 #pragma once
 
 #include <math.h>

@@ -82,5 +82,9 @@ class PvtV2Block(nn.Module):
         else:
             attention, probs = self.attention(self.layer_norm_1(hidden_states), height, width, output_attentions)
             hidden_states = hidden_states + self.drop_path(attention)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
+        if self.mlp.fast and not (self.training and self.drop_path_active):
+            # Likewise for the FFN: fc2's epilogue (oneDNN schedule) or an in-place add adds the residual.
+            hidden_states = self.mlp(self.layer_norm_2(hidden_states), height, width, residual=hidden_states)
+        else:
+            hidden_states = hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
         return hidden_states, probs

@@ -103,23 +103,30 @@ class FastPath:
         params: Sequence[Optional[torch.Tensor]],
         weights: Callable[[], tuple],
         residual: Optional[torch.Tensor] = None,
+        onednn: bool = False,
     ) -> torch.Tensor:
         """``F.linear(x, *weights())`` (``+ residual`` when given) where ``weights()`` returns ``(weight (out, in),
-        bias or None)`` derived from ``params``.
+        bias or None)`` derived from ``params``. ``onednn=True``: the caller measured oneDNN faster for this use, so
+        it runs wherever oneDNN takes ``x``'s dtype (fp32 below the size rule too).
 
-        In fast mode, bf16 inference on CPU runs oneDNN's linear on the weight prepacked once into its blocked (AMX /
-        VNNI) layout and cached (see :meth:`_inference_cache`), the residual added in the GEMM's epilogue (a binary
-        post-op): ``F.linear`` reorders the plain weight on every call, which measured 1.2–1.5× slower on b0/b2's
-        projections (same bits out). Everything else is ``F.linear``, the residual added in place into its fresh
-        output rather than into a new tensor (fp addition commutes: the bits are the reference's ``residual + out``).
-        The fp32 oneDNN linear measured no faster end to end (b0/b2, 224²-512², batch 1 and 8) and is not used."""
+        In fast mode, inference on CPU runs oneDNN's linear on the weight prepacked once into its blocked layout and
+        cached (see :meth:`_inference_cache`), bias and residual added in the GEMM's epilogue (a binary post-op):
+        for bf16 always (``F.linear`` reorders the plain weight on every call, 1.2–1.5× slower on b0/b2's
+        projections, same bits out), for fp32 where the output is at least :data:`ONEDNN_FP32_MIN_OUT_BYTES`: there
+        ``F.linear`` (MKL's addmm) first copies the bias into the fresh output and the residual costs one more pass,
+        and oneDNN measured 1.1–1.7× faster (1.2–1.8× with the residual) on the stage-1/2 projections at 512² and
+        up; below it the two were within ±15% either way. Everything else is ``F.linear``, the residual added in
+        place into its fresh output rather than into a new tensor (fp addition commutes: the bits are the
+        reference's ``residual + out``)."""
+        weight, bias = weights()
         if (
             torch.compiler.is_compiling()  # first: the checks below are not traceable
             or torch.is_grad_enabled()
-            or not (self.fast and x.dtype == torch.bfloat16 and x.device.type == "cpu" and _mkldnn_bf16())
+            or not (self.fast and x.device.type == "cpu")
+            or not (_onednn_linear(x, weight.shape[0]) or onednn and onednn_takes(x.dtype))
             or (residual is not None and (residual.dtype != x.dtype or residual.shape[:-1] != x.shape[:-1]))
         ):
-            out = F.linear(x, *weights())
+            out = F.linear(x, weight, bias)
             return out if residual is None else out.add_(residual)
 
         def pack():
@@ -130,6 +137,24 @@ class FastPath:
         if residual is None:
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), residual.contiguous(), packed, bias, "add")
+
+
+# fp32 linears whose output (rows × out features) is at least this many bytes run on oneDNN (see FastPath._linear).
+ONEDNN_FP32_MIN_OUT_BYTES = 2 << 20
+
+
+def onednn_takes(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's prepacked linear runs ``dtype`` on CPU here (bf16 only where the CPU has native bf16)."""
+    return _mkldnn_bf16() if dtype == torch.bfloat16 else dtype == torch.float32 and _mkldnn()
+
+
+def _onednn_linear(x: torch.Tensor, out_features: int) -> bool:
+    """Whether the fast path's linear on CPU tensor ``x`` goes to oneDNN's prepacked linear (measured rule)."""
+    if x.dtype == torch.bfloat16:
+        return _mkldnn_bf16()
+    if x.dtype != torch.float32 or not _mkldnn() or x.shape[-1] == 0:
+        return False
+    return x.numel() // x.shape[-1] * out_features * x.element_size() >= ONEDNN_FP32_MIN_OUT_BYTES
 
 
 @functools.lru_cache(maxsize=None)

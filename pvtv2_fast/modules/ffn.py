@@ -9,7 +9,19 @@ from torch import nn
 
 from .. import ops
 from .activations import get_activation
-from .fast_path import FastPath, token_map
+from .fast_path import FastPath, onednn_takes, token_map
+
+# Where inference on CPU runs the FFN as oneDNN fc1 → dwconv_gelu → oneDNN fc2 (+ residual) instead of conv_ffn,
+# measured through this module on b0/b2 stage shapes (2 threads, AVX-512 + AMX, interleaved; `python -m
+# bench.ffn_schedule --module [--dtype bf16]`, bench/results/cpu_ffn_onednn[_bf16].md).
+# bf16: 1.04-1.71x conv_ffn's speed up to 8 MB of widened state on b2's shapes (MKL's bf16 GEMM in conv_ffn
+# repacks the weights every call; oneDNN's are packed once and its AMX kernels add bias and residual in the
+# epilogue); 0.61-0.82x at 12-32 MB. Misses: 0.81-0.88x at b0's last stage (C = 256, 8²-16²).
+ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16 = 8 << 20
+# fp32: only small maps under large weights (the C = 512 last stage: 1.03-1.34x up to 2 MB); elsewhere conv_ffn's
+# streaming won (0.46-0.96x) or tied.
+ONEDNN_FFN_MIN_WEIGHT_BYTES_FP32 = 4 << 20
+ONEDNN_FFN_MAX_HIDDEN_BYTES_FP32 = 4 << 20
 
 
 class DepthwiseConv(nn.Module):
@@ -29,8 +41,10 @@ class ConvFeedForward(FastPath, nn.Module):
 
     The GELU FFN (every preset) is one :func:`pvtv2_fast.ops.conv_ffn` call on ``op_backend``: the reference is its
     "torch" backend; on CPU the fused one is a kernel that streams bands of rows through the cache (the widened
-    hidden state is never materialised). Other activations, and active dropout in training, run this module's own
-    layers. ``max_hidden_bytes`` (memory-lean mode) bounds the widened state of the composed backends by bands.
+    hidden state is never materialised). CPU inference where oneDNN's prepacked GEMMs measured faster (bf16 up to
+    8 MB of widened state, fp32 small maps under large weights) runs fc1 → ``dwconv_gelu`` → fc2 on them instead.
+    Other activations, and active dropout in training, run this module's own layers. ``max_hidden_bytes``
+    (memory-lean mode) bounds the widened state of the composed backends by bands.
     """
 
     def __init__(
@@ -53,11 +67,16 @@ class ConvFeedForward(FastPath, nn.Module):
         # See PvtV2PreTrainedModel.set_memory_lean; None: the whole map at once.
         self.max_hidden_bytes: Optional[int] = None
 
-    def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """``(B, H·W, C)`` → ``(B, H·W, C)``."""
+    def forward(
+        self, hidden_states: torch.Tensor, height: int, width: int, residual: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``(B, H·W, C)`` → ``(B, H·W, C)``; with ``residual`` (B, H·W, C), ``residual + ffn(x)`` (added in fc2's
+        epilogue where the fast path can; the block passes it only when nothing sits between)."""
         if self.hidden_act == "gelu" and not (self.training and self.dropout.p > 0):
+            if self._onednn_schedule(hidden_states):
+                return self._onednn_forward(hidden_states, height, width, residual)
             conv = self.dwconv.dwconv
-            return ops.conv_ffn(
+            out = ops.conv_ffn(
                 hidden_states,
                 self.dense1.weight,
                 self.dense1.bias,
@@ -71,6 +90,46 @@ class ConvFeedForward(FastPath, nn.Module):
                 backend=self.op_backend,
                 max_hidden_bytes=self.max_hidden_bytes,
             )
-        hidden_states = self.relu(self.dense1(hidden_states))
-        hidden_states = self.intermediate_act_fn(self.dwconv(hidden_states, height, width))
-        return self.dropout(self.dense2(self.dropout(hidden_states)))
+        else:
+            hidden_states = self.relu(self.dense1(hidden_states))
+            hidden_states = self.intermediate_act_fn(self.dwconv(hidden_states, height, width))
+            out = self.dropout(self.dense2(self.dropout(hidden_states)))
+        if residual is None:
+            return out
+        # In place into the fresh output for inference (fp addition commutes: the bits of residual + out).
+        return residual + out if torch.is_grad_enabled() else out.add_(residual)
+
+    def _onednn_schedule(self, x: torch.Tensor) -> bool:
+        """Whether this inference call runs :meth:`_onednn_forward` (the measured rule above; CPU tensors, the C++
+        backends, eager mode, within the memory-lean budget)."""
+        if (
+            torch.compiler.is_compiling()  # first: the checks below are not traceable
+            or torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or self.op_backend not in ("auto", "cpu")
+            or not onednn_takes(x.dtype)
+            or x.shape[-1] == 0
+        ):
+            return False
+        hidden = self.dense1.out_features
+        hidden_bytes = x.numel() // x.shape[-1] * hidden * x.element_size()
+        if self.max_hidden_bytes is not None and hidden_bytes > self.max_hidden_bytes:
+            return False
+        if x.dtype == torch.bfloat16:
+            return hidden_bytes <= ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16
+        weight_bytes = 2 * x.shape[-1] * hidden * x.element_size()
+        return weight_bytes >= ONEDNN_FFN_MIN_WEIGHT_BYTES_FP32 and hidden_bytes <= ONEDNN_FFN_MAX_HIDDEN_BYTES_FP32
+
+    def _onednn_forward(
+        self, x: torch.Tensor, height: int, width: int, residual: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """fc1 and fc2 on prepacked oneDNN weights (bias, and fc2's residual, in their epilogues) around the fused
+        depthwise conv + GELU (``relu_input`` for the linear variant); the widened state is materialised once."""
+        fc1, fc2, conv = self.dense1, self.dense2, self.dwconv.dwconv
+        hidden = self._linear("fc1", x, (fc1.weight, fc1.bias), lambda: (fc1.weight, fc1.bias), onednn=True)
+        hidden = ops.dwconv_gelu(
+            hidden, conv.weight, conv.bias, height, width, relu_input=self.extra_relu, backend=self.op_backend
+        )
+        return self._linear(
+            "fc2", hidden, (fc2.weight, fc2.bias), lambda: (fc2.weight, fc2.bias), residual, onednn=True
+        )
