@@ -38,6 +38,7 @@ SHAPES = [
 ]  # fmt: skip
 FORCE = {"bands": "0", "whole": str(1 << 30), "auto": None}  # auto: the kernel's own rule
 MB = 1 << 20
+SHAPE_HEADERS = ["batch", "map", "C", "hidden", "hidden MB", "weights MB"]
 
 
 def _forced(schedule: str, fn):
@@ -52,17 +53,22 @@ def _forced(schedule: str, fn):
     return run
 
 
+def _shape_args(dtype: torch.dtype, desc: str):
+    """Per SHAPES row (with progress): ``(b, side, c, hid, conv_ffn's positional args)``, seeded random weights."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(dtype)
+
+    for b, side, c, hid in tqdm(SHAPES, desc=desc, unit="shape"):
+        yield b, side, c, hid, (r(b, side * side, c), r(hid, c, scale=c**-0.5), r(hid), r(hid, 1, 3, 3, scale=0.3),
+                                r(hid), r(c, hid, scale=hid**-0.5), r(c), side, side)  # fmt: skip
+
+
 def run(dtype_name: str, repeats: int, out: Path) -> str:
     dtype = DTYPES[dtype_name]
-    g = torch.Generator().manual_seed(0)
     rows = []
-    for b, side, c, hid in tqdm(SHAPES, desc="conv_ffn shapes", unit="shape"):
-
-        def r(*shape, scale=1.0):
-            return (scale * torch.randn(*shape, generator=g)).to(dtype)
-
-        args = (r(b, side * side, c), r(hid, c, scale=c**-0.5), r(hid), r(hid, 1, 3, 3, scale=0.3), r(hid),
-                r(c, hid, scale=hid**-0.5), r(c), side, side)  # fmt: skip
+    for b, side, c, hid, args in _shape_args(dtype, "conv_ffn shapes"):
         call = lambda: ops.conv_ffn(*args, backend="cpu")  # noqa: E731
         t = time_interleaved([Candidate(s, _forced(s, call)) for s in FORCE], repeats=repeats, warmup=2)
         hidden_bytes, weight_bytes = b * side * side * hid * 4, 2 * c * hid * 4
@@ -77,13 +83,8 @@ def run(dtype_name: str, repeats: int, out: Path) -> str:
         "is faster. Auto: the kernel's own pick (whole-map up to 4 MB of hidden state, or up to 16 MB when the "
         "weights reach 1 MB); auto / best near 1 means it picked the faster one.\n\n"
         + markdown_table(
-            [
-                "batch",
-                "map",
-                "C",
-                "hidden",
-                "hidden MB",
-                "weights MB",
+            SHAPE_HEADERS
+            + [
                 "bands ms",
                 "whole ms",
                 "bands / whole",
@@ -120,15 +121,8 @@ def _ffn_module(args, dtype, schedule: str):
 
 def run_module(dtype_name: str, repeats: int, out: Path) -> str:
     dtype = DTYPES[dtype_name]
-    g = torch.Generator().manual_seed(0)
     rows = []
-    for b, side, c, hid in tqdm(SHAPES, desc="FFN module shapes", unit="shape"):
-
-        def r(*shape, scale=1.0):
-            return (scale * torch.randn(*shape, generator=g)).to(dtype)
-
-        args = (r(b, side * side, c), r(hid, c, scale=c**-0.5), r(hid), r(hid, 1, 3, 3, scale=0.3), r(hid),
-                r(c, hid, scale=hid**-0.5), r(c), side, side)  # fmt: skip
+    for b, side, c, hid, args in _shape_args(dtype, "FFN module shapes"):
         built = {s: _ffn_module(args, dtype, s) for s in ("conv_ffn", "onednn", "rule")}
         t = time_interleaved([Candidate(s, fn) for s, (fn, _) in built.items()], repeats=repeats, warmup=2)
         with torch.no_grad():
@@ -147,13 +141,8 @@ def run_module(dtype_name: str, repeats: int, out: Path) -> str:
         "afterwards; onednn: in fc2's epilogue). conv_ffn / onednn > 1: the oneDNN schedule is faster. Rule: what "
         "the module picks (modules/ffn.py); rule / best near 1 means it picked the faster one.\n\n"
         + markdown_table(
-            [
-                "batch",
-                "map",
-                "C",
-                "hidden",
-                "hidden MB",
-                "weights MB",
+            SHAPE_HEADERS
+            + [
                 "conv_ffn ms",
                 "onednn ms",
                 "conv_ffn / onednn",

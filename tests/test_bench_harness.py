@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 
 from bench.harness import Candidate, markdown_table, measure_forward_peak, time_interleaved
@@ -53,3 +54,19 @@ def test_fast_summary_ratios():
     header = next(line for line in lines if line.startswith("| preset"))
     assert header == "| preset | input | fast ms | × reference | × timm | peak memory / reference |"
     assert "| b0 | 512² | 80 | 2.5 | 3 | 0.25 |" in lines
+
+
+def test_ffn_schedule_tables_run_and_report_the_module_rule(monkeypatch, tmp_path):
+    """`python -m bench.ffn_schedule [--module]` on one small shape: both tables are written, and the module table's
+    pick is the FFN module's own rule (bf16 at 56² × 512: the oneDNN schedule where oneDNN runs bf16 natively)."""
+    pytest.importorskip("pvtv2_fast._C")
+    from bench import ffn_schedule
+    from pvtv2_fast.modules.fast_path import onednn_takes
+
+    monkeypatch.setattr(ffn_schedule, "SHAPES", [(1, 56, 64, 512)])
+    text = ffn_schedule.run_module("bf16", 1, tmp_path / "module")
+    assert (tmp_path / "module.md").read_text() == text
+    row = text.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "1" and row[10].strip() == ("onednn" if onednn_takes(torch.bfloat16) else "conv_ffn"), row
+    text = ffn_schedule.run("fp32", 1, tmp_path / "kernel")
+    assert "| 1 | 56² | 64 | 512 |" in text
