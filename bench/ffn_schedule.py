@@ -107,10 +107,10 @@ def _ffn_module(args, dtype, schedule: str):
 
     x, w1, b1, dw, db, w2, b2, side, _ = args
     m = ConvFeedForward(w1.shape[1], w1.shape[0]).eval().to(dtype)
+    conv = m.dwconv.dwconv
+    params = (m.dense1.weight, m.dense1.bias, conv.weight, conv.bias, m.dense2.weight, m.dense2.bias)
     with torch.no_grad():
-        for p, v in ((m.dense1.weight, w1), (m.dense1.bias, b1), (m.dwconv.dwconv.weight, dw)):
-            p.copy_(v)
-        for p, v in ((m.dwconv.dwconv.bias, db), (m.dense2.weight, w2), (m.dense2.bias, b2)):
+        for p, v in zip(params, (w1, b1, dw, db, w2, b2)):
             p.copy_(v)
     m.backend = "auto"
     if schedule != "rule":

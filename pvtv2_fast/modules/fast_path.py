@@ -149,12 +149,13 @@ def onednn_takes(dtype: torch.dtype) -> bool:
 
 
 def _onednn_linear(x: torch.Tensor, out_features: int) -> bool:
-    """Whether the fast path's linear on CPU tensor ``x`` goes to oneDNN's prepacked linear (measured rule)."""
-    if x.dtype == torch.bfloat16:
-        return _mkldnn_bf16()
-    if x.dtype != torch.float32 or not _mkldnn() or x.shape[-1] == 0:
+    """Whether the fast path's linear on CPU tensor ``x`` goes to oneDNN's prepacked linear (measured rule): bf16
+    wherever oneDNN takes it, fp32 from ONEDNN_FP32_MIN_OUT_BYTES of output up."""
+    if not onednn_takes(x.dtype):
         return False
-    return x.numel() // x.shape[-1] * out_features * x.element_size() >= ONEDNN_FP32_MIN_OUT_BYTES
+    if x.dtype == torch.bfloat16:
+        return True
+    return x.shape[-1] > 0 and x.numel() // x.shape[-1] * out_features * x.element_size() >= ONEDNN_FP32_MIN_OUT_BYTES
 
 
 @functools.lru_cache(maxsize=None)
