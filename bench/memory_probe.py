@@ -3,7 +3,8 @@
 One warm-up forward runs first unless the spec says ``"warmup": false`` (``torch.compile`` compiles there); the
 peak of the measured forward is reported.
 glibc's mmap threshold is pinned (see ``bench.harness.peak_memory_subprocess``) so freed tensors go back to the
-OS and the second forward's peak is its own, not hidden by the allocator's cache.
+OS and the second forward's peak is its own, not hidden by the allocator's cache (nor by pvtv2_fast's CPU block
+cache, emptied before the measured forward).
 """
 
 import json

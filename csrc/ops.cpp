@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "block_cache.h"
 #include "cpu_kernels.h"
 #include "env.h"
 #include "pvtv2/checks.h"
@@ -333,6 +334,10 @@ at::Tensor layer_norm_meta(const at::Tensor& x, const c10::optional<at::Tensor>&
 }
 
 std::string cpu_isa() { return cpu::isa(); }
+std::vector<int64_t> block_cache_stats() {
+  const auto s = cpu::block_cache_stats();
+  return {s.begin(), s.end()};
+}
 
 }  // namespace pvtv2
 
@@ -345,6 +350,11 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   m.def("sra_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
+  // The CPU block cache (csrc/cpu/block_cache.h): process state, not tensor ops; called around eager forwards only.
+  m.def("block_cache_enter() -> ()", &pvtv2::cpu::block_cache_enter);
+  m.def("block_cache_exit() -> ()", &pvtv2::cpu::block_cache_exit);
+  m.def("block_cache_release() -> int", &pvtv2::cpu::block_cache_release);
+  m.def("block_cache_stats() -> int[]", &pvtv2::block_cache_stats);
 }
 
 TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {

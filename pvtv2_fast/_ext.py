@@ -3,8 +3,8 @@
 ``PVTV2_FAST_EXT=/path/to/_C.so`` loads another build instead (e.g. the AddressSanitizer one of
 ``make sanitize``); ``PVTV2_FAST_CPU_ISA=default|avx2|avx512`` caps the instruction set the CPU kernels use (they
 pick the widest the CPU has). The C++ side parses its environment variables strictly (``PVTV2_FAST_CPU_ISA``,
-``PVTV2_FAST_FFN_BAND_KB``, ``PVTV2_FAST_FFN_WHOLE_KB``): every op call that reads a value it does not accept
-raises, naming the variable, the value and what is accepted.
+``PVTV2_FAST_FFN_BAND_KB``, ``PVTV2_FAST_FFN_WHOLE_KB``, ``PVTV2_FAST_CPU_CACHE_MB``): every call that reads a value
+it does not accept raises, naming the variable, the value and what is accepted.
 
 The registered ops (``torch.ops.pvtv2_fast_C.*``, named as in ``pvtv2_fast.ops``) check their own arguments
 (csrc/include/pvtv2/checks.h) and raise ``RuntimeError`` on bad input, whichever kernel (CPU, CUDA, Meta) runs.

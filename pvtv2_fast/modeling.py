@@ -21,6 +21,7 @@ from torch import nn
 from .config import PvtV2Config
 from .modules import AllMLPDecodeHead, ConvFeedForward, FastPath, OverlapPatchEmbed, PvtV2Block, TokenLayerNorm
 from .modules.fast_path import token_map
+from .ops.block_cache import cpu_block_cache
 from .outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from .validation import check_pixel_values
 
@@ -119,6 +120,25 @@ class PvtV2Encoder(FastPath, nn.Module):
 
             with export_mode(self):
                 return self.forward(pixel_values, output_attentions, output_hidden_states, last_stage)
+        if (
+            self.fast
+            and not torch.compiler.is_compiling()  # first: the checks below are not traceable
+            and pixel_values.device.type == "cpu"
+            and not torch.is_grad_enabled()
+        ):
+            # Eager CPU inference: the forward's large buffers reuse the pages of the previous call's
+            # (ops.block_cache) instead of faulting fresh ones in, one 4 KB page at a time.
+            with cpu_block_cache():
+                return self._run_stages(pixel_values, output_attentions, output_hidden_states, last_stage)
+        return self._run_stages(pixel_values, output_attentions, output_hidden_states, last_stage)
+
+    def _run_stages(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool,
+        output_hidden_states: bool,
+        last_stage: Optional[int],
+    ) -> BaseModelOutput:
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         hidden_states = pixel_values

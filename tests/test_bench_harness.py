@@ -70,3 +70,19 @@ def test_ffn_schedule_tables_run_and_report_the_module_rule(monkeypatch, tmp_pat
     assert row[1].strip() == "1" and row[10].strip() == ("onednn" if onednn_takes(torch.bfloat16) else "conv_ffn"), row
     text = ffn_schedule.run("fp32", 1, tmp_path / "kernel")
     assert "| 1 | 56² | 64 | 512 |" in text
+
+
+def test_block_cache_table_runs_both_ways(tmp_path):
+    """`python -m bench.block_cache` on one small config: the table is written with one row, both candidates timed
+    and their fault counts reported; the model's cache scope is restored afterwards."""
+    pytest.importorskip("pvtv2_fast._C")
+    from bench import block_cache
+    from pvtv2_fast import modeling
+    from pvtv2_fast.ops.block_cache import cpu_block_cache
+
+    text = block_cache.run(["b0:256"], "fp32", 1, False, tmp_path / "cache")
+    assert (tmp_path / "cache.md").read_text() == text
+    row = text.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "b0" and row[2].strip() == "256²", row
+    assert float(row[3]) > 0 and float(row[4]) > 0, row
+    assert modeling.cpu_block_cache is cpu_block_cache

@@ -1,6 +1,7 @@
-// Environment variables of the CPU kernels (PVTV2_FAST_CPU_ISA, PVTV2_FAST_FFN_BAND_KB, PVTV2_FAST_FFN_WHOLE_KB), parsed strictly: a value that
-// is set but not understood raises an error naming the variable, the value and what is accepted; it is never
-// silently replaced by the default. Set to the empty string counts as unset (how shells clear a variable: VAR=).
+// Environment variables of the CPU side (PVTV2_FAST_CPU_ISA, PVTV2_FAST_FFN_BAND_KB, PVTV2_FAST_FFN_WHOLE_KB,
+// PVTV2_FAST_CPU_CACHE_MB), parsed strictly: a value that is set but not understood raises an error naming the
+// variable, the value and what is accepted; it is never silently replaced by the default. Set to the empty string
+// counts as unset (how shells clear a variable: VAR=).
 #pragma once
 
 #include <c10/util/Exception.h>
