@@ -1,7 +1,8 @@
 """One small benchmark harness shared by the end-to-end report, the kernel benchmarks and ``make gpu-check``.
 
 * Latency: candidates are timed **interleaved** in one process (round-robin, so drift and thermal effects hit
-  all alike) and reported as medians; ratios are taken within one run only.
+  all alike) and reported as medians; ratios are taken within one run only. Where candidates run on different
+  thread pools (the CPU peers), each timed call follows an untimed one of the same candidate (``settle``).
 * Peak memory: each candidate runs one forward in a **fresh subprocess**. On CPU the peak resident set is reset
   (``/proc/self/clear_refs``) after the model is built, so the number is what the forward itself adds; on CUDA it
   is ``torch.cuda.max_memory_allocated`` above the allocation before the forward.
@@ -49,9 +50,21 @@ def _sync(device: str) -> None:
 
 
 def time_interleaved(
-    candidates: Sequence[Candidate], repeats: int = 7, warmup: int = 1, device: str = "cpu", progress=None
+    candidates: Sequence[Candidate],
+    repeats: int = 7,
+    warmup: int = 1,
+    device: str = "cpu",
+    progress=None,
+    settle: int = 0,
 ) -> Dict[str, Timing]:
-    """Median wall time (s) of each candidate, run round-robin ``repeats`` times after ``warmup`` rounds."""
+    """Median wall time (s) of each candidate, run round-robin ``repeats`` times after ``warmup`` rounds.
+
+    ``settle``: untimed calls of each candidate right before its timed one, every round. Needed where candidates
+    run on different thread pools (PyTorch's OpenMP, ONNX Runtime's, OpenVINO's TBB): a pool's threads keep
+    spinning for a while after its call and take the cores from whichever runs next (measured on 2 cores, b0 224²:
+    fast=True 23 ms after itself, 55 ms right after an ONNX Runtime call; OpenVINO 12.9 ms after itself, 16.6 ms
+    after fast=True, 22.5 ms after ONNX Runtime). One settle call absorbs that tail, so each timed call follows its
+    own pool's."""
     timings = {c.name: Timing(c.name) for c in candidates}
     with torch.inference_mode():
         for _ in range(warmup):
@@ -60,6 +73,8 @@ def time_interleaved(
             _sync(device)
         for _ in range(repeats):
             for c in candidates:
+                for _ in range(settle):
+                    c.fn()
                 _sync(device)
                 t0 = time.perf_counter()
                 c.fn()

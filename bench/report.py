@@ -113,6 +113,8 @@ def run(
     torch.set_num_threads(threads)
     load_before = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
     rows, results = [], []
+    # The peers run on their own thread pools: settle each candidate before its timed call (time_interleaved).
+    settle = 1 if device == "cpu" and any(i in PEERS for i in impls) else 0
     bar = tqdm(total=len(configs) * (repeats + (len(impls) if memory else 0)), desc="benchmark", unit="step")
     for preset, size in configs:
         specs = [
@@ -123,7 +125,7 @@ def run(
         candidates = [Candidate(s["impl"], build(s)[0], s) for s in specs]
         bar.set_postfix_str(f"{preset} @{size}² parity (compiles)")
         errors = check_parity(candidates, dtype)
-        timings = time_interleaved(candidates, repeats=repeats, warmup=warmup, device=device, progress=bar)
+        timings = time_interleaved(candidates, repeats, warmup, device, progress=bar, settle=settle)
         del candidates
         gc.collect()
         peaks = {}
@@ -191,7 +193,9 @@ def run(
     text = (
         f"# End-to-end forward latency and memory ({device}, {dtype}, batch {batch})\n\n"
         f"Machine: {machine_line()}.\n{cpu_line()}; load average before the run {load_before}.\n"
-        f"Median of {repeats} interleaved runs after {warmup} warm-up; "
+        f"Median of {repeats} interleaved runs after {warmup} warm-up"
+        + (" (each timed call right after an untimed one of the same candidate: see bench.harness)" if settle else "")
+        + "; "
         f"speed-ups are time ratios from this one run (> 1 = faster). Peak MB: {peak_note} "
         f"(not measured for compiled candidates and peers). Every output was checked against {impls[0]}'s "
         f"before timing (last column).\n"

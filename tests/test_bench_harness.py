@@ -20,6 +20,25 @@ def test_time_interleaved_orders_and_counts():
     assert timings["slow"].median > timings["fast"].median
 
 
+def test_settle_runs_each_candidate_untimed_right_before_its_timed_call():
+    calls = []
+
+    def slow_after_other(name):
+        # Slow when another candidate ran just before (a thread pool's spin tail), fast after itself.
+        def fn():
+            if calls and calls[-1] != name:
+                time.sleep(0.02)
+            calls.append(name)
+
+        return fn
+
+    candidates = [Candidate(n, slow_after_other(n)) for n in ("a", "b")]
+    timings = time_interleaved(candidates, repeats=3, warmup=1, settle=1)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert [len(timings[n].samples) for n in ("a", "b")] == [3, 3]
+    assert max(timings["a"].samples + timings["b"].samples) < 0.015  # every timed call followed its own settle call
+
+
 def test_measure_forward_peak_sees_a_large_allocation():
     nbytes = 256 * 2**20
     peak = measure_forward_peak(lambda: torch.ones(nbytes // 4))
