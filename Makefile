@@ -61,7 +61,7 @@ ASAN_LIB = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name
 sanitize: venv
 	PVTV2_FAST_SANITIZE=address PVTV2_FAST_CUDA=0 $(PY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan-tmp --force
 	PVTV2_FAST_EXT=$$(ls build/asan/pvtv2_fast/_C*.so) LD_PRELOAD="$(ASAN_LIB)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-		$(PY) -m pytest -q -p no:cacheprovider tests/ops -k "(cpu or bad_input or cpp_checks) and not opcheck"
+		$(PY) -m pytest -q -p no:cacheprovider tests/ops -k "(cpu or bad_input or cpp_checks or block_cache) and not opcheck"
 
 # Every Triton kernel variant compiled for sm_80/sm_90, with its resource use (no GPU needed).
 aot-report: venv

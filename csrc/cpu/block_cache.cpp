@@ -114,9 +114,12 @@ class BlockCache final : public c10::Allocator {
       }
     }
     if (bytes == 0) {  // not a block of this cache (they are never empty)
+      // A deleter must not throw (it runs in destructors): without the base's raw deleter the buffer is leaked.
       const c10::DeleterFnPtr base_delete = base_->raw_deleter();
-      TORCH_INTERNAL_ASSERT(base_delete != nullptr, "pvtv2_fast CPU block cache: no deleter for a foreign block");
-      base_delete(p);
+      if (base_delete != nullptr)
+        base_delete(p);
+      else
+        TORCH_WARN_ONCE("pvtv2_fast CPU block cache: the allocator it wraps has no raw deleter; leaking a buffer");
     } else if (!keep) {
       unmap_range(page_of(p), bytes);
     }
