@@ -9,6 +9,7 @@ from .modeling import (
     PvtV2Model,
     PvtV2PreTrainedModel,
 )
+from .ops.block_cache import cpu_cache_stats, empty_cpu_cache
 from .patch import is_patched, patch, unpatch  # noqa: E402  (binds pvtv2_fast.patch to the function)
 from .validation import min_input_size, stage_shapes, stage_sizes
 
@@ -23,6 +24,8 @@ __all__ = [
     "PvtV2Model",
     "PvtV2PreTrainedModel",
     "InferenceModel",
+    "cpu_cache_stats",
+    "empty_cpu_cache",
     "optimize_for_inference",
     "is_patched",
     "min_input_size",

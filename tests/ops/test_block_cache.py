@@ -163,3 +163,14 @@ def test_buffers_the_base_allocator_made_before_the_cache_existed_are_freed_by_i
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_package_exports_the_cache_controls():
+    import pvtv2_fast
+
+    assert pvtv2_fast.empty_cpu_cache is empty_cpu_cache and pvtv2_fast.cpu_cache_stats is cpu_cache_stats
+    with cpu_block_cache():
+        block = torch.empty(MB, dtype=torch.uint8)
+    del block
+    assert pvtv2_fast.cpu_cache_stats()["idle_bytes"] >= MB
+    assert pvtv2_fast.empty_cpu_cache() >= MB and pvtv2_fast.cpu_cache_stats()["idle_bytes"] == 0
