@@ -23,7 +23,15 @@ import torch
 from tqdm import tqdm
 
 from bench.candidates import build
-from bench.harness import RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess, time_interleaved
+from bench.harness import (
+    RESULTS,
+    Candidate,
+    machine_line,
+    markdown_table,
+    peak_memory_subprocess,
+    time_interleaved,
+    write_markdown,
+)
 from bench.report import cpu_line
 from pvtv2_fast import modeling
 from pvtv2_fast.ops.block_cache import cpu_block_cache
@@ -102,9 +110,7 @@ def run(configs, dtype: str, repeats: int, memory: bool, out: Path) -> str:
         + markdown_table(headers, rows)
         + "\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    return text
+    return write_markdown(out, text)
 
 
 def main(argv=None) -> None:

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from bench.candidates import DTYPES
-from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved
+from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved, write_markdown
 from bench.report import cpu_line
 from pvtv2_fast import ops
 
@@ -95,9 +95,7 @@ def run(dtype_name: str, repeats: int, out: Path) -> str:
         )
         + "\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    return text
+    return write_markdown(out, text)
 
 
 def _ffn_module(args, dtype, schedule: str):
@@ -153,9 +151,7 @@ def run_module(dtype_name: str, repeats: int, out: Path) -> str:
         )
         + "\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    return text
+    return write_markdown(out, text)
 
 
 def main(argv=None) -> None:

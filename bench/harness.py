@@ -172,6 +172,13 @@ def peak_memory_subprocess(spec: dict, timeout: float = 1800) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- output
+def write_markdown(out: Path, text: str) -> str:
+    """Write ``text`` to ``out`` with the suffix ``.md`` (parent folders made as needed); returns ``text``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    return text
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def fmt(v: object) -> str:
         if isinstance(v, float):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.harness import RESULTS, machine_line, markdown_table, peak_memory_subprocess
+from bench.harness import RESULTS, machine_line, markdown_table, peak_memory_subprocess, write_markdown
 
 IMPLS = ["reference", "lean", "fast", "timm", "transformers"]
 MAX_SIZE = {"transformers": 2048}
@@ -47,8 +47,7 @@ def run(presets, sizes, out: Path, device: str = "cpu", dtype: str = "fp32") -> 
         + markdown_table(["preset", "input", "implementation", "peak MB", "vs timm"], rows)
         + "\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
+    write_markdown(out, text)
     plot(results, presets, sizes, out.with_suffix(".png"))
     return text
 

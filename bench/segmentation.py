@@ -29,7 +29,15 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import RESULTS, FreshProcessTimeout, machine_line, markdown_table, measure_forward_peak, run_fresh
+from bench.harness import (
+    RESULTS,
+    FreshProcessTimeout,
+    machine_line,
+    markdown_table,
+    measure_forward_peak,
+    run_fresh,
+    write_markdown,
+)
 
 IMPLS = ["labels", "unstreamed", "transformers", "backbone"]
 MAX_SIZE = {"transformers": 2048, "unstreamed": 2048}
@@ -160,8 +168,7 @@ def report(results: dict, out: Path) -> str:
         + markdown_table(["Segformer", "input", "path", "extra peak GB", "seconds", "speed-up vs transformers"], rows)
         + "\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
+    write_markdown(out, text)
     out.with_suffix(".json").write_text(
         json.dumps([dict(preset=p, size=s, impl=i, **r) for (p, s, i), r in sorted(results.items())], indent=1)
     )
