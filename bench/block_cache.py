@@ -18,6 +18,7 @@ import contextlib
 import os
 import resource
 from pathlib import Path
+from unittest import mock
 
 import torch
 from tqdm import tqdm
@@ -67,16 +68,9 @@ class _Counted:
 
 
 def _peak_mb(spec: dict, cached: bool) -> float:
-    saved = os.environ.get("PVTV2_FAST_CPU_CACHE_MB")
-    if not cached:
-        os.environ["PVTV2_FAST_CPU_CACHE_MB"] = "0"  # the probe's fresh process inherits it
-    try:
+    # The probe's fresh process inherits the environment: "0" turns the cache off there.
+    with mock.patch.dict(os.environ, {} if cached else {"PVTV2_FAST_CPU_CACHE_MB": "0"}):
         return peak_memory_subprocess(spec) / MB
-    finally:
-        if saved is None:
-            os.environ.pop("PVTV2_FAST_CPU_CACHE_MB", None)
-        else:
-            os.environ["PVTV2_FAST_CPU_CACHE_MB"] = saved
 
 
 def run(configs, dtype: str, repeats: int, memory: bool, out: Path) -> str:

@@ -40,7 +40,7 @@ def cpu_block_cache() -> Iterator[None]:
 
 
 def empty_cpu_cache() -> int:
-    """Unmap every idle block of the CPU block cache; returns the bytes released (0 without the extension)."""
+    """Unmap every idle page of the CPU block cache; returns the bytes released (0 without the extension)."""
     return int(torch.ops.pvtv2_fast_C.block_cache_release()) if _usable() else 0
 
 
