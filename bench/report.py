@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import math
 from pathlib import Path
 
@@ -319,16 +320,17 @@ def op_table(threads: int, repeats: int = 15) -> str:
 
 
 def attention_table(repeats: int) -> str:
-    """Every stage's attention of b0 (32-wide heads) and b2 (64-wide) at 1024²: PyTorch's SDPA against the C++ kernel
-    (fp32), and which of the two ``backend="auto"`` takes there (the kernel's measured ``slower`` rule)."""
+    """Every stage's attention of b0 (32-wide heads) and b2 (64-wide) at 224² (49 keys) and 1024²: PyTorch's SDPA
+    against the C++ kernel (fp32), and which of the two ``backend="auto"`` takes there (the kernel's measured
+    ``slower`` rule)."""
     from bench.harness import Candidate, time_interleaved
     from pvtv2_fast import PvtV2Config, ops
     from pvtv2_fast.ops.registry import OPS
     from pvtv2_fast.validation import stage_shapes
 
     rows = []
-    for preset in ("b0", "b2"):
-        for stage, shape in enumerate(stage_shapes(PvtV2Config.from_preset(preset), 1024, 1024)):
+    for preset, size in itertools.product(("b0", "b2"), (224, 1024)):
+        for stage, shape in enumerate(stage_shapes(PvtV2Config.from_preset(preset), size, size)):
             n, m, c, heads = shape.height * shape.width, shape.keys, shape.channels, shape.heads
             q, kv = torch.randn(1, n, c), torch.randn(1, m, 2 * c)
             args = (q, kv[..., :c], kv[..., c:], heads, (c // heads) ** -0.5)  # the op's full arguments
@@ -339,16 +341,14 @@ def attention_table(repeats: int) -> str:
             flops = 4 * n * m * c  # q·kᵀ and p·v
             for cand in cands:
                 med = t[cand.name].median
-                rows.append([f"{preset} stage {stage + 1}", f"{n} × {m}, {heads} × {c // heads}",
+                rows.append([f"{preset} @{size}² stage {stage + 1}", f"{n} × {m}, {heads} × {c // heads}",
                              "SDPA (torch)" if cand.name == "torch" else "C++ (cpu)", med * 1e3, flops / med / 1e9,
                              t["torch"].median / med, "✓" if auto == cand.name else ""])  # fmt: skip
-    headers = ["preset @1024²", "queries × keys, heads × dim", "attention", "median ms", "GFLOP/s", "× SDPA", "auto"]
+    headers = ["preset @size", "queries × keys, heads × dim", "attention", "median ms", "GFLOP/s", "× SDPA", "auto"]
     return (
         "\n### Attention: SDPA vs the C++ kernel (fp32)\n\n"
-        "GFLOP/s counts q·kᵀ and p·v (4·N·M·C). `auto` takes the C++ kernel for fp32 / fp16 heads of ≤ 64 channels "
-        "over ≥ 64 keys (b0 and b2 above 224²), SDPA otherwise (bf16, wider heads, few keys), as measured here.\n\n"
-        + markdown_table(headers, rows)
-        + "\n"
+        "GFLOP/s counts q·kᵀ and p·v (4·N·M·C). `auto` takes the C++ kernel for fp32 / fp16 heads of ≤ 64 channels, "
+        "SDPA otherwise (bf16, wider heads), as measured here.\n\n" + markdown_table(headers, rows) + "\n"
     )
 
 

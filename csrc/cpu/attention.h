@@ -3,7 +3,7 @@
 // kernels.h) and compiled per ISA like the other CPU kernels (included by kernels_<isa>.cpp after kernels.h).
 //
 // Beyond kernels.h's policy, V provides: max(a, b) (b where either is NaN, so NaN scores propagate), reduce_max and
-// exp2(x) for x <= 0 (2^x to ~2e-7 relative; 0 below 2^-126; NaN stays NaN).
+// exp2(x) for x <= 0 (2^x to ~2e-7 relative; 0 below 2^-125, never a subnormal; NaN stays NaN).
 //
 // Layout, per (image, head) (attention_pack): K transposed into key blocks of kWidth, kt[M/W][D][W], so one vector
 // load gives channel d of W keys; V as contiguous (M, Dp) rows, Dp = D rounded up to a multiple of kWidth (zero
@@ -22,7 +22,7 @@
 //
 // Why not PyTorch's SDPA: its CPU flash kernel runs both products through BLAS calls per block. At b0's 32-wide
 // heads over >= 64 keys the fused tiles measured 1.09-1.4x its speed (bench/results/cpu_attention.md), at b2's
-// 64-wide heads 0.95-1.29x; with 49 keys and in bf16 (AMX) SDPA wins, so "auto" keeps SDPA there
+// 64-wide heads 0.95-1.29x, over 224²'s 49 keys 1.3-1.55x; in bf16 (AMX) SDPA wins, so "auto" keeps SDPA there
 // (ops/sra_attention.py).
 #pragma once
 

@@ -66,17 +66,17 @@ struct Avx2Ops {
     m = _mm_add_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
   }
-  // 2^x for x <= 0 (kExp2P): 2^n built in the exponent bits; below 2^-126 the result is 0 (an ordered compare, so
-  // NaN stays NaN through p).
+  // 2^x for x <= 0 (kExp2P): 2^n built in the exponent bits; below 2^-125 the result is 0 (an ordered compare, so
+  // NaN stays NaN through p). Never a subnormal (a microcode assist per instruction): from -125 up, p·2^n is normal.
   static reg exp2(reg x) {
     const reg n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const reg f = _mm256_sub_ps(x, n);
     reg p = _mm256_set1_ps(kExp2P[0]);
     for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2P[i]));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_max_ps(_mm256_set1_ps(-127.0f), n)),
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_max_ps(_mm256_set1_ps(-125.0f), n)),
                                                          _mm256_set1_epi32(127)), 23);
-    const reg tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
+    const reg tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-125.0f), _CMP_LT_OQ);
     return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
   }
   static uint32_t eq_mask(reg a, reg b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }

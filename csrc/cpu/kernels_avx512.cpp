@@ -73,14 +73,18 @@ struct Avx512Ops {
     m = _mm_add_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
   }
-  // 2^x for x <= 0 (kExp2P); scalef applies 2^n exactly, underflowing to 0; max(-150, x) keeps NaN (its 2nd operand).
+  // 2^x for x <= 0 (kExp2P); 0 below 2^-125, NaN stays NaN. Never a subnormal: scalef into the subnormal range (or
+  // underflowing past it) takes a microcode assist per instruction, which made every masked tail of keys (-inf
+  // scores, e.g. 49 keys in tiles of 16) cost ~2x its tile (measured). So n stays >= -125, where p·2^n >= 2^-125.5
+  // is normal, and the lanes below -125 are zeroed by the mask (an unordered compare: NaN lanes are kept).
   static reg exp2(reg x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.0f), _CMP_NLT_UQ);
+    x = _mm512_max_ps(_mm512_set1_ps(-125.0f), x);  // NaN stays (max returns its 2nd operand)
     const reg n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const reg f = _mm512_sub_ps(x, n);
     reg p = _mm512_set1_ps(kExp2P[0]);
     for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2P[i]));
-    return _mm512_scalef_ps(_mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f)), n);
+    return _mm512_maskz_scalef_ps(keep, _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f)), n);
   }
   static uint32_t eq_mask(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static uint32_t nan_mask(reg a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }

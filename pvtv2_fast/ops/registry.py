@@ -8,7 +8,7 @@ Backends (``backend=`` of every op):
 * ``"cpu"`` / ``"cuda"``: the C++ / CUDA C++ kernels of the extension ``pvtv2_fast._C``.
 * ``"auto"``: the first backend of :data:`AUTO_ORDER` (per device type, per op) that can run this input and that
   does not measure slower than the next choice on it (a backend's ``slower`` rule: e.g. the C++ attention leaves
-  bf16 and few keys to SDPA). When none can, the reference runs and a :class:`FallbackWarning` says why, once per op
+  bf16 and wide heads to SDPA). When none can, the reference runs and a :class:`FallbackWarning` says why, once per op
   and reason.
 
 An explicit backend that cannot run raises ``NotImplementedError`` with the reason instead of falling back.
