@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 
@@ -57,12 +57,23 @@ def _fits(config: PvtV2Config, size: int) -> bool:
     return True
 
 
+# min_input_size per (patch sizes, strides, SR ratios, linear attention): every forward checks its input against it.
+_MIN_INPUT_SIZES: Dict[tuple, int] = {}
+
+
 def min_input_size(config: PvtV2Config) -> int:
     """Smallest height (and width) every stage can process: each strided SR conv needs H_i, W_i ≥ sr_ratio.
-    A short search (29 steps for the presets): cheap enough per forward, and plain Python for torch.compile."""
+    A short search (29 steps for the presets, ~60 us), remembered per geometry in eager mode; under torch.compile
+    the plain search runs (on Python constants: it leaves nothing in the graph)."""
+    key = (tuple(config.patch_sizes), tuple(config.strides), tuple(config.sr_ratios), bool(config.linear_attention))
+    compiling = torch.compiler.is_compiling()
+    if not compiling and key in _MIN_INPUT_SIZES:
+        return _MIN_INPUT_SIZES[key]
     size = 1
     while not _fits(config, size):  # stage sizes grow monotonically with the input: terminates
         size += 1
+    if not compiling:
+        _MIN_INPUT_SIZES[key] = size
     return size
 
 
