@@ -334,6 +334,21 @@ at::Tensor layer_norm_meta(const at::Tensor& x, const c10::optional<at::Tensor>&
 }
 
 std::string cpu_isa() { return cpu::isa(); }
+
+// The calling thread's sticky floating-point exception flags (x86 MXCSR bits 0-5: invalid, denormal operand, divide
+// by zero, overflow, underflow, precision), cleared afterwards when `clear`; -1 where there is no MXCSR. For tests:
+// a kernel run on one thread on ordinary data must not raise "denormal" or "underflow", the signs of subnormals,
+// each of which costs a microcode assist (~100+ cycles) on x86.
+int64_t fp_exception_flags(bool clear) {
+#if defined(__x86_64__) || defined(_M_X64)
+  const unsigned int csr = __builtin_ia32_stmxcsr();
+  if (clear) __builtin_ia32_ldmxcsr(csr & ~0x3fu);
+  return static_cast<int64_t>(csr & 0x3fu);
+#else
+  (void)clear;
+  return -1;
+#endif
+}
 std::vector<int64_t> block_cache_stats() {
   const auto s = cpu::block_cache_stats();
   return {s.begin(), s.end()};
@@ -350,6 +365,7 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   m.def("sra_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
+  m.def("fp_exception_flags(bool clear) -> int", &pvtv2::fp_exception_flags);
   // The CPU block cache (csrc/cpu/block_cache.h): process state, not tensor ops; called around eager forwards only.
   m.def("block_cache_enter() -> ()", &pvtv2::cpu::block_cache_enter);
   m.def("block_cache_exit() -> ()", &pvtv2::cpu::block_cache_exit);

@@ -103,6 +103,36 @@ def test_every_isa_path_reads_and_writes_bf16(cap):
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.parametrize("cap", ISA_ORDER)
+def test_kernels_make_no_subnormals_on_ordinary_data(cap):
+    """Each ISA path, on one thread, leaves the x86 "denormal operand" and "underflow" flags clear on ordinary
+    inputs: a subnormal costs a microcode assist per instruction (~100+ cycles), and the attention's exponential
+    once underflowed into them for every masked key of a partial block (49 keys: 1.3x slower) and every row group's
+    first rescale. Attention over key counts with partial blocks, one key and several chunks; the other kernels too."""
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from pvtv2_fast import ops\n"
+        "flags = torch.ops.pvtv2_fast_C.fp_exception_flags\n"
+        "if flags(True) < 0: print('ok'); raise SystemExit  # no MXCSR on this CPU\n"
+        "checks = []\n"
+        "for n, m, c, h in ((61, 49, 64, 2), (50, 130, 40, 5), (100, 256, 32, 1), (40, 1, 32, 1), (33, 7, 96, 3)):\n"
+        "    q, kv = torch.randn(1, n, c), torch.randn(1, m, 2 * c)\n"
+        "    checks.append(('sra_attention', n, m, lambda: ops.sra_attention(q, kv[..., :c], kv[..., c:], h, "
+        "backend='cpu')))\n"
+        "x, w, b = torch.randn(2, 63, 40), torch.randn(40, 1, 3, 3), torch.randn(40)\n"
+        "checks.append(('dwconv_gelu', lambda: ops.dwconv_gelu(x, w, b, 7, 9, True, backend='cpu')))\n"
+        "checks.append(('layer_norm', lambda: ops.layer_norm(x, w[:, 0, 0, 0], b, 1e-6, backend='cpu')))\n"
+        "checks.append(('linear_sra_pool', lambda: ops.linear_sra_pool(x, 7, 9, backend='cpu')))\n"
+        "for *name, run in checks:\n"
+        "    flags(True); run(); f = flags(True)\n"
+        "    assert f & 0x12 == 0, (name, hex(f))  # 0x02 denormal operand, 0x10 underflow\n"
+        "print('ok')"
+    )
+    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
 def test_unknown_isa_name_is_an_error():
     code = "from pvtv2_fast import _ext; _ext.cpu_isa()"
     env = dict(os.environ, PVTV2_FAST_CPU_ISA="sse9")
