@@ -105,3 +105,20 @@ def test_block_cache_table_runs_both_ways(tmp_path):
     assert row[1].strip() == "b0" and row[2].strip() == "256²", row
     assert float(row[3]) > 0 and float(row[4]) > 0, row
     assert modeling.cpu_block_cache is cpu_block_cache
+
+
+def test_op_gaps_table_decomposes_every_stage(tmp_path):
+    """`python -m bench.op_gaps` on a small input: the table is written with one row per stage, each block's
+    recorded calls counted, both timings and the Python share positive, and a ratio for the requested gap."""
+    pytest.importorskip("pvtv2_fast._C")
+    from bench import op_gaps
+
+    text = op_gaps.main(
+        ["--preset", "b0", "--size", "64", "--gaps", "5", "--repeats", "1", "--out", str(tmp_path / "g")]
+    )
+    assert (tmp_path / "g.md").read_text() == text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| b0 @64²")]
+    assert [r[0].strip() for r in rows] == [f"b0 @64² stage {i}" for i in range(1, 5)]
+    for r in rows:
+        calls, module, replay, _, python, gap = (float(v) for v in r[1:])
+        assert calls >= 10 and module > 0 and replay > 0 and python > 0 and gap > 0, r
