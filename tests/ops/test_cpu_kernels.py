@@ -17,6 +17,14 @@ pytestmark = pytest.mark.skipif(os.environ.get("PVTV2_FAST_NO_EXT") == "1", reas
 ISA_ORDER = ("default", "avx2", "avx512")
 
 
+def run_capped(cap: str, code: str, **env: str) -> None:
+    """Run ``code`` in a fresh interpreter with the CPU kernels capped to ISA ``cap`` (chosen once per process), and
+    expect it to print "ok"."""
+    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap, **env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("cap", ISA_ORDER)
 def test_every_isa_path_matches(cap):
     """PVTV2_FAST_CPU_ISA caps the instruction set, so every compiled path runs here (those the CPU has): the
@@ -57,9 +65,7 @@ def test_every_isa_path_matches(cap):
         "    assert e < 1e-5, (L, e)\n"
         "print('ok')"
     )
-    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_capped(cap, code)
 
 
 @pytest.mark.parametrize("cap", ISA_ORDER)
@@ -96,11 +102,8 @@ def test_every_isa_path_reads_and_writes_bf16(cap):
         print("ok")
         """
     )
-    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
-    if cap != "avx512":
-        env.update(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    libraries_capped = {} if cap == "avx512" else dict(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+    run_capped(cap, code, **libraries_capped)
 
 
 @pytest.mark.parametrize("cap", ISA_ORDER)
@@ -109,28 +112,27 @@ def test_kernels_make_no_subnormals_on_ordinary_data(cap):
     inputs: a subnormal costs a microcode assist per instruction (~100+ cycles), and the attention's exponential
     once underflowed into them for every masked key of a partial block (49 keys: 1.3x slower) and every row group's
     first rescale. Attention over key counts with partial blocks, one key and several chunks; the other kernels too."""
-    code = (
-        "import torch; torch.set_num_threads(1)\n"
-        "from pvtv2_fast import ops\n"
-        "flags = torch.ops.pvtv2_fast_C.fp_exception_flags\n"
-        "if flags(True) < 0: print('ok'); raise SystemExit  # no MXCSR on this CPU\n"
-        "checks = []\n"
-        "for n, m, c, h in ((61, 49, 64, 2), (50, 130, 40, 5), (100, 256, 32, 1), (40, 1, 32, 1), (33, 7, 96, 3)):\n"
-        "    q, kv = torch.randn(1, n, c), torch.randn(1, m, 2 * c)\n"
-        "    checks.append(('sra_attention', n, m, lambda: ops.sra_attention(q, kv[..., :c], kv[..., c:], h, "
-        "backend='cpu')))\n"
-        "x, w, b = torch.randn(2, 63, 40), torch.randn(40, 1, 3, 3), torch.randn(40)\n"
-        "checks.append(('dwconv_gelu', lambda: ops.dwconv_gelu(x, w, b, 7, 9, True, backend='cpu')))\n"
-        "checks.append(('layer_norm', lambda: ops.layer_norm(x, w[:, 0, 0, 0], b, 1e-6, backend='cpu')))\n"
-        "checks.append(('linear_sra_pool', lambda: ops.linear_sra_pool(x, 7, 9, backend='cpu')))\n"
-        "for *name, run in checks:\n"
-        "    flags(True); run(); f = flags(True)\n"
-        "    assert f & 0x12 == 0, (name, hex(f))  # 0x02 denormal operand, 0x10 underflow\n"
-        "print('ok')"
+    code = textwrap.dedent(
+        """
+        import torch; torch.set_num_threads(1)
+        from pvtv2_fast import ops
+        flags = torch.ops.pvtv2_fast_C.fp_exception_flags
+        if flags(True) < 0:  # no MXCSR on this CPU
+            print("ok"); raise SystemExit
+        def check(what, run):
+            flags(True); run(); f = flags(True)
+            assert f & 0x12 == 0, (what, hex(f))  # 0x02 denormal operand, 0x10 underflow
+        for n, m, c, h in ((61, 49, 64, 2), (50, 130, 40, 5), (100, 256, 32, 1), (40, 1, 32, 1), (33, 7, 96, 3)):
+            q, kv = torch.randn(1, n, c), torch.randn(1, m, 2 * c)
+            check(("sra_attention", n, m, c), lambda: ops.sra_attention(q, kv[..., :c], kv[..., c:], h, backend="cpu"))
+        x, w, b = torch.randn(2, 63, 40), torch.randn(40, 1, 3, 3), torch.randn(40)
+        check("dwconv_gelu", lambda: ops.dwconv_gelu(x, w, b, 7, 9, True, backend="cpu"))
+        check("layer_norm", lambda: ops.layer_norm(x, w[:, 0, 0, 0], b, 1e-6, backend="cpu"))
+        check("linear_sra_pool", lambda: ops.linear_sra_pool(x, 7, 9, backend="cpu"))
+        print("ok")
+        """
     )
-    env = dict(os.environ, PVTV2_FAST_CPU_ISA=cap)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_capped(cap, code)
 
 
 def test_unknown_isa_name_is_an_error():
