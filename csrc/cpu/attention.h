@@ -20,9 +20,9 @@
 // Finally each row is divided by its sum. Horizontal reductions are done per row and chunk, independent across the
 // rows of a group, so they overlap instead of serialising (measured: 2.0 -> 1.1 ns per score when reordered so).
 //
-// Why not PyTorch's SDPA: its CPU flash kernel runs both products through BLAS calls per block. At b0's 32-wide
-// heads over >= 64 keys the fused tiles measured 1.09-1.4x its speed (bench/results/cpu_attention.md), at b2's
-// 64-wide heads 0.95-1.29x, over 224²'s 49 keys 1.3-1.55x; in bf16 (AMX) SDPA wins, so "auto" keeps SDPA there
+// Why not PyTorch's SDPA: its CPU flash kernel runs both products through BLAS calls per block. Over 1024 keys the
+// fused tiles measured 1.34-1.38x its speed at b0's 32-wide heads and 1.07-1.27x at b2's 64-wide heads, over 224²'s
+// 49 keys 1.14-1.40x (bench/results/cpu_attention.md); in bf16 (AMX) SDPA wins, so "auto" keeps SDPA there
 // (ops/sra_attention.py).
 #pragma once
 

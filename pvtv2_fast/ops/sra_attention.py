@@ -49,9 +49,9 @@ MAX_CPU_HEAD_DIM = 64  # measured up to b2's 64-wide heads; wider ones keep SDPA
 def _cpu_slower(args: Sequence) -> bool:
     """Where "auto" leaves CPU attention to SDPA, as measured against it (2 threads, AVX-512; README, "CPU
     attention"): bf16 (SDPA's AMX / AVX512-BF16 path ran 1.7-2x the C++ kernel's fp32-compute tiles) and heads wider
-    than MAX_CPU_HEAD_DIM (not measured). Where it runs it measured 1.1-1.4x SDPA at b0's 32-wide heads and
-    0.95-1.29x (1.1 typical; 0.91-1.29x with everything capped to AVX2) at b2's 64-wide heads over 64-1024 keys, and
-    1.3-1.55x over 224²'s 49 keys (0.94-1.19x capped to AVX2); 1.1-2.4x over 2-36 keys, level at 1 key."""
+    than MAX_CPU_HEAD_DIM (not measured). Where it runs it measured (bench/results/cpu_attention.md) 1.34-1.38x SDPA
+    at b0's 32-wide heads and 1.07-1.27x at b2's 64-wide heads over 1024 keys, 1.14-1.40x over 224²'s 49 keys (all
+    stages of b0 and b2; 0.94-1.19x with everything capped to AVX2), 1.1-2.4x over 2-36 keys, level at 1 key."""
     q, heads = args[0], args[3]
     return q.dtype == torch.bfloat16 or q.shape[2] // heads > MAX_CPU_HEAD_DIM
 
