@@ -5,7 +5,8 @@ For each stage's first block (``fast=True``, eager inference) the ATen / custom-
 (``TorchDispatchMode``: every call with its arguments, views included). Then, interleaved (bench.harness, medians):
 
 * ``module``: the block's forward, as a user runs it;
-* ``replay``: the recorded calls back to back, on the recorded inputs: the same kernels without the modules' Python;
+* ``replay``: the recorded calls back to back, each fed what the replayed calls before it produced (as in the forward;
+  checked to give the block's output): the same kernels, without the modules' Python;
 * ``Python``: the forward with every op answered by its recorded result (nothing computed), less the cost of those
   stubs: the modules' own Python;
 * ``replay + gap`` for a few gap lengths: a busy-wait of that many µs after each call (the gaps' total is subtracted),
@@ -82,24 +83,48 @@ def _python_us(fn: Callable[[], object], results: list, probe: torch.Tensor, rep
     return (t["stubbed"].median - t["stubs"].median) * 1e6
 
 
-def _in_cache_scope(fn: Callable[[], object]) -> Callable[[], None]:
+def _in_cache_scope(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` inside the CPU block cache's scope, as the encoder runs its blocks in eager CPU inference."""
 
-    def run() -> None:
+    def run() -> object:
         with cpu_block_cache():
-            fn()
+            return fn()
 
     return run
 
 
-def _replay(calls: Sequence[Call], gap_s: float = 0.0) -> Callable[[], None]:
-    def run() -> None:
-        for func, args, kwargs in calls:
-            func(*args, **kwargs)
+class _Produced(int):
+    """An argument the replay takes from the output of an earlier call (its index)."""
+
+
+def _is_produced(arg, produced: dict) -> bool:
+    return isinstance(arg, torch.Tensor) and id(arg) in produced
+
+
+def _dataflow(calls: Sequence[Call], results: list) -> List[Call]:
+    """The calls with every tensor argument that an earlier call produced replaced by that call's index: a replay then
+    feeds each op what the replayed ops before it just wrote, as the forward does, rather than the same recorded
+    tensors every time."""
+    produced: dict = {}
+    program = []
+    for i, (func, args, kwargs) in enumerate(calls):
+        refs = tuple(_Produced(produced[id(a)]) if _is_produced(a, produced) else a for a in args)
+        program.append((func, refs, kwargs))
+        if isinstance(results[i], torch.Tensor):
+            produced[id(results[i])] = i
+    return program
+
+
+def _replay(program: Sequence[Call], gap_s: float = 0.0) -> Callable[[], list]:
+    def run() -> list:
+        outs: list = []
+        for func, refs, kwargs in program:
+            outs.append(func(*(outs[r] if isinstance(r, _Produced) else r for r in refs), **kwargs))
             if gap_s:
                 end = time.perf_counter() + gap_s
                 while time.perf_counter() < end:
                     pass
+        return outs
 
     return _in_cache_scope(run)
 
@@ -129,7 +154,9 @@ def op_gaps(preset: str, size: int, gaps_us: Sequence[float], repeats: int) -> T
         with torch.inference_mode(), cpu_block_cache(), recorder:
             block(*args)
         kept = [i for i, c in enumerate(recorder.calls) if "block_cache" not in str(c[0])]
-        calls = [recorder.calls[i] for i in kept]
+        calls = _dataflow([recorder.calls[i] for i in kept], [recorder.results[i] for i in kept])
+        with torch.inference_mode():  # the replay computes what the block did
+            torch.testing.assert_close(_replay(calls)()[-1], recorder.results[kept[-1]], rtol=0, atol=0)
         module_fn = _in_cache_scope(lambda block=block, args=args: block(*args))
         cands = [Candidate("module", module_fn), Candidate("replay", _replay(calls))]
         cands += [Candidate(f"gap {g:g}", _replay(calls, g * 1e-6)) for g in gaps_us]
