@@ -111,7 +111,8 @@ def test_kernels_make_no_subnormals_on_ordinary_data(cap):
     """Each ISA path, on one thread, leaves the x86 "denormal operand" and "underflow" flags clear on ordinary
     inputs: a subnormal costs a microcode assist per instruction (~100+ cycles), and the attention's exponential
     once underflowed into them for every masked key of a partial block (49 keys: 1.3x slower) and every row group's
-    first rescale. Attention over key counts with partial blocks, one key and several chunks; the other kernels too."""
+    first rescale. Attention over key counts with partial blocks, one key and several chunks; the other kernels too
+    (conv_ffn with its GEMMs)."""
     code = textwrap.dedent(
         """
         import torch; torch.set_num_threads(1)
@@ -129,6 +130,8 @@ def test_kernels_make_no_subnormals_on_ordinary_data(cap):
         check("dwconv_gelu", lambda: ops.dwconv_gelu(x, w, b, 7, 9, True, backend="cpu"))
         check("layer_norm", lambda: ops.layer_norm(x, w[:, 0, 0, 0], b, 1e-6, backend="cpu"))
         check("linear_sra_pool", lambda: ops.linear_sra_pool(x, 7, 9, backend="cpu"))
+        a = [0.2 * torch.randn(*s) for s in ((72, 40), (72,), (72, 1, 3, 3), (72,), (40, 72), (40,))]
+        check("conv_ffn", lambda: ops.conv_ffn(x, *a, 7, 9, False, backend="cpu"))
         print("ok")
         """
     )
