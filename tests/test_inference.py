@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import assert_max_abs_close, randomize_
 
-from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, PvtV2Model, optimize_for_inference
+from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, PvtV2Model, _ext, optimize_for_inference
+from pvtv2_fast.ops.block_cache import cpu_cache_stats
 
 # A small encoder with every stage (SR ratios 8/4/2/1) so one compile stays under a minute on 2 cores.
 TINY = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], mlp_ratios=[2] * 4)
@@ -23,6 +24,22 @@ def test_inference_mode_matches_reference_on_an_odd_size(linear):
     fast = optimize_for_inference(model)
     assert_max_abs_close(fast(x).last_hidden_state, expected, "optimize_for_inference vs reference", atol=1e-5)
     assert_max_abs_close(fast(x).last_hidden_state, expected, "second call (compiled graph)", atol=1e-5)
+
+
+@pytest.mark.slow
+def test_inference_mode_reuses_the_cpu_block_cache():
+    """The compiled graph runs inside the CPU block cache's scope: once warm, a call maps no fresh pages (256²: the
+    stage-1 FFN's widened state, 512 KB, is above the cache's 256 KB floor)."""
+    if not _ext.available():
+        pytest.skip("the C++ extension is not built")
+    fast = optimize_for_inference(randomize_(PvtV2Model(PvtV2Config(**TINY))))
+    x = torch.randn(1, 3, 256, 256)
+    fast(x)
+    fast(x)
+    before = cpu_cache_stats()
+    fast(x)
+    after = cpu_cache_stats()
+    assert after["fresh"] == before["fresh"] and after["reused"] > before["reused"], (before, after)
 
 
 def test_inference_mode_rejects_misuse():
