@@ -22,6 +22,7 @@ input's geometry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from . import ops
 from .modeling import PvtV2ForSemanticSegmentation
 from .modules.decode_head import FoldedDecodeHead
+from .ops.block_cache import cpu_block_cache, cpu_cache_stats
 from .preprocessing import DEFAULT_MAX_PIXELS
 from .streaming import LinearAxis, RowCache, band_rows, resample_band
 
@@ -59,7 +61,8 @@ def label_dtype(num_labels: int) -> torch.dtype:
 
 
 def available_memory(device: torch.device) -> Optional[int]:
-    """Bytes that can still be allocated on ``device`` (CPU: the kernel's MemAvailable), None if unknown."""
+    """Bytes that can still be allocated on ``device`` (CPU: the kernel's MemAvailable plus the idle pages of the
+    CPU block cache, which serve allocations first), None if unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type == "cpu":
@@ -67,7 +70,7 @@ def available_memory(device: torch.device) -> Optional[int]:
             with open("/proc/meminfo") as f:
                 for line in f:
                     if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
+                        return int(line.split()[1]) * 1024 + cpu_cache_stats()["idle_bytes"]
         except OSError:
             return None
     return None
@@ -240,6 +243,14 @@ def segment(
     available; use ``output="labels"`` or :func:`iter_segment` then.
     """
     _check_args(model, pixel_values, mode, output, tile, stride, tile_batch)
+    # On CPU the whole call, not only its encoder forwards, reuses the pages of earlier calls' large buffers (the
+    # decode head's bands, the output): b0 at 1024², 40,000 → 2,300 page faults per call for labels (1.10× the
+    # speed), 189,000 → 12,000 for logits (1.5×; measured interleaved). A no-op on other devices.
+    with cpu_block_cache() if pixel_values.device.type == "cpu" else contextlib.nullcontext():
+        return _segment(model, pixel_values, mode, tile, stride, output, tile_batch, band_bytes, progress)
+
+
+def _segment(model, pixel_values, mode, tile, stride, output, tile_batch, band_bytes, progress) -> torch.Tensor:
     b, _, h, w = pixel_values.shape
     num_labels = model.decode_head.classifier.out_channels
     if output == "labels":

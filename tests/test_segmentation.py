@@ -452,6 +452,28 @@ def test_full_size_output_that_cannot_fit_is_refused(monkeypatch):
     assert segment(tiny_model(), x, output="labels").shape == (1, 128, 128)  # labels need no such check
 
 
+def test_segment_serves_its_buffers_from_the_cpu_block_cache():
+    """The whole segment() call runs in the CPU block cache's scope, not only its encoder: the returned logits
+    (11 × 256² fp32, 2.9 MB) are pool pages, a warm call maps no fresh pages, and the memory check counts the
+    pool's idle pages as available (they serve allocations first)."""
+    from pvtv2_fast import _ext, segmentation
+    from pvtv2_fast.ops.block_cache import cpu_cache_stats
+
+    if not _ext.available():
+        pytest.skip("the C++ extension is not built")
+    model, x = tiny_model(fast=True), _x(1, 3, 256, 256)
+    segment(model, x)
+    segment(model, x)
+    before = cpu_cache_stats()
+    out = segment(model, x)
+    after = cpu_cache_stats()
+    assert after["fresh"] == before["fresh"] and after["reused"] > before["reused"], (before, after)
+    assert after["live_bytes"] - before["live_bytes"] >= out.numel() * out.element_size(), (before, after)
+    del out
+    idle = cpu_cache_stats()["idle_bytes"]
+    assert idle > 0 and segmentation.available_memory(x.device) >= idle
+
+
 def test_segment_rejects_bad_output_and_tile_batch():
     with pytest.raises(ValueError, match="output"):
         segment(tiny_model(), _x(1, 3, 64, 64), output="mask")
