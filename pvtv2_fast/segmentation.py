@@ -247,8 +247,13 @@ def segment(
     # decode head's bands, the output). Measured interleaved against the encoder-only scope, page faults per call
     # and speed: labels b0 512² 11,600 → 14 (1.16×), b0 1024² 20,600 → 0 (1.05×), b0 2048² 68,000 → 900
     # (1.06×), b2 1024² 37,700 → 70 (1.03×); logits b0 1024² 199,000 → 15,500 (1.25×). A no-op on other devices.
-    with cpu_block_cache() if pixel_values.device.type == "cpu" else contextlib.nullcontext():
+    with _cpu_cache_scope(pixel_values.device):
         return _segment(model, pixel_values, mode, tile, stride, output, tile_batch, band_bytes, progress)
+
+
+def _cpu_cache_scope(device: torch.device):
+    """The CPU block cache's scope (``pvtv2_fast.ops.block_cache``) for work on ``device`` if it is the CPU."""
+    return cpu_block_cache() if device.type == "cpu" else contextlib.nullcontext()
 
 
 def _segment(model, pixel_values, mode, tile, stride, output, tile_batch, band_bytes, progress) -> torch.Tensor:
@@ -386,27 +391,28 @@ def segment_file(
     source = load_image(path, max_pixels)
     image = to_rgb8(source)  # for the overlay
     param = next(model.parameters())
-    pixel_values = PvtV2ImageProcessor(do_resize=False)(source)["pixel_values"].to(param.device, param.dtype)
-    h, w = image.shape[:2]
-    show = progress and h * w >= PROGRESS_PIXELS
-    stem, out_dir = Path(path).stem, Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bands = iter_segment(model, pixel_values, mode, output, tile, stride, tile_batch, progress=show)
-    if output == "labels":
-        labels = np.empty((h, w), dtype=np.uint8 if model.config.num_labels <= 256 else np.int32)
-        for r0, band in bands:
-            labels[r0 : r0 + band.shape[1]] = band[0].cpu().numpy()
-        return list(save_masks(labels, image, out_dir, stem, model.config.num_labels))
-    path_out = output_paths(out_dir, stem, output)[0]
+    with _cpu_cache_scope(param.device):  # as segment(): this image's buffers reuse the previous one's pages
+        pixel_values = PvtV2ImageProcessor(do_resize=False)(source)["pixel_values"].to(param.device, param.dtype)
+        h, w = image.shape[:2]
+        show = progress and h * w >= PROGRESS_PIXELS
+        stem, out_dir = Path(path).stem, Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bands = iter_segment(model, pixel_values, mode, output, tile, stride, tile_batch, progress=show)
+        if output == "labels":
+            labels = np.empty((h, w), dtype=np.uint8 if model.config.num_labels <= 256 else np.int32)
+            for r0, band in bands:
+                labels[r0 : r0 + band.shape[1]] = band[0].cpu().numpy()
+            return list(save_masks(labels, image, out_dir, stem, model.config.num_labels))
+        path_out = output_paths(out_dir, stem, output)[0]
 
-    def write(tmp: Path) -> None:  # streamed to disk band by band: never (num_labels, H, W) in memory
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(model.config.num_labels, h, w))
-        for r0, band in bands:
-            array[:, r0 : r0 + band.shape[2]] = band[0].cpu().numpy()
-        array.flush()
-        del array
+        def write(tmp: Path) -> None:  # streamed to disk band by band: never (num_labels, H, W) in memory
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(model.config.num_labels, h, w))
+            for r0, band in bands:
+                array[:, r0 : r0 + band.shape[2]] = band[0].cpu().numpy()
+            array.flush()
+            del array
 
-    return [_atomic(path_out, write)]
+        return [_atomic(path_out, write)]
 
 
 def segment_files(
