@@ -474,6 +474,34 @@ def test_segment_serves_its_buffers_from_the_cpu_block_cache():
     assert idle > 0 and segmentation.available_memory(x.device) >= idle
 
 
+def test_segment_file_serves_each_image_from_the_cpu_block_cache(tmp_path):
+    """segment_file (the CLI's path) runs each image in the CPU block cache's scope: a third image of the same size
+    maps no fresh pages, and more of its blocks come from the pool than its encoder forward alone takes there (the
+    preprocessed image, the decode head's bands)."""
+    from pvtv2_fast import _ext
+    from pvtv2_fast.ops.block_cache import cpu_cache_stats
+    from pvtv2_fast.segmentation import segment_file
+
+    if not _ext.available():
+        pytest.skip("the C++ extension is not built")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    model = tiny_model(fast=True)
+    segment_file(model, tmp_path / "a.png", tmp_path / "out", output="logits", progress=False)
+    segment_file(model, tmp_path / "b.png", tmp_path / "out", output="logits", progress=False)
+    before = cpu_cache_stats()
+    segment_file(model, tmp_path / "c.png", tmp_path / "out", output="logits", progress=False)
+    after = cpu_cache_stats()
+    assert after["fresh"] == before["fresh"], (before, after)
+    with torch.no_grad():
+        encoder_before = cpu_cache_stats()
+        model.pvt_v2(_x(1, 3, 256, 256), output_hidden_states=True)
+        encoder_after = cpu_cache_stats()
+    encoder_reused = encoder_after["reused"] - encoder_before["reused"]
+    assert after["reused"] - before["reused"] > encoder_reused > 0, (before, after, encoder_reused)
+
+
 def test_segment_rejects_bad_output_and_tile_batch():
     with pytest.raises(ValueError, match="output"):
         segment(tiny_model(), _x(1, 3, 64, 64), output="mask")
