@@ -22,7 +22,6 @@ input's geometry.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from . import ops
 from .modeling import PvtV2ForSemanticSegmentation
 from .modules.decode_head import FoldedDecodeHead
-from .ops.block_cache import cpu_block_cache, cpu_cache_stats
+from .ops.block_cache import cpu_block_cache_on, cpu_cache_stats
 from .preprocessing import DEFAULT_MAX_PIXELS
 from .streaming import LinearAxis, RowCache, band_rows, resample_band
 
@@ -247,13 +246,8 @@ def segment(
     # decode head's bands, the output). Measured interleaved against the encoder-only scope, page faults per call
     # and speed: labels b0 512² 11,600 → 14 (1.16×), b0 1024² 20,600 → 0 (1.05×), b0 2048² 68,000 → 900
     # (1.06×), b2 1024² 37,700 → 70 (1.03×); logits b0 1024² 199,000 → 15,500 (1.25×). A no-op on other devices.
-    with _cpu_cache_scope(pixel_values.device):
+    with cpu_block_cache_on(pixel_values.device):
         return _segment(model, pixel_values, mode, tile, stride, output, tile_batch, band_bytes, progress)
-
-
-def _cpu_cache_scope(device: torch.device):
-    """The CPU block cache's scope (``pvtv2_fast.ops.block_cache``) for work on ``device`` if it is the CPU."""
-    return cpu_block_cache() if device.type == "cpu" else contextlib.nullcontext()
 
 
 def _segment(model, pixel_values, mode, tile, stride, output, tile_batch, band_bytes, progress) -> torch.Tensor:
@@ -391,7 +385,7 @@ def segment_file(
     source = load_image(path, max_pixels)
     image = to_rgb8(source)  # for the overlay
     param = next(model.parameters())
-    with _cpu_cache_scope(param.device):  # as segment(): this image's buffers reuse the previous one's pages
+    with cpu_block_cache_on(param.device):  # as segment(): this image's buffers reuse the previous one's pages
         pixel_values = PvtV2ImageProcessor(do_resize=False)(source)["pixel_values"].to(param.device, param.dtype)
         h, w = image.shape[:2]
         show = progress and h * w >= PROGRESS_PIXELS

@@ -39,6 +39,11 @@ def cpu_block_cache() -> Iterator[None]:
         torch.ops.pvtv2_fast_C.block_cache_exit()
 
 
+def cpu_block_cache_on(device: torch.device):
+    """:func:`cpu_block_cache` for work on ``device`` if it is the CPU; a no-op context on other devices."""
+    return cpu_block_cache() if torch.device(device).type == "cpu" else contextlib.nullcontext()
+
+
 def empty_cpu_cache() -> int:
     """Unmap every idle page of the CPU block cache; returns the bytes released (0 without the extension)."""
     return int(torch.ops.pvtv2_fast_C.block_cache_release()) if _usable() else 0
