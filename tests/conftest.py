@@ -26,6 +26,17 @@ PARITY_PRESETS = ["b0", "b1", "b2_linear"]
 PARITY_SIZES = [(224, 224), (97, 131), (61, 45)]
 
 
+def block_cache_delta(fn):
+    """``(fn(), what the call changed in pvtv2_fast.cpu_cache_stats())``: reused / gathered / fresh blocks, live and
+    idle bytes."""
+    from pvtv2_fast import cpu_cache_stats
+
+    before = cpu_cache_stats()
+    result = fn()
+    after = cpu_cache_stats()
+    return result, {k: after[k] - before[k] for k in after}
+
+
 @torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random values in every parameter, LayerNorm affine included (the default init of ones/zeros would hide

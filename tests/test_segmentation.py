@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import randomize_
+from conftest import block_cache_delta, randomize_
 from PIL import Image
 
 from pvtv2_fast import PvtV2Backbone, PvtV2Config, PvtV2ForSemanticSegmentation
@@ -456,19 +456,16 @@ def test_segment_serves_its_buffers_from_the_cpu_block_cache():
     """The whole segment() call runs in the CPU block cache's scope, not only its encoder: the returned logits
     (11 × 256² fp32, 2.9 MB) are pool pages, a warm call maps no fresh pages, and the memory check counts the
     pool's idle pages as available (they serve allocations first)."""
-    from pvtv2_fast import _ext, segmentation
-    from pvtv2_fast.ops.block_cache import cpu_cache_stats
+    from pvtv2_fast import _ext, cpu_cache_stats, segmentation
 
     if not _ext.available():
         pytest.skip("the C++ extension is not built")
     model, x = tiny_model(fast=True), _x(1, 3, 256, 256)
     segment(model, x)
     segment(model, x)
-    before = cpu_cache_stats()
-    out = segment(model, x)
-    after = cpu_cache_stats()
-    assert after["fresh"] == before["fresh"] and after["reused"] > before["reused"], (before, after)
-    assert after["live_bytes"] - before["live_bytes"] >= out.numel() * out.element_size(), (before, after)
+    out, delta = block_cache_delta(lambda: segment(model, x))
+    assert delta["fresh"] == 0 and delta["reused"] > 0, delta
+    assert delta["live_bytes"] >= out.numel() * out.element_size(), delta
     del out
     idle = cpu_cache_stats()["idle_bytes"]
     assert idle > 0 and segmentation.available_memory(x.device) >= idle
@@ -479,7 +476,6 @@ def test_segment_file_serves_each_image_from_the_cpu_block_cache(tmp_path):
     maps no fresh pages, and more of its blocks come from the pool than its encoder forward alone takes there (the
     preprocessed image, the decode head's bands)."""
     from pvtv2_fast import _ext
-    from pvtv2_fast.ops.block_cache import cpu_cache_stats
     from pvtv2_fast.segmentation import segment_file
 
     if not _ext.available():
@@ -490,16 +486,13 @@ def test_segment_file_serves_each_image_from_the_cpu_block_cache(tmp_path):
     model = tiny_model(fast=True)
     segment_file(model, tmp_path / "a.png", tmp_path / "out", output="logits", progress=False)
     segment_file(model, tmp_path / "b.png", tmp_path / "out", output="logits", progress=False)
-    before = cpu_cache_stats()
-    segment_file(model, tmp_path / "c.png", tmp_path / "out", output="logits", progress=False)
-    after = cpu_cache_stats()
-    assert after["fresh"] == before["fresh"], (before, after)
+    _, delta = block_cache_delta(
+        lambda: segment_file(model, tmp_path / "c.png", tmp_path / "out", output="logits", progress=False)
+    )
+    assert delta["fresh"] == 0, delta
     with torch.no_grad():
-        encoder_before = cpu_cache_stats()
-        model.pvt_v2(_x(1, 3, 256, 256), output_hidden_states=True)
-        encoder_after = cpu_cache_stats()
-    encoder_reused = encoder_after["reused"] - encoder_before["reused"]
-    assert after["reused"] - before["reused"] > encoder_reused > 0, (before, after, encoder_reused)
+        _, encoder = block_cache_delta(lambda: model.pvt_v2(_x(1, 3, 256, 256), output_hidden_states=True))
+    assert delta["reused"] > encoder["reused"] > 0, (delta, encoder)
 
 
 def test_segment_rejects_bad_output_and_tile_batch():
