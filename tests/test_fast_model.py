@@ -187,11 +187,13 @@ def test_models_with_cached_weights_deep_copy_and_pickle(dtype):
 @pytest.mark.parametrize("preset,overrides", PRESETS)
 @pytest.mark.parametrize("min_bytes", [0, 1 << 40], ids=["onednn", "f_linear"])
 def test_fp32_projections_on_either_side_of_the_onednn_rule(monkeypatch, preset, overrides, min_bytes):
-    """fp32 projections run on prepacked oneDNN weights from ONEDNN_FP32_MIN_OUT_BYTES of output up (large maps),
-    ``F.linear`` below: both stay within 1e-5 of the reference, and the packed weights follow load_state_dict."""
+    """fp32 projections run on prepacked oneDNN weights from ONEDNN_FP32_MIN_OUT_BYTES of output (large maps) or
+    ONEDNN_FP32_MIN_WEIGHT_BYTES of weight up, ``F.linear`` below: both stay within 1e-5 of the reference, and the
+    packed weights follow load_state_dict."""
     from pvtv2_fast.modules import fast_path
 
     monkeypatch.setattr(fast_path, "ONEDNN_FP32_MIN_OUT_BYTES", min_bytes)
+    monkeypatch.setattr(fast_path, "ONEDNN_FP32_MIN_WEIGHT_BYTES", min_bytes)
     model = _model(preset, "cpu", **overrides)
     x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -204,6 +206,19 @@ def test_fp32_projections_on_either_side_of_the_onednn_rule(monkeypatch, preset,
         expected = other(x).logits
         fast.load_state_dict(other.state_dict())
         torch.testing.assert_close(fast(x).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fp32_onednn_rule_by_output_or_weight_bytes():
+    """fp32 linears go to oneDNN from 2 MB of output (large maps) or 1 MB of weight (the C = 512 stage, even over
+    224²'s 49 tokens), else F.linear."""
+    from pvtv2_fast.modules.fast_path import _onednn_linear, onednn_takes
+
+    if not onednn_takes(torch.float32):
+        pytest.skip("this torch build has no oneDNN")
+    cases = [((1, 49, 512), 512, True), ((1, 49, 512), 1024, True), ((1, 49, 320), 640, False)]
+    cases += [((1, 16384, 32), 32, True), ((1, 3136, 64), 64, False), ((1, 49, 0), 512, False)]
+    for shape, out_features, expected in cases:
+        assert _onednn_linear(torch.empty(shape), out_features) == expected, (shape, out_features)
 
 
 @pytest.mark.parametrize("preset,overrides", PRESETS)

@@ -115,9 +115,10 @@ class FastPath:
         projections, same bits out), for fp32 where the output is at least :data:`ONEDNN_FP32_MIN_OUT_BYTES`: there
         ``F.linear`` (MKL's addmm) first copies the bias into the fresh output and the residual costs one more pass,
         and oneDNN measured 1.1–1.7× faster (1.2–1.8× with the residual) on the stage-1/2 projections at 512² and
-        up; below it the two were within ±15% either way. Everything else is ``F.linear``, the residual added in
-        place into its fresh output rather than into a new tensor (fp addition commutes: the bits are the
-        reference's ``residual + out``)."""
+        up; below it the two were within ±15% either way, except under weights of at least
+        :data:`ONEDNN_FP32_MIN_WEIGHT_BYTES` (the C = 512 stage), where oneDNN also wins. Everything else is
+        ``F.linear``, the residual added in place into its fresh output rather than into a new tensor (fp addition
+        commutes: the bits are the reference's ``residual + out``)."""
         weight, bias = weights()
         if (
             torch.compiler.is_compiling()  # first: the checks below are not traceable
@@ -141,6 +142,11 @@ class FastPath:
 
 # fp32 linears whose output (rows × out features) is at least this many bytes run on oneDNN (see FastPath._linear).
 ONEDNN_FP32_MIN_OUT_BYTES = 2 << 20
+# ... and those whose weight is at least this many bytes, whatever their rows: the C = 512 last stage's projections
+# (512×512, 1024×512) measured 1.4-1.7x faster on oneDNN over 49 rows (224²; MKL's addmm then runs them on one
+# thread), 1.15-1.2x over 64, 1.0-1.1x over 98-1024 (2 threads, interleaved; 0.8 MB weights, 320×640, stay on
+# F.linear: 0.91-0.95x).
+ONEDNN_FP32_MIN_WEIGHT_BYTES = 1 << 20
 
 
 def onednn_takes(dtype: torch.dtype) -> bool:
@@ -150,12 +156,17 @@ def onednn_takes(dtype: torch.dtype) -> bool:
 
 def _onednn_linear(x: torch.Tensor, out_features: int) -> bool:
     """Whether the fast path's linear on CPU tensor ``x`` goes to oneDNN's prepacked linear (measured rule): bf16
-    wherever oneDNN takes it, fp32 from ONEDNN_FP32_MIN_OUT_BYTES of output up."""
+    wherever oneDNN takes it, fp32 from ONEDNN_FP32_MIN_OUT_BYTES of output or ONEDNN_FP32_MIN_WEIGHT_BYTES of
+    weight up."""
     if not onednn_takes(x.dtype):
         return False
     if x.dtype == torch.bfloat16:
         return True
-    return x.shape[-1] > 0 and x.numel() // x.shape[-1] * out_features * x.element_size() >= ONEDNN_FP32_MIN_OUT_BYTES
+    if x.shape[-1] == 0:
+        return False
+    if x.shape[-1] * out_features * x.element_size() >= ONEDNN_FP32_MIN_WEIGHT_BYTES:
+        return True
+    return x.numel() // x.shape[-1] * out_features * x.element_size() >= ONEDNN_FP32_MIN_OUT_BYTES
 
 
 @functools.lru_cache(maxsize=None)
