@@ -60,6 +60,8 @@ LayerNormRowsFn layer_norm_rows() { return PVT_FOR_ACTIVE_ISA(layer_norm_rows); 
 AttentionGeometryFn attention_geometry() { return PVT_FOR_ACTIVE_ISA(attention_geometry); }
 AttentionPackFn attention_pack() { return PVT_FOR_ACTIVE_ISA(attention_pack); }
 AttentionRowsFn attention_rows() { return PVT_FOR_ACTIVE_ISA(attention_rows); }
+SrConvTileFn sr_conv_tile() { return PVT_FOR_ACTIVE_ISA(sr_conv_tile); }
+SrConvRowsFn sr_conv_rows() { return PVT_FOR_ACTIVE_ISA(sr_conv_rows); }
 UpsampleArgmaxRowFn upsample_argmax_row() { return PVT_FOR_ACTIVE_ISA(upsample_argmax_row); }
 UpsampleAccumulateRowFn upsample_accumulate_row() { return PVT_FOR_ACTIVE_ISA(upsample_accumulate_row); }
 }  // namespace cpu
@@ -271,6 +273,52 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
   return out.scalar_type() == dtype ? out : out.to(dtype);
 }
 
+// ------------------------------------------------------------------------------------------ spatial-reduction conv
+// Stride-s s×s conv of a token map (cpu/sr_conv.h), fp32: tasks of output pixels × 32-channel blocks in parallel.
+// `packed` is the (ceil(Co / 32), s·s·Ci, 32) weight (ops.sr_conv_pack); without it the weight is packed here.
+static at::Tensor pack_sr_weight(const at::Tensor& weight) {
+  const int64_t co = weight.size(0), ci = weight.size(1), s = weight.size(2), k = s * s * ci, blocks = (co + 31) / 32;
+  const at::Tensor w = weight.contiguous();
+  at::Tensor packed = at::zeros({blocks, k, 32}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  for (int64_t o = 0; o < co; ++o)
+    for (int64_t c = 0; c < ci; ++c)
+      for (int64_t t = 0; t < s * s; ++t)  // t = kh·s + kw; K index (kh, kw, ci)
+        dst[((o / 32) * k + t * ci + c) * 32 + o % 32] = src[(o * ci + c) * s * s + t];
+  return packed;
+}
+
+at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       int64_t height, int64_t width, const c10::optional<at::Tensor>& packed_in) {
+  constexpr const char* op = "sr_conv";
+  checks::sr_conv(x_in, weight, bias, height, width, packed_in);
+  CHECK_DEVICE(x_in, at::kCPU);
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, op, ": the CPU kernel computes float32 only, got ",
+              x_in.scalar_type());
+  const int64_t B = x_in.size(0), ci = x_in.size(2), co = weight.size(0), s = weight.size(2);
+  const int64_t ho = height / s, wo = width / s, m = ho * wo;
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty({B, m, co}, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor packed = packed_in.has_value() ? packed_in->contiguous() : pack_sr_weight(weight);
+  const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : c10::nullopt;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = packed.data_ptr<float>();
+  const float* bp = b.has_value() ? b->data_ptr<float>() : nullptr;
+  float* op_ = out.data_ptr<float>();
+  const cpu::SrConvTileFn tile = cpu::sr_conv_tile();
+  const int64_t rows = cpu::sr_conv_rows()(), tiles = (m + rows - 1) / rows, blocks = (co + 31) / 32;
+  at::parallel_for(0, B * tiles * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t img = t / (tiles * blocks), tl = t / blocks % tiles, cb = t % blocks;
+      const int64_t p0 = tl * rows, np = std::min(rows, m - p0);
+      tile(xp + img * height * width * ci, wp, bp, op_ + img * m * co, width, ci, co, s, wo, p0, np, cb);
+    }
+  });
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------ conv FFN
 at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
                         const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
@@ -315,6 +363,12 @@ at::Tensor conv_ffn_meta(const at::Tensor& x, const at::Tensor& fc1_weight, cons
                          int64_t width, bool) {
   checks::conv_ffn(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width);
   return at::empty({x.size(0), x.size(1), fc2_weight.size(0)}, x.options());
+}
+at::Tensor sr_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        int64_t height, int64_t width, const c10::optional<at::Tensor>& packed) {
+  checks::sr_conv(x, weight, bias, height, width, packed);
+  const int64_t s = weight.size(2);
+  return at::empty({x.size(0), (height / s) * (width / s), weight.size(0)}, x.options());
 }
 at::Tensor linear_sra_pool_meta(const at::Tensor& x, int64_t height, int64_t width, int64_t pool_size) {
   checks::linear_sra_pool(x, height, width, pool_size);
@@ -363,6 +417,7 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
       "conv_ffn(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor dw_weight, Tensor? dw_bias, Tensor fc2_weight, "
       "Tensor? fc2_bias, int height, int width, bool relu_input) -> Tensor");
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  m.def("sr_conv(Tensor x, Tensor weight, Tensor? bias, int height, int width, Tensor? packed) -> Tensor");
   m.def("sra_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
   m.def("fp_exception_flags(bool clear) -> int", &pvtv2::fp_exception_flags);
@@ -378,6 +433,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
   m.impl("linear_sra_pool", &pvtv2::linear_sra_pool_cpu);
   m.impl("layer_norm", &pvtv2::layer_norm_cpu);
   m.impl("sra_attention", &pvtv2::sra_attention_cpu);
+  m.impl("sr_conv", &pvtv2::sr_conv_cpu);
   // The conv FFN's GEMMs need a BLAS; without one the op has no CPU kernel and Python uses the composition.
   if (pvtv2::cpu::has_sgemm()) m.impl("conv_ffn", &pvtv2::conv_ffn_cpu);
 }
@@ -388,6 +444,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
   m.impl("conv_ffn", &pvtv2::conv_ffn_meta);
   m.impl("layer_norm", &pvtv2::layer_norm_meta);
   m.impl("sra_attention", &pvtv2::sra_attention_meta);
+  m.impl("sr_conv", &pvtv2::sr_conv_meta);
 }
 
 // Importable as pvtv2_fast._C; importing it runs the registrations above.

@@ -53,6 +53,13 @@ using AttentionPackFn = void (*)(const void* k, int64_t k_stride, const void* v,
 using AttentionRowsFn = void (*)(const void* q, int64_t q_stride, Elem elem, int64_t n_rows, const float* packed,
                                  int64_t M, int64_t D, float qscale, void* out, int64_t out_stride, float* scratch);
 
+// The spatial-reduction conv (sr_conv.h): output pixels [p0, p0 + np) (np <= sr_conv_rows()) × output channels
+// [32·cb, 32·cb + 32) ∩ [0, Co) of one image: x its (H·W, Ci) fp32 tokens (map width `width`), packed the
+// (ceil(Co / 32), s·s·Ci, 32) weight, bias Co floats or nullptr, out its (Ho·Wo, Co) tokens (output width Wo).
+using SrConvTileFn = void (*)(const float* x, const float* packed, const float* bias, float* out, int64_t width,
+                              int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t np, int64_t cb);
+using SrConvRowsFn = int64_t (*)();
+
 #define PVT_DECLARE_ENTRY_POINTS(SUFFIX)                                                                            \
   void dwconv_gelu_row_##SUFFIX(const void* const*, Elem, const float*, const float*, void*, Elem, int64_t, int64_t, \
                                 bool);                                                                             \
@@ -66,6 +73,9 @@ using AttentionRowsFn = void (*)(const void* q, int64_t q_stride, Elem elem, int
                                int64_t, float*);                                                                   \
   void upsample_argmax_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*, int64_t,  \
                                     int64_t, int64_t, float*, float*, int32_t*);                                   \
+  void sr_conv_tile_##SUFFIX(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,    \
+                             int64_t, int64_t, int64_t, int64_t);                                                  \
+  int64_t sr_conv_rows_##SUFFIX();                                                                                 \
   void upsample_accumulate_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*,      \
                                         int64_t, int64_t, int64_t, float*, float*);
 PVT_DECLARE_ENTRY_POINTS(default)
@@ -82,6 +92,8 @@ DwconvGeluRowFn dwconv_gelu_row();
 LinearSraPoolCellFn linear_sra_pool_cell();
 RoundToBf16Fn round_to_bf16();
 LayerNormRowsFn layer_norm_rows();
+SrConvTileFn sr_conv_tile();
+SrConvRowsFn sr_conv_rows();
 AttentionGeometryFn attention_geometry();
 AttentionPackFn attention_pack();
 AttentionRowsFn attention_rows();

@@ -363,8 +363,8 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
 }  // namespace pvtv2
 
 // The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>,
-// layer_norm_rows_<SUFFIX>, round_to_bf16_<SUFFIX>, the attention's (attention.h) and the resampling rows
-// (resample.h), run with policy OPS.
+// layer_norm_rows_<SUFFIX>, round_to_bf16_<SUFFIX>, the attention's (attention.h), the spatial-reduction conv's
+// (sr_conv.h) and the resampling rows (resample.h), run with policy OPS.
 #define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
   namespace pvtv2 {                                                                                                \
   namespace cpu {                                                                                                  \
@@ -399,6 +399,11 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
                                     int32_t* labels) {                                                             \
     PVT_ISA::upsample_argmax_row_impl<PVT_ISA::OPS>(s0, s1, w0, w1, ci, cw, W_in, W_out, L, tmp, v, labels);       \
   }                                                                                                                \
+  void sr_conv_tile_##SUFFIX(const float* x, const float* packed, const float* bias, float* out, int64_t width,       \
+                             int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t np, int64_t cb) {    \
+    PVT_ISA::sr_conv_tile_impl<PVT_ISA::OPS>(x, packed, bias, out, width, Ci, Co, s, Wo, p0, np, cb);               \
+  }                                                                                                                \
+  int64_t sr_conv_rows_##SUFFIX() { return PVT_ISA::sr_conv_rows_impl<PVT_ISA::OPS>(); }                           \
   void upsample_accumulate_row_##SUFFIX(const float* s0, const float* s1, float w0, float w1, const int64_t* ci,     \
                                         const float* cw, int64_t W_in, int64_t W_out, int64_t C, float* tmp,       \
                                         float* out) {                                                              \

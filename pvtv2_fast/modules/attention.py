@@ -76,10 +76,21 @@ class SpatialReductionAttention(FastPath, nn.Module):
             )
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
+            if self._cpu_sr_conv(hidden_states):
+                conv = self.spatial_reduction
+                packed = self._inference_cache("sr_conv_pack", (conv.weight,), lambda: ops.sr_conv_pack(conv.weight))
+                reduced = ops.sr_conv(hidden_states, conv.weight, conv.bias, height, width, packed, self.op_backend)
+                return self.layer_norm(reduced)
             grid = token_map(hidden_states, height, width, channels_last=self.fast)
             reduced = self._conv2d("sr", grid, self.spatial_reduction) if self.fast else self.spatial_reduction(grid)
             return self.layer_norm(reduced.flatten(2).transpose(1, 2))
         return hidden_states
+
+    def _cpu_sr_conv(self, x: torch.Tensor) -> bool:
+        """Whether the spatial reduction runs the C++ ``ops.sr_conv`` (fp32 CPU tensors in fast mode, on the "auto" or
+        "cpu" backend): 1.1-4x oneDNN's convolution over 224²'s few output pixels, 1.0-1.5x at 512² (README, "CPU
+        spatial-reduction conv"). bf16 keeps oneDNN's (AMX) convolution, other devices theirs (:meth:`_conv2d`)."""
+        return self.fast and self.op_backend in ("auto", "cpu") and x.device.type == "cpu" and x.dtype == torch.float32
 
     def key_value(self, reduced: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(B, M, C)`` → keys and values ``(B, M, C)``. Fast mode projects both with one packed GEMM (the

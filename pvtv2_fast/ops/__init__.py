@@ -10,6 +10,7 @@ from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .layer_norm import layer_norm, layer_norm_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
 from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
+from .sr_conv import sr_conv, sr_conv_pack, sr_conv_reference
 from .sra_attention import sra_attention, sra_attention_reference
 from .upsample_accumulate import upsample_accumulate, upsample_accumulate_reference
 from .upsample_argmax import upsample_argmax, upsample_argmax_reference
@@ -29,6 +30,9 @@ __all__ = [
     "linear_sra_pool_reference",
     "reset_warnings",
     "simulate",
+    "sr_conv",
+    "sr_conv_pack",
+    "sr_conv_reference",
     "sra_attention",
     "sra_attention_reference",
     "triton_status",

@@ -121,6 +121,14 @@ def _attn(dev, m=4, **kw):
     return "sra_attention", tuple(a.values())
 
 
+def _src(dev, s=2, **kw):
+    """sr_conv arguments: (x, weight, bias, height, width, packed) for a 5×9 map of 8 channels, 12 out channels."""
+    a = {"x": torch.randn(2, 45, 8, device=dev), "weight": torch.randn(12, 8, s, s, device=dev), "bias": None}
+    a.update({"height": 5, "width": 9, "packed": None})
+    a.update(kw)
+    return "sr_conv", tuple(a.values())
+
+
 def _x(dev, *shape, dtype=torch.float32):
     return torch.randn(*shape, device=dev).to(dtype)
 
@@ -326,6 +334,18 @@ BAD_INPUT = [
     ("attn-v-dtype", lambda d, o: _attn(d, v=_x(d, 2, 4, 8, dtype=torch.half)), E, "v must have q's dtype"),
     ("attn-k-device", lambda d, o: _attn(d, k=_x(o, 2, 4, 8)), E, "k must be on q's device"),
     ("attn-scale-nan", lambda d, o: _attn(d, scale=float("nan")), E, "scale must be finite"),
+    # ---- sr_conv
+    ("src-x-2d", lambda d, o: _src(d, x=_x(d, 45, 8)), E, "sr_conv: x must be (B, N, C) tokens"),
+    ("src-x-int", lambda d, o: _src(d, x=torch.ones(2, 45, 8, dtype=torch.long, device=d)), E, "got Long"),
+    ("src-not-a-map", lambda d, o: _src(d, height=4), E, "45 tokens are not a 4x9 map"),
+    ("src-weight-3d", lambda d, o: _src(d, weight=_x(d, 12, 8, 2)), E, "weight must have 4 dimensions"),
+    ("src-weight-rect", lambda d, o: _src(d, weight=_x(d, 12, 8, 2, 3)), E, "weight must be (Co, Ci, s, s)"),
+    ("src-weight-channels", lambda d, o: _src(d, weight=_x(d, 12, 7, 2, 2)), E, "weight must be (12, 8, 2, 2)"),
+    ("src-kernel-too-big", lambda d, o: _src(d, s=6), E, "a 6x6 kernel does not fit in a 5x9 map"),
+    ("src-bias-shape", lambda d, o: _src(d, bias=_x(d, 11)), E, "bias must be (12,), got (11,)"),
+    ("src-weight-dtype", lambda d, o: _src(d, weight=_x(d, 12, 8, 2, 2, dtype=torch.half)), E, "weight must have"),
+    ("src-weight-device", lambda d, o: _src(d, weight=_x(o, 12, 8, 2, 2)), E, "weight must be on x's device"),
+    ("src-packed-shape", lambda d, o: _src(d, packed=_x(d, 1, 32, 16)), E, "packed must be (1, 32, 32), got"),
 ]
 
 
@@ -350,8 +370,15 @@ def test_every_op_is_covered():
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: _dw("cpu"), lambda: _pool("cpu"), lambda: _ffn("cpu"), lambda: _ln("cpu"), lambda: _attn("cpu")],
-    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm", "sra_attention"],
+    [
+        lambda: _dw("cpu"),
+        lambda: _pool("cpu"),
+        lambda: _ffn("cpu"),
+        lambda: _ln("cpu"),
+        lambda: _attn("cpu"),
+        lambda: _src("cpu"),
+    ],
+    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm", "sra_attention", "sr_conv"],
 )
 def test_sparse_input_is_refused_by_the_dispatcher(make):
     """Layouts other than dense never reach a kernel: no kernel is registered for them."""

@@ -51,6 +51,11 @@ def test_every_isa_path_matches(cap):
         "    a = (ops.sra_attention(q, kv[..., :c], kv[..., c:], h, backend='cpu') - ops.sra_attention_reference("
         "q, kv[..., :c], kv[..., c:], h, (c // h) ** -0.5)).abs().max().item()\n"
         "    assert a < 1e-5 * s, (n, m, c, a)  # s-fold scores round s-fold coarser\n"
+        "# sr_conv: channel blocks with tails (37, 70 out), pixel counts off each path's register tile, s = 1..4\n"
+        "for ci, co, hh, ww, s in ((5, 37, 9, 10, 3), (16, 70, 13, 17, 4), (7, 33, 6, 5, 1), (40, 64, 8, 8, 2)):\n"
+        "    x, w, b = torch.randn(2, hh * ww, ci), torch.randn(co, ci, s, s) / (s * s * ci) ** 0.5, torch.randn(co)\n"
+        "    r = (ops.sr_conv(x, w, b, hh, ww, backend='cpu') - ops.sr_conv_reference(x, w, b, hh, ww)).abs().max()\n"
+        "    assert r.item() < 1e-5, (ci, co, s, r.item())\n"
         "from pvtv2_fast.streaming import LinearAxis\n"
         "ax = [LinearAxis.build(i, o) for i, o in ((6, 23), (7, 29))]\n"
         "taps = [t for a in ax for t in a.taps()]\n"
@@ -130,6 +135,7 @@ def test_kernels_make_no_subnormals_on_ordinary_data(cap):
         check("dwconv_gelu", lambda: ops.dwconv_gelu(x, w, b, 7, 9, True, backend="cpu"))
         check("layer_norm", lambda: ops.layer_norm(x, w[:, 0, 0, 0], b, 1e-6, backend="cpu"))
         check("linear_sra_pool", lambda: ops.linear_sra_pool(x, 7, 9, backend="cpu"))
+        check("sr_conv", lambda: ops.sr_conv(x, 0.1 * torch.randn(37, 40, 2, 2), b[:37], 7, 9, backend="cpu"))
         a = [0.2 * torch.randn(*s) for s in ((72, 40), (72,), (72, 1, 3, 3), (72,), (40, 72), (40,))]
         check("conv_ffn", lambda: ops.conv_ffn(x, *a, 7, 9, False, backend="cpu"))
         print("ok")

@@ -47,10 +47,19 @@ def test_every_op_has_a_reference_and_only_known_backends():
         "upsample_argmax",
         "upsample_accumulate",
         "layer_norm",
+        "sr_conv",
     }
     for op in OPS.values():
         assert callable(op.reference)
         assert set(op.available()) <= set(ops.BACKENDS) - {"auto"}
+
+
+def test_sr_conv_auto_takes_the_cpp_kernel_for_fp32_only():
+    """The C++ spatial-reduction conv computes fp32; bf16 / fp16 stay with the reference (oneDNN's convolution)."""
+    for dtype, chosen in ((torch.float32, "cpu"), (torch.bfloat16, "torch"), (torch.float16, "torch")):
+        args = (torch.randn(1, 16, 4, dtype=dtype), torch.randn(8, 4, 2, 2, dtype=dtype), None, 4, 4, None)
+        assert OPS["sr_conv"].resolve("auto", args) == chosen, dtype
+    assert OPS["sr_conv"].resolve("triton", args) == "torch"  # cuDNN / oneDNN's conv stands in
 
 
 def test_cpu_auto_takes_the_cpp_kernel_and_sdpa_for_attention():

@@ -54,6 +54,14 @@ def _samples():
         "pvtv2_fast_C.conv_ffn": (randn(2, 45, 16, device="cpu"), *ffn, 5, 9, True),
         "pvtv2_fast_C.layer_norm": (x, randn(x.shape[2], device="cpu"), randn(x.shape[2], device="cpu", seed=2), 1e-6),
         "pvtv2_fast_C.sra_attention": (randn(1, 20, 64, device="cpu"), kv[..., :64], kv[..., 64:], 2, 0.125),
+        "pvtv2_fast_C.sr_conv": (
+            randn(2, 45, 16, device="cpu"),
+            randn(40, 16, 2, 2, device="cpu", scale=0.25),
+            randn(40, device="cpu"),
+            5,
+            9,
+            None,
+        ),
     }
 
 

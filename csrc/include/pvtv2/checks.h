@@ -147,6 +147,31 @@ inline void layer_norm(const at::Tensor& x, const c10::optional<at::Tensor>& wei
   CHECK_SHAPE(bias, x.size(2));
 }
 
+// x (B, H·W, Ci) tokens of an H×W map; weight (Co, Ci, s, s), s >= 1, no larger than the map; bias (Co,);
+// packed (ceil(Co / 32), s·s·Ci, 32), the weight as ops.sr_conv_pack lays it out.
+inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                    int64_t height, int64_t width, const c10::optional<at::Tensor>& packed) {
+  const char* op = "sr_conv";
+  CHECK_STRIDED(x);
+  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, N, C) tokens, got ", shape_str(x.sizes()));
+  CHECK_KERNEL_DTYPE(x);
+  TORCH_CHECK(height >= 1 && width >= 1, op, ": height and width must be >= 1, got ", height, "x", width);
+  const int64_t n = x.size(1);
+  TORCH_CHECK(n % height == 0 && n / height == width, op, ": ", n, " tokens are not a ", height, "x", width, " map");
+  CHECK_LIKE(weight, x);
+  CHECK_DIM(weight, 4);
+  const int64_t s = weight.size(2);
+  TORCH_CHECK(s >= 1 && weight.size(3) == s, op, ": weight must be (Co, Ci, s, s) with s >= 1, got ",
+              shape_str(weight.sizes()));
+  CHECK_SHAPE(weight, weight.size(0), x.size(2), s, s);
+  TORCH_CHECK(s <= height && s <= width, op, ": a ", s, "x", s, " kernel does not fit in a ", height, "x", width,
+              " map");
+  CHECK_LIKE(bias, x);
+  CHECK_SHAPE(bias, weight.size(0));
+  CHECK_LIKE(packed, x);
+  CHECK_SHAPE(packed, (weight.size(0) + 31) / 32, s * s * x.size(2), 32);
+}
+
 // q (B, N, C) queries; k and v (B, M, C) keys and values (any strides, e.g. views into one (B, M, 2C) projection);
 // num_heads divides C; M >= 1; the scale finite.
 inline void sra_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,

@@ -1,0 +1,81 @@
+"""``sr_conv(x, weight, bias, height, width)``: the spatial-reduction conv of SRA, a stride-s s×s conv (no padding)
+of a token map, tokens in and tokens out."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checks import check_params, check_token_map
+from .registry import define, register_native
+
+# Output channels per block of the packed weight (sr_conv_pack; csrc/cpu/sr_conv.h).
+PACK_BLOCK = 32
+
+
+def sr_conv_reference(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int, packed: Optional[Tensor] = None
+) -> Tensor:
+    """``F.conv2d`` on the channels-last view of the tokens (what the fast path ran before this op; oneDNN's
+    convolution on CPU), back to ``(B, M, Co)`` tokens. ``packed`` is not used."""
+    b, _, c = x.shape
+    s = weight.shape[2]
+    grid = x.reshape(b, height, width, c).permute(0, 3, 1, 2)
+    return F.conv2d(grid, weight, bias, stride=s).flatten(2).transpose(1, 2)
+
+
+def sr_conv_pack(weight: Tensor) -> Tensor:
+    """The ``(Co, Ci, s, s)`` conv weight as the C++ kernel streams it: ``(ceil(Co / 32), s·s·Ci, 32)``, the window's
+    values in (kh, kw, ci) order, zero past Co. Derived from the weight: modules cache it for inference."""
+    co, ci, s, _ = weight.shape
+    blocks = -(-co // PACK_BLOCK)
+    k_major = weight.permute(2, 3, 1, 0).reshape(s * s * ci, co)  # (K, Co)
+    padded = F.pad(k_major, (0, blocks * PACK_BLOCK - co))
+    return padded.reshape(s * s * ci, blocks, PACK_BLOCK).transpose(0, 1).contiguous()
+
+
+def _cpu_slower(args: Sequence) -> bool:
+    """The C++ kernel computes fp32 only: bf16 / fp16 keep oneDNN's convolution (its AMX path in bf16)."""
+    return args[0].dtype != torch.float32
+
+
+OP = define("sr_conv", sr_conv_reference, stand_ins={"triton": "torch", "cuda": "torch"})
+register_native(OP, "sr_conv", 3, 3, devices=("cpu",), slower=_cpu_slower)
+
+
+def sr_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    height: int,
+    width: int,
+    packed: Optional[Tensor] = None,
+    backend: str = "auto",
+) -> Tensor:
+    """x: ``(B, H·W, Ci)`` tokens of an H×W map; weight ``(Co, Ci, s, s)``, bias ``(Co,)`` or None. Returns the
+    ``(B, ⌊H/s⌋·⌊W/s⌋, Co)`` tokens of ``conv2d(map, weight, bias, stride=s)`` (rows and columns past the last whole
+    window are dropped, as the conv does). ``packed``: :func:`sr_conv_pack` of the weight, cached by the caller
+    (the C++ kernel packs it per call otherwise).
+
+    ``"cpu"``: a C++ kernel (fp32) whose register tiles of output pixels × 32 channels read each window's rows in
+    place (channels-last: s·Ci contiguous values per kernel row). On CUDA, cuDNN's convolution stands in.
+    """
+    check_token_map("sr_conv", x, height, width)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"sr_conv: weight must be (Co, Ci, s, s), got {getattr(weight, 'shape', type(weight))}")
+    co, ci, s, _ = weight.shape
+    if s < 1 or s > height or s > width:
+        raise ValueError(f"sr_conv: a {s}×{s} kernel does not fit in a {height}×{width} map")
+    check_params(
+        "sr_conv",
+        x,
+        {
+            "weight": (weight, (co, x.shape[2], s, s)),
+            "bias": (bias, (co,)),
+            "packed": (packed, (-(-co // PACK_BLOCK), s * s * ci, PACK_BLOCK)),
+        },
+    )
+    return OP(backend, x, weight, bias, height, width, packed)

@@ -1,0 +1,131 @@
+"""``ops.sr_conv``, the spatial-reduction conv (stride-s s×s conv of a token map), on every fused backend this
+machine has (the C++ CPU kernel, fp32), against ``F.conv2d``; and the attention module's use of it."""
+
+import pytest
+import torch
+from op_cases import IMAGE, close, fused_backends, randn, require
+
+from pvtv2_fast import PvtV2Config, ops, preset_names
+from pvtv2_fast.validation import stage_shapes
+
+BACKENDS = fused_backends("sr_conv")
+
+
+def _cases():
+    """Every distinct (channels, sr_ratio) of the presets' SRA stages at the odd, non-square IMAGE (25×33 → 4×5)."""
+    seen, cases = set(), []
+    for preset in preset_names():
+        for i, s in enumerate(stage_shapes(PvtV2Config.from_preset(preset), *IMAGE)):
+            if s.sr_ratio > 1 and not s.linear and (s.channels, s.sr_ratio) not in seen:
+                seen.add((s.channels, s.sr_ratio))
+                cases.append((f"{preset}-stage{i + 1}", s.channels, s.sr_ratio, s.height, s.width))
+    return cases
+
+
+CASES = _cases()
+
+
+def _check(backend, device, x, weight, bias, h, w, packed=None, what="sr_conv"):
+    require("sr_conv", backend, (x, weight, bias, h, w, packed))
+    out = ops.sr_conv(x, weight, bias, h, w, packed, backend=backend)
+    close(out, ops.sr_conv_reference(x, weight, bias, h, w), torch.float32, what)
+    return out
+
+
+# Weights of a trained conv's scale (std 1 / sqrt(K)), so outputs are of order one: fp32 sums over K = s·s·Ci
+# <= 4096 products, ~1e-6 apart by summation order.
+def _weight(co, ci, s, seed=1, device="cpu"):
+    return randn(co, ci, s, s, seed=seed, scale=(s * s * ci) ** -0.5, device=device)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_preset_stages(backend, device, case, batch):
+    """Every preset's (channels, sr_ratio), on maps that are not multiples of s (the last partial window dropped);
+    with the cached packed weight and without it (packed per call)."""
+    _, c, s, h, w = case
+    x, weight, bias = randn(batch, h * w, c, seed=c, device=device), _weight(c, c, s, device=device), randn(c)
+    _check(backend, device, x, weight, bias.to(device), h, w, what=case[0])
+    _check(backend, device, x, weight, bias.to(device), h, w, ops.sr_conv_pack(weight), what=case[0] + " packed")
+
+
+@pytest.mark.parametrize(
+    "b,ci,co,h,w,s",
+    [(1, 1, 1, 1, 1, 1), (3, 5, 37, 9, 10, 3), (2, 7, 33, 13, 6, 2), (1, 64, 64, 56, 56, 8), (1, 3, 100, 4, 4, 4)],
+)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_odd_shapes(backend, device, b, ci, co, h, w, s, bias):
+    """Channel counts off the 32-channel blocks (masked tails), pixel counts off the register tiles, s = 1 (a
+    1×1 conv), one output pixel, a whole 224² stage-1 map; with and without bias."""
+    x = randn(b, h * w, ci, seed=h * w, device=device)
+    _check(backend, device, x, _weight(co, ci, s, device=device), randn(co, device=device) if bias else None, h, w)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_strided_input(backend, device):
+    x = randn(2, 30, 24, seed=3, device=device)[:, :, 4:20]  # a channel slice: row stride 24, not 16
+    _check(backend, device, x, _weight(16, 16, 2, device=device), None, 5, 6)
+
+
+def test_pack_layout():
+    """(ceil(Co / 32), s·s·Ci, 32): block b, row (kh·s + kw)·Ci + ci, lane o holds weight[32·b + o, ci, kh, kw]."""
+    weight = torch.randn(40, 3, 2, 2)
+    packed = ops.sr_conv_pack(weight)
+    assert packed.shape == (2, 12, 32) and packed.is_contiguous()
+    for o, ci, kh, kw in ((0, 0, 0, 0), (33, 2, 1, 0), (39, 1, 0, 1), (31, 2, 1, 1)):
+        assert packed[o // 32, (kh * 2 + kw) * 3 + ci, o % 32] == weight[o, ci, kh, kw]
+    assert not packed[1, :, 8:].any()  # zero past Co
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradients_are_the_references(backend, device):
+    x = randn(2, 20, 6, seed=8, device=device).requires_grad_()
+    weight, bias = _weight(10, 6, 2, device=device).requires_grad_(), randn(10, device=device).requires_grad_()
+    grad = randn(2, 4, 10, seed=11, device=device)
+    got = torch.autograd.grad(ops.sr_conv(x, weight, bias, 4, 5, backend=backend), [x, weight, bias], grad)
+    expected = torch.autograd.grad(ops.sr_conv_reference(x, weight, bias, 4, 5), [x, weight, bias], grad)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_compile_and_export_keep_the_fused_node(backend, device):
+    x, weight, bias = randn(1, 35, 16, seed=12, device=device), _weight(24, 16, 2, device=device), None
+
+    class SR(torch.nn.Module):
+        def forward(self, t):
+            return ops.sr_conv(t, weight, bias, 5, 7, ops.sr_conv_pack(weight), backend=backend)
+
+    torch.testing.assert_close(torch.compile(SR(), fullgraph=True, backend="eager")(x), SR()(x))
+    exported = torch.export.export(SR(), (x,))
+    assert [n for n in exported.graph.nodes if "pvtv2_fast_C.sr_conv" in str(n.target)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_attention_runs_it_for_fp32_on_cpu_and_caches_the_packing(dtype):
+    """Fast mode's SRA reduces fp32 CPU maps through ops.sr_conv with the packed weight cached (re-packed after
+    load_state_dict); bf16 keeps oneDNN's convolution. Either way within the reference's tolerance."""
+    from pvtv2_fast.modules import SpatialReductionAttention
+
+    torch.manual_seed(0)
+    attn = SpatialReductionAttention(64, 2, sr_ratio=4).eval().to(dtype)
+    x = torch.randn(2, 13 * 17, 64, dtype=dtype)
+    with torch.no_grad():
+        ref = attn(x, 13, 17)[0]
+        attn.fast = True
+        calls = []
+        real = ops.sr_conv
+        try:
+            ops.sr_conv = lambda *a, **k: calls.append(1) or real(*a, **k)
+            out = attn(x, 13, 17)[0]
+        finally:
+            ops.sr_conv = real
+        assert bool(calls) == (dtype == torch.float32)
+        assert ("sr_conv_pack" in attn.__dict__.get("_inference_caches", {})) == (dtype == torch.float32)
+        tol = 1e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
+        other = SpatialReductionAttention(64, 2, sr_ratio=4).eval().to(dtype)
+        attn.load_state_dict(other.state_dict())
+        torch.testing.assert_close(attn(x, 13, 17)[0].float(), other(x, 13, 17)[0].float(), atol=tol, rtol=tol)
