@@ -152,12 +152,7 @@ inline void layer_norm(const at::Tensor& x, const c10::optional<at::Tensor>& wei
 inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                     int64_t height, int64_t width, const c10::optional<at::Tensor>& packed) {
   const char* op = "sr_conv";
-  CHECK_STRIDED(x);
-  TORCH_CHECK(x.dim() == 3, op, ": x must be (B, N, C) tokens, got ", shape_str(x.sizes()));
-  CHECK_KERNEL_DTYPE(x);
-  TORCH_CHECK(height >= 1 && width >= 1, op, ": height and width must be >= 1, got ", height, "x", width);
-  const int64_t n = x.size(1);
-  TORCH_CHECK(n % height == 0 && n / height == width, op, ": ", n, " tokens are not a ", height, "x", width, " map");
+  token_map(op, x, height, width);
   CHECK_LIKE(weight, x);
   CHECK_DIM(weight, 4);
   const int64_t s = weight.size(2);
