@@ -274,38 +274,25 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
 }
 
 // ------------------------------------------------------------------------------------------ spatial-reduction conv
-// Stride-s s×s conv of a token map (cpu/sr_conv.h), fp32: tasks of output pixels × 32-channel blocks in parallel.
-// `packed` is the (ceil(Co / 32), s·s·Ci, 32) weight (ops.sr_conv_pack); without it the weight is packed here.
-static at::Tensor pack_sr_weight(const at::Tensor& weight) {
-  const int64_t co = weight.size(0), ci = weight.size(1), s = weight.size(2), k = s * s * ci, blocks = (co + 31) / 32;
-  const at::Tensor w = weight.contiguous();
-  at::Tensor packed = at::zeros({blocks, k, 32}, w.options());
-  const float* src = w.data_ptr<float>();
-  float* dst = packed.data_ptr<float>();
-  for (int64_t o = 0; o < co; ++o)
-    for (int64_t c = 0; c < ci; ++c)
-      for (int64_t t = 0; t < s * s; ++t)  // t = kh·s + kw; K index (kh, kw, ci)
-        dst[((o / 32) * k + t * ci + c) * 32 + o % 32] = src[(o * ci + c) * s * s + t];
-  return packed;
-}
-
+// Stride-s s×s conv of a token map (cpu/sr_conv.h): tasks of output pixels × 32-channel blocks in parallel, in fp32
+// (bf16 / fp16 through fp32 copies). `packed` is the (ceil(Co / 32), s·s·Ci, 32) weight as ops.sr_conv_pack lays
+// it out (the one place that knows the layout; the Python op packs it when the caller did not).
 at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                       int64_t height, int64_t width, const c10::optional<at::Tensor>& packed_in) {
+                       int64_t height, int64_t width, const at::Tensor& packed_in) {
   constexpr const char* op = "sr_conv";
   checks::sr_conv(x_in, weight, bias, height, width, packed_in);
   CHECK_DEVICE(x_in, at::kCPU);
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat, op, ": the CPU kernel computes float32 only, got ",
-              x_in.scalar_type());
   const int64_t B = x_in.size(0), ci = x_in.size(2), co = weight.size(0), s = weight.size(2);
   const int64_t ho = height / s, wo = width / s, m = ho * wo;
-  const at::Tensor x = x_in.contiguous();
+  const auto dtype = x_in.scalar_type();
+  const at::Tensor x = as_dtype(x_in, at::kFloat);
   at::Tensor out = at::empty({B, m, co}, x.options());
-  if (out.numel() == 0) return out;
-  const at::Tensor packed = packed_in.has_value() ? packed_in->contiguous() : pack_sr_weight(weight);
-  const c10::optional<at::Tensor> b = bias.has_value() ? c10::optional<at::Tensor>(bias->contiguous()) : c10::nullopt;
+  if (out.numel() == 0) return out.to(dtype);
+  const at::Tensor packed = as_dtype(packed_in, at::kFloat);
+  const std::vector<float> b = as_floats(bias);
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
-  const float* bp = b.has_value() ? b->data_ptr<float>() : nullptr;
+  const float* bp = data_or_null(b);
   float* op_ = out.data_ptr<float>();
   const cpu::SrConvTileFn tile = cpu::sr_conv_tile();
   const int64_t rows = cpu::sr_conv_rows()(), tiles = (m + rows - 1) / rows, blocks = (co + 31) / 32;
@@ -316,7 +303,7 @@ at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c
       tile(xp + img * height * width * ci, wp, bp, op_ + img * m * co, width, ci, co, s, wo, p0, np, cb);
     }
   });
-  return out;
+  return dtype == at::kFloat ? out : out.to(dtype);
 }
 
 // ------------------------------------------------------------------------------------------ conv FFN
@@ -365,7 +352,7 @@ at::Tensor conv_ffn_meta(const at::Tensor& x, const at::Tensor& fc1_weight, cons
   return at::empty({x.size(0), x.size(1), fc2_weight.size(0)}, x.options());
 }
 at::Tensor sr_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                        int64_t height, int64_t width, const c10::optional<at::Tensor>& packed) {
+                        int64_t height, int64_t width, const at::Tensor& packed) {
   checks::sr_conv(x, weight, bias, height, width, packed);
   const int64_t s = weight.size(2);
   return at::empty({x.size(0), (height / s) * (width / s), weight.size(0)}, x.options());
@@ -417,7 +404,7 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
       "conv_ffn(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor dw_weight, Tensor? dw_bias, Tensor fc2_weight, "
       "Tensor? fc2_bias, int height, int width, bool relu_input) -> Tensor");
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
-  m.def("sr_conv(Tensor x, Tensor weight, Tensor? bias, int height, int width, Tensor? packed) -> Tensor");
+  m.def("sr_conv(Tensor x, Tensor weight, Tensor? bias, int height, int width, Tensor packed) -> Tensor");
   m.def("sra_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
   m.def("fp_exception_flags(bool clear) -> int", &pvtv2::fp_exception_flags);

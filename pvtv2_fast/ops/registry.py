@@ -285,16 +285,19 @@ def register_native(
     op_only_args: int = 0,
     differentiable: bool = True,
     slower: Optional[Callable[[Sequence], bool]] = None,
+    prepare: Optional[Callable[[tuple], tuple]] = None,
 ) -> None:
     """Register the extension's ``pvtv2_fast_C::native_op`` as ``op``'s backends for ``devices`` (each runs only
     where the extension was built with that device's kernels), with a recompute-the-reference backward unless
     ``differentiable`` is False (integer outputs). ``op_only_args``: trailing arguments of the op that the kernel
-    does not take (they are dropped). ``slower``: see :class:`Backend`."""
+    does not take (they are dropped). ``slower``: see :class:`Backend`. ``prepare``: maps the op's arguments to the
+    kernel's, for an argument the kernel needs and the op derives when the caller leaves it out."""
     if _ext.available() and differentiable:
         register_recompute_autograd(f"pvtv2_fast_C::{native_op}", op.reference, n_tensors, n_rest)
 
     def impl(*args):
-        return getattr(torch.ops.pvtv2_fast_C, native_op)(*args[: len(args) - op_only_args])
+        args = args[: len(args) - op_only_args]
+        return getattr(torch.ops.pvtv2_fast_C, native_op)(*(prepare(args) if prepare else args))
 
     for device in devices:
         op.register(device, impl, native_why_not(native_op, device), slower)

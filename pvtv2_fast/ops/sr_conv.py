@@ -38,12 +38,19 @@ def sr_conv_pack(weight: Tensor) -> Tensor:
 
 
 def _cpu_slower(args: Sequence) -> bool:
-    """The C++ kernel computes fp32 only: bf16 / fp16 keep oneDNN's convolution (its AMX path in bf16)."""
+    """The C++ kernel computes in fp32: "auto" leaves bf16 / fp16 to PyTorch's convolution (oneDNN's AMX path in
+    bf16; the kernel's fp32 copies in and out measured nothing there)."""
     return args[0].dtype != torch.float32
 
 
+def _with_packed(args: tuple) -> tuple:
+    """The kernel's arguments: the packed weight is required there; packed here when the caller did not pass it."""
+    x, weight, bias, height, width, packed = args
+    return x, weight, bias, height, width, sr_conv_pack(weight) if packed is None else packed
+
+
 OP = define("sr_conv", sr_conv_reference, stand_ins={"triton": "torch", "cuda": "torch"})
-register_native(OP, "sr_conv", 3, 3, devices=("cpu",), slower=_cpu_slower)
+register_native(OP, "sr_conv", 3, 3, devices=("cpu",), slower=_cpu_slower, prepare=_with_packed)
 
 
 def sr_conv(
@@ -58,10 +65,11 @@ def sr_conv(
     """x: ``(B, H·W, Ci)`` tokens of an H×W map; weight ``(Co, Ci, s, s)``, bias ``(Co,)`` or None. Returns the
     ``(B, ⌊H/s⌋·⌊W/s⌋, Co)`` tokens of ``conv2d(map, weight, bias, stride=s)`` (rows and columns past the last whole
     window are dropped, as the conv does). ``packed``: :func:`sr_conv_pack` of the weight, cached by the caller
-    (the C++ kernel packs it per call otherwise).
+    (packed per call for the C++ kernel otherwise).
 
-    ``"cpu"``: a C++ kernel (fp32) whose register tiles of output pixels × 32 channels read each window's rows in
-    place (channels-last: s·Ci contiguous values per kernel row). On CUDA, cuDNN's convolution stands in.
+    ``"cpu"``: a C++ kernel (fp32 compute; bf16 / fp16 through fp32 copies) whose register tiles of output pixels ×
+    32 channels read each window's rows in place (channels-last: s·Ci contiguous values per kernel row). On CUDA,
+    cuDNN's convolution stands in.
     """
     check_token_map("sr_conv", x, height, width)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[2] != weight.shape[3]:

@@ -122,9 +122,10 @@ def _attn(dev, m=4, **kw):
 
 
 def _src(dev, s=2, **kw):
-    """sr_conv arguments: (x, weight, bias, height, width, packed) for a 5×9 map of 8 channels, 12 out channels."""
+    """sr_conv arguments: (x, weight, bias, height, width, packed) for a 5×9 map of 8 channels, 12 out channels (the
+    packed weight's shape, (1, s·s·8, 32), is checked last)."""
     a = {"x": torch.randn(2, 45, 8, device=dev), "weight": torch.randn(12, 8, s, s, device=dev), "bias": None}
-    a.update({"height": 5, "width": 9, "packed": None})
+    a.update({"height": 5, "width": 9, "packed": torch.zeros(1, s * s * 8, 32, device=dev)})
     a.update(kw)
     return "sr_conv", tuple(a.values())
 

@@ -9,6 +9,7 @@ import torch
 from op_cases import randn
 
 from pvtv2_fast import _ext
+from pvtv2_fast.ops import sr_conv_pack
 from pvtv2_fast.ops.registry import NATIVE_OPS
 
 CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
@@ -25,6 +26,7 @@ def _samples():
         randn(8, 24, device="cpu", scale=0.2),
         randn(8, device="cpu"),
     )
+    ffn_x, sr_w = randn(2, 45, 16, device="cpu"), randn(40, 16, 2, 2, device="cpu", scale=0.25)
     logits = randn(2, 5, 6, 19, device="cpu")
     taps = (
         torch.tensor([[0, 1], [1, 2], [3, 4], [4, 4]]),
@@ -51,17 +53,10 @@ def _samples():
         "pvtv2_fast.dwconv_gelu_triton": (x, *dw, 5, 9, True),
         "pvtv2_fast_C.dwconv_gelu": (x, *dw, 5, 9, True),
         "pvtv2_fast_C.linear_sra_pool": (x, 5, 9, 7),
-        "pvtv2_fast_C.conv_ffn": (randn(2, 45, 16, device="cpu"), *ffn, 5, 9, True),
+        "pvtv2_fast_C.conv_ffn": (ffn_x, *ffn, 5, 9, True),
         "pvtv2_fast_C.layer_norm": (x, randn(x.shape[2], device="cpu"), randn(x.shape[2], device="cpu", seed=2), 1e-6),
         "pvtv2_fast_C.sra_attention": (randn(1, 20, 64, device="cpu"), kv[..., :64], kv[..., 64:], 2, 0.125),
-        "pvtv2_fast_C.sr_conv": (
-            randn(2, 45, 16, device="cpu"),
-            randn(40, 16, 2, 2, device="cpu", scale=0.25),
-            randn(40, device="cpu"),
-            5,
-            9,
-            None,
-        ),
+        "pvtv2_fast_C.sr_conv": (ffn_x, sr_w, randn(40, device="cpu"), 5, 9, sr_conv_pack(sr_w)),
     }
 
 

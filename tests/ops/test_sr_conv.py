@@ -3,7 +3,7 @@ machine has (the C++ CPU kernel, fp32), against ``F.conv2d``; and the attention 
 
 import pytest
 import torch
-from op_cases import IMAGE, close, fused_backends, randn, require
+from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
 
 from pvtv2_fast import PvtV2Config, ops, preset_names
 from pvtv2_fast.validation import stage_shapes
@@ -26,10 +26,11 @@ CASES = _cases()
 
 
 def _check(backend, device, x, weight, bias, h, w, packed=None, what="sr_conv"):
+    """Against the fp32 reference on the same (rounded) inputs, within the dtype's tolerance (op_cases.TOL)."""
     require("sr_conv", backend, (x, weight, bias, h, w, packed))
     out = ops.sr_conv(x, weight, bias, h, w, packed, backend=backend)
-    close(out, ops.sr_conv_reference(x, weight, bias, h, w), torch.float32, what)
-    return out
+    ref = ops.sr_conv_reference(x.float(), weight.float(), None if bias is None else bias.float(), h, w)
+    close(out, ref, x.dtype, what)
 
 
 # Weights of a trained conv's scale (std 1 / sqrt(K)), so outputs are of order one: fp32 sums over K = s·s·Ci
@@ -38,16 +39,18 @@ def _weight(co, ci, s, seed=1, device="cpu"):
     return randn(co, ci, s, s, seed=seed, scale=(s * s * ci) ** -0.5, device=device)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_preset_stages(backend, device, case, batch):
+def test_preset_stages(backend, device, case, batch, dtype):
     """Every preset's (channels, sr_ratio), on maps that are not multiples of s (the last partial window dropped);
-    with the cached packed weight and without it (packed per call)."""
+    with the cached packed weight and without it (packed per call); fp32, and bf16 / fp16 through fp32 copies."""
     _, c, s, h, w = case
-    x, weight, bias = randn(batch, h * w, c, seed=c, device=device), _weight(c, c, s, device=device), randn(c)
-    _check(backend, device, x, weight, bias.to(device), h, w, what=case[0])
-    _check(backend, device, x, weight, bias.to(device), h, w, ops.sr_conv_pack(weight), what=case[0] + " packed")
+    x, weight = randn(batch, h * w, c, seed=c, device=device, dtype=dtype), _weight(c, c, s, device=device).to(dtype)
+    bias = randn(c, device=device, dtype=dtype)
+    _check(backend, device, x, weight, bias, h, w, what=case[0])
+    _check(backend, device, x, weight, bias, h, w, ops.sr_conv_pack(weight), what=case[0] + " packed")
 
 
 @pytest.mark.parametrize(
@@ -104,7 +107,7 @@ def test_compile_and_export_keep_the_fused_node(backend, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_attention_runs_it_for_fp32_on_cpu_and_caches_the_packing(dtype):
+def test_attention_runs_it_for_fp32_on_cpu_and_caches_the_packing(dtype, monkeypatch):
     """Fast mode's SRA reduces fp32 CPU maps through ops.sr_conv with the packed weight cached (re-packed after
     load_state_dict); bf16 keeps oneDNN's convolution. Either way within the reference's tolerance."""
     from pvtv2_fast.modules import SpatialReductionAttention
@@ -115,13 +118,9 @@ def test_attention_runs_it_for_fp32_on_cpu_and_caches_the_packing(dtype):
     with torch.no_grad():
         ref = attn(x, 13, 17)[0]
         attn.fast = True
-        calls = []
-        real = ops.sr_conv
-        try:
-            ops.sr_conv = lambda *a, **k: calls.append(1) or real(*a, **k)
-            out = attn(x, 13, 17)[0]
-        finally:
-            ops.sr_conv = real
+        calls, real = [], ops.sr_conv
+        monkeypatch.setattr(ops, "sr_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+        out = attn(x, 13, 17)[0]
         assert bool(calls) == (dtype == torch.float32)
         assert ("sr_conv_pack" in attn.__dict__.get("_inference_caches", {})) == (dtype == torch.float32)
         tol = 1e-5 if dtype == torch.float32 else 3e-2

@@ -150,7 +150,7 @@ inline void layer_norm(const at::Tensor& x, const c10::optional<at::Tensor>& wei
 // x (B, H·W, Ci) tokens of an H×W map; weight (Co, Ci, s, s), s >= 1, no larger than the map; bias (Co,);
 // packed (ceil(Co / 32), s·s·Ci, 32), the weight as ops.sr_conv_pack lays it out.
 inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                    int64_t height, int64_t width, const c10::optional<at::Tensor>& packed) {
+                    int64_t height, int64_t width, const at::Tensor& packed) {
   const char* op = "sr_conv";
   token_map(op, x, height, width);
   CHECK_LIKE(weight, x);
