@@ -11,9 +11,10 @@
 // past Co, so each task streams one contiguous block. The sums run over K in that order, as oneDNN's direct
 // convolution does here (its results matched bit for bit on b0/b2's stage shapes).
 //
-// Why not oneDNN's convolution (what the fast path ran before): over the ≤ 49 output pixels of 224² inputs its
-// per-call cost dominated; this kernel measured 1.1-4x its speed there and 1.0-1.5x at 512² (README, "CPU
-// spatial-reduction conv").
+// Why not always oneDNN's convolution (what the fast path ran before): over the ≤ 49 output pixels of 224² inputs its
+// per-call cost dominated, and this kernel measured up to 1.4x its speed; from ~134 MFLOP per call (512² and up)
+// oneDNN's brgemm kernels are faster (0.83-0.98x), so "auto" takes this one only for small calls (ops/sr_conv.py,
+// CPU_MAX_FLOPS; README, "CPU spatial-reduction conv").
 #pragma once
 
 #include <stdint.h>

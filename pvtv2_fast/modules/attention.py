@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.linear_sra_pool import LINEAR_SRA_POOL_SIZE
+from ..ops.sr_conv import cpu_kernel_pays
 from .fast_path import FastPath, token_map
 from .layer_norm import TokenLayerNorm
 
@@ -76,7 +77,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
             )
             return self.act(self.layer_norm(reduced))
         if self.spatial_reduction_ratio > 1:
-            if self._cpu_sr_conv(hidden_states):
+            if self._cpu_sr_conv(hidden_states, height, width):
                 conv = self.spatial_reduction
                 packed = self._inference_cache("sr_conv_pack", (conv.weight,), lambda: ops.sr_conv_pack(conv.weight))
                 reduced = ops.sr_conv(hidden_states, conv.weight, conv.bias, height, width, packed, self.op_backend)
@@ -86,11 +87,14 @@ class SpatialReductionAttention(FastPath, nn.Module):
             return self.layer_norm(reduced.flatten(2).transpose(1, 2))
         return hidden_states
 
-    def _cpu_sr_conv(self, x: torch.Tensor) -> bool:
-        """Whether the spatial reduction runs the C++ ``ops.sr_conv`` (fp32 CPU tensors in fast mode, on the "auto" or
-        "cpu" backend): 1.1-4x oneDNN's convolution over 224²'s few output pixels, 1.0-1.5x at 512² (README, "CPU
-        spatial-reduction conv"). bf16 keeps oneDNN's (AMX) convolution, other devices theirs (:meth:`_conv2d`)."""
-        return self.fast and self.op_backend in ("auto", "cpu") and x.device.type == "cpu" and x.dtype == torch.float32
+    def _cpu_sr_conv(self, x: torch.Tensor, height: int, width: int) -> bool:
+        """Whether the spatial reduction runs the C++ ``ops.sr_conv`` rather than oneDNN's prepacked convolution
+        (:meth:`_conv2d`): CPU tensors in fast mode, where "auto" measured it faster (``ops.sr_conv.cpu_kernel_pays``:
+        fp32, small calls such as 224²'s stages; README, "CPU spatial-reduction conv"), or always with the "cpu"
+        backend. Other devices keep their convolution."""
+        if not (self.fast and x.device.type == "cpu" and self.op_backend in ("auto", "cpu")):
+            return False
+        return self.op_backend == "cpu" or cpu_kernel_pays(x, self.spatial_reduction.weight, height, width)
 
     def key_value(self, reduced: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(B, M, C)`` → keys and values ``(B, M, C)``. Fast mode projects both with one packed GEMM (the

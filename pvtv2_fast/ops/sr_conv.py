@@ -37,10 +37,24 @@ def sr_conv_pack(weight: Tensor) -> Tensor:
     return padded.reshape(s * s * ci, blocks, PACK_BLOCK).transpose(0, 1).contiguous()
 
 
+# "auto" takes the C++ kernel for fp32 calls of up to this many FLOPs (2·B·M·Co·s²·Ci). Against oneDNN's prepacked
+# convolution through ops.sr_conv (2 threads, AVX-512, interleaved): 1.03-1.41x from 6 to 34 MFLOP (224²'s stages of
+# b0 / b2 but b2's last, b0's 128² stage 1, batch 2 at 224²: oneDNN's per-call cost dominates there), level at
+# 40-75 MFLOP (0.96-1.05x; b2's C = 320 stage at 224²), 0.83-0.98x from 134 MFLOP up (512² and 1024² stages).
+CPU_MAX_FLOPS = 36_000_000
+
+
+def cpu_kernel_pays(x: Tensor, weight: Tensor, height: int, width: int) -> bool:
+    """Whether the C++ kernel measured faster than PyTorch's (oneDNN's) convolution for this call: fp32 (bf16 /
+    fp16 keep oneDNN's AMX / native paths) up to CPU_MAX_FLOPS."""
+    co, ci, s, _ = weight.shape
+    flops = 2 * x.shape[0] * (height // s) * (width // s) * co * s * s * ci
+    return x.dtype == torch.float32 and flops <= CPU_MAX_FLOPS
+
+
 def _cpu_slower(args: Sequence) -> bool:
-    """The C++ kernel computes in fp32: "auto" leaves bf16 / fp16 to PyTorch's convolution (oneDNN's AMX path in
-    bf16; the kernel's fp32 copies in and out measured nothing there)."""
-    return args[0].dtype != torch.float32
+    x, weight, _, height, width, _ = args
+    return not cpu_kernel_pays(x, weight, height, width)
 
 
 def _with_packed(args: tuple) -> tuple:

@@ -54,12 +54,23 @@ def test_every_op_has_a_reference_and_only_known_backends():
         assert set(op.available()) <= set(ops.BACKENDS) - {"auto"}
 
 
-def test_sr_conv_auto_takes_the_cpp_kernel_for_fp32_only():
-    """The C++ spatial-reduction conv computes fp32; bf16 / fp16 stay with the reference (oneDNN's convolution)."""
+def test_sr_conv_auto_takes_the_cpp_kernel_for_small_fp32_calls():
+    """The C++ spatial-reduction conv where it measured faster: fp32 up to CPU_MAX_FLOPS (224²'s stages); bf16 /
+    fp16 and larger calls stay with the reference (oneDNN's convolution)."""
+    from pvtv2_fast.ops.sr_conv import CPU_MAX_FLOPS
+
     for dtype, chosen in ((torch.float32, "cpu"), (torch.bfloat16, "torch"), (torch.float16, "torch")):
         args = (torch.randn(1, 16, 4, dtype=dtype), torch.randn(8, 4, 2, 2, dtype=dtype), None, 4, 4, None)
         assert OPS["sr_conv"].resolve("auto", args) == chosen, dtype
     assert OPS["sr_conv"].resolve("triton", args) == "torch"  # cuDNN / oneDNN's conv stands in
+    # b2's stage 1 at 224² (49 output pixels, 25.7 MFLOP) and at 512² (256 pixels, 134 MFLOP)
+    weight = torch.empty(64, 64, 8, 8)
+    for side, chosen in ((56, "cpu"), (128, "torch")):
+        flops = 2 * (side // 8) ** 2 * 64 * 64 * 64
+        assert (flops <= CPU_MAX_FLOPS) == (chosen == "cpu")
+        args = (torch.empty(1, side * side, 64), weight, None, side, side, None)
+        assert OPS["sr_conv"].resolve("auto", args) == chosen, side
+        assert OPS["sr_conv"].resolve("cpu", args) == "cpu"  # asked for explicitly, it runs anyway
 
 
 def test_cpu_auto_takes_the_cpp_kernel_and_sdpa_for_attention():

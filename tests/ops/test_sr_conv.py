@@ -106,6 +106,26 @@ def test_compile_and_export_keep_the_fused_node(backend, device):
     assert [n for n in exported.graph.nodes if "pvtv2_fast_C.sr_conv" in str(n.target)]
 
 
+@pytest.mark.parametrize(
+    "side,backend,runs", [(56, "auto", True), (128, "auto", False), (128, "cpu", True)], ids=["224", "512", "512-cpu"]
+)
+def test_attention_takes_it_where_it_measured_faster(side, backend, runs, monkeypatch):
+    """b2's stage-1 reduction (C = 64, sr 8): a 224² map's (25.7 MFLOP) through ops.sr_conv, a 512² map's (134
+    MFLOP) through oneDNN's prepacked convolution, unless the "cpu" backend is forced; same result either way."""
+    from pvtv2_fast.modules import SpatialReductionAttention
+
+    torch.manual_seed(0)
+    attn = SpatialReductionAttention(64, 1, sr_ratio=8).eval()
+    x = torch.randn(1, side * side, 64)
+    with torch.no_grad():
+        ref = attn.reduce(x, side, side)
+        attn.backend = backend
+        calls, real = [], ops.sr_conv
+        monkeypatch.setattr(ops, "sr_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+        torch.testing.assert_close(attn.reduce(x, side, side), ref, atol=1e-5, rtol=1e-5)
+    assert bool(calls) == runs
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_attention_runs_it_for_fp32_on_cpu_and_caches_the_packing(dtype, monkeypatch):
     """Fast mode's SRA reduces fp32 CPU maps through ops.sr_conv with the packed weight cached (re-packed after
