@@ -60,8 +60,9 @@ LayerNormRowsFn layer_norm_rows() { return PVT_FOR_ACTIVE_ISA(layer_norm_rows); 
 AttentionGeometryFn attention_geometry() { return PVT_FOR_ACTIVE_ISA(attention_geometry); }
 AttentionPackFn attention_pack() { return PVT_FOR_ACTIVE_ISA(attention_pack); }
 AttentionRowsFn attention_rows() { return PVT_FOR_ACTIVE_ISA(attention_rows); }
-SrConvTileFn sr_conv_tile() { return PVT_FOR_ACTIVE_ISA(sr_conv_tile); }
-SrConvRowsFn sr_conv_rows() { return PVT_FOR_ACTIVE_ISA(sr_conv_rows); }
+SrConvRangeFn sr_conv_range() { return PVT_FOR_ACTIVE_ISA(sr_conv_range); }
+PackedGemmRowsFn packed_gemm_rows() { return PVT_FOR_ACTIVE_ISA(packed_gemm_rows); }
+PackedGemmTileRowsFn packed_gemm_tile_rows() { return PVT_FOR_ACTIVE_ISA(packed_gemm_tile_rows); }
 UpsampleArgmaxRowFn upsample_argmax_row() { return PVT_FOR_ACTIVE_ISA(upsample_argmax_row); }
 UpsampleAccumulateRowFn upsample_accumulate_row() { return PVT_FOR_ACTIVE_ISA(upsample_accumulate_row); }
 }  // namespace cpu
@@ -219,24 +220,21 @@ at::Tensor layer_norm_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor
 // softmax(q kᵀ · scale) v per head, flash-style (cpu/attention.h): each (image, head)'s keys and values are packed
 // once (K transposed into key blocks), then tasks of query rows run in parallel. fp32 and bf16 are read and written
 // as they are (fp32 compute); fp16 through fp32 copies.
-at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, int64_t num_heads,
-                             double scale) {
-  constexpr const char* op = "sra_attention";
-  checks::sra_attention(q_in, k_in, v_in, num_heads, scale);
-  CHECK_DEVICE(q_in, at::kCPU);
-  const auto dtype = q_in.scalar_type();
-  const auto io = dtype == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
-  // q is read through its row stride and k / v through theirs; only a channel stride other than 1 needs a copy.
-  const auto dense_rows = [&](const at::Tensor& t) {
-    const at::Tensor c = t.scalar_type() == io ? t : t.to(io);
-    return c.stride(2) == 1 ? c : c.contiguous();
-  };
-  const at::Tensor q = dense_rows(q_in), k = dense_rows(k_in), v = dense_rows(v_in);
-  const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1), D = C / num_heads;
-  at::Tensor out = at::empty({B, N, C}, q.options());
-  if (out.numel() == 0) return out.to(dtype);
-  const cpu::Elem elem = elem_of(io);
-  const int64_t esize = q.element_size();
+// One (B, N, C) → (B, N, C) attention over element pointers: q / k / v / out rows `*_row` elements apart and images
+// `*_img` apart (k and v may be strided views into one (B, M, 2C) projection); elem / esize their storage.
+struct AttentionIo {
+  const char* q;
+  int64_t q_img, q_row;
+  const char* k;
+  int64_t k_img, k_row;
+  const char* v;
+  int64_t v_img, v_row;
+  char* out;
+  int64_t out_img, out_row;
+};
+static void attention_into(const AttentionIo& io, cpu::Elem elem, int64_t esize, int64_t B, int64_t N, int64_t M,
+                           int64_t C, int64_t num_heads, double scale) {
+  const int64_t D = C / num_heads;
   const cpu::AttentionGeometry geo = cpu::attention_geometry()(M, D);
   const cpu::AttentionPackFn pack = cpu::attention_pack();
   const cpu::AttentionRowsFn rows = cpu::attention_rows();
@@ -244,39 +242,74 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
   // Tensors rather than std::vector: PyTorch's CPU allocator aligns them to 64 B, so the kernel's vector loads of K,
   // V and its scratch never split cache lines (a 16 B-aligned buffer measured 1.10-1.15x slower at 1024 keys), and
   // nothing is zero-filled before the kernel writes every element.
-  const at::Tensor packed_t = at::empty({heads * geo.packed}, q.options().dtype(at::kFloat));
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor packed_t = at::empty({heads * geo.packed}, f32);
   float* packed = packed_t.data_ptr<float>();
-  const char* qp = static_cast<const char*>(q.data_ptr());
-  const char* kp = static_cast<const char*>(k.data_ptr());
-  const char* vp = static_cast<const char*>(v.data_ptr());
-  char* yp = static_cast<char*>(out.data_ptr());
   at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t bh = h0; bh < h1; ++bh) {
       const int64_t b = bh / num_heads, h = bh % num_heads;
-      pack(kp + (b * k.stride(0) + h * D) * esize, k.stride(1), vp + (b * v.stride(0) + h * D) * esize, v.stride(1),
-           elem, M, D, packed + bh * geo.packed);
+      pack(io.k + (b * io.k_img + h * D) * esize, io.k_row, io.v + (b * io.v_img + h * D) * esize, io.v_row, elem, M,
+           D, packed + bh * geo.packed);
     }
   });
   const int64_t per_head = (N + geo.task_rows - 1) / geo.task_rows;
   const float qscale = static_cast<float>(scale * 1.4426950408889634);  // log2(e): the kernel's softmax is base 2
   at::parallel_for(0, heads * per_head, 1, [&](int64_t t0, int64_t t1) {
-    const at::Tensor scratch_t = at::empty({geo.scratch}, q.options().dtype(at::kFloat));
+    const at::Tensor scratch_t = at::empty({geo.scratch}, f32);
     float* scratch = scratch_t.data_ptr<float>();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t bh = t / per_head, n0 = (t % per_head) * geo.task_rows;
       const int64_t b = bh / num_heads, h = bh % num_heads;
-      rows(qp + (b * q.stride(0) + n0 * q.stride(1) + h * D) * esize, q.stride(1), elem,
-           std::min(geo.task_rows, N - n0), packed + bh * geo.packed, M, D, qscale,
-           yp + (b * out.stride(0) + n0 * out.stride(1) + h * D) * esize, out.stride(1), scratch);
+      rows(io.q + (b * io.q_img + n0 * io.q_row + h * D) * esize, io.q_row, elem, std::min(geo.task_rows, N - n0),
+           packed + bh * geo.packed, M, D, qscale, io.out + (b * io.out_img + n0 * io.out_row + h * D) * esize,
+           io.out_row, scratch);
     }
   });
+}
+
+at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, int64_t num_heads,
+                             double scale) {
+  constexpr const char* op = "sra_attention";
+  checks::sra_attention(q_in, k_in, v_in, num_heads, scale);
+  CHECK_DEVICE(q_in, at::kCPU);
+  const auto dtype = q_in.scalar_type();
+  const auto io_dtype = dtype == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  // q is read through its row stride and k / v through theirs; only a channel stride other than 1 needs a copy.
+  const auto dense_rows = [&](const at::Tensor& t) {
+    const at::Tensor c = t.scalar_type() == io_dtype ? t : t.to(io_dtype);
+    return c.stride(2) == 1 ? c : c.contiguous();
+  };
+  const at::Tensor q = dense_rows(q_in), k = dense_rows(k_in), v = dense_rows(v_in);
+  const int64_t B = q.size(0), N = q.size(1), C = q.size(2), M = k.size(1);
+  at::Tensor out = at::empty({B, N, C}, q.options());
+  if (out.numel() == 0) return out.to(dtype);
+  const AttentionIo io{static_cast<const char*>(q.data_ptr()), q.stride(0), q.stride(1),
+                       static_cast<const char*>(k.data_ptr()), k.stride(0), k.stride(1),
+                       static_cast<const char*>(v.data_ptr()), v.stride(0), v.stride(1),
+                       static_cast<char*>(out.data_ptr()),     out.stride(0), out.stride(1)};
+  attention_into(io, elem_of(io_dtype), q.element_size(), B, N, M, C, num_heads, scale);
   return out.scalar_type() == dtype ? out : out.to(dtype);
 }
 
 // ------------------------------------------------------------------------------------------ spatial-reduction conv
-// Stride-s s×s conv of a token map (cpu/sr_conv.h): tasks of output pixels × 32-channel blocks in parallel, in fp32
-// (bf16 / fp16 through fp32 copies). `packed` is the (ceil(Co / 32), s·s·Ci, 32) weight as ops.sr_conv_pack lays
+// Stride-s s×s conv of a token map (cpu/sr_conv.h): tasks of output pixels × 64-channel blocks in parallel, in fp32
+// (bf16 / fp16 through fp32 copies). `packed` is the (ceil(Co / 64), s·s·Ci, 64) weight as ops.pack_weight lays
 // it out (the one place that knows the layout; the Python op packs it when the caller did not).
+// out (B, Ho·Wo, co) fp32 = the stride-s conv of x (B, height·width, ci) fp32 tokens on the packed weight.
+static void sr_conv_into(const float* xp, const float* wp, const float* bp, float* op_, int64_t B, int64_t height,
+                         int64_t width, int64_t ci, int64_t co, int64_t s) {
+  const int64_t wo = width / s, m = (height / s) * wo;
+  const cpu::SrConvRangeFn range = cpu::sr_conv_range();
+  const int64_t weight_bytes = pack_blocks(co) * s * s * ci * kPackBlock * static_cast<int64_t>(sizeof(float));
+  // Rows are the B·m output pixels; a share of them may span images.
+  cpu::split_gemm(B * m, pack_blocks(co), weight_bytes, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
+    for (int64_t img = r0 / m; img * m < r1; ++img) {
+      const int64_t p0 = std::max(r0, img * m) - img * m, p1 = std::min(r1, (img + 1) * m) - img * m;
+      range(xp + img * height * width * ci, wp, bp, op_ + img * m * co, width, ci, co, s, wo, p0, p1, cb0, cb1);
+    }
+  });
+}
+
 at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                        int64_t height, int64_t width, const at::Tensor& packed_in) {
   constexpr const char* op = "sr_conv";
@@ -290,29 +323,100 @@ at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c
   if (out.numel() == 0) return out.to(dtype);
   const at::Tensor packed = as_dtype(packed_in, at::kFloat);
   const std::vector<float> b = as_floats(bias);
-  const float* xp = x.data_ptr<float>();
-  const float* wp = packed.data_ptr<float>();
-  const float* bp = data_or_null(b);
-  float* op_ = out.data_ptr<float>();
-  const cpu::SrConvTileFn tile = cpu::sr_conv_tile();
-  const int64_t rows = cpu::sr_conv_rows()(), tiles = (m + rows - 1) / rows, blocks = (co + 31) / 32;
-  at::parallel_for(0, B * tiles * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t img = t / (tiles * blocks), tl = t / blocks % tiles, cb = t % blocks;
-      const int64_t p0 = tl * rows, np = std::min(rows, m - p0);
-      tile(xp + img * height * width * ci, wp, bp, op_ + img * m * co, width, ci, co, s, wo, p0, np, cb);
-    }
-  });
+  sr_conv_into(x.data_ptr<float>(), packed.data_ptr<float>(), data_or_null(b), out.data_ptr<float>(), B, height,
+               width, ci, co, s);
   return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+// ------------------------------------------------------------------------------------------ SRA layer
+// The attention of a PVTv2 block in one call, so that none of its six steps pays a dispatch, an allocation of its
+// own or a Python round trip (at 224² the unfused layer spent about as long between its ops as in them):
+//   q = x·Wqᵀ + bq;  r = LN(sr_conv(x)) (x itself without sr_weight);  [k v] = r·Wkvᵀ + bkv;
+//   o = softmax(q kᵀ · scale) v per head;  y = o·Wpᵀ + bp (+ residual, in the GEMM's epilogue).
+// fp32 compute (bf16 / fp16 through fp32 copies). The GEMMs run on the packed weights (packed_gemm.h), the reduction
+// on sr_conv's tiles, the attention on attention.h's kernel, LayerNorm on its row kernel.
+at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias,
+                         const at::Tensor& kv_weight, const c10::optional<at::Tensor>& kv_bias,
+                         const at::Tensor& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                         const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
+                         const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                         const c10::optional<at::Tensor>& residual_in, int64_t height, int64_t width,
+                         int64_t num_heads, double scale, double eps, at::TensorList packed_in) {
+  constexpr const char* op = "sra_layer";
+  checks::sra_layer(x_in, q_weight, q_bias, kv_weight, kv_bias, proj_weight, proj_bias, sr_weight, sr_bias,
+                    norm_weight, norm_bias, residual_in, height, width, num_heads, scale, eps, packed_in);
+  CHECK_DEVICE(x_in, at::kCPU);
+  const auto dtype = x_in.scalar_type();
+  const at::Tensor x = as_dtype(x_in, at::kFloat);
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  at::Tensor y = at::empty({B, N, C}, x.options());
+  if (y.numel() == 0) return y.to(dtype);
+  std::vector<at::Tensor> pk;
+  for (const at::Tensor& p : packed_in) pk.push_back(as_dtype(p, at::kFloat));
+  const std::vector<float> bq = as_floats(q_bias), bkv = as_floats(kv_bias), bp = as_floats(proj_bias);
+  const float* xp = x.data_ptr<float>();
+
+  at::Tensor q = at::empty({B, N, C}, x.options());
+  cpu::packed_linear(xp, C, B * N, C, pk[0].data_ptr<float>(), C, data_or_null(bq), nullptr, 0,
+                     q.data_ptr<float>(), C);
+
+  // Keys and values come from M tokens per image: the reduced map, normalised, or x itself.
+  const float* src = xp;
+  int64_t M = N;
+  at::Tensor reduced;
+  if (sr_weight.has_value()) {
+    const int64_t s = sr_weight->size(2);
+    M = (height / s) * (width / s);
+    const at::Tensor conv = at::empty({B, M, C}, x.options());
+    reduced = at::empty({B, M, C}, x.options());
+    const std::vector<float> bsr = as_floats(sr_bias);
+    const float* cp = conv.data_ptr<float>();
+    float* rp = reduced.data_ptr<float>();
+    sr_conv_into(xp, pk[3].data_ptr<float>(), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
+    std::vector<float> w = as_floats(norm_weight), b = as_floats(norm_bias);
+    if (w.empty()) w.assign(C, 1.0f);
+    if (b.empty()) b.assign(C, 0.0f);
+    const cpu::LayerNormRowsFn ln = cpu::layer_norm_rows();
+    const float feps = static_cast<float>(eps);
+    at::parallel_for(0, B * M, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
+      ln(cp + r0 * C, rp + r0 * C, cpu::Elem::kF32, w.data(), b.data(), r1 - r0, C, feps);
+    });
+    src = rp;
+  }
+  at::Tensor kv = at::empty({B, M, 2 * C}, x.options());
+  float* kvp = kv.data_ptr<float>();
+  cpu::packed_linear(src, C, B * M, C, pk[1].data_ptr<float>(), 2 * C, data_or_null(bkv), nullptr, 0, kvp, 2 * C);
+
+  at::Tensor o = at::empty({B, N, C}, x.options());
+  const AttentionIo io{reinterpret_cast<const char*>(q.data_ptr<float>()),
+                       N * C,
+                       C,
+                       reinterpret_cast<const char*>(kvp),
+                       M * 2 * C,
+                       2 * C,
+                       reinterpret_cast<const char*>(kvp + C),
+                       M * 2 * C,
+                       2 * C,
+                       reinterpret_cast<char*>(o.data_ptr<float>()),
+                       N * C,
+                       C};
+  attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
+
+  const at::Tensor residual = residual_in.has_value() ? as_dtype(*residual_in, at::kFloat) : at::Tensor();
+  cpu::packed_linear(o.data_ptr<float>(), C, B * N, C, pk[2].data_ptr<float>(), C, data_or_null(bp),
+                     residual.defined() ? residual.data_ptr<float>() : nullptr, C, y.data_ptr<float>(), C);
+  return dtype == at::kFloat ? y : y.to(dtype);
 }
 
 // ------------------------------------------------------------------------------------------ conv FFN
 at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
                         const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
                         const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
-                        int64_t width, bool relu_input) {
+                        int64_t width, bool relu_input, const c10::optional<at::Tensor>& fc1_packed,
+                        const c10::optional<at::Tensor>& fc2_packed) {
   constexpr const char* op = "conv_ffn";
-  checks::conv_ffn(x_in, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width);
+  checks::conv_ffn(x_in, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, fc1_packed,
+                   fc2_packed);
   CHECK_DEVICE(x_in, at::kCPU);
   const int64_t B = x_in.size(0), c_in = x_in.size(2), hidden = fc1_weight.size(0), c_out = fc2_weight.size(0);
   // The GEMMs run on the Fortran BLAS, whose sizes are 32-bit ints (rows per GEMM are checked in conv_ffn_forward).
@@ -329,9 +433,27 @@ at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, co
   if (y.numel() == 0) return y.to(dtype);  // B = 0 or c_out = 0 (c_in = 0 runs: fc1 gives its bias)
   const std::vector<float> b1 = as_floats(fc1_bias), db = as_floats(dw_bias), b2 = as_floats(fc2_bias);
   const std::vector<float> dwt = tap_major(dw_weight);  // (9, hidden)
-  cpu::ConvFfnArgs args{x.data_ptr(), w1.data_ptr(),    data_or_null(b1), dwt.data(), data_or_null(db),
-                        w2.data_ptr(), data_or_null(b2), y.data_ptr(),     B,          height,
-                        width,         c_in,             hidden,           c_out,      relu_input,
+  // fp32 GEMMs run on the packed weights when given (packed_gemm.h), else on the BLAS's sgemm.
+  const bool packed = io_dtype == at::kFloat && fc1_packed.has_value();
+  const at::Tensor p1 = packed ? as_dtype(*fc1_packed, at::kFloat) : at::Tensor();
+  const at::Tensor p2 = packed ? as_dtype(*fc2_packed, at::kFloat) : at::Tensor();
+  cpu::ConvFfnArgs args{x.data_ptr(),
+                        w1.data_ptr(),
+                        data_or_null(b1),
+                        dwt.data(),
+                        data_or_null(db),
+                        w2.data_ptr(),
+                        data_or_null(b2),
+                        packed ? p1.data_ptr<float>() : nullptr,
+                        packed ? p2.data_ptr<float>() : nullptr,
+                        y.data_ptr(),
+                        B,
+                        height,
+                        width,
+                        c_in,
+                        hidden,
+                        c_out,
+                        relu_input,
                         elem_of(io_dtype)};
   cpu::conv_ffn_forward(args);
   return y.scalar_type() == dtype ? y : y.to(dtype);
@@ -347,8 +469,10 @@ at::Tensor dwconv_gelu_meta(const at::Tensor& x, const at::Tensor& weight, const
 at::Tensor conv_ffn_meta(const at::Tensor& x, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
                          const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
                          const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
-                         int64_t width, bool) {
-  checks::conv_ffn(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width);
+                         int64_t width, bool, const c10::optional<at::Tensor>& fc1_packed,
+                         const c10::optional<at::Tensor>& fc2_packed) {
+  checks::conv_ffn(x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, fc1_packed,
+                   fc2_packed);
   return at::empty({x.size(0), x.size(1), fc2_weight.size(0)}, x.options());
 }
 at::Tensor sr_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -356,6 +480,17 @@ at::Tensor sr_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10
   checks::sr_conv(x, weight, bias, height, width, packed);
   const int64_t s = weight.size(2);
   return at::empty({x.size(0), (height / s) * (width / s), weight.size(0)}, x.options());
+}
+at::Tensor sra_layer_meta(const at::Tensor& x, const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias,
+                          const at::Tensor& kv_weight, const c10::optional<at::Tensor>& kv_bias,
+                          const at::Tensor& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                          const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
+                          const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                          const c10::optional<at::Tensor>& residual, int64_t height, int64_t width, int64_t num_heads,
+                          double scale, double eps, at::TensorList packed) {
+  checks::sra_layer(x, q_weight, q_bias, kv_weight, kv_bias, proj_weight, proj_bias, sr_weight, sr_bias, norm_weight,
+                    norm_bias, residual, height, width, num_heads, scale, eps, packed);
+  return at::empty(x.sizes(), x.options());
 }
 at::Tensor linear_sra_pool_meta(const at::Tensor& x, int64_t height, int64_t width, int64_t pool_size) {
   checks::linear_sra_pool(x, height, width, pool_size);
@@ -402,10 +537,15 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
   m.def("linear_sra_pool(Tensor x, int height, int width, int pool_size) -> Tensor");
   m.def(
       "conv_ffn(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor dw_weight, Tensor? dw_bias, Tensor fc2_weight, "
-      "Tensor? fc2_bias, int height, int width, bool relu_input) -> Tensor");
+      "Tensor? fc2_bias, int height, int width, bool relu_input, Tensor? fc1_packed=None, Tensor? fc2_packed=None) -> "
+      "Tensor");
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   m.def("sr_conv(Tensor x, Tensor weight, Tensor? bias, int height, int width, Tensor packed) -> Tensor");
   m.def("sra_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
+  m.def(
+      "sra_layer(Tensor x, Tensor q_weight, Tensor? q_bias, Tensor kv_weight, Tensor? kv_bias, Tensor proj_weight, "
+      "Tensor? proj_bias, Tensor? sr_weight, Tensor? sr_bias, Tensor? norm_weight, Tensor? norm_bias, "
+      "Tensor? residual, int height, int width, int num_heads, float scale, float eps, Tensor[] packed) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
   m.def("fp_exception_flags(bool clear) -> int", &pvtv2::fp_exception_flags);
   // The CPU block cache (csrc/cpu/block_cache.h): process state, not tensor ops; called around eager forwards only.
@@ -421,6 +561,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
   m.impl("layer_norm", &pvtv2::layer_norm_cpu);
   m.impl("sra_attention", &pvtv2::sra_attention_cpu);
   m.impl("sr_conv", &pvtv2::sr_conv_cpu);
+  m.impl("sra_layer", &pvtv2::sra_layer_cpu);
   // The conv FFN's GEMMs need a BLAS; without one the op has no CPU kernel and Python uses the composition.
   if (pvtv2::cpu::has_sgemm()) m.impl("conv_ffn", &pvtv2::conv_ffn_cpu);
 }
@@ -432,6 +573,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
   m.impl("layer_norm", &pvtv2::layer_norm_meta);
   m.impl("sra_attention", &pvtv2::sra_attention_meta);
   m.impl("sr_conv", &pvtv2::sr_conv_meta);
+  m.impl("sra_layer", &pvtv2::sra_layer_meta);
 }
 
 // Importable as pvtv2_fast._C; importing it runs the registrations above.

@@ -189,9 +189,11 @@ def test_models_with_cached_weights_deep_copy_and_pickle(dtype):
 def test_fp32_projections_on_either_side_of_the_onednn_rule(monkeypatch, preset, overrides, min_bytes):
     """fp32 projections run on prepacked oneDNN weights from ONEDNN_FP32_MIN_OUT_BYTES of output (large maps) or
     ONEDNN_FP32_MIN_WEIGHT_BYTES of weight up, ``F.linear`` below: both stay within 1e-5 of the reference, and the
-    packed weights follow load_state_dict."""
-    from pvtv2_fast.modules import fast_path
+    packed weights follow load_state_dict. (With the one-call C++ attention layer off: it takes fp32 SRA inference,
+    and the rule serves the per-op path, e.g. with output_attentions.)"""
+    from pvtv2_fast.modules import SpatialReductionAttention, fast_path
 
+    monkeypatch.setattr(SpatialReductionAttention, "_fused_layer", lambda self, x, output_attentions, residual: False)
     monkeypatch.setattr(fast_path, "ONEDNN_FP32_MIN_OUT_BYTES", min_bytes)
     monkeypatch.setattr(fast_path, "ONEDNN_FP32_MIN_WEIGHT_BYTES", min_bytes)
     model = _model(preset, "cpu", **overrides)

@@ -83,8 +83,16 @@ float init_rows(int64_t rows, int64_t k, const float* bias, int64_t n, float* ou
 // Called from inside at::parallel_for (the band loop), the BLAS runs single-threaded (it sees the OpenMP region);
 // called outside one (the whole-map path), it runs on its own threads. The caller keeps rows, k and n below 2^31
 // (the BLAS takes ints).
+// `packed` (fp32 only; ops.pack_weight's layout of w): the packed-weight GEMM instead, bias in its epilogue.
 template <typename T>
-void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* bias, int64_t n, float* out) {
+void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* packed, const float* bias, int64_t n,
+                 float* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (packed != nullptr) {
+      packed_linear(in, k, rows, k, packed, n, bias, nullptr, 0, out, n);
+      return;
+    }
+  }
   const float beta = init_rows(rows, k, bias, n, out);
   if (k == 0) return;  // no input channels: out is the bias (BLAS would reject lda = k = 0)
   // Column-major view of the same memory: outᵀ (n × rows) = w (stored k × n, transposed) · inᵀ (k × rows).
@@ -204,7 +212,8 @@ void conv_ffn_forward_t(const ConvFfnArgs& a) {
       have_hi = hi;
       while (from < hi) {  // fc1 for the missing rows, split where the ring wraps
         const int64_t s = from % cap, n = std::min(hi - from, cap - s);
-        linear_rows(xb + from * W * a.c_in, n * W, a.c_in, fc1_w, a.fc1_b, hid, ring.get() + s * row_floats);
+        linear_rows(xb + from * W * a.c_in, n * W, a.c_in, fc1_w, a.fc1_packed, a.fc1_b, hid,
+                    ring.get() + s * row_floats);
         from += n;
       }
       for (int64_t h = r0; h < r1; ++h) {
@@ -214,9 +223,9 @@ void conv_ffn_forward_t(const ConvFfnArgs& a) {
       const int64_t tokens = (r1 - r0) * W;
       T* yb = y + (b * N + r0 * W) * a.c_out;
       if constexpr (kF32) {
-        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_b, a.c_out, yb);
+        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_packed, a.fc2_b, a.c_out, yb);
       } else {
-        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_b, a.c_out, out.get());
+        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_packed, a.fc2_b, a.c_out, out.get());
         round_fn(out.get(), yb, tokens * a.c_out);
       }
     }
@@ -234,7 +243,14 @@ void conv_ffn_whole_t(const ConvFfnArgs& a) {
   const int64_t row_floats = W * hid;
   float* hidden = scratch<float>(tokens * hid, 0);
   T* act = scratch<T>(tokens * hid, 1);
-  linear_rows(static_cast<const T*>(a.x), tokens, a.c_in, static_cast<const T*>(a.fc1_w), a.fc1_b, hid, hidden);
+  // Whole-map GEMMs stay on the BLAS's threaded sgemm even when packed weights are given: against the packed-weight
+  // GEMM split over the same 2 threads it measured level to 1.14x on b0/b2's whole-map shapes (fp32, AVX-512), while
+  // the bands, whose GEMMs run single-threaded inside the band loop, gained 1.1x from the packed weights (MKL packs
+  // its operand again on every band).
+  const float* fc1_packed = nullptr;
+  const float* fc2_packed = nullptr;
+  linear_rows(static_cast<const T*>(a.x), tokens, a.c_in, static_cast<const T*>(a.fc1_w), fc1_packed, a.fc1_b, hid,
+              hidden);
   const DwconvGeluRowFn row_fn = dwconv_gelu_row();
   at::parallel_for(0, a.batch * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -245,10 +261,11 @@ void conv_ffn_whole_t(const ConvFfnArgs& a) {
     }
   });
   if constexpr (kF32) {
-    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), a.fc2_b, a.c_out, static_cast<float*>(a.y));
+    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), fc2_packed, a.fc2_b, a.c_out,
+                static_cast<float*>(a.y));
   } else {
     float* out = scratch<float>(tokens * a.c_out, 2);
-    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), a.fc2_b, a.c_out, out);
+    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), fc2_packed, a.fc2_b, a.c_out, out);
     const RoundToBf16Fn round_fn = round_to_bf16();
     bf16* y = static_cast<bf16*>(a.y);
     at::parallel_for(0, tokens, 256, [&](int64_t t0, int64_t t1) {

@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include <functional>
 #include <string>
 
 namespace pvtv2 {
@@ -53,12 +54,20 @@ using AttentionPackFn = void (*)(const void* k, int64_t k_stride, const void* v,
 using AttentionRowsFn = void (*)(const void* q, int64_t q_stride, Elem elem, int64_t n_rows, const float* packed,
                                  int64_t M, int64_t D, float qscale, void* out, int64_t out_stride, float* scratch);
 
-// The spatial-reduction conv (sr_conv.h): output pixels [p0, p0 + np) (np <= sr_conv_rows()) × output channels
-// [32·cb, 32·cb + 32) ∩ [0, Co) of one image: x its (H·W, Ci) fp32 tokens (map width `width`), packed the
-// (ceil(Co / 32), s·s·Ci, 32) weight, bias Co floats or nullptr, out its (Ho·Wo, Co) tokens (output width Wo).
-using SrConvTileFn = void (*)(const float* x, const float* packed, const float* bias, float* out, int64_t width,
-                              int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t np, int64_t cb);
-using SrConvRowsFn = int64_t (*)();
+// The spatial-reduction conv (sr_conv.h), on the calling thread: output pixels [p0, p1) × output channel blocks
+// [cb0, cb1) of one image: x its (H·W, Ci) fp32 tokens (map width `width`), packed the (ceil(Co / 64), s·s·Ci, 64)
+// weight (pvtv2/packing.h), bias Co floats or nullptr, out its (Ho·Wo, Co) tokens (output width Wo).
+using SrConvRangeFn = void (*)(const float* x, const float* packed, const float* bias, float* out, int64_t width,
+                               int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t p1, int64_t cb0,
+                               int64_t cb1);
+// fp32 GEMM on a prepacked weight (packed_gemm.h), on the calling thread: out (rows, N) = a (rows, K; rows lda apart)
+// · weight + bias (+ residual, rows ldr apart; bias / residual may be nullptr) over the 64-channel column blocks
+// [cb0, cb1) of packed, the (ceil(N / 64), K, 64) weight as ops.pack_weight lays it out; out rows ldo apart.
+using PackedGemmRowsFn = void (*)(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed, int64_t N,
+                                  const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo,
+                                  int64_t cb0, int64_t cb1);
+// Rows per register tile of that GEMM and of sr_conv (split rows across threads in multiples of it).
+using PackedGemmTileRowsFn = int64_t (*)();
 
 #define PVT_DECLARE_ENTRY_POINTS(SUFFIX)                                                                            \
   void dwconv_gelu_row_##SUFFIX(const void* const*, Elem, const float*, const float*, void*, Elem, int64_t, int64_t, \
@@ -73,9 +82,11 @@ using SrConvRowsFn = int64_t (*)();
                                int64_t, float*);                                                                   \
   void upsample_argmax_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*, int64_t,  \
                                     int64_t, int64_t, float*, float*, int32_t*);                                   \
-  void sr_conv_tile_##SUFFIX(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,    \
-                             int64_t, int64_t, int64_t, int64_t);                                                  \
-  int64_t sr_conv_rows_##SUFFIX();                                                                                 \
+  void sr_conv_range_##SUFFIX(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,   \
+                              int64_t, int64_t, int64_t, int64_t, int64_t);                                        \
+  void packed_gemm_rows_##SUFFIX(const float*, int64_t, int64_t, int64_t, const float*, int64_t, const float*,       \
+                                 const float*, int64_t, float*, int64_t, int64_t, int64_t);                        \
+  int64_t packed_gemm_tile_rows_##SUFFIX();                                                                        \
   void upsample_accumulate_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*,      \
                                         int64_t, int64_t, int64_t, float*, float*);
 PVT_DECLARE_ENTRY_POINTS(default)
@@ -92,13 +103,24 @@ DwconvGeluRowFn dwconv_gelu_row();
 LinearSraPoolCellFn linear_sra_pool_cell();
 RoundToBf16Fn round_to_bf16();
 LayerNormRowsFn layer_norm_rows();
-SrConvTileFn sr_conv_tile();
-SrConvRowsFn sr_conv_rows();
+SrConvRangeFn sr_conv_range();
+PackedGemmRowsFn packed_gemm_rows();
+PackedGemmTileRowsFn packed_gemm_tile_rows();
 AttentionGeometryFn attention_geometry();
 AttentionPackFn attention_pack();
 AttentionRowsFn attention_rows();
 UpsampleArgmaxRowFn upsample_argmax_row();
 UpsampleAccumulateRowFn upsample_accumulate_row();
+
+// packed_gemm_rows over the whole GEMM, split across the calling thread pool (on the calling thread alone inside a
+// parallel region): out (rows, N) = a · weight + bias (+ residual), packed as for packed_gemm_rows (packed_gemm.cpp).
+void packed_linear(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed, int64_t N,
+                   const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo);
+// How packed_linear and sr_conv share a GEMM of `rows` rows (tiles of packed_gemm_tile_rows()) × `blocks` column
+// blocks of a packed weight of weight_bytes among the calling thread pool: fn(r0, r1, cb0, cb1) runs each share (on the
+// calling thread alone inside a parallel region).
+void split_gemm(int64_t rows, int64_t blocks, int64_t weight_bytes,
+                const std::function<void(int64_t, int64_t, int64_t, int64_t)>& fn);
 
 // y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all contiguous:
 // x (B, H·W, c_in), fc1_w (hidden, c_in), fc2_w (c_out, hidden) and y (B, H·W, c_out) of element type `elem`;
@@ -112,6 +134,10 @@ struct ConvFfnArgs {
   const float* dw_b;
   const void* fc2_w;
   const float* fc2_b;
+  // fp32 runs: fc1_w / fc2_w packed as ops.pack_weight lays them out, for the packed-weight GEMM (packed_gemm.h);
+  // nullptr: the BLAS's sgemm on the plain weights.
+  const float* fc1_packed;
+  const float* fc2_packed;
   void* y;
   int64_t batch, height, width, c_in, hidden, c_out;
   bool relu_input;

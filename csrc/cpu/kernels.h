@@ -399,11 +399,17 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
                                     int32_t* labels) {                                                             \
     PVT_ISA::upsample_argmax_row_impl<PVT_ISA::OPS>(s0, s1, w0, w1, ci, cw, W_in, W_out, L, tmp, v, labels);       \
   }                                                                                                                \
-  void sr_conv_tile_##SUFFIX(const float* x, const float* packed, const float* bias, float* out, int64_t width,       \
-                             int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t np, int64_t cb) {    \
-    PVT_ISA::sr_conv_tile_impl<PVT_ISA::OPS>(x, packed, bias, out, width, Ci, Co, s, Wo, p0, np, cb);               \
+  void sr_conv_range_##SUFFIX(const float* x, const float* packed, const float* bias, float* out, int64_t width,      \
+                              int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t p1, int64_t cb0,   \
+                              int64_t cb1) {                                                                       \
+    PVT_ISA::sr_conv_range_impl<PVT_ISA::OPS>(x, packed, bias, out, width, Ci, Co, s, Wo, p0, p1, cb0, cb1);        \
   }                                                                                                                \
-  int64_t sr_conv_rows_##SUFFIX() { return PVT_ISA::sr_conv_rows_impl<PVT_ISA::OPS>(); }                           \
+  void packed_gemm_rows_##SUFFIX(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed,          \
+                                 int64_t N, const float* bias, const float* res, int64_t ldr, float* out,           \
+                                 int64_t ldo, int64_t cb0, int64_t cb1) {                                          \
+    PVT_ISA::packed_gemm_rows_impl<PVT_ISA::OPS>(a, lda, rows, K, packed, N, bias, res, ldr, out, ldo, cb0, cb1);   \
+  }                                                                                                                \
+  int64_t packed_gemm_tile_rows_##SUFFIX() { return PVT_ISA::packed_gemm_tile_rows_impl<PVT_ISA::OPS>(); }         \
   void upsample_accumulate_row_##SUFFIX(const float* s0, const float* s1, float w0, float w1, const int64_t* ci,     \
                                         const float* cw, int64_t W_in, int64_t W_out, int64_t C, float* tmp,       \
                                         float* out) {                                                              \

@@ -79,7 +79,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
         if self.spatial_reduction_ratio > 1:
             if self._cpu_sr_conv(hidden_states, height, width):
                 conv = self.spatial_reduction
-                packed = self._inference_cache("sr_conv_pack", (conv.weight,), lambda: ops.sr_conv_pack(conv.weight))
+                packed = self._inference_cache("sr_conv_pack", (conv.weight,), lambda: ops.pack_weight(conv.weight))
                 reduced = ops.sr_conv(hidden_states, conv.weight, conv.bias, height, width, packed, self.op_backend)
                 return self.layer_norm(reduced)
             grid = token_map(hidden_states, height, width, channels_last=self.fast)
@@ -126,6 +126,8 @@ class SpatialReductionAttention(FastPath, nn.Module):
         """Returns ``(context (B, N, C), attention_probs (B, heads, N, M) or None)``; with ``residual`` (B, N, C),
         ``residual + context`` instead, added in the output projection's epilogue where the fast path can (the
         block passes it only when nothing sits between the projection and the residual add)."""
+        if self._fused_layer(hidden_states, output_attentions, residual):
+            return self._sra_layer(hidden_states, height, width, residual), None
         query = self._projection("query", self.query, hidden_states)
         key, value = self.key_value(self.reduce(hidden_states, height, width))
         dropout_p = self.attn_drop.p if self.training else 0.0
@@ -138,6 +140,57 @@ class SpatialReductionAttention(FastPath, nn.Module):
         if residual is not None:
             return self._projection("proj", self.proj, context, residual), probs
         return self.proj_drop(self._projection("proj", self.proj, context)), probs
+
+    def _fused_layer(self, x: torch.Tensor, output_attentions: bool, residual: Optional[torch.Tensor]) -> bool:
+        """Whether this call runs as one ``ops.sra_layer`` (the C++ layer: no Python or dispatch between its steps):
+        inference on CPU tensors in fast mode with the C++ backends, SRA (not Linear SRA), no probabilities wanted,
+        no active dropout, and where "auto" takes it (fp32; README, "CPU attention layer"), or always with "cpu"."""
+        if (
+            torch.compiler.is_compiling()  # first: the checks below are not traceable
+            or torch.is_grad_enabled()
+            or not self.fast
+            or x.device.type != "cpu"
+            or self.op_backend not in ("auto", "cpu")
+            or self.linear_attention
+            or output_attentions
+            or (self.training and (self.attn_drop.p > 0 or (residual is None and self.proj_drop.p > 0)))
+        ):
+            return False
+        return self.op_backend == "cpu" or x.dtype == torch.float32
+
+    def _sra_layer(self, x: torch.Tensor, height: int, width: int, residual: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` as one ``ops.sra_layer`` call, on weights packed once and cached."""
+        kv_weight, kv_bias = self._packed_kv_weights()
+        sr = self.spatial_reduction if self.spatial_reduction_ratio > 1 else None
+        norm = self.layer_norm if sr is not None else None
+        sr_weight = sr.weight if sr is not None else None
+        # Keyed on the parameters themselves: kv_weight, made under inference_mode, could not key a cache.
+        params = (self.query.weight, self.key.weight, self.value.weight, self.proj.weight, sr_weight)
+        packed = self._inference_cache(
+            "sra_layer_pack",
+            params,
+            lambda: ops.pack_layer_weights(self.query.weight, kv_weight, self.proj.weight, sr_weight),
+        )
+        return ops.sra_layer(
+            x,
+            self.query.weight,
+            self.query.bias,
+            kv_weight,
+            kv_bias,
+            self.proj.weight,
+            self.proj.bias,
+            height,
+            width,
+            self.num_attention_heads,
+            sr_weight=sr_weight,
+            sr_bias=sr.bias if sr is not None else None,
+            norm_weight=norm.weight if norm is not None else None,
+            norm_bias=norm.bias if norm is not None else None,
+            eps=norm.eps if norm is not None else 1e-6,
+            residual=residual,
+            packed=packed,
+            backend=self.op_backend,
+        )
 
     def _projection(
         self, slot: str, linear: nn.Linear, x: torch.Tensor, residual: Optional[torch.Tensor] = None

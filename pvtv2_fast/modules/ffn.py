@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -76,6 +76,7 @@ class ConvFeedForward(FastPath, nn.Module):
             if self._onednn_schedule(hidden_states):
                 return self._onednn_forward(hidden_states, height, width, residual)
             conv = self.dwconv.dwconv
+            fc1_packed, fc2_packed = self._packed_weights(hidden_states)
             out = ops.conv_ffn(
                 hidden_states,
                 self.dense1.weight,
@@ -89,6 +90,8 @@ class ConvFeedForward(FastPath, nn.Module):
                 relu_input=self.extra_relu,
                 backend=self.op_backend,
                 max_hidden_bytes=self.max_hidden_bytes,
+                fc1_packed=fc1_packed,
+                fc2_packed=fc2_packed,
             )
         else:
             hidden_states = self.relu(self.dense1(hidden_states))
@@ -98,6 +101,18 @@ class ConvFeedForward(FastPath, nn.Module):
             return out
         # In place into the fresh output for inference (fp addition commutes: the bits of residual + out).
         return residual + out if torch.is_grad_enabled() else out.add_(residual)
+
+    def _packed_weights(self, x: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """fc1 and fc2's weights packed for the C++ kernel's fp32 GEMMs (``ops.pack_weight``), cached for inference
+        on CPU in fast mode; ``(None, None)`` elsewhere (bf16 runs MKL's bf16 GEMM on the plain weights; other
+        devices and the reference do not use them)."""
+        if (
+            not (self.fast and x.device.type == "cpu" and self.op_backend in ("auto", "cpu"))
+            or x.dtype == torch.bfloat16
+        ):
+            return None, None
+        w1, w2 = self.dense1.weight, self.dense2.weight
+        return self._inference_cache("ffn_pack", (w1, w2), lambda: (ops.pack_weight(w1), ops.pack_weight(w2)))
 
     def _onednn_schedule(self, x: torch.Tensor) -> bool:
         """Whether this inference call runs :meth:`_onednn_forward` (the measured rule above; CPU tensors, the C++

@@ -9,9 +9,11 @@ from .conv_ffn import conv_ffn, conv_ffn_reference
 from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .layer_norm import layer_norm, layer_norm_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
+from .packing import pack_weight
 from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
-from .sr_conv import sr_conv, sr_conv_pack, sr_conv_reference
+from .sr_conv import sr_conv, sr_conv_reference
 from .sra_attention import sra_attention, sra_attention_reference
+from .sra_layer import pack_layer_weights, sra_layer, sra_layer_reference
 from .upsample_accumulate import upsample_accumulate, upsample_accumulate_reference
 from .upsample_argmax import upsample_argmax, upsample_argmax_reference
 
@@ -28,13 +30,16 @@ __all__ = [
     "layer_norm_reference",
     "linear_sra_pool",
     "linear_sra_pool_reference",
+    "pack_layer_weights",
+    "pack_weight",
     "reset_warnings",
     "simulate",
     "sr_conv",
-    "sr_conv_pack",
     "sr_conv_reference",
     "sra_attention",
     "sra_attention_reference",
+    "sra_layer",
+    "sra_layer_reference",
     "triton_status",
     "upsample_accumulate",
     "upsample_accumulate_reference",

@@ -10,6 +10,7 @@ from torch import Tensor
 from .checks import check_params, check_token_map
 from .dwconv_gelu import OP as DWCONV_GELU
 from .dwconv_gelu import dwconv_gelu_reference
+from .packing import packed_shape
 from .registry import define, register_native
 
 
@@ -36,7 +37,19 @@ def _composition(dwconv_backend: str) -> Callable:
     """fc1 → :func:`dwconv_gelu` on ``dwconv_backend`` → fc2, in bands of rows when asked."""
 
     def ffn(
-        x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input, max_hidden_bytes
+        x,
+        fc1_weight,
+        fc1_bias,
+        dw_weight,
+        dw_bias,
+        fc2_weight,
+        fc2_bias,
+        height,
+        width,
+        relu_input,
+        fc1_packed=None,
+        fc2_packed=None,
+        max_hidden_bytes=None,
     ):
         def one_band(xb: Tensor, h: int, w: int) -> Tensor:
             hidden = F.linear(xb, fc1_weight, fc1_bias)
@@ -62,18 +75,33 @@ def conv_ffn_reference(
     height: int,
     width: int,
     relu_input: bool,
+    fc1_packed: Optional[Tensor] = None,
+    fc2_packed: Optional[Tensor] = None,
     max_hidden_bytes: Optional[int] = None,
 ) -> Tensor:
-    """The PyTorch composition (transformers' and timm's math), banded when ``max_hidden_bytes`` is given."""
+    """The PyTorch composition (transformers' and timm's math), banded when ``max_hidden_bytes`` is given; the packed
+    weights are not used."""
     return _composition("torch")(
-        x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input, max_hidden_bytes
+        x,
+        fc1_weight,
+        fc1_bias,
+        dw_weight,
+        dw_bias,
+        fc2_weight,
+        fc2_bias,
+        height,
+        width,
+        relu_input,
+        max_hidden_bytes=max_hidden_bytes,
     )
 
 
 OP = define("conv_ffn", conv_ffn_reference)
 # The C++ CPU kernel streams bands sized to the cache itself, or runs small hidden states (<= 16 MB, in reused
 # scratch) whole-map, so the widened state never exceeds that whatever the budget: it does not take max_hidden_bytes.
-register_native(OP, "conv_ffn", 7, 3, devices=("cpu",), op_only_args=1)
+# The packed weights are not derived per call (packing costs a pass over both weights, more than a small map's FFN):
+# without them the kernel's GEMMs run on MKL's sgemm.
+register_native(OP, "conv_ffn", 7, 5, devices=("cpu",), op_only_args=1)
 # Elsewhere the FFN is fc1 and fc2 in PyTorch around the fused dwconv+GELU of the same backend.
 for _backend in ("triton", "cuda"):
     OP.register(_backend, _composition(_backend), lambda args, _b=_backend: DWCONV_GELU.why_not(_b, args))
@@ -92,6 +120,8 @@ def conv_ffn(
     relu_input: bool = False,
     backend: str = "auto",
     max_hidden_bytes: Optional[int] = None,
+    fc1_packed: Optional[Tensor] = None,
+    fc2_packed: Optional[Tensor] = None,
 ) -> Tensor:
     """x: ``(B, N, C_in)`` tokens of an H×W map; fc1 ``(hidden, C_in)``, dwconv ``(hidden, 1, 3, 3)``,
     fc2 ``(C_out, hidden)`` weights with optional biases. Returns ``(B, N, C_out)``:
@@ -100,6 +130,9 @@ def conv_ffn(
     ``"cpu"``: one C++ kernel streams bands of rows through the cache, so the widened ``(B, N, hidden)`` state is
     never materialised. ``"torch"`` / ``"triton"`` / ``"cuda"``: fc1 and fc2 are PyTorch linears around the
     dwconv+GELU of that backend; ``max_hidden_bytes`` bounds their widened state by running bands of rows.
+    ``fc1_packed`` / ``fc2_packed``: :func:`~pvtv2_fast.ops.pack_weight` of fc1 / fc2's weights (both or neither),
+    cached by the caller (fast mode's module does): the CPU kernel's fp32 bands run their GEMMs on them, on the
+    packed-weight GEMM, rather than on MKL's sgemm (whole-map GEMMs stay on MKL's threads either way).
     """
     check_token_map("conv_ffn", x, height, width)
     c_in, hidden, c_out = x.shape[2], fc1_weight.shape[0], fc2_weight.shape[0]
@@ -113,6 +146,8 @@ def conv_ffn(
             "dw_bias": (dw_bias, (hidden,)),
             "fc2_weight": (fc2_weight, (c_out, hidden)),
             "fc2_bias": (fc2_bias, (c_out,)),
+            "fc1_packed": (fc1_packed, packed_shape(hidden, c_in)),
+            "fc2_packed": (fc2_packed, packed_shape(c_out, hidden)),
         },
         f" for {c_in} input and {hidden} hidden channels",
     )
@@ -120,6 +155,8 @@ def conv_ffn(
         raise ValueError("conv_ffn: a depthwise conv of no channels (hidden = 0) is an error, as in F.conv2d")
     if not isinstance(relu_input, bool):
         raise TypeError(f"conv_ffn: relu_input must be a bool, got {relu_input!r}")
+    if (fc1_packed is None) != (fc2_packed is None):
+        raise ValueError("conv_ffn: pass both fc1_packed and fc2_packed (ops.pack_weight of each weight) or neither")
     if max_hidden_bytes is not None and max_hidden_bytes < 1:
         raise ValueError(f"conv_ffn: max_hidden_bytes must be positive or None, got {max_hidden_bytes}")
     return OP(
@@ -134,5 +171,7 @@ def conv_ffn(
         height,
         width,
         relu_input,
+        fc1_packed,
+        fc2_packed,
         max_hidden_bytes,
     )

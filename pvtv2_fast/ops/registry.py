@@ -271,7 +271,8 @@ def register_recompute_autograd(op, reference: Callable, n_tensors: int, n_rest:
             wanted = [t for t, need in zip(leaves, needs) if need and t is not None]
             grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else ())
         result = [next(grads) if need and t is not None else None for t, need in zip(leaves, needs)]
-        return (*result, *([None] * n_rest))
+        # A list-of-tensors input (sra_layer's packed weights) takes a list of None grads.
+        return (*result, *([None] * len(r) if isinstance(r, (list, tuple)) else None for r in ctx.rest))
 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
 

@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_params, check_token_map
+from .packing import pack_weight, packed_shape
 from .registry import define, register_native
-
-# Output channels per block of the packed weight (sr_conv_pack; csrc/cpu/sr_conv.h).
-PACK_BLOCK = 32
 
 
 def sr_conv_reference(
@@ -25,16 +23,6 @@ def sr_conv_reference(
     s = weight.shape[2]
     grid = x.reshape(b, height, width, c).permute(0, 3, 1, 2)
     return F.conv2d(grid, weight, bias, stride=s).flatten(2).transpose(1, 2)
-
-
-def sr_conv_pack(weight: Tensor) -> Tensor:
-    """The ``(Co, Ci, s, s)`` conv weight as the C++ kernel streams it: ``(ceil(Co / 32), s·s·Ci, 32)``, the window's
-    values in (kh, kw, ci) order, zero past Co. Derived from the weight: modules cache it for inference."""
-    co, ci, s, _ = weight.shape
-    blocks = -(-co // PACK_BLOCK)
-    k_major = weight.permute(2, 3, 1, 0).reshape(s * s * ci, co)  # (K, Co)
-    padded = F.pad(k_major, (0, blocks * PACK_BLOCK - co))
-    return padded.reshape(s * s * ci, blocks, PACK_BLOCK).transpose(0, 1).contiguous()
 
 
 # "auto" takes the C++ kernel for fp32 calls of up to this many FLOPs (2·B·M·Co·s²·Ci). Against oneDNN's prepacked
@@ -60,7 +48,7 @@ def _cpu_slower(args: Sequence) -> bool:
 def _with_packed(args: tuple) -> tuple:
     """The kernel's arguments: the packed weight is required there; packed here when the caller did not pass it."""
     x, weight, bias, height, width, packed = args
-    return x, weight, bias, height, width, sr_conv_pack(weight) if packed is None else packed
+    return x, weight, bias, height, width, pack_weight(weight) if packed is None else packed
 
 
 OP = define("sr_conv", sr_conv_reference, stand_ins={"triton": "torch", "cuda": "torch"})
@@ -78,11 +66,11 @@ def sr_conv(
 ) -> Tensor:
     """x: ``(B, H·W, Ci)`` tokens of an H×W map; weight ``(Co, Ci, s, s)``, bias ``(Co,)`` or None. Returns the
     ``(B, ⌊H/s⌋·⌊W/s⌋, Co)`` tokens of ``conv2d(map, weight, bias, stride=s)`` (rows and columns past the last whole
-    window are dropped, as the conv does). ``packed``: :func:`sr_conv_pack` of the weight, cached by the caller
-    (packed per call for the C++ kernel otherwise).
+    window are dropped, as the conv does). ``packed``: :func:`~pvtv2_fast.ops.pack_weight` of the weight, cached by
+    the caller (packed per call for the C++ kernel otherwise).
 
     ``"cpu"``: a C++ kernel (fp32 compute; bf16 / fp16 through fp32 copies) whose register tiles of output pixels ×
-    32 channels read each window's rows in place (channels-last: s·Ci contiguous values per kernel row). On CUDA,
+    64 channels read each window's rows in place (channels-last: s·Ci contiguous values per kernel row). On CUDA,
     cuDNN's convolution stands in.
     """
     check_token_map("sr_conv", x, height, width)
@@ -97,7 +85,7 @@ def sr_conv(
         {
             "weight": (weight, (co, x.shape[2], s, s)),
             "bias": (bias, (co,)),
-            "packed": (packed, (-(-co // PACK_BLOCK), s * s * ci, PACK_BLOCK)),
+            "packed": (packed, packed_shape(co, s * s * ci)),
         },
     )
     return OP(backend, x, weight, bias, height, width, packed)

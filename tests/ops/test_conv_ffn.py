@@ -65,10 +65,12 @@ def _weights(c_in, hidden, c_out, seed=0, bias=True, dtype=torch.float32, device
 def _check(backend, device, x, weights, h, w, relu, dtype=torch.float32, what="conv_ffn"):
     x = x.to(device)
     weights = tuple(None if t is None else t.to(device) for t in weights)
-    require("conv_ffn", backend, (x, *weights, h, w, relu, None))
-    out = ops.conv_ffn(x, *weights, h, w, relu, backend=backend)
+    require("conv_ffn", backend, (x, *weights, h, w, relu, None, None, None))
     ref = ops.conv_ffn_reference(x.float(), *(None if t is None else t.float() for t in weights), h, w, relu)
-    close(out, ref, dtype, what)
+    close(ops.conv_ffn(x, *weights, h, w, relu, backend=backend), ref, dtype, what)
+    if backend == "cpu":  # and with fc1 / fc2 packed, as fast mode's module passes them (the packed-weight GEMM)
+        packed = dict(fc1_packed=ops.pack_weight(weights[0]), fc2_packed=ops.pack_weight(weights[4]))
+        close(ops.conv_ffn(x, *weights, h, w, relu, backend=backend, **packed), ref, dtype, what + " packed")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -123,11 +123,26 @@ def _attn(dev, m=4, **kw):
 
 def _src(dev, s=2, **kw):
     """sr_conv arguments: (x, weight, bias, height, width, packed) for a 5×9 map of 8 channels, 12 out channels (the
-    packed weight's shape, (1, s·s·8, 32), is checked last)."""
+    packed weight's shape, (1, s·s·8, 64), is checked last)."""
     a = {"x": torch.randn(2, 45, 8, device=dev), "weight": torch.randn(12, 8, s, s, device=dev), "bias": None}
-    a.update({"height": 5, "width": 9, "packed": torch.zeros(1, s * s * 8, 32, device=dev)})
+    a.update({"height": 5, "width": 9, "packed": torch.zeros(1, s * s * 8, 64, device=dev)})
     a.update(kw)
     return "sr_conv", tuple(a.values())
+
+
+def _sl(dev, s=2, **kw):
+    """sra_layer arguments for a 4×5 map of 8 channels, 2 heads, sr s (1: no reduction); packed weights last."""
+    r = lambda *shape: torch.randn(*shape, device=dev)  # noqa: E731
+    a = {"x": r(2, 20, 8), "q_weight": r(8, 8), "q_bias": r(8), "kv_weight": r(16, 8), "kv_bias": r(16)}
+    a.update({"proj_weight": r(8, 8), "proj_bias": r(8)})
+    a.update({"sr_weight": r(8, 8, s, s), "sr_bias": r(8), "norm_weight": r(8), "norm_bias": r(8)} if s > 1 else {})
+    a.update({"sr_weight": None, "sr_bias": None, "norm_weight": None, "norm_bias": None} if s == 1 else {})
+    a.update({"residual": None, "height": 4, "width": 5, "num_heads": 2, "scale": 0.5, "eps": 1e-6})
+    a["packed"] = [torch.zeros(1, 8, 64, device=dev)] * 3 + (
+        [torch.zeros(1, s * s * 8, 64, device=dev)] if s > 1 else []
+    )
+    a.update(kw)
+    return "sra_layer", tuple(a.values())
 
 
 def _x(dev, *shape, dtype=torch.float32):
@@ -346,7 +361,44 @@ BAD_INPUT = [
     ("src-bias-shape", lambda d, o: _src(d, bias=_x(d, 11)), E, "bias must be (12,), got (11,)"),
     ("src-weight-dtype", lambda d, o: _src(d, weight=_x(d, 12, 8, 2, 2, dtype=torch.half)), E, "weight must have"),
     ("src-weight-device", lambda d, o: _src(d, weight=_x(o, 12, 8, 2, 2)), E, "weight must be on x's device"),
-    ("src-packed-shape", lambda d, o: _src(d, packed=_x(d, 1, 32, 16)), E, "packed must be (1, 32, 32), got"),
+    ("src-packed-shape", lambda d, o: _src(d, packed=_x(d, 1, 32, 16)), E, "packed must be (1, 32, 64), got"),
+    # ---- conv_ffn's packed weights
+    ("ffn-packed-one", lambda d, o: _ffn(d, fc1_packed=_x(d, 1, 4, 64)), E, "pass both fc1_packed and fc2_packed"),
+    (
+        "ffn-packed-shape",
+        lambda d, o: _ffn(d, fc1_packed=_x(d, 1, 4, 64), fc2_packed=_x(d, 1, 4, 64)),
+        E,
+        "fc2_packed must be (1, 8, 64), got (1, 4, 64)",
+    ),
+    (
+        "ffn-packed-dtype",
+        lambda d, o: _ffn(d, fc1_packed=_x(d, 1, 4, 64, dtype=torch.half), fc2_packed=_x(d, 1, 8, 64)),
+        E,
+        "fc1_packed must have x's dtype",
+    ),
+    # ---- sra_layer
+    ("sl-x-2d", lambda d, o: _sl(d, x=_x(d, 20, 8)), E, "sra_layer: x must be (B, N, C) tokens"),
+    ("sl-not-a-map", lambda d, o: _sl(d, height=3), E, "20 tokens are not a 3x5 map"),
+    ("sl-heads", lambda d, o: _sl(d, num_heads=3), E, "8 channels are not divisible into 3 heads"),
+    ("sl-scale-inf", lambda d, o: _sl(d, scale=float("inf")), E, "scale must be finite"),
+    ("sl-q-shape", lambda d, o: _sl(d, q_weight=_x(d, 8, 7)), E, "q_weight must be (8, 8), got (8, 7)"),
+    ("sl-kv-shape", lambda d, o: _sl(d, kv_weight=_x(d, 8, 8)), E, "kv_weight must be (16, 8), got (8, 8)"),
+    ("sl-kv-bias", lambda d, o: _sl(d, kv_bias=_x(d, 8)), E, "kv_bias must be (16,), got (8,)"),
+    ("sl-proj-device", lambda d, o: _sl(d, proj_weight=_x(o, 8, 8)), E, "proj_weight must be on x's device"),
+    ("sl-residual", lambda d, o: _sl(d, residual=_x(d, 2, 20, 4)), E, "residual must be (2, 20, 8), got"),
+    ("sl-norm-no-sr", lambda d, o: _sl(d, s=1, norm_weight=_x(d, 8)), E, "belong to the spatial reduction"),
+    ("sl-sr-rect", lambda d, o: _sl(d, sr_weight=_x(d, 8, 8, 2, 3)), E, "sr_weight must be (C, C, s, s)"),
+    ("sl-sr-too-big", lambda d, o: _sl(d, s=5), E, "a 5x5 reduction does not fit in a 4x5 map"),
+    ("sl-norm-dtype", lambda d, o: _sl(d, norm_bias=_x(d, 8, dtype=torch.half)), E, "norm_bias must have x's"),
+    ("sl-eps-nan", lambda d, o: _sl(d, eps=float("nan")), E, "eps must be finite"),
+    ("sl-packed-count", lambda d, o: _sl(d, packed=[_x(d, 1, 8, 64)] * 3), E, "packed must hold the 4 packed"),
+    ("sl-packed-sr", lambda d, o: _sl(d, packed=[_x(d, 1, 8, 64)] * 4), E, "packed[3] (sr) must be (1, 32, 64)"),
+    (
+        "sl-packed-dtype",
+        lambda d, o: _sl(d, packed=[_x(d, 1, 8, 64, dtype=torch.half)] + [_x(d, 1, 8, 64)] * 3),
+        E,
+        "packed[0] (q) must have x's dtype",
+    ),
 ]
 
 
@@ -378,8 +430,9 @@ def test_every_op_is_covered():
         lambda: _ln("cpu"),
         lambda: _attn("cpu"),
         lambda: _src("cpu"),
+        lambda: _sl("cpu"),
     ],
-    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm", "sra_attention", "sr_conv"],
+    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm", "sra_attention", "sr_conv", "sra_layer"],
 )
 def test_sparse_input_is_refused_by_the_dispatcher(make):
     """Layouts other than dense never reach a kernel: no kernel is registered for them."""

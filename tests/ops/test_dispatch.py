@@ -48,6 +48,7 @@ def test_every_op_has_a_reference_and_only_known_backends():
         "upsample_accumulate",
         "layer_norm",
         "sr_conv",
+        "sra_layer",
     }
     for op in OPS.values():
         assert callable(op.reference)

@@ -9,7 +9,7 @@ import torch
 from op_cases import randn
 
 from pvtv2_fast import _ext
-from pvtv2_fast.ops import sr_conv_pack
+from pvtv2_fast.ops import pack_weight
 from pvtv2_fast.ops.registry import NATIVE_OPS
 
 CHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
@@ -54,15 +54,30 @@ def _samples():
         "pvtv2_fast_C.dwconv_gelu": (x, *dw, 5, 9, True),
         "pvtv2_fast_C.linear_sra_pool": (x, 5, 9, 7),
         "pvtv2_fast_C.conv_ffn": (ffn_x, *ffn, 5, 9, True),
+        "pvtv2_fast_C.conv_ffn.packed": (ffn_x, *ffn, 5, 9, True, pack_weight(ffn[0]), pack_weight(ffn[4])),
         "pvtv2_fast_C.layer_norm": (x, randn(x.shape[2], device="cpu"), randn(x.shape[2], device="cpu", seed=2), 1e-6),
         "pvtv2_fast_C.sra_attention": (randn(1, 20, 64, device="cpu"), kv[..., :64], kv[..., 64:], 2, 0.125),
-        "pvtv2_fast_C.sr_conv": (ffn_x, sr_w, randn(40, device="cpu"), 5, 9, sr_conv_pack(sr_w)),
+        "pvtv2_fast_C.sr_conv": (ffn_x, sr_w, randn(40, device="cpu"), 5, 9, pack_weight(sr_w)),
+        "pvtv2_fast_C.sra_layer": _sra_layer_sample(),
     }
+
+
+def _sra_layer_sample():
+    """sra_layer on a 5×9 map of 16 channels, 2 heads, sr 2, with a residual."""
+    c = 16
+    w = [randn(c, c, device="cpu", seed=1, scale=0.25), randn(c, device="cpu", seed=2)]
+    w += [randn(2 * c, c, device="cpu", seed=3, scale=0.25), randn(2 * c, device="cpu", seed=4)]
+    w += [randn(c, c, device="cpu", seed=5, scale=0.25), randn(c, device="cpu", seed=6)]
+    sr = [randn(c, c, 2, 2, device="cpu", seed=7, scale=0.12), randn(c, device="cpu", seed=8)]
+    norm = [randn(c, device="cpu", seed=9), randn(c, device="cpu", seed=10)]
+    x, residual = randn(2, 45, c, device="cpu"), randn(2, 45, c, device="cpu", seed=11)
+    packed = [pack_weight(t) for t in (w[0], w[2], w[4], sr[0])]
+    return (x, *w, *sr, *norm, residual, 5, 9, 2, 0.25, 1e-6, packed)
 
 
 @pytest.mark.parametrize("name", list(_samples()))
 def test_opcheck(name):
-    namespace, op = name.split(".")
+    namespace, op = name.split(".")[:2]
     if namespace == "pvtv2_fast_C" and not _ext.available():
         pytest.skip(_ext.unavailable_reason()) if os.environ.get("PVTV2_FAST_NO_EXT") == "1" else pytest.fail(
             _ext.unavailable_reason()

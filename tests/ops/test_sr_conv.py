@@ -50,7 +50,7 @@ def test_preset_stages(backend, device, case, batch, dtype):
     x, weight = randn(batch, h * w, c, seed=c, device=device, dtype=dtype), _weight(c, c, s, device=device).to(dtype)
     bias = randn(c, device=device, dtype=dtype)
     _check(backend, device, x, weight, bias, h, w, what=case[0])
-    _check(backend, device, x, weight, bias, h, w, ops.sr_conv_pack(weight), what=case[0] + " packed")
+    _check(backend, device, x, weight, bias, h, w, ops.pack_weight(weight), what=case[0] + " packed")
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_preset_stages(backend, device, case, batch, dtype):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_odd_shapes(backend, device, b, ci, co, h, w, s, bias):
-    """Channel counts off the 32-channel blocks (masked tails), pixel counts off the register tiles, s = 1 (a
+    """Channel counts off the 64-channel blocks (masked tails), pixel counts off the register tiles, s = 1 (a
     1×1 conv), one output pixel, a whole 224² stage-1 map; with and without bias."""
     x = randn(b, h * w, ci, seed=h * w, device=device)
     _check(backend, device, x, _weight(co, ci, s, device=device), randn(co, device=device) if bias else None, h, w)
@@ -73,13 +73,18 @@ def test_strided_input(backend, device):
 
 
 def test_pack_layout():
-    """(ceil(Co / 32), s·s·Ci, 32): block b, row (kh·s + kw)·Ci + ci, lane o holds weight[32·b + o, ci, kh, kw]."""
-    weight = torch.randn(40, 3, 2, 2)
-    packed = ops.sr_conv_pack(weight)
-    assert packed.shape == (2, 12, 32) and packed.is_contiguous()
-    for o, ci, kh, kw in ((0, 0, 0, 0), (33, 2, 1, 0), (39, 1, 0, 1), (31, 2, 1, 1)):
-        assert packed[o // 32, (kh * 2 + kw) * 3 + ci, o % 32] == weight[o, ci, kh, kw]
-    assert not packed[1, :, 8:].any()  # zero past Co
+    """(ceil(Co / 64), s·s·Ci, 64): block b, row (kh·s + kw)·Ci + ci, lane o holds weight[64·b + o, ci, kh, kw]; a
+    linear weight (N, K) is the 1×1 case."""
+    weight = torch.randn(70, 3, 2, 2)
+    packed = ops.pack_weight(weight)
+    assert packed.shape == (2, 12, 64) and packed.is_contiguous() and not packed.requires_grad
+    for o, ci, kh, kw in ((0, 0, 0, 0), (65, 2, 1, 0), (69, 1, 0, 1), (63, 2, 1, 1)):
+        assert packed[o // 64, (kh * 2 + kw) * 3 + ci, o % 64] == weight[o, ci, kh, kw]
+    assert not packed[1, :, 6:].any()  # zero past Co
+    linear = torch.randn(70, 12, requires_grad=True)
+    torch.testing.assert_close(ops.pack_weight(linear), ops.pack_weight(linear.detach()[:, :, None, None]))
+    with pytest.raises(ValueError, match=r"pack_weight: expected a \(N, K\) or \(Co, Ci, s, s\) weight"):
+        ops.pack_weight(torch.randn(3, 4, 5))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -99,7 +104,7 @@ def test_compile_and_export_keep_the_fused_node(backend, device):
 
     class SR(torch.nn.Module):
         def forward(self, t):
-            return ops.sr_conv(t, weight, bias, 5, 7, ops.sr_conv_pack(weight), backend=backend)
+            return ops.sr_conv(t, weight, bias, 5, 7, ops.pack_weight(weight), backend=backend)
 
     torch.testing.assert_close(torch.compile(SR(), fullgraph=True, backend="eager")(x), SR()(x))
     exported = torch.export.export(SR(), (x,))
@@ -128,8 +133,9 @@ def test_attention_takes_it_where_it_measured_faster(side, backend, runs, monkey
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_attention_runs_it_for_fp32_on_cpu_and_caches_the_packing(dtype, monkeypatch):
-    """Fast mode's SRA reduces fp32 CPU maps through ops.sr_conv with the packed weight cached (re-packed after
-    load_state_dict); bf16 keeps oneDNN's convolution. Either way within the reference's tolerance."""
+    """Fast mode's per-op SRA (here: attention maps requested; plain fp32 inference runs the one-call sra_layer)
+    reduces fp32 CPU maps through ops.sr_conv with the packed weight cached (re-packed after load_state_dict); bf16
+    keeps oneDNN's convolution. Either way within the reference's tolerance."""
     from pvtv2_fast.modules import SpatialReductionAttention
 
     torch.manual_seed(0)
@@ -140,11 +146,13 @@ def test_attention_runs_it_for_fp32_on_cpu_and_caches_the_packing(dtype, monkeyp
         attn.fast = True
         calls, real = [], ops.sr_conv
         monkeypatch.setattr(ops, "sr_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
-        out = attn(x, 13, 17)[0]
+        out = attn(x, 13, 17, output_attentions=True)[0]
         assert bool(calls) == (dtype == torch.float32)
         assert ("sr_conv_pack" in attn.__dict__.get("_inference_caches", {})) == (dtype == torch.float32)
         tol = 1e-5 if dtype == torch.float32 else 3e-2
         torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
         other = SpatialReductionAttention(64, 2, sr_ratio=4).eval().to(dtype)
         attn.load_state_dict(other.state_dict())
-        torch.testing.assert_close(attn(x, 13, 17)[0].float(), other(x, 13, 17)[0].float(), atol=tol, rtol=tol)
+        torch.testing.assert_close(
+            attn(x, 13, 17, output_attentions=True)[0].float(), other(x, 13, 17)[0].float(), atol=tol, rtol=tol
+        )

@@ -21,6 +21,9 @@
 #include <initializer_list>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include "pvtv2/packing.h"
 
 namespace pvtv2 {
 namespace checks {
@@ -148,7 +151,7 @@ inline void layer_norm(const at::Tensor& x, const c10::optional<at::Tensor>& wei
 }
 
 // x (B, H·W, Ci) tokens of an H×W map; weight (Co, Ci, s, s), s >= 1, no larger than the map; bias (Co,);
-// packed (ceil(Co / 32), s·s·Ci, 32), the weight as ops.sr_conv_pack lays it out.
+// packed (ceil(Co / 64), s·s·Ci, 64), the weight as ops.pack_weight lays it out (packing.h).
 inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                     int64_t height, int64_t width, const at::Tensor& packed) {
   const char* op = "sr_conv";
@@ -164,7 +167,7 @@ inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::op
   CHECK_LIKE(bias, x);
   CHECK_SHAPE(bias, weight.size(0));
   CHECK_LIKE(packed, x);
-  CHECK_SHAPE(packed, (weight.size(0) + 31) / 32, s * s * x.size(2), 32);
+  CHECK_SHAPE(packed, pack_blocks(weight.size(0)), s * s * x.size(2), kPackBlock);
 }
 
 // q (B, N, C) queries; k and v (B, M, C) keys and values (any strides, e.g. views into one (B, M, 2C) projection);
@@ -190,6 +193,75 @@ inline void sra_attention(const at::Tensor& q, const at::Tensor& k, const at::Te
       add(op, "2C + 15 heads", mul(op, "2 x C", 2, q.size(2)), mul(op, "15 x heads", 15, num_heads)));
 }
 
+// The whole SRA layer (ops.sra_layer): x (B, H·W, C) tokens; q_weight and proj_weight (C, C), kv_weight (2C, C),
+// biases (C,) / (2C,) / (C,) or absent; sr_weight (C, C, s, s) with its bias and the LayerNorm's weight / bias (C,),
+// or none of the four (no spatial reduction: keys from x itself); residual like x or absent; heads divide C; packed
+// the [q, kv, proj] weights (and sr_weight last) as ops.pack_weight lays them out.
+inline void sra_layer(const at::Tensor& x, const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias,
+                      const at::Tensor& kv_weight, const c10::optional<at::Tensor>& kv_bias,
+                      const at::Tensor& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                      const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
+                      const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                      const c10::optional<at::Tensor>& residual, int64_t height, int64_t width, int64_t num_heads,
+                      double scale, double eps, at::TensorList packed) {
+  const char* op = "sra_layer";
+  token_map(op, x, height, width);
+  const int64_t C = x.size(2);
+  TORCH_CHECK(C >= 1, op, ": x has no channels (C = 0)");
+  TORCH_CHECK(num_heads >= 1 && C % num_heads == 0, op, ": ", C, " channels are not divisible into ", num_heads,
+              " heads");
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  CHECK_LIKE(q_weight, x);
+  CHECK_SHAPE(q_weight, C, C);
+  CHECK_LIKE(q_bias, x);
+  CHECK_SHAPE(q_bias, C);
+  CHECK_LIKE(kv_weight, x);
+  CHECK_SHAPE(kv_weight, 2 * C, C);
+  CHECK_LIKE(kv_bias, x);
+  CHECK_SHAPE(kv_bias, 2 * C);
+  CHECK_LIKE(proj_weight, x);
+  CHECK_SHAPE(proj_weight, C, C);
+  CHECK_LIKE(proj_bias, x);
+  CHECK_SHAPE(proj_bias, C);
+  CHECK_LIKE(residual, x);
+  CHECK_SHAPE(residual, x.size(0), x.size(1), C);
+  const bool reduce = sr_weight.has_value();
+  TORCH_CHECK(reduce || !(sr_bias.has_value() || norm_weight.has_value() || norm_bias.has_value()), op,
+              ": sr_bias, norm_weight and norm_bias belong to the spatial reduction: pass sr_weight with them");
+  int64_t s = 1;
+  if (reduce) {
+    CHECK_LIKE(sr_weight, x);
+    CHECK_DIM(sr_weight, 4);
+    s = sr_weight->size(2);
+    TORCH_CHECK(s >= 1 && sr_weight->size(3) == s, op, ": sr_weight must be (C, C, s, s) with s >= 1, got ",
+                shape_str(sr_weight->sizes()));
+    CHECK_SHAPE(sr_weight, C, C, s, s);
+    TORCH_CHECK(s <= height && s <= width, op, ": a ", s, "x", s, " reduction does not fit in a ", height, "x", width,
+                " map");
+    CHECK_LIKE(sr_bias, x);
+    CHECK_SHAPE(sr_bias, C);
+    CHECK_LIKE(norm_weight, x);
+    CHECK_SHAPE(norm_weight, C);
+    CHECK_LIKE(norm_bias, x);
+    CHECK_SHAPE(norm_bias, C);
+    TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, op, ": eps must be finite and >= 0, got ", eps);
+  }
+  const size_t expected = reduce ? 4 : 3;
+  TORCH_CHECK(packed.size() == expected, op, ": packed must hold the ", expected, " packed weights [q, kv, proj",
+              reduce ? ", sr" : "", "] (ops.pack_weight), got ", packed.size());
+  const char* names[4] = {"packed[0] (q)", "packed[1] (kv)", "packed[2] (proj)", "packed[3] (sr)"};
+  const int64_t blocks = pack_blocks(C);
+  const std::vector<int64_t> shapes[4] = {{blocks, C, kPackBlock},
+                                          {pack_blocks(2 * C), C, kPackBlock},
+                                          {blocks, C, kPackBlock},
+                                          {blocks, s * s * C, kPackBlock}};
+  for (size_t i = 0; i < expected; ++i) {
+    like(op, names[i], &packed[i], x, "x");
+    TORCH_CHECK(packed[i].sizes() == at::IntArrayRef(shapes[i]), op, ": ", names[i], " must be ",
+                shape_str(at::IntArrayRef(shapes[i])), ", got ", shape_str(packed[i].sizes()));
+  }
+}
+
 // x (B, H·W, C) → (B, P·P, C).
 inline void linear_sra_pool(const at::Tensor& x, int64_t height, int64_t width, int64_t pool_size) {
   const char* op = "linear_sra_pool";
@@ -205,7 +277,8 @@ inline void linear_sra_pool(const at::Tensor& x, int64_t height, int64_t width, 
 inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c10::optional<at::Tensor>& fc1_bias,
                      const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
                      const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
-                     int64_t width) {
+                     int64_t width, const c10::optional<at::Tensor>& fc1_packed,
+                     const c10::optional<at::Tensor>& fc2_packed) {
   const char* op = "conv_ffn";
   token_map(op, x, height, width);
   CHECK_LIKE(fc1_weight, x);
@@ -225,6 +298,12 @@ inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c1
   CHECK_SHAPE(fc2_weight, c_out, hidden);
   CHECK_LIKE(fc2_bias, x);
   CHECK_SHAPE(fc2_bias, c_out);
+  TORCH_CHECK(fc1_packed.has_value() == fc2_packed.has_value(), op,
+              ": pass both fc1_packed and fc2_packed (ops.pack_weight of each weight) or neither");
+  CHECK_LIKE(fc1_packed, x);
+  CHECK_SHAPE(fc1_packed, pack_blocks(hidden), c_in, kPackBlock);
+  CHECK_LIKE(fc2_packed, x);
+  CHECK_SHAPE(fc2_packed, pack_blocks(c_out), hidden, kPackBlock);
 }
 
 

@@ -1,0 +1,198 @@
+"""The C++ attention layer (``ops.sra_layer``) and the FFN's packed-weight GEMMs against what fp32 fast mode ran
+before them, on CPU: per module on the first block of every stage, and end to end.
+
+* ``attention``: the SRA module as one ``ops.sra_layer`` call (``fused``) against its per-op path (``per-op``: oneDNN
+  / MKL projections, ``sr_conv`` or oneDNN's conv, LayerNorm, the C++ attention kernel, each a Python-level call),
+  with the residual the block passes. GFLOP/s counts the layer's projections, reduction and attention.
+* ``ffn``: ``conv_ffn`` with fc1 / fc2 packed for the packed-weight GEMM (``packed``) against MKL's sgemm on the plain
+  weights (``mkl``); the kernel's band / whole-map rule picks the schedule (whole-map keeps MKL either way).
+* ``model``: ``fast=True`` forwards with both on against both off.
+
+Candidates are timed interleaved in one process (``bench.harness``), inputs captured from a forward of the model,
+module calls inside the CPU block cache as the model's forward runs them. fp32, batch 1.
+
+    python -m bench.cpu_layers [--configs b0:224 b2:224 b0:512 b2:512] [--repeats 15] [--out bench/results/cpu_layers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import torch
+from tqdm import tqdm
+
+from bench.candidates import reference_model
+from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved, write_markdown
+from bench.report import cpu_line
+from pvtv2_fast.modules import ConvFeedForward, SpatialReductionAttention
+from pvtv2_fast.ops.block_cache import cpu_block_cache
+
+
+@contextlib.contextmanager
+def layer(fused: bool) -> Iterator[None]:
+    """Fast mode's attention with (``True``) or without the C++ layer."""
+    saved = SpatialReductionAttention._fused_layer
+    if not fused:
+        SpatialReductionAttention._fused_layer = lambda self, x, output_attentions, residual: False
+    try:
+        yield
+    finally:
+        SpatialReductionAttention._fused_layer = saved
+
+
+@contextlib.contextmanager
+def packed_ffn(packed: bool) -> Iterator[None]:
+    """conv_ffn's GEMMs on the packed weights (``True``) or on MKL's sgemm (the module passes none)."""
+    saved = ConvFeedForward._packed_weights
+    if not packed:
+        ConvFeedForward._packed_weights = lambda self, x: (None, None)
+    try:
+        yield
+    finally:
+        ConvFeedForward._packed_weights = saved
+
+
+def _call(module, args, kwargs, ctx):
+    def run():
+        with ctx(), cpu_block_cache():
+            return module(*args, **kwargs)
+
+    return run
+
+
+def _inputs(model, size: int) -> Dict[str, tuple]:
+    """The (module, args, kwargs) of block 0's attention and FFN in every stage, from one forward."""
+    found: Dict[str, tuple] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if name.endswith("blocks.0.attention") or name.endswith("blocks.0.mlp"):
+
+            def hook(m, args, kwargs, name=name):
+                found.setdefault(name, (m, args, kwargs))
+
+            hooks.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
+    with torch.inference_mode():
+        model(torch.randn(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return found
+
+
+def ffn_schedule(m: ConvFeedForward, x: torch.Tensor) -> str:
+    """Which code the FFN runs on this input: oneDNN's linears (the module's rule; no conv_ffn), or conv_ffn's bands
+    (the packed-weight GEMM when given packed weights) or whole-map GEMMs (MKL's either way), by the kernel's rule
+    (csrc/cpu/conv_ffn.cpp, conv_ffn_whole_map: whole up to 4 MB of hidden state, or 16 MB under >= 1 MB of weights)."""
+    with torch.inference_mode():
+        if m._onednn_schedule(x):
+            return "oneDNN linears"
+    mb = 1 << 20
+    hidden = x.shape[0] * x.shape[1] * m.dense1.out_features * 4
+    weights = (m.dense1.in_features + m.dense2.out_features) * m.dense1.out_features * 4
+    return "whole-map" if hidden <= 4 * mb or (weights >= mb and hidden <= 16 * mb) else "bands"
+
+
+def layer_flops(m: SpatialReductionAttention, n: int, height: int, width: int) -> float:
+    """Multiply-adds × 2 of the layer: q and proj (N·C·C each), the reduction (M·C·s²·C), kv (M·2C·C), attention
+    (2·N·M·C)."""
+    c, s = m.hidden_size, m.spatial_reduction_ratio
+    keys = (height // s) * (width // s) if s > 1 else n
+    reduction = keys * c * s * s * c if s > 1 else 0
+    return 2.0 * (2 * n * c * c + reduction + keys * 2 * c * c + 2 * n * keys * c)
+
+
+def run(configs: List[str], repeats: int, out: Path) -> str:
+    rows_attn, rows_ffn, rows_model = [], [], []
+    with tqdm(total=len(configs), desc="configs", file=sys.stderr) as bar:
+        for cfg in configs:
+            preset, size = cfg.split(":")
+            size = int(size)
+            model = reference_model(preset).set_fast(True).eval()
+            found = _inputs(model, size)
+            for name, (mod, args, kwargs) in sorted(found.items()):
+                stage = int(name.split(".")[2]) + 1  # layers.i: stage i + 1
+                x, height, width = args[0], args[1], args[2]
+                if isinstance(mod, SpatialReductionAttention):
+                    cands = [
+                        Candidate("per-op", _call(mod, args, kwargs, lambda: layer(False))),
+                        Candidate("fused", _call(mod, args, kwargs, lambda: layer(True))),
+                    ]
+                    t = time_interleaved(cands, repeats=repeats, warmup=2)
+                    a, b = t["per-op"].median, t["fused"].median
+                    flops = layer_flops(mod, x.shape[1], height, width)
+                    rows_attn.append(
+                        [
+                            f"{preset} @{size}²",
+                            stage,
+                            f"{height}×{width}, C {x.shape[2]}, sr {mod.spatial_reduction_ratio}",
+                            a * 1e3,
+                            b * 1e3,
+                            a / b,
+                            flops / b / 1e9,
+                        ]  # fmt: skip
+                    )
+                else:
+                    cands = [
+                        Candidate("mkl", _call(mod, args, kwargs, lambda: packed_ffn(False))),
+                        Candidate("packed", _call(mod, args, kwargs, lambda: packed_ffn(True))),
+                    ]
+                    t = time_interleaved(cands, repeats=repeats, warmup=2)
+                    a, b = t["mkl"].median, t["packed"].median
+                    hidden = mod.dense1.out_features
+                    rows_ffn.append(
+                        [
+                            f"{preset} @{size}²",
+                            stage,
+                            f"{height}×{width}: {x.shape[2]} → {hidden}",
+                            ffn_schedule(mod, x),
+                            a * 1e3,
+                            b * 1e3,
+                            a / b,
+                        ]  # fmt: skip
+                    )
+            pixels = torch.randn(1, 3, size, size)
+
+            def forward(on: bool):
+                def f():
+                    with layer(on), packed_ffn(on):
+                        return model(pixels)
+
+                return f
+
+            t = time_interleaved([Candidate("before", forward(False)), Candidate("after", forward(True))], repeats)
+            a, b = t["before"].median, t["after"].median
+            rows_model.append([f"{preset} @{size}²", a * 1e3, b * 1e3, a / b])
+            bar.update(1)
+    text = "\n\n".join(
+        [
+            "# The C++ attention layer and the FFN's packed-weight GEMMs (CPU, fp32, batch 1)",
+            f"{cpu_line()}; {machine_line()}. Medians of {repeats} interleaved repeats; `python -m bench.cpu_layers`.",
+            "## Attention: one `ops.sra_layer` call against the per-op path (block 0 of each stage, with its residual)",
+            markdown_table(["model", "stage", "map", "per-op ms", "fused ms", "speed-up", "fused GFLOP/s"], rows_attn),
+            "## FFN: `conv_ffn` on packed weights against MKL's sgemm (block 0 of each stage, the kernel's schedule)",
+            "Only the `bands` rows run different code in the two columns (the packed weights serve conv_ffn's band "
+            "GEMMs); the others time the same code twice, so their spread is this machine's noise.",
+            markdown_table(
+                ["model", "stage", "map: C → hidden", "schedule", "mkl ms", "packed ms", "speed-up"], rows_ffn
+            ),
+            "## End to end: `fast=True` with both against neither",
+            markdown_table(["model", "before ms", "after ms", "speed-up"], rows_model),
+        ]
+    )
+    return write_markdown(out, text + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["b0:224", "b2:224", "b0:512", "b2:512"])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--out", type=Path, default=RESULTS / "cpu_layers")
+    a = p.parse_args()
+    print(run(a.configs, a.repeats, a.out))
+
+
+if __name__ == "__main__":
+    main()
