@@ -84,15 +84,17 @@ def _inputs(model, size: int) -> Dict[str, tuple]:
 
 def ffn_schedule(m: ConvFeedForward, x: torch.Tensor) -> str:
     """Which code the FFN runs on this input: oneDNN's linears (the module's rule; no conv_ffn), or conv_ffn's bands
-    (the packed-weight GEMM when given packed weights) or whole-map GEMMs (MKL's either way), by the kernel's rule
-    (csrc/cpu/conv_ffn.cpp, conv_ffn_whole_map: whole up to 4 MB of hidden state, or 16 MB under >= 1 MB of weights)."""
+    or whole-map GEMMs by the kernel's rules (csrc/cpu/conv_ffn.cpp: whole up to 4 MB of hidden state, or 16 MB under
+    >= 1 MB of weights; whole-map GEMMs take the packed weights under <= 1 MB of weights, else stay on MKL)."""
     with torch.inference_mode():
         if m._onednn_schedule(x):
             return "oneDNN linears"
     mb = 1 << 20
     hidden = x.shape[0] * x.shape[1] * m.dense1.out_features * 4
     weights = (m.dense1.in_features + m.dense2.out_features) * m.dense1.out_features * 4
-    return "whole-map" if hidden <= 4 * mb or (weights >= mb and hidden <= 16 * mb) else "bands"
+    if hidden <= 4 * mb or (weights >= mb and hidden <= 16 * mb):
+        return "whole-map" if weights <= mb else "whole-map, MKL either way"
+    return "bands"
 
 
 def layer_flops(m: SpatialReductionAttention, n: int, height: int, width: int) -> float:
@@ -173,8 +175,8 @@ def run(configs: List[str], repeats: int, out: Path) -> str:
             "## Attention: one `ops.sra_layer` call against the per-op path (block 0 of each stage, with its residual)",
             markdown_table(["model", "stage", "map", "per-op ms", "fused ms", "speed-up", "fused GFLOP/s"], rows_attn),
             "## FFN: `conv_ffn` on packed weights against MKL's sgemm (block 0 of each stage, the kernel's schedule)",
-            "Only the `bands` rows run different code in the two columns (the packed weights serve conv_ffn's band "
-            "GEMMs); the others time the same code twice, so their spread is this machine's noise.",
+            "The rows marked `MKL either way` or `oneDNN linears` time the same code twice: their spread is this "
+            "machine's noise.",
             markdown_table(
                 ["model", "stage", "map: C → hidden", "schedule", "mkl ms", "packed ms", "speed-up"], rows_ffn
             ),

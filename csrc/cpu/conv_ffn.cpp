@@ -137,6 +137,8 @@ T* scratch(int64_t n, int which) {
   return reinterpret_cast<T*>(buffers[which].get());
 }
 
+constexpr int64_t kPackedWholeMaxWeightBytes = int64_t{1} << 20;  // see conv_ffn_whole_t
+
 int64_t band_target_bytes() {
   // 512 KB of hidden rows per band. Bands this small keep the ring (band + 2 rows) and the activation band in
   // L2/L3, yet give the GEMMs hundreds of rows; measured on a 2-core EPYC (512 KB L2 per core, 32 MB L3) over the
@@ -243,12 +245,14 @@ void conv_ffn_whole_t(const ConvFfnArgs& a) {
   const int64_t row_floats = W * hid;
   float* hidden = scratch<float>(tokens * hid, 0);
   T* act = scratch<T>(tokens * hid, 1);
-  // Whole-map GEMMs stay on the BLAS's threaded sgemm even when packed weights are given: against the packed-weight
-  // GEMM split over the same 2 threads it measured level to 1.14x on b0/b2's whole-map shapes (fp32, AVX-512), while
-  // the bands, whose GEMMs run single-threaded inside the band loop, gained 1.1x from the packed weights (MKL packs
-  // its operand again on every band).
-  const float* fc1_packed = nullptr;
-  const float* fc2_packed = nullptr;
+  // Whole-map GEMMs take the packed weights only when fc1 + fc2 weigh at most kPackedWholeMaxWeightBytes: against
+  // MKL's threaded sgemm, the packed-weight GEMM split over the same 2 threads measured 1.02-1.24x under <= 1 MB of
+  // weights (b0's stages at 224², b2's 28² one: 784 tokens) and 0.86-0.93x under 3-8 MB (b2's C = 320 / 512 stages at
+  // 512²; fp32, AVX-512, interleaved). The bands, whose GEMMs run single-threaded inside the band loop, take them
+  // always (1.02-1.14x: MKL packs its operand again on every band).
+  const bool packed = (a.c_in + a.c_out) * hid * static_cast<int64_t>(sizeof(float)) <= kPackedWholeMaxWeightBytes;
+  const float* fc1_packed = packed ? a.fc1_packed : nullptr;
+  const float* fc2_packed = packed ? a.fc2_packed : nullptr;
   linear_rows(static_cast<const T*>(a.x), tokens, a.c_in, static_cast<const T*>(a.fc1_w), fc1_packed, a.fc1_b, hid,
               hidden);
   const DwconvGeluRowFn row_fn = dwconv_gelu_row();
