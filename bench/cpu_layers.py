@@ -29,6 +29,7 @@ from bench.candidates import reference_model
 from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved, write_markdown
 from bench.report import cpu_line
 from pvtv2_fast.modules import ConvFeedForward, SpatialReductionAttention
+from pvtv2_fast.modules.ffn import CONV_FFN_PACKED_MAX_TOKENS
 from pvtv2_fast.ops.block_cache import cpu_block_cache
 
 
@@ -85,7 +86,8 @@ def _inputs(model, size: int) -> Dict[str, tuple]:
 def ffn_schedule(m: ConvFeedForward, x: torch.Tensor) -> str:
     """Which code the FFN runs on this input: oneDNN's linears (the module's rule; no conv_ffn), or conv_ffn's bands
     or whole-map GEMMs by the kernel's rules (csrc/cpu/conv_ffn.cpp: whole up to 4 MB of hidden state, or 16 MB under
-    >= 1 MB of weights; whole-map GEMMs take the packed weights under <= 1 MB of weights, else stay on MKL)."""
+    >= 1 MB of weights; whole-map GEMMs take the packed weights under <= 1 MB of weights or over <= 196 tokens, else
+    stay on MKL)."""
     with torch.inference_mode():
         if m._onednn_schedule(x):
             return "oneDNN linears"
@@ -93,7 +95,8 @@ def ffn_schedule(m: ConvFeedForward, x: torch.Tensor) -> str:
     hidden = x.shape[0] * x.shape[1] * m.dense1.out_features * 4
     weights = (m.dense1.in_features + m.dense2.out_features) * m.dense1.out_features * 4
     if hidden <= 4 * mb or (weights >= mb and hidden <= 16 * mb):
-        return "whole-map" if weights <= mb else "whole-map, MKL either way"
+        packed = weights <= mb or x.shape[0] * x.shape[1] <= CONV_FFN_PACKED_MAX_TOKENS
+        return "whole-map" if packed else "whole-map, MKL either way"
     return "bands"
 
 

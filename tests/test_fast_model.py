@@ -236,6 +236,7 @@ def test_both_cpu_ffn_schedules_match_the_reference(monkeypatch, preset, overrid
     big = 1 << 40
     for name, value in (("MIN_WEIGHT_BYTES_FP32", 0), ("MAX_HIDDEN_BYTES_FP32", big), ("MAX_HIDDEN_BYTES_BF16", big)):
         monkeypatch.setattr(ffn, f"ONEDNN_FFN_{name}", (value if onednn else -1) if "MAX" in name else value)
+    monkeypatch.setattr(ffn, "CONV_FFN_PACKED_MAX_TOKENS", -1)  # forced: small maps too
     model = _model(preset, "cpu", **overrides)
     x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

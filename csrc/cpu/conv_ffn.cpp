@@ -138,6 +138,7 @@ T* scratch(int64_t n, int which) {
 }
 
 constexpr int64_t kPackedWholeMaxWeightBytes = int64_t{1} << 20;  // see conv_ffn_whole_t
+constexpr int64_t kPackedWholeMaxTokens = 196;
 
 int64_t band_target_bytes() {
   // 512 KB of hidden rows per band. Bands this small keep the ring (band + 2 rows) and the activation band in
@@ -245,12 +246,15 @@ void conv_ffn_whole_t(const ConvFfnArgs& a) {
   const int64_t row_floats = W * hid;
   float* hidden = scratch<float>(tokens * hid, 0);
   T* act = scratch<T>(tokens * hid, 1);
-  // Whole-map GEMMs take the packed weights only when fc1 + fc2 weigh at most kPackedWholeMaxWeightBytes: against
-  // MKL's threaded sgemm, the packed-weight GEMM split over the same 2 threads measured 1.02-1.24x under <= 1 MB of
-  // weights (b0's stages at 224², b2's 28² one: 784 tokens) and 0.86-0.93x under 3-8 MB (b2's C = 320 / 512 stages at
-  // 512²; fp32, AVX-512, interleaved). The bands, whose GEMMs run single-threaded inside the band loop, take them
-  // always (1.02-1.14x: MKL packs its operand again on every band).
-  const bool packed = (a.c_in + a.c_out) * hid * static_cast<int64_t>(sizeof(float)) <= kPackedWholeMaxWeightBytes;
+  // Whole-map GEMMs take the packed weights under at most kPackedWholeMaxWeightBytes of fc1 + fc2 weights or over at
+  // most kPackedWholeMaxTokens tokens: against MKL's threaded sgemm, the packed-weight GEMM split over the same 2
+  // threads measured 1.02-1.24x under <= 1 MB of weights (b0's stages at 224², b2's 28² one: 784 tokens), 1.07-1.35x
+  // over 49-196 tokens (224²'s 14² and 7² maps, weights up to 8 MB: columns split), and 0.86-0.93x under 3-8 MB of
+  // weights over 256-1024 tokens (b2's C = 320 / 512 stages at 512²; fp32, AVX-512, interleaved, through the FFN
+  // module). The bands, whose GEMMs run single-threaded inside the band loop, take them always (1.02-1.14x: MKL packs
+  // its operand again on every band).
+  const bool packed = (a.c_in + a.c_out) * hid * static_cast<int64_t>(sizeof(float)) <= kPackedWholeMaxWeightBytes ||
+                      tokens <= kPackedWholeMaxTokens;
   const float* fc1_packed = packed ? a.fc1_packed : nullptr;
   const float* fc2_packed = packed ? a.fc2_packed : nullptr;
   linear_rows(static_cast<const T*>(a.x), tokens, a.c_in, static_cast<const T*>(a.fc1_w), fc1_packed, a.fc1_b, hid,

@@ -19,9 +19,12 @@ from .fast_path import FastPath, onednn_takes, token_map
 # epilogue); 0.61-0.82x at 12-32 MB. Misses: 0.81-0.88x at b0's last stage (C = 256, 8²-16²).
 ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16 = 8 << 20
 # fp32: only small maps under large weights (the C = 512 last stage: 1.03-1.34x up to 2 MB); elsewhere conv_ffn's
-# streaming won (0.46-0.96x) or tied.
+# streaming won (0.46-0.96x) or tied. Not over at most CONV_FFN_PACKED_MAX_TOKENS tokens, where conv_ffn's whole-map
+# GEMMs run on the packed weights (csrc/cpu/conv_ffn.cpp, kPackedWholeMaxTokens) and measured 1.11-1.12x oneDNN's
+# (b2's 7² stage at 224²; level at 256 tokens).
 ONEDNN_FFN_MIN_WEIGHT_BYTES_FP32 = 4 << 20
 ONEDNN_FFN_MAX_HIDDEN_BYTES_FP32 = 4 << 20
+CONV_FFN_PACKED_MAX_TOKENS = 196
 
 
 class DepthwiseConv(nn.Module):
@@ -133,7 +136,12 @@ class ConvFeedForward(FastPath, nn.Module):
         if x.dtype == torch.bfloat16:
             return hidden_bytes <= ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16
         weight_bytes = 2 * x.shape[-1] * hidden * x.element_size()
-        return weight_bytes >= ONEDNN_FFN_MIN_WEIGHT_BYTES_FP32 and hidden_bytes <= ONEDNN_FFN_MAX_HIDDEN_BYTES_FP32
+        tokens = x.numel() // x.shape[-1]
+        return (
+            weight_bytes >= ONEDNN_FFN_MIN_WEIGHT_BYTES_FP32
+            and hidden_bytes <= ONEDNN_FFN_MAX_HIDDEN_BYTES_FP32
+            and tokens > CONV_FFN_PACKED_MAX_TOKENS
+        )
 
     def _onednn_forward(
         self, x: torch.Tensor, height: int, width: int, residual: Optional[torch.Tensor]

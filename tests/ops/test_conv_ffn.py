@@ -205,3 +205,17 @@ def test_module_keeps_dropout_unfused_when_training():
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize("tokens,onednn", [(49, False), (196, False), (256, True)])
+def test_module_fp32_schedule_by_tokens(tokens, onednn):
+    """fp32 CPU inference of the C = 512 stage (8 MB of weights): oneDNN's linears from 197 tokens up (512² and up),
+    conv_ffn below, where its whole-map GEMMs run on the packed weights (224²'s 7² map); same result either way."""
+    ffn = ConvFeedForward(512, 2048).eval()
+    x = randn(1, tokens, 512, seed=tokens, device="cpu")
+    side = {49: (7, 7), 196: (14, 14), 256: (16, 16)}[tokens]
+    with torch.no_grad():
+        ref = ffn(x, *side)
+        ffn.fast = True
+        assert ffn._onednn_schedule(x) == onednn
+        torch.testing.assert_close(ffn(x, *side), ref, atol=1e-5, rtol=1e-5)
