@@ -1,12 +1,13 @@
-"""The C++ attention layer (``ops.sra_layer``) and the FFN's packed-weight GEMMs against what fp32 fast mode ran
-before them, on CPU: per module on the first block of every stage, and end to end.
+"""The C++ block (``ops.pvt_block``), attention layer (``ops.sra_layer``) and the FFN's packed-weight GEMMs against
+what fp32 fast mode ran before them, on CPU: per module on the first block of every stage, and end to end.
 
+* ``block``: the block as one ``ops.pvt_block`` call against its modules (with the two below on).
 * ``attention``: the SRA module as one ``ops.sra_layer`` call (``fused``) against its per-op path (``per-op``: oneDNN
   / MKL projections, ``sr_conv`` or oneDNN's conv, LayerNorm, the C++ attention kernel, each a Python-level call),
   with the residual the block passes. GFLOP/s counts the layer's projections, reduction and attention.
 * ``ffn``: ``conv_ffn`` with fc1 / fc2 packed for the packed-weight GEMM (``packed``) against MKL's sgemm on the plain
-  weights (``mkl``); the kernel's band / whole-map rule picks the schedule (whole-map keeps MKL either way).
-* ``model``: ``fast=True`` forwards with both on against both off.
+  weights (``mkl``); the kernel's rules pick the schedule and where whole-map GEMMs take the packed weights.
+* ``model``: ``fast=True`` forwards with all three on against all off.
 
 Candidates are timed interleaved in one process (``bench.harness``), inputs captured from a forward of the model,
 module calls inside the CPU block cache as the model's forward runs them. fp32, batch 1.
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from bench.candidates import reference_model
 from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved, write_markdown
 from bench.report import cpu_line
-from pvtv2_fast.modules import ConvFeedForward, SpatialReductionAttention
+from pvtv2_fast.modules import ConvFeedForward, PvtV2Block, SpatialReductionAttention
 from pvtv2_fast.modules.ffn import CONV_FFN_PACKED_MAX_TOKENS
 from pvtv2_fast.ops.block_cache import cpu_block_cache
 
@@ -43,6 +44,18 @@ def layer(fused: bool) -> Iterator[None]:
         yield
     finally:
         SpatialReductionAttention._fused_layer = saved
+
+
+@contextlib.contextmanager
+def block(fused: bool) -> Iterator[None]:
+    """Fast mode's blocks as one ``ops.pvt_block`` (``True``) or module by module (its attention and FFN as before)."""
+    saved = PvtV2Block._fused_block
+    if not fused:
+        PvtV2Block._fused_block = lambda self, x: False
+    try:
+        yield
+    finally:
+        PvtV2Block._fused_block = saved
 
 
 @contextlib.contextmanager
@@ -70,13 +83,13 @@ def _inputs(model, size: int) -> Dict[str, tuple]:
     found: Dict[str, tuple] = {}
     hooks = []
     for name, mod in model.named_modules():
-        if name.endswith("blocks.0.attention") or name.endswith("blocks.0.mlp"):
+        if name.endswith(("blocks.0", "blocks.0.attention", "blocks.0.mlp")):
 
             def hook(m, args, kwargs, name=name):
                 found.setdefault(name, (m, args, kwargs))
 
             hooks.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
-    with torch.inference_mode():
+    with torch.inference_mode(), block(False):  # module by module, so the attention and FFN hooks see their inputs
         model(torch.randn(1, 3, size, size))
     for h in hooks:
         h.remove()
@@ -110,7 +123,7 @@ def layer_flops(m: SpatialReductionAttention, n: int, height: int, width: int) -
 
 
 def run(configs: List[str], repeats: int, out: Path) -> str:
-    rows_attn, rows_ffn, rows_model = [], [], []
+    rows_block, rows_attn, rows_ffn, rows_model = [], [], [], []
     with tqdm(total=len(configs), desc="configs", file=sys.stderr) as bar:
         for cfg in configs:
             preset, size = cfg.split(":")
@@ -120,7 +133,18 @@ def run(configs: List[str], repeats: int, out: Path) -> str:
             for name, (mod, args, kwargs) in sorted(found.items()):
                 stage = int(name.split(".")[2]) + 1  # layers.i: stage i + 1
                 x, height, width = args[0], args[1], args[2]
-                if isinstance(mod, SpatialReductionAttention):
+                if isinstance(mod, PvtV2Block):
+                    if mod.attention.linear_attention:
+                        continue
+                    cands = [
+                        Candidate("modules", _call(mod, args, kwargs, lambda: block(False))),
+                        Candidate("block", _call(mod, args, kwargs, lambda: block(True))),
+                    ]
+                    t = time_interleaved(cands, repeats=repeats, warmup=2)
+                    a, b = t["modules"].median, t["block"].median
+                    rows_block.append([f"{preset} @{size}²", stage, f"{height}×{width}, C {x.shape[2]}", a * 1e3,
+                                       b * 1e3, a / b])  # fmt: skip
+                elif isinstance(mod, SpatialReductionAttention):
                     cands = [
                         Candidate("per-op", _call(mod, args, kwargs, lambda: layer(False))),
                         Candidate("fused", _call(mod, args, kwargs, lambda: layer(True))),
@@ -162,7 +186,7 @@ def run(configs: List[str], repeats: int, out: Path) -> str:
 
             def forward(on: bool):
                 def f():
-                    with layer(on), packed_ffn(on):
+                    with block(on), layer(on), packed_ffn(on):
                         return model(pixels)
 
                 return f
@@ -173,8 +197,11 @@ def run(configs: List[str], repeats: int, out: Path) -> str:
             bar.update(1)
     text = "\n\n".join(
         [
-            "# The C++ attention layer and the FFN's packed-weight GEMMs (CPU, fp32, batch 1)",
+            "# The C++ block, attention layer and the FFN's packed-weight GEMMs (CPU, fp32, batch 1)",
             f"{cpu_line()}; {machine_line()}. Medians of {repeats} interleaved repeats; `python -m bench.cpu_layers`.",
+            "## Block: one `ops.pvt_block` call against the block's modules (block 0 of each stage; the modules with "
+            "the C++ attention layer and the packed FFN weights)",
+            markdown_table(["model", "stage", "map", "modules ms", "block ms", "speed-up"], rows_block),
             "## Attention: one `ops.sra_layer` call against the per-op path (block 0 of each stage, with its residual)",
             markdown_table(["model", "stage", "map", "per-op ms", "fused ms", "speed-up", "fused GFLOP/s"], rows_attn),
             "## FFN: `conv_ffn` on packed weights against MKL's sgemm (block 0 of each stage, the kernel's schedule)",
@@ -183,7 +210,7 @@ def run(configs: List[str], repeats: int, out: Path) -> str:
             markdown_table(
                 ["model", "stage", "map: C → hidden", "schedule", "mkl ms", "packed ms", "speed-up"], rows_ffn
             ),
-            "## End to end: `fast=True` with both against neither",
+            "## End to end: `fast=True` with the block, the layer and the packed FFN weights against none of them",
             markdown_table(["model", "before ms", "after ms", "speed-up"], rows_model),
         ]
     )

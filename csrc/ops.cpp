@@ -335,24 +335,28 @@ at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c
 //   o = softmax(q kᵀ · scale) v per head;  y = o·Wpᵀ + bp (+ residual, in the GEMM's epilogue).
 // fp32 compute (bf16 / fp16 through fp32 copies). The GEMMs run on the packed weights (packed_gemm.h), the reduction
 // on sr_conv's tiles, the attention on attention.h's kernel, LayerNorm on its row kernel.
-at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias,
-                         const at::Tensor& kv_weight, const c10::optional<at::Tensor>& kv_bias,
-                         const at::Tensor& proj_weight, const c10::optional<at::Tensor>& proj_bias,
-                         const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
-                         const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
-                         const c10::optional<at::Tensor>& residual_in, int64_t height, int64_t width,
-                         int64_t num_heads, double scale, double eps, at::TensorList packed_in) {
-  constexpr const char* op = "sra_layer";
-  checks::sra_layer(x_in, q_weight, q_bias, kv_weight, kv_bias, proj_weight, proj_bias, sr_weight, sr_bias,
-                    norm_weight, norm_bias, residual_in, height, width, num_heads, scale, eps, packed_in);
-  CHECK_DEVICE(x_in, at::kCPU);
-  const auto dtype = x_in.scalar_type();
-  const at::Tensor x = as_dtype(x_in, at::kFloat);
+// LayerNorm of `rows` fp32 rows of C (x → y, not aliased) with optional weight / bias, on the row kernel in parallel.
+static void layer_norm_into(const float* x, float* y, int64_t rows, int64_t C, const c10::optional<at::Tensor>& weight,
+                            const c10::optional<at::Tensor>& bias, double eps) {
+  std::vector<float> w = as_floats(weight), b = as_floats(bias);
+  if (w.empty()) w.assign(C, 1.0f);
+  if (b.empty()) b.assign(C, 0.0f);
+  const cpu::LayerNormRowsFn ln = cpu::layer_norm_rows();
+  const float feps = static_cast<float>(eps);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
+    ln(x + r0 * C, y + r0 * C, cpu::Elem::kF32, w.data(), b.data(), r1 - r0, C, feps);
+  });
+}
+
+// The layer on fp32 tensors: x (B, N, C) contiguous → y (B, N, C) (may not alias x), residual like x or undefined;
+// pk the packed weights as fp32.
+static void sra_layer_fp32(const at::Tensor& x, const c10::optional<at::Tensor>& q_bias,
+                           const c10::optional<at::Tensor>& kv_bias, const c10::optional<at::Tensor>& proj_bias,
+                           const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
+                           const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                           const float* residual, int64_t height, int64_t width, int64_t num_heads, double scale,
+                           double eps, const std::vector<at::Tensor>& pk, float* y) {
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
-  at::Tensor y = at::empty({B, N, C}, x.options());
-  if (y.numel() == 0) return y.to(dtype);
-  std::vector<at::Tensor> pk;
-  for (const at::Tensor& p : packed_in) pk.push_back(as_dtype(p, at::kFloat));
   const std::vector<float> bq = as_floats(q_bias), bkv = as_floats(kv_bias), bp = as_floats(proj_bias);
   const float* xp = x.data_ptr<float>();
 
@@ -370,18 +374,9 @@ at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, con
     const at::Tensor conv = at::empty({B, M, C}, x.options());
     reduced = at::empty({B, M, C}, x.options());
     const std::vector<float> bsr = as_floats(sr_bias);
-    const float* cp = conv.data_ptr<float>();
-    float* rp = reduced.data_ptr<float>();
     sr_conv_into(xp, pk[3].data_ptr<float>(), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
-    std::vector<float> w = as_floats(norm_weight), b = as_floats(norm_bias);
-    if (w.empty()) w.assign(C, 1.0f);
-    if (b.empty()) b.assign(C, 0.0f);
-    const cpu::LayerNormRowsFn ln = cpu::layer_norm_rows();
-    const float feps = static_cast<float>(eps);
-    at::parallel_for(0, B * M, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
-      ln(cp + r0 * C, rp + r0 * C, cpu::Elem::kF32, w.data(), b.data(), r1 - r0, C, feps);
-    });
-    src = rp;
+    layer_norm_into(conv.data_ptr<float>(), reduced.data_ptr<float>(), B * M, C, norm_weight, norm_bias, eps);
+    src = reduced.data_ptr<float>();
   }
   at::Tensor kv = at::empty({B, M, 2 * C}, x.options());
   float* kvp = kv.data_ptr<float>();
@@ -401,10 +396,105 @@ at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, con
                        N * C,
                        C};
   attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
+  cpu::packed_linear(o.data_ptr<float>(), C, B * N, C, pk[2].data_ptr<float>(), C, data_or_null(bp), residual, C, y,
+                     C);
+}
 
+static std::vector<at::Tensor> as_float_list(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& t : ts) out.push_back(as_dtype(t, at::kFloat));
+  return out;
+}
+
+at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias,
+                         const at::Tensor& kv_weight, const c10::optional<at::Tensor>& kv_bias,
+                         const at::Tensor& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                         const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
+                         const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                         const c10::optional<at::Tensor>& residual_in, int64_t height, int64_t width,
+                         int64_t num_heads, double scale, double eps, at::TensorList packed_in) {
+  constexpr const char* op = "sra_layer";
+  checks::sra_layer(x_in, q_weight, q_bias, kv_weight, kv_bias, proj_weight, proj_bias, sr_weight, sr_bias,
+                    norm_weight, norm_bias, residual_in, height, width, num_heads, scale, eps, packed_in);
+  CHECK_DEVICE(x_in, at::kCPU);
+  const auto dtype = x_in.scalar_type();
+  const at::Tensor x = as_dtype(x_in, at::kFloat);
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (y.numel() == 0) return y.to(dtype);
   const at::Tensor residual = residual_in.has_value() ? as_dtype(*residual_in, at::kFloat) : at::Tensor();
-  cpu::packed_linear(o.data_ptr<float>(), C, B * N, C, pk[2].data_ptr<float>(), C, data_or_null(bp),
-                     residual.defined() ? residual.data_ptr<float>() : nullptr, C, y.data_ptr<float>(), C);
+  sra_layer_fp32(x, q_bias, kv_bias, proj_bias, sr_weight, sr_bias, norm_weight, norm_bias,
+                 residual.defined() ? residual.data_ptr<float>() : nullptr, height, width, num_heads, scale, eps,
+                 as_float_list(packed_in), y.data_ptr<float>());
+  return dtype == at::kFloat ? y : y.to(dtype);
+}
+
+// ------------------------------------------------------------------------------------------ PVTv2 block
+// A whole block for inference in one call: x1 = x + SRA(LN1(x)) (sra_layer_fp32), y = x1 + FFN(LN2(x1))
+// (conv_ffn_forward), so that nothing between its steps goes back to Python: through the modules, a block spent
+// 0.3-0.4 ms per call more than its ops called back to back (b0 / b2 at 224², 2 threads). fp32 compute (bf16 / fp16
+// through fp32 copies). attention: [q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, sr_norm_w, sr_norm_b];
+// ffn: [fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b]; eps: [norm1, norm2, sr_norm]; packed: the layer's, then fc1's and
+// fc2's (ops.pack_block_weights).
+static c10::optional<at::Tensor> entry(const c10::List<c10::optional<at::Tensor>>& list, size_t i) {
+  return list.get(i);
+}
+
+at::Tensor pvt_block_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& norm1_weight,
+                         const c10::optional<at::Tensor>& norm1_bias,
+                         const c10::List<c10::optional<at::Tensor>>& attention,
+                         const c10::optional<at::Tensor>& norm2_weight, const c10::optional<at::Tensor>& norm2_bias,
+                         const c10::List<c10::optional<at::Tensor>>& ffn, int64_t height, int64_t width,
+                         int64_t num_heads, double scale, at::ArrayRef<double> eps, bool relu_input,
+                         at::TensorList packed_in) {
+  constexpr const char* op = "pvt_block";
+  checks::pvt_block(x_in, norm1_weight, norm1_bias, attention, norm2_weight, norm2_bias, ffn, height, width, num_heads,
+                    scale, eps, packed_in);
+  CHECK_DEVICE(x_in, at::kCPU);
+  const auto dtype = x_in.scalar_type();
+  const at::Tensor x = as_dtype(x_in, at::kFloat);
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (y.numel() == 0) return y.to(dtype);
+  const std::vector<at::Tensor> pk = as_float_list(packed_in);
+  const size_t n_attn = pk.size() - 2;  // the layer's packed weights; fc1's and fc2's last
+  const std::vector<at::Tensor> pk_attn(pk.begin(), pk.begin() + n_attn);
+
+  at::Tensor h = at::empty(x.sizes(), x.options());
+  layer_norm_into(x.data_ptr<float>(), h.data_ptr<float>(), B * N, C, norm1_weight, norm1_bias, eps[0]);
+  at::Tensor x1 = at::empty(x.sizes(), x.options());
+  sra_layer_fp32(h, entry(attention, 1), entry(attention, 3), entry(attention, 5), entry(attention, 6),
+                 entry(attention, 7), entry(attention, 8), entry(attention, 9), x.data_ptr<float>(), height, width,
+                 num_heads, scale, eps[2], pk_attn, x1.data_ptr<float>());
+  layer_norm_into(x1.data_ptr<float>(), h.data_ptr<float>(), B * N, C, norm2_weight, norm2_bias, eps[1]);
+
+  const at::Tensor fc1_w = as_dtype(*entry(ffn, 0), at::kFloat), fc2_w = as_dtype(*entry(ffn, 4), at::kFloat);
+  const std::vector<float> b1 = as_floats(entry(ffn, 1)), db = as_floats(entry(ffn, 3)), b2 = as_floats(entry(ffn, 5));
+  const std::vector<float> dwt = tap_major(*entry(ffn, 2));
+  const int64_t hidden = fc1_w.size(0);
+  cpu::ConvFfnArgs args{h.data_ptr(),
+                        fc1_w.data_ptr(),
+                        data_or_null(b1),
+                        dwt.data(),
+                        data_or_null(db),
+                        fc2_w.data_ptr(),
+                        data_or_null(b2),
+                        pk[n_attn].data_ptr<float>(),
+                        pk[n_attn + 1].data_ptr<float>(),
+                        y.data_ptr(),
+                        B,
+                        height,
+                        width,
+                        C,
+                        hidden,
+                        C,
+                        relu_input,
+                        cpu::Elem::kF32};
+  cpu::conv_ffn_forward(args);
+  float* yp = y.data_ptr<float>();
+  const float* rp = x1.data_ptr<float>();
+  at::parallel_for(0, y.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) yp[i] += rp[i];  // fp addition commutes: the bits of x1 + ffn
+  });
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
@@ -492,6 +582,17 @@ at::Tensor sra_layer_meta(const at::Tensor& x, const at::Tensor& q_weight, const
                     norm_bias, residual, height, width, num_heads, scale, eps, packed);
   return at::empty(x.sizes(), x.options());
 }
+at::Tensor pvt_block_meta(const at::Tensor& x, const c10::optional<at::Tensor>& norm1_weight,
+                          const c10::optional<at::Tensor>& norm1_bias,
+                          const c10::List<c10::optional<at::Tensor>>& attention,
+                          const c10::optional<at::Tensor>& norm2_weight, const c10::optional<at::Tensor>& norm2_bias,
+                          const c10::List<c10::optional<at::Tensor>>& ffn, int64_t height, int64_t width,
+                          int64_t num_heads, double scale, at::ArrayRef<double> eps, bool,
+                          at::TensorList packed) {
+  checks::pvt_block(x, norm1_weight, norm1_bias, attention, norm2_weight, norm2_bias, ffn, height, width, num_heads,
+                    scale, eps, packed);
+  return at::empty(x.sizes(), x.options());
+}
 at::Tensor linear_sra_pool_meta(const at::Tensor& x, int64_t height, int64_t width, int64_t pool_size) {
   checks::linear_sra_pool(x, height, width, pool_size);
   return at::empty({x.size(0), pool_size * pool_size, x.size(2)}, x.options());
@@ -546,6 +647,10 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
       "sra_layer(Tensor x, Tensor q_weight, Tensor? q_bias, Tensor kv_weight, Tensor? kv_bias, Tensor proj_weight, "
       "Tensor? proj_bias, Tensor? sr_weight, Tensor? sr_bias, Tensor? norm_weight, Tensor? norm_bias, "
       "Tensor? residual, int height, int width, int num_heads, float scale, float eps, Tensor[] packed) -> Tensor");
+  m.def(
+      "pvt_block(Tensor x, Tensor? norm1_weight, Tensor? norm1_bias, Tensor?[] attention, Tensor? norm2_weight, "
+      "Tensor? norm2_bias, Tensor?[] ffn, int height, int width, int num_heads, float scale, float[] eps, "
+      "bool relu_input, Tensor[] packed) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
   m.def("fp_exception_flags(bool clear) -> int", &pvtv2::fp_exception_flags);
   // The CPU block cache (csrc/cpu/block_cache.h): process state, not tensor ops; called around eager forwards only.
@@ -564,6 +669,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
   m.impl("sra_layer", &pvtv2::sra_layer_cpu);
   // The conv FFN's GEMMs need a BLAS; without one the op has no CPU kernel and Python uses the composition.
   if (pvtv2::cpu::has_sgemm()) m.impl("conv_ffn", &pvtv2::conv_ffn_cpu);
+  if (pvtv2::cpu::has_sgemm()) m.impl("pvt_block", &pvtv2::pvt_block_cpu);  // its FFN is conv_ffn's
 }
 
 TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
@@ -574,6 +680,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
   m.impl("sra_attention", &pvtv2::sra_attention_meta);
   m.impl("sr_conv", &pvtv2::sr_conv_meta);
   m.impl("sra_layer", &pvtv2::sra_layer_meta);
+  m.impl("pvt_block", &pvtv2::pvt_block_meta);
 }
 
 // Importable as pvtv2_fast._C; importing it runs the registrations above.

@@ -121,5 +121,5 @@ def test_op_gaps_table_decomposes_every_stage(tmp_path):
     assert [r[0].strip() for r in rows] == [f"b0 @64² stage {i}" for i in range(1, 5)]
     for r in rows:
         calls, module, replay, _, python, gap = (float(v) for v in r[1:])
-        # A block's recorded calls: its LayerNorms, the attention (one sra_layer call in fp32 inference), the FFN.
-        assert calls >= 4 and module > 0 and replay > 0 and python > 0 and gap > 0, r
+        # A block's recorded calls: one pvt_block in fp32 inference (the stage's first block).
+        assert calls >= 1 and module > 0 and replay > 0 and python > 0 and gap > 0, r

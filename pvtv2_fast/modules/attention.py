@@ -156,41 +156,39 @@ class SpatialReductionAttention(FastPath, nn.Module):
             or (self.training and (self.attn_drop.p > 0 or (residual is None and self.proj_drop.p > 0)))
         ):
             return False
-        return self.op_backend == "cpu" or x.dtype == torch.float32
+        # Only where the C++ layer runs here (built, not switched off): otherwise the per-op path keeps whatever fused
+        # kernels remain (e.g. Triton under its interpreter) instead of the op's reference fallback.
+        runs = ops.OPS["sra_layer"].why_not("cpu", (x,)) is None
+        return runs and (self.op_backend == "cpu" or x.dtype == torch.float32)
+
+    def layer_inputs(self) -> Tuple[list, list, float]:
+        """The layer's tensors in ``ops.sra_layer``'s order (``ops.pvt_block.ATTENTION``: q, kv (concatenated), proj,
+        then the reduction's conv and LayerNorm, None without one), its packed weights (cached, see
+        :meth:`FastPath._inference_cache`) and the reduction norm's eps."""
+        q, k, v, proj = self.query, self.key, self.value, self.proj
+        sr = self.spatial_reduction if self.spatial_reduction_ratio > 1 else None
+        norm = self.layer_norm if sr is not None else None
+        params = (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, proj.weight, proj.bias)
+        params += (sr.weight, sr.bias, norm.weight, norm.bias) if sr is not None else ()
+
+        def make():
+            kv_weight, kv_bias = self._packed_kv_weights()
+            sr_weight = sr.weight if sr is not None else None
+            tensors = [q.weight, q.bias, kv_weight, kv_bias, proj.weight, proj.bias, sr_weight]
+            tensors += [sr.bias, norm.weight, norm.bias] if sr is not None else [None, None, None]
+            return tensors, ops.pack_layer_weights(q.weight, kv_weight, proj.weight, sr_weight)
+
+        # One entry keyed on every parameter (a per-call cost of a few microseconds per parameter).
+        tensors, packed = self._inference_cache("sra_layer_pack", params, make)
+        return tensors, packed, norm.eps if norm is not None else 1e-6
 
     def _sra_layer(self, x: torch.Tensor, height: int, width: int, residual: Optional[torch.Tensor]) -> torch.Tensor:
         """:meth:`forward` as one ``ops.sra_layer`` call, on weights packed once and cached."""
-        kv_weight, kv_bias = self._packed_kv_weights()
-        sr = self.spatial_reduction if self.spatial_reduction_ratio > 1 else None
-        norm = self.layer_norm if sr is not None else None
-        sr_weight = sr.weight if sr is not None else None
-        # Keyed on the parameters themselves: kv_weight, made under inference_mode, could not key a cache.
-        params = (self.query.weight, self.key.weight, self.value.weight, self.proj.weight, sr_weight)
-        packed = self._inference_cache(
-            "sra_layer_pack",
-            params,
-            lambda: ops.pack_layer_weights(self.query.weight, kv_weight, self.proj.weight, sr_weight),
-        )
+        (qw, qb, kvw, kvb, pw, pb, srw, srb, nw, nb), packed, eps = self.layer_inputs()
         return ops.sra_layer(
-            x,
-            self.query.weight,
-            self.query.bias,
-            kv_weight,
-            kv_bias,
-            self.proj.weight,
-            self.proj.bias,
-            height,
-            width,
-            self.num_attention_heads,
-            sr_weight=sr_weight,
-            sr_bias=sr.bias if sr is not None else None,
-            norm_weight=norm.weight if norm is not None else None,
-            norm_bias=norm.bias if norm is not None else None,
-            eps=norm.eps if norm is not None else 1e-6,
-            residual=residual,
-            packed=packed,
-            backend=self.op_backend,
-        )
+            x, qw, qb, kvw, kvb, pw, pb, height, width, self.num_attention_heads, sr_weight=srw, sr_bias=srb,
+            norm_weight=nw, norm_bias=nb, eps=eps, residual=residual, packed=packed, backend=self.op_backend,
+        )  # fmt: skip
 
     def _projection(
         self, slot: str, linear: nn.Linear, x: torch.Tensor, residual: Optional[torch.Tensor] = None

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .. import ops
 from .attention import SpatialReductionAttention
 from .ffn import ConvFeedForward
 from .layer_norm import TokenLayerNorm
@@ -74,6 +75,8 @@ class PvtV2Block(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not output_attentions and self._fused_block(hidden_states):
+            return self._pvt_block(hidden_states, height, width), None
         if self.attention.fast and not (self.training and (self.drop_path_active or self.attention.proj_drop.p > 0)):
             # Nothing between the projection and the residual add: the fast path adds it in the GEMM's epilogue.
             hidden_states, probs = self.attention(
@@ -88,3 +91,40 @@ class PvtV2Block(nn.Module):
         else:
             hidden_states = hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
         return hidden_states, probs
+
+    def _fused_block(self, x: torch.Tensor) -> bool:
+        """Whether this call runs as one ``ops.pvt_block`` (the C++ block: nothing between its steps in Python):
+        where the attention runs as one ``ops.sra_layer`` (fp32 CPU inference in fast mode, SRA; see
+        ``SpatialReductionAttention._fused_layer``) and the FFN as ``conv_ffn`` (GELU, no active dropout, not the
+        module's oneDNN schedule), with no drop-path in training."""
+        attn, mlp = self.attention, self.mlp
+        return (
+            attn._fused_layer(x, False, x)
+            and mlp.fast
+            and mlp.op_backend == attn.op_backend
+            and mlp.hidden_act == "gelu"
+            and not (self.training and (self.drop_path_active or mlp.dropout.p > 0))
+            and not mlp._onednn_schedule(x)
+            and ops.OPS["pvt_block"].why_not("cpu", (x, None, None, (), None, None, ())) is None
+        )
+
+    def _pvt_block(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """:meth:`forward` as one ``ops.pvt_block`` call, on the attention's and the FFN's cached packed weights."""
+        attention, layer_packed, sr_eps = self.attention.layer_inputs()
+        mlp, ln1, ln2 = self.mlp, self.layer_norm_1, self.layer_norm_2
+        conv = mlp.dwconv.dwconv
+        ffn = [mlp.dense1.weight, mlp.dense1.bias, conv.weight, conv.bias, mlp.dense2.weight, mlp.dense2.bias]
+        return ops.pvt_block(
+            x,
+            height,
+            width,
+            self.attention.num_attention_heads,
+            (ln1.weight, ln1.bias),
+            attention,
+            (ln2.weight, ln2.bias),
+            ffn,
+            eps=(ln1.eps, ln2.eps, sr_eps),
+            relu_input=mlp.extra_relu,
+            packed=[*layer_packed, *mlp._packed_weights(x)],
+            backend=self.attention.op_backend,
+        )

@@ -10,6 +10,7 @@ from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .layer_norm import layer_norm, layer_norm_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
 from .packing import pack_weight
+from .pvt_block import pack_block_weights, pvt_block, pvt_block_reference
 from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
 from .sr_conv import sr_conv, sr_conv_reference
 from .sra_attention import sra_attention, sra_attention_reference
@@ -30,8 +31,11 @@ __all__ = [
     "layer_norm_reference",
     "linear_sra_pool",
     "linear_sra_pool_reference",
+    "pack_block_weights",
     "pack_layer_weights",
     "pack_weight",
+    "pvt_block",
+    "pvt_block_reference",
     "reset_warnings",
     "simulate",
     "sr_conv",

@@ -107,6 +107,50 @@ for _backend in ("triton", "cuda"):
     OP.register(_backend, _composition(_backend), lambda args, _b=_backend: DWCONV_GELU.why_not(_b, args))
 
 
+def check_conv_ffn(
+    op: str,
+    x: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Optional[Tensor],
+    dw_weight: Tensor,
+    dw_bias: Optional[Tensor],
+    fc2_weight: Tensor,
+    fc2_bias: Optional[Tensor],
+    height: int,
+    width: int,
+    relu_input: bool,
+    fc1_packed: Optional[Tensor],
+    fc2_packed: Optional[Tensor],
+    max_hidden_bytes: Optional[int],
+) -> None:
+    """:func:`conv_ffn`'s argument checks (errors name ``op``)."""
+    check_token_map(op, x, height, width)
+    c_in, hidden, c_out = x.shape[2], fc1_weight.shape[0], fc2_weight.shape[0]
+    check_params(
+        op,
+        x,
+        {
+            "fc1_weight": (fc1_weight, (hidden, c_in)),
+            "fc1_bias": (fc1_bias, (hidden,)),
+            "dw_weight": (dw_weight, (hidden, 1, 3, 3)),
+            "dw_bias": (dw_bias, (hidden,)),
+            "fc2_weight": (fc2_weight, (c_out, hidden)),
+            "fc2_bias": (fc2_bias, (c_out,)),
+            "fc1_packed": (fc1_packed, packed_shape(hidden, c_in)),
+            "fc2_packed": (fc2_packed, packed_shape(c_out, hidden)),
+        },
+        f" for {c_in} input and {hidden} hidden channels",
+    )
+    if hidden == 0:
+        raise ValueError(f"{op}: a depthwise conv of no channels (hidden = 0) is an error, as in F.conv2d")
+    if not isinstance(relu_input, bool):
+        raise TypeError(f"{op}: relu_input must be a bool, got {relu_input!r}")
+    if (fc1_packed is None) != (fc2_packed is None):
+        raise ValueError(f"{op}: pass both fc1_packed and fc2_packed (ops.pack_weight of each weight) or neither")
+    if max_hidden_bytes is not None and max_hidden_bytes < 1:
+        raise ValueError(f"{op}: max_hidden_bytes must be positive or None, got {max_hidden_bytes}")
+
+
 def conv_ffn(
     x: Tensor,
     fc1_weight: Tensor,
@@ -134,31 +178,10 @@ def conv_ffn(
     cached by the caller (fast mode's module does): the CPU kernel's fp32 bands run their GEMMs on them, on the
     packed-weight GEMM, rather than on MKL's sgemm (whole-map GEMMs stay on MKL's threads either way).
     """
-    check_token_map("conv_ffn", x, height, width)
-    c_in, hidden, c_out = x.shape[2], fc1_weight.shape[0], fc2_weight.shape[0]
-    check_params(
-        "conv_ffn",
-        x,
-        {
-            "fc1_weight": (fc1_weight, (hidden, c_in)),
-            "fc1_bias": (fc1_bias, (hidden,)),
-            "dw_weight": (dw_weight, (hidden, 1, 3, 3)),
-            "dw_bias": (dw_bias, (hidden,)),
-            "fc2_weight": (fc2_weight, (c_out, hidden)),
-            "fc2_bias": (fc2_bias, (c_out,)),
-            "fc1_packed": (fc1_packed, packed_shape(hidden, c_in)),
-            "fc2_packed": (fc2_packed, packed_shape(c_out, hidden)),
-        },
-        f" for {c_in} input and {hidden} hidden channels",
-    )
-    if hidden == 0:
-        raise ValueError("conv_ffn: a depthwise conv of no channels (hidden = 0) is an error, as in F.conv2d")
-    if not isinstance(relu_input, bool):
-        raise TypeError(f"conv_ffn: relu_input must be a bool, got {relu_input!r}")
-    if (fc1_packed is None) != (fc2_packed is None):
-        raise ValueError("conv_ffn: pass both fc1_packed and fc2_packed (ops.pack_weight of each weight) or neither")
-    if max_hidden_bytes is not None and max_hidden_bytes < 1:
-        raise ValueError(f"conv_ffn: max_hidden_bytes must be positive or None, got {max_hidden_bytes}")
+    check_conv_ffn(
+        "conv_ffn", x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input,
+        fc1_packed, fc2_packed, max_hidden_bytes,
+    )  # fmt: skip
     return OP(
         backend,
         x,

@@ -238,7 +238,10 @@ class Op:
 
     def __call__(self, backend: str, *args):
         """Run the op's full (validated) argument list on the backend :meth:`resolve` picks."""
-        chosen = self.resolve(backend, args)
+        return self.run(self.resolve(backend, args), *args)
+
+    def run(self, chosen: str, *args):
+        """Run the op's full argument list on ``chosen``, a backend :meth:`resolve` returned for it."""
         impl = self.reference if chosen == "torch" else self.backends[chosen].impl
         return impl(*args)
 

@@ -78,6 +78,77 @@ OP = define("sra_layer", sra_layer_reference, stand_ins={"triton": "torch", "cud
 register_native(OP, "sra_layer", 12, 6, devices=("cpu",), slower=_cpu_slower, prepare=_with_packed)
 
 
+def check_sra_layer(
+    op: str,
+    x: Tensor,
+    q_weight: Tensor,
+    q_bias: Optional[Tensor],
+    kv_weight: Tensor,
+    kv_bias: Optional[Tensor],
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor],
+    height: int,
+    width: int,
+    num_heads: int,
+    sr_weight: Optional[Tensor],
+    sr_bias: Optional[Tensor],
+    norm_weight: Optional[Tensor],
+    norm_bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    packed: Optional[Sequence[Tensor]],
+) -> Optional[List[Tensor]]:
+    """:func:`sra_layer`'s argument checks (errors name ``op``); returns ``packed`` as a list (or None)."""
+    check_token_map(op, x, height, width)
+    c = x.shape[2]
+    if c < 1:
+        raise ValueError(f"{op}: x has no channels (C = 0)")
+    if not isinstance(num_heads, int) or num_heads < 1 or c % num_heads:
+        raise ValueError(f"{op}: {c} channels are not divisible into {num_heads} heads")
+    params = {
+        "q_weight": (q_weight, (c, c)),
+        "q_bias": (q_bias, (c,)),
+        "kv_weight": (kv_weight, (2 * c, c)),
+        "kv_bias": (kv_bias, (2 * c,)),
+        "proj_weight": (proj_weight, (c, c)),
+        "proj_bias": (proj_bias, (c,)),
+        "residual": (residual, tuple(x.shape)),
+    }
+    for name in ("q_weight", "kv_weight", "proj_weight"):
+        if params[name][0] is None:
+            raise ValueError(f"{op}: {name} is required")
+    s = 1
+    if sr_weight is None:
+        if sr_bias is not None or norm_weight is not None or norm_bias is not None:
+            raise ValueError(
+                f"{op}: sr_bias, norm_weight and norm_bias belong to the spatial reduction: pass sr_weight"
+            )
+    else:
+        if not isinstance(sr_weight, Tensor) or sr_weight.ndim != 4 or sr_weight.shape[2] != sr_weight.shape[3]:
+            raise ValueError(
+                f"{op}: sr_weight must be (C, C, s, s), got {getattr(sr_weight, 'shape', type(sr_weight))}"
+            )
+        s = sr_weight.shape[2]
+        if s < 1 or s > height or s > width:
+            raise ValueError(f"{op}: a {s}×{s} reduction does not fit in a {height}×{width} map")
+        params.update(
+            sr_weight=(sr_weight, (c, c, s, s)),
+            sr_bias=(sr_bias, (c,)),
+            norm_weight=(norm_weight, (c,)),
+            norm_bias=(norm_bias, (c,)),
+        )
+    if packed is not None:
+        packed = list(packed)
+        shapes = [packed_shape(c, c), packed_shape(2 * c, c), packed_shape(c, c)]
+        shapes += [packed_shape(c, s * s * c)] if sr_weight is not None else []
+        if len(packed) != len(shapes):
+            raise ValueError(f"{op}: packed must hold {len(shapes)} tensors (pack_layer_weights), got {len(packed)}")
+        params.update({f"packed[{i}]": (p, shape) for i, (p, shape) in enumerate(zip(packed, shapes))})
+        if any(p is None for p in packed):
+            raise ValueError(f"{op}: packed holds None")
+    check_params(op, x, params)
+    return packed
+
+
 def sra_layer(
     x: Tensor,
     q_weight: Tensor,
@@ -111,56 +182,11 @@ def sra_layer(
     residual in their epilogues, ``sr_conv``'s tiles, the flash-style attention kernel and the LayerNorm row kernel,
     with no Python, dispatch or allocator round trip between them. On CUDA the reference composition stands in.
     """
-    check_token_map("sra_layer", x, height, width)
+    packed = check_sra_layer(
+        "sra_layer", x, q_weight, q_bias, kv_weight, kv_bias, proj_weight, proj_bias, height, width, num_heads,
+        sr_weight, sr_bias, norm_weight, norm_bias, residual, packed,
+    )  # fmt: skip
     c = x.shape[2]
-    if c < 1:
-        raise ValueError("sra_layer: x has no channels (C = 0)")
-    if not isinstance(num_heads, int) or num_heads < 1 or c % num_heads:
-        raise ValueError(f"sra_layer: {c} channels are not divisible into {num_heads} heads")
-    params = {
-        "q_weight": (q_weight, (c, c)),
-        "q_bias": (q_bias, (c,)),
-        "kv_weight": (kv_weight, (2 * c, c)),
-        "kv_bias": (kv_bias, (2 * c,)),
-        "proj_weight": (proj_weight, (c, c)),
-        "proj_bias": (proj_bias, (c,)),
-        "residual": (residual, tuple(x.shape)),
-    }
-    for name in ("q_weight", "kv_weight", "proj_weight"):
-        if params[name][0] is None:
-            raise ValueError(f"sra_layer: {name} is required")
-    s = 1
-    if sr_weight is None:
-        if sr_bias is not None or norm_weight is not None or norm_bias is not None:
-            raise ValueError(
-                "sra_layer: sr_bias, norm_weight and norm_bias belong to the spatial reduction: pass sr_weight"
-            )
-    else:
-        if not isinstance(sr_weight, Tensor) or sr_weight.ndim != 4 or sr_weight.shape[2] != sr_weight.shape[3]:
-            raise ValueError(
-                f"sra_layer: sr_weight must be (C, C, s, s), got {getattr(sr_weight, 'shape', type(sr_weight))}"
-            )
-        s = sr_weight.shape[2]
-        if s < 1 or s > height or s > width:
-            raise ValueError(f"sra_layer: a {s}×{s} reduction does not fit in a {height}×{width} map")
-        params.update(
-            sr_weight=(sr_weight, (c, c, s, s)),
-            sr_bias=(sr_bias, (c,)),
-            norm_weight=(norm_weight, (c,)),
-            norm_bias=(norm_bias, (c,)),
-        )
-    if packed is not None:
-        packed = list(packed)
-        shapes = [packed_shape(c, c), packed_shape(2 * c, c), packed_shape(c, c)]
-        shapes += [packed_shape(c, s * s * c)] if sr_weight is not None else []
-        if len(packed) != len(shapes):
-            raise ValueError(
-                f"sra_layer: packed must hold {len(shapes)} tensors (pack_layer_weights), got {len(packed)}"
-            )
-        params.update({f"packed[{i}]": (p, shape) for i, (p, shape) in enumerate(zip(packed, shapes))})
-        if any(p is None for p in packed):
-            raise ValueError("sra_layer: packed holds None")
-    check_params("sra_layer", x, params)
     scale = (c // num_heads) ** -0.5 if scale is None else float(scale)
     return OP(
         backend,

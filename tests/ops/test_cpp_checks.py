@@ -145,6 +145,25 @@ def _sl(dev, s=2, **kw):
     return "sra_layer", tuple(a.values())
 
 
+def _blk(dev, attention=None, ffn=None, **kw):
+    """pvt_block arguments for a 4×5 map of 8 channels, 2 heads, sr 2, FFN width 16 (sra_layer's, then the FFN's);
+    ``attention`` / ``ffn``: {index: tensor} replacing entries of those lists."""
+    _, sl = _sl(dev)
+    r = lambda *shape: torch.randn(*shape, device=dev)  # noqa: E731
+    att = list(sl[1:11])
+    f = [r(16, 8), r(16), r(16, 1, 3, 3), r(16), r(8, 16), r(8)]
+    for i, t in (attention or {}).items():
+        att[i] = t
+    for i, t in (ffn or {}).items():
+        f[i] = t
+    a = {"x": sl[0], "norm1_weight": r(8), "norm1_bias": r(8), "attention": att, "norm2_weight": r(8)}
+    a.update({"norm2_bias": r(8), "ffn": f, "height": 4, "width": 5, "num_heads": 2, "scale": 0.5})
+    a.update({"eps": [1e-6, 1e-6, 1e-6], "relu_input": False})
+    a["packed"] = list(sl[-1]) + [torch.zeros(1, 8, 64, device=dev), torch.zeros(1, 16, 64, device=dev)]
+    a.update(kw)
+    return "pvt_block", tuple(a.values())
+
+
 def _x(dev, *shape, dtype=torch.float32):
     return torch.randn(*shape, device=dev).to(dtype)
 
@@ -393,6 +412,16 @@ BAD_INPUT = [
     ("sl-eps-nan", lambda d, o: _sl(d, eps=float("nan")), E, "eps must be finite"),
     ("sl-packed-count", lambda d, o: _sl(d, packed=[_x(d, 1, 8, 64)] * 3), E, "packed must hold the 4 packed"),
     ("sl-packed-sr", lambda d, o: _sl(d, packed=[_x(d, 1, 8, 64)] * 4), E, "packed[3] (sr) must be (1, 32, 64)"),
+    # ---- pvt_block
+    ("blk-x-2d", lambda d, o: _blk(d, x=_x(d, 20, 8)), E, "pvt_block: x must be (B, N, C) tokens"),
+    ("blk-att-count", lambda d, o: _blk(d, attention={}, ffn={}, packed=[]), E, "packed must hold 6 packed weights"),
+    ("blk-eps", lambda d, o: _blk(d, eps=[1e-6]), E, "eps must hold 3 values"),
+    ("blk-norm1", lambda d, o: _blk(d, norm1_weight=_x(d, 7)), E, "norm1_weight must be (8,), got (7,)"),
+    ("blk-norm2-device", lambda d, o: _blk(d, norm2_bias=_x(o, 8)), E, "norm2_bias must be on x's device"),
+    ("blk-q-missing", lambda d, o: _blk(d, attention={0: None}), E, "attention[0] (q_weight) is required"),
+    ("blk-fc2-out", lambda d, o: _blk(d, ffn={4: _x(d, 4, 16), 5: None}), E, "fc2_weight (ffn[4]) must map back"),
+    ("blk-dw", lambda d, o: _blk(d, ffn={2: _x(d, 16, 1, 3, 2)}), E, "dw_weight must be (16, 1, 3, 3)"),
+    ("blk-heads", lambda d, o: _blk(d, num_heads=3), E, "8 channels are not divisible into 3 heads"),
     (
         "sl-packed-dtype",
         lambda d, o: _sl(d, packed=[_x(d, 1, 8, 64, dtype=torch.half)] + [_x(d, 1, 8, 64)] * 3),
@@ -431,8 +460,18 @@ def test_every_op_is_covered():
         lambda: _attn("cpu"),
         lambda: _src("cpu"),
         lambda: _sl("cpu"),
+        lambda: _blk("cpu"),
     ],
-    ids=["dwconv_gelu", "linear_sra_pool", "conv_ffn", "layer_norm", "sra_attention", "sr_conv", "sra_layer"],
+    ids=[
+        "dwconv_gelu",
+        "linear_sra_pool",
+        "conv_ffn",
+        "layer_norm",
+        "sra_attention",
+        "sr_conv",
+        "sra_layer",
+        "pvt_block",
+    ],
 )
 def test_sparse_input_is_refused_by_the_dispatcher(make):
     """Layouts other than dense never reach a kernel: no kernel is registered for them."""

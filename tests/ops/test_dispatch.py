@@ -49,6 +49,7 @@ def test_every_op_has_a_reference_and_only_known_backends():
         "layer_norm",
         "sr_conv",
         "sra_layer",
+        "pvt_block",
     }
     for op in OPS.values():
         assert callable(op.reference)

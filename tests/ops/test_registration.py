@@ -59,7 +59,20 @@ def _samples():
         "pvtv2_fast_C.sra_attention": (randn(1, 20, 64, device="cpu"), kv[..., :64], kv[..., 64:], 2, 0.125),
         "pvtv2_fast_C.sr_conv": (ffn_x, sr_w, randn(40, device="cpu"), 5, 9, pack_weight(sr_w)),
         "pvtv2_fast_C.sra_layer": _sra_layer_sample(),
+        "pvtv2_fast_C.pvt_block": _pvt_block_sample(),
     }
+
+
+def _pvt_block_sample():
+    """pvt_block on a 5×9 map of 16 channels, 2 heads, sr 2, FFN width 32 (sra_layer's sample's weights)."""
+    x, *w = _sra_layer_sample()[:12]
+    attention = [*w[:6], *w[6:10]]
+    ffn = [randn(32, 16, device="cpu", seed=12, scale=0.25), randn(32, device="cpu", seed=13)]
+    ffn += [randn(32, 1, 3, 3, device="cpu", seed=14, scale=0.3), randn(32, device="cpu", seed=15)]
+    ffn += [randn(16, 32, device="cpu", seed=16, scale=0.18), randn(16, device="cpu", seed=17)]
+    norm = [randn(16, device="cpu", seed=18), randn(16, device="cpu", seed=19)]
+    packed = [pack_weight(t) for t in (w[0], w[2], w[4], w[6], ffn[0], ffn[4])]
+    return (x, *norm, attention, *norm, ffn, 5, 9, 2, 0.25, [1e-6, 1e-5, 1e-6], False, packed)
 
 
 def _sra_layer_sample():

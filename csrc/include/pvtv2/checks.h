@@ -306,6 +306,49 @@ inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c1
   CHECK_SHAPE(fc2_packed, pack_blocks(c_out), hidden, kPackBlock);
 }
 
+// A whole block (ops.pvt_block): x (B, H·W, C); the two LayerNorms' weight / bias (C,) or absent; attention the 10
+// sra_layer tensors [q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, sr_norm_w, sr_norm_b] (checked as sra_layer
+// does, the residual being x); ffn the 6 conv_ffn tensors [fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b], fc2 back to C
+// channels; eps [norm1, norm2, sr_norm]; packed the layer's packed weights, then fc1's and fc2's.
+inline void pvt_block(const at::Tensor& x, const c10::optional<at::Tensor>& norm1_weight,
+                      const c10::optional<at::Tensor>& norm1_bias,
+                      const c10::List<c10::optional<at::Tensor>>& attention,
+                      const c10::optional<at::Tensor>& norm2_weight, const c10::optional<at::Tensor>& norm2_bias,
+                      const c10::List<c10::optional<at::Tensor>>& ffn, int64_t height, int64_t width,
+                      int64_t num_heads, double scale, at::ArrayRef<double> eps, at::TensorList packed) {
+  const char* op = "pvt_block";
+  token_map(op, x, height, width);
+  TORCH_CHECK(attention.size() == 10, op, ": attention must hold the 10 sra_layer tensors, got ", attention.size());
+  TORCH_CHECK(ffn.size() == 6, op, ": ffn must hold the 6 conv_ffn tensors, got ", ffn.size());
+  TORCH_CHECK(eps.size() == 3, op, ": eps must hold 3 values (norm1, norm2, the reduction's norm), got ", eps.size());
+  for (double e : eps) TORCH_CHECK(std::isfinite(e) && e >= 0.0, op, ": eps must be finite and >= 0, got ", e);
+  const char* required[4] = {"attention[0] (q_weight)", "attention[2] (kv_weight)", "attention[4] (proj_weight)", ""};
+  for (size_t i = 0; i < 3; ++i) TORCH_CHECK(attention.get(2 * i).has_value(), op, ": ", required[i], " is required");
+  const char* ffn_required[3] = {"ffn[0] (fc1_weight)", "ffn[2] (dw_weight)", "ffn[4] (fc2_weight)"};
+  for (size_t i = 0; i < 3; ++i) TORCH_CHECK(ffn.get(2 * i).has_value(), op, ": ", ffn_required[i], " is required");
+  const int64_t C = x.size(2);
+  CHECK_LIKE(norm1_weight, x);
+  CHECK_SHAPE(norm1_weight, C);
+  CHECK_LIKE(norm1_bias, x);
+  CHECK_SHAPE(norm1_bias, C);
+  CHECK_LIKE(norm2_weight, x);
+  CHECK_SHAPE(norm2_weight, C);
+  CHECK_LIKE(norm2_bias, x);
+  CHECK_SHAPE(norm2_bias, C);
+  const bool reduce = attention.get(6).has_value();
+  const size_t n_attn = reduce ? 4 : 3;
+  TORCH_CHECK(packed.size() == n_attn + 2, op, ": packed must hold ", n_attn + 2,
+              " packed weights (the layer's, then fc1's and fc2's: ops.pack_block_weights), got ", packed.size());
+  sra_layer(x, *attention.get(0), attention.get(1), *attention.get(2), attention.get(3), *attention.get(4),
+            attention.get(5), attention.get(6), attention.get(7), attention.get(8), attention.get(9), x, height, width,
+            num_heads, scale, eps[2], packed.slice(0, n_attn));
+  const at::Tensor& fc2_weight = *ffn.get(4);
+  TORCH_CHECK(fc2_weight.dim() == 2 && fc2_weight.size(0) == C, op, ": fc2_weight (ffn[4]) must map back to the ", C,
+              " channels of x, got ", shape_str(fc2_weight.sizes()));
+  conv_ffn(x, *ffn.get(0), ffn.get(1), *ffn.get(2), ffn.get(3), fc2_weight, ffn.get(5), height, width,
+           packed[n_attn], packed[n_attn + 1]);
+}
+
 
 // x (B, R_in, W_in, L) in a kernel dtype, L >= 1; row_index / col_index (n, 2) int64 taps into R_in / W_in (checked
 // element by element where they are readable, i.e. on the CPU), row_weight / col_weight (n, 2) float32 on x's device;

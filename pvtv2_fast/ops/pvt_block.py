@@ -1,0 +1,144 @@
+"""``pvt_block(x, ...)``: a whole PVTv2 block for inference in one op: ``x1 = x + SRA(LN1(x))``,
+``y = x1 + FFN(LN2(x1))``, the SRA as :func:`~pvtv2_fast.ops.sra_layer` computes it and the FFN as
+:func:`~pvtv2_fast.ops.conv_ffn`."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checks import check_params, describe
+from .conv_ffn import check_conv_ffn, conv_ffn_reference
+from .packing import pack_weight
+from .registry import define, register_native
+from .sra_attention import MAX_CPU_HEAD_DIM
+from .sra_layer import check_sra_layer, pack_layer_weights, sra_layer_reference
+
+# The tensors of `attention` and `ffn`, in order (sra_layer's and conv_ffn's arguments).
+ATTENTION = ("q_weight", "q_bias", "kv_weight", "kv_bias", "proj_weight", "proj_bias", "sr_weight", "sr_bias",
+             "norm_weight", "norm_bias")  # fmt: skip
+FFN = ("fc1_weight", "fc1_bias", "dw_weight", "dw_bias", "fc2_weight", "fc2_bias")
+
+
+def pvt_block_reference(
+    x: Tensor,
+    norm1_weight: Optional[Tensor],
+    norm1_bias: Optional[Tensor],
+    attention: Sequence[Optional[Tensor]],
+    norm2_weight: Optional[Tensor],
+    norm2_bias: Optional[Tensor],
+    ffn: Sequence[Optional[Tensor]],
+    height: int,
+    width: int,
+    num_heads: int,
+    scale: float,
+    eps: Sequence[float],
+    relu_input: bool,
+    packed: Optional[List[Tensor]] = None,
+) -> Tensor:
+    """The composition: layer_norm, sra_layer's reference with x as its residual, layer_norm, conv_ffn's reference,
+    the residual add (transformers' and timm's block). ``packed`` is not used."""
+    c = x.shape[2]
+    h = F.layer_norm(x, (c,), norm1_weight, norm1_bias, eps[0])
+    x1 = sra_layer_reference(h, *attention, x, height, width, num_heads, scale, eps[2])
+    h2 = F.layer_norm(x1, (c,), norm2_weight, norm2_bias, eps[1])
+    return x1 + conv_ffn_reference(h2, *ffn, height, width, relu_input)
+
+
+def pack_block_weights(attention: Sequence[Optional[Tensor]], ffn: Sequence[Optional[Tensor]]) -> List[Tensor]:
+    """The ``packed`` argument of :func:`pvt_block`: :func:`~pvtv2_fast.ops.pack_layer_weights` of the attention's
+    weights, then fc1's and fc2's (:func:`~pvtv2_fast.ops.pack_weight`); modules cache it for inference."""
+    layer = pack_layer_weights(attention[0], attention[2], attention[4], attention[6])
+    return layer + [pack_weight(ffn[0]), pack_weight(ffn[4])]
+
+
+def _with_packed(args: tuple) -> tuple:
+    """The kernel's arguments: the packed weights are required there; packed here when the caller did not pass them."""
+    return args if args[-1] is not None else (*args[:-1], pack_block_weights(args[3], args[6]))
+
+
+def _needs_grad(args: Sequence) -> bool:
+    tensors = [args[0], args[1], args[2], args[4], args[5], *args[3], *args[6]]
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _cpu_slower(args: Sequence) -> bool:
+    """Where "auto" keeps the composition, as for sra_layer: bf16 / fp16 (computed here through fp32 copies) and
+    heads wider than the C++ attention was measured on."""
+    x, num_heads = args[0], args[9]
+    return x.dtype != torch.float32 or x.shape[2] // num_heads > MAX_CPU_HEAD_DIM
+
+
+# On CUDA the composition (SDPA, cuBLAS) stands in. The C++ block is forward-only: a call that needs gradients runs
+# the reference (why_not below), as upsample_accumulate's does.
+OP = define("pvt_block", pvt_block_reference, stand_ins={"triton": "torch", "cuda": "torch"})
+register_native(OP, "pvt_block", 0, 0, devices=("cpu",), differentiable=False, slower=_cpu_slower, prepare=_with_packed)
+_native_why_not = OP.backends["cpu"].why_not
+OP.backends["cpu"].why_not = lambda args: (
+    "the C++ block is forward-only and this call needs gradients" if _needs_grad(args) else _native_why_not(args)
+)
+
+
+def pvt_block(
+    x: Tensor,
+    height: int,
+    width: int,
+    num_heads: int,
+    norm1: Sequence[Optional[Tensor]],
+    attention: Sequence[Optional[Tensor]],
+    norm2: Sequence[Optional[Tensor]],
+    ffn: Sequence[Optional[Tensor]],
+    *,
+    eps: Sequence[float] = (1e-6, 1e-6, 1e-6),
+    relu_input: bool = False,
+    scale: Optional[float] = None,
+    packed: Optional[Sequence[Tensor]] = None,
+    backend: str = "auto",
+) -> Tensor:
+    """x: ``(B, H·W, C)`` tokens of an H×W map. Returns ``x1 + FFN(LN2(x1))`` with ``x1 = x + SRA(LN1(x))``.
+
+    ``norm1`` / ``norm2``: ``(weight, bias)`` of the two LayerNorms (either may be None); ``attention``: the 10
+    tensors of :func:`~pvtv2_fast.ops.sra_layer` (:data:`ATTENTION`; the last four None without spatial reduction);
+    ``ffn``: the 6 of :func:`~pvtv2_fast.ops.conv_ffn` (:data:`FFN`; fc2 back to C channels); ``eps``: norm1's,
+    norm2's and the reduction norm's; ``relu_input``: the FFN's ReLU after fc1 (PVTv2-Li's); ``scale`` defaults to
+    ``head_dim ** -0.5``; ``packed``: :func:`pack_block_weights`, cached by the caller (packed per call otherwise).
+
+    ``"cpu"``: one C++ call, forward-only (a call that needs gradients runs the reference): LayerNorm's row kernel,
+    ``sra_layer``'s and ``conv_ffn``'s C++ code and the residual adds, with nothing between them in Python; fp32
+    compute (bf16 / fp16 through fp32 copies). On CUDA the composition stands in.
+    """
+    norm1, attention, norm2, ffn, eps = list(norm1), list(attention), list(norm2), list(ffn), list(eps)
+    if (len(norm1), len(attention), len(norm2), len(ffn), len(eps)) != (2, len(ATTENTION), 2, len(FFN), 3):
+        raise ValueError(
+            f"pvt_block: expected norm1 and norm2 of 2 tensors, attention of {len(ATTENTION)}, ffn of {len(FFN)} and "
+            f"3 eps, got {len(norm1)}, {len(norm2)}, {len(attention)}, {len(ffn)} and {len(eps)}"
+        )
+    n_layer = 4 if attention[6] is not None else 3
+    if packed is not None and len(packed) != n_layer + 2:
+        raise ValueError(f"pvt_block: packed must hold {n_layer + 2} tensors (pack_block_weights), got {len(packed)}")
+    packed = list(packed) if packed is not None else None
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ValueError(f"pvt_block: x must be (B, N, C) tokens, got {describe(x)}")
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"pvt_block: num_heads must be a positive int, got {num_heads!r}")
+    c = x.shape[2]
+    scale = (c // num_heads) ** -0.5 if scale is None else float(scale)
+    args = (x, *norm1, attention, *norm2, ffn, height, width, num_heads, scale, [float(e) for e in eps], relu_input,
+            packed)  # fmt: skip
+    chosen = OP.resolve(backend, args)
+    # The C++ block checks every argument itself (checks::pvt_block, the same rules and clear messages), and a block's
+    # Python checks of its ~30 tensors measured ~80 us per call (a tenth of b0's 7² block): only the composition's
+    # backends are checked here.
+    if chosen != "cpu":
+        check_sra_layer("pvt_block", x, *attention[:6], height, width, num_heads, *attention[6:], None,
+                        packed[:n_layer] if packed is not None else None)  # fmt: skip
+        if not isinstance(ffn[4], Tensor) or ffn[4].ndim != 2 or ffn[4].shape[0] != c:
+            raise ValueError(f"pvt_block: fc2_weight must map back to the {c} channels of x, got {describe(ffn[4])}")
+        ffn_packed = packed[n_layer:] if packed is not None else [None, None]
+        check_conv_ffn("pvt_block", x, *ffn, height, width, relu_input, *ffn_packed, None)
+        norms = {f"norm{i}_{k}": (t, (c,)) for i, n in ((1, norm1), (2, norm2)) for k, t in zip(("weight", "bias"), n)}
+        check_params("pvt_block", x, norms)
+    return OP.run(chosen, *args)

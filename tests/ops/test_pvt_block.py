@@ -1,0 +1,189 @@
+"""``ops.pvt_block``, a whole PVTv2 block in one op (LN → SRA + residual → LN → conv FFN + residual), on every fused
+backend this machine has (the C++ CPU block, forward-only), against its PyTorch composition; and the block module's
+use of it."""
+
+import pytest
+import torch
+from op_cases import DTYPE_IDS, DTYPES, IMAGE, TOL, fused_backends, randn, require
+
+from pvtv2_fast import PvtV2Config, ops, preset_names
+from pvtv2_fast.validation import stage_shapes
+
+BACKENDS = fused_backends("pvt_block")
+
+
+def _cases():
+    """Every distinct (channels, heads, sr_ratio, FFN width) of the presets' SRA stages at the odd, non-square IMAGE."""
+    seen, cases = set(), []
+    for preset in preset_names():
+        for i, s in enumerate(stage_shapes(PvtV2Config.from_preset(preset), *IMAGE)):
+            key = (s.channels, s.heads, s.sr_ratio, s.ffn_hidden)
+            if not s.linear and key not in seen:
+                seen.add(key)
+                cases.append((f"{preset}-stage{i + 1}", s.channels, s.heads, s.sr_ratio, s.ffn_hidden, s.height,
+                              s.width))  # fmt: skip
+    return cases
+
+
+CASES = _cases()
+
+
+def _block(c, s, hidden, dtype=torch.float32, device="cpu", seed=0):
+    """(norm1, attention, norm2, ffn) of trained scale: activations of order one."""
+    g = lambda *shape, k, sc=1.0: randn(*shape, seed=seed + k, scale=sc, device=device, dtype=dtype)  # noqa: E731
+    norm1 = (1 + g(c, k=1, sc=0.1), g(c, k=2, sc=0.1))
+    norm2 = (1 + g(c, k=3, sc=0.1), g(c, k=4, sc=0.1))
+    attention = [g(c, c, k=5, sc=c**-0.5), g(c, k=6), g(2 * c, c, k=7, sc=c**-0.5), g(2 * c, k=8),
+                 g(c, c, k=9, sc=c**-0.5), g(c, k=10)]  # fmt: skip
+    if s > 1:
+        attention += [g(c, c, s, s, k=11, sc=(s * s * c) ** -0.5), g(c, k=12), 1 + g(c, k=13, sc=0.1), g(c, k=14)]
+    else:
+        attention += [None] * 4
+    ffn = [g(hidden, c, k=15, sc=c**-0.5), g(hidden, k=16), g(hidden, 1, 3, 3, k=17, sc=1 / 3), g(hidden, k=18),
+           g(c, hidden, k=19, sc=hidden**-0.5), g(c, k=20)]  # fmt: skip
+    return norm1, attention, norm2, ffn
+
+
+def _call(x, parts, h, heads, backend, **kw):
+    return ops.pvt_block(x, h, x.shape[1] // h, heads, *parts, backend=backend, **kw)
+
+
+def _check(backend, x, parts, h, heads, what, **kw):
+    require("pvt_block", backend, (x, None, None, [], None, None, [], h, 1, heads, 1.0, [], False, None))
+    out = _call(x, parts, h, heads, backend, **kw)
+    f = lambda t: None if t is None else t.float()  # noqa: E731
+    ref_kw = {k: v for k, v in kw.items() if k != "packed"}  # packed in x's dtype; the reference takes fp32 copies
+    ref = _call(x.float(), [[f(t) for t in p] for p in parts], h, heads, "torch", **ref_kw)
+    atol, rtol = TOL[x.dtype]
+    assert out.dtype == x.dtype and out.shape == x.shape, what
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_preset_stages(backend, device, case, batch, dtype):
+    """Every preset's stage geometry on its odd, non-square map, with the packed weights passed and packed per
+    call; fp32, and bf16 / fp16 through fp32 copies."""
+    _, c, heads, s, hidden, h, w = case
+    x = randn(batch, h * w, c, seed=c, device=device, dtype=dtype)
+    parts = _block(c, s, hidden, dtype=dtype, device=device)
+    _check(backend, x, parts, h, heads, case[0])
+    packed = ops.pack_block_weights(parts[1], parts[3])
+    _check(backend, x, parts, h, heads, case[0] + " packed", packed=packed)
+
+
+@pytest.mark.parametrize(
+    "b,c,heads,hidden,h,w,s,relu",
+    [
+        (1, 1, 1, 4, 1, 1, 1, False),  # one token, one channel
+        (3, 40, 5, 72, 7, 9, 2, True),  # the linear variant's ReLU after fc1; heads of 8
+        (2, 96, 3, 100, 5, 11, 3, False),  # half tiles; hidden off the vector widths
+        (1, 64, 1, 512, 56, 56, 8, False),  # a whole 224² stage-1 block of b2 (conv_ffn's bands)
+    ],
+)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_odd_shapes(backend, device, b, c, heads, hidden, h, w, s, relu):
+    x = randn(b, h * w, c, seed=h * w, device=device)
+    _check(backend, x, _block(c, s, hidden, device=device), h, heads, "odd", relu_input=relu, eps=(1e-5, 1e-6, 1e-5))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_no_norm_affine_and_strided_input(backend, device):
+    x = randn(2, 30, 24, seed=3, device=device)[:, :, 4:20]  # channel slices: row stride 24, not 16
+    norm1, attention, norm2, ffn = _block(16, 2, 32, device=device)
+    _check(backend, x, ((None, None), attention, (None, norm2[1]), ffn), 5, 2, "strided")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_calls_that_need_gradients_run_the_reference(backend, device):
+    """The C++ block is forward-only: "auto" sends a call that needs gradients to the composition (the reference's
+    gradients), and the explicit backend refuses it."""
+    x = randn(2, 20, 16, seed=8, device=device).requires_grad_()
+    parts = _block(16, 2, 32, device=device)
+    leaves = [x, *[t for p in parts for t in p if t is not None]]
+    for t in leaves[1:]:
+        t.requires_grad_()
+    grad = randn(2, 20, 16, seed=11, device=device)
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        _call(x, parts, 4, 2, backend)
+    got = torch.autograd.grad(_call(x, parts, 4, 2, "auto"), leaves, grad)
+    expected = torch.autograd.grad(_call(x, parts, 4, 2, "torch"), leaves, grad)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_compile_and_export_keep_the_fused_node(backend, device):
+    x, parts = randn(1, 35, 16, seed=12, device=device), _block(16, 2, 32, device=device)
+    packed = ops.pack_block_weights(parts[1], parts[3])
+
+    class Block(torch.nn.Module):
+        def forward(self, t):
+            return _call(t, parts, 5, 2, backend, packed=packed)
+
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(Block(), fullgraph=True, backend="eager")(x), Block()(x))
+        exported = torch.export.export(Block(), (x,))
+    assert [n for n in exported.graph.nodes if "pvtv2_fast_C.pvt_block" in str(n.target)]
+
+
+def _bad(change):
+    x, (norm1, attention, norm2, ffn) = randn(1, 20, 16, device="cpu"), _block(16, 2, 32)
+    kw = {}
+    for k, v in change.items():
+        if k.startswith("attention"):
+            attention[int(k[9:])] = v
+        elif k.startswith("ffn"):
+            ffn[int(k[3:])] = v
+        else:
+            kw[k] = v
+    return lambda backend: _call(x, (norm1, attention, norm2, ffn), 4, 2, backend, **kw)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(attention0=randn(16, 15, device="cpu")), r"q_weight must be \(16, 16\)"),
+        (dict(attention6=None), "belong to the spatial reduction"),
+        (dict(ffn4=randn(8, 32, device="cpu")), r"fc2_weight (\(ffn\[4\]\) )?must map back to the 16 channels"),
+        (dict(ffn2=randn(32, 1, 3, 2, device="cpu")), r"dw_weight must be \(32, 1, 3, 3\)"),
+        (dict(packed=[randn(1, 16, 64, device="cpu")] * 3), "packed must hold 6 tensors"),
+        (dict(eps=(1e-6, 1e-6)), "3 eps"),
+    ],
+    ids=["q-shape", "norm-without-sr", "fc2-out", "dw-shape", "packed-count", "eps-count"],
+)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_bad_input_is_a_clear_error(change, match, backend):
+    """Checked in Python for the composition and in C++ for the C++ block: both name what is wrong."""
+    require("pvt_block", "cpu", (torch.zeros(1, 1, 1), None, None, [], None, None, []) + (None,) * 7)
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        _bad(change)(backend)
+
+
+@pytest.mark.parametrize("preset", ["b0", "b2"])
+def test_block_module_runs_it_for_fp32_inference(preset, monkeypatch):
+    """Fast mode runs each SRA block as one ops.pvt_block for fp32 CPU inference (the model's output within 1e-5 of
+    the reference); output_attentions and autograd run the per-module path; weights follow load_state_dict."""
+    from bench.candidates import reference_model
+
+    model = reference_model(preset)
+    x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
+    calls, real = [], ops.pvt_block
+    monkeypatch.setattr(ops, "pvt_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        ref = model(x).last_hidden_state
+        fast = model.set_fast(True)
+        torch.testing.assert_close(fast(x).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+        assert len(calls) == sum(fast.config.depths)
+        fast(x, output_attentions=True)
+        assert len(calls) == sum(fast.config.depths)
+        other = reference_model(preset)
+        for p in other.parameters():
+            p.data.mul_(0.9)
+        expected = other(x).last_hidden_state
+        fast.load_state_dict(other.state_dict())
+        torch.testing.assert_close(fast(x).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+    fast(x).last_hidden_state.sum().backward()
+    assert len(calls) == 2 * sum(fast.config.depths)
