@@ -60,9 +60,12 @@ def _with_packed(args: tuple) -> tuple:
     return args if args[-1] is not None else (*args[:-1], pack_block_weights(args[3], args[6]))
 
 
-def _needs_grad(args: Sequence) -> bool:
+def _forward_only(args: Sequence) -> Optional[str]:
+    """The C++ block is forward-only: a call that needs gradients runs the reference."""
     tensors = [args[0], args[1], args[2], args[4], args[5], *args[3], *args[6]]
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return "the C++ block is forward-only and this call needs gradients"
+    return None
 
 
 def _cpu_slower(args: Sequence) -> bool:
@@ -73,13 +76,12 @@ def _cpu_slower(args: Sequence) -> bool:
 
 
 # On CUDA the composition (SDPA, cuBLAS) stands in. The C++ block is forward-only: a call that needs gradients runs
-# the reference (why_not below), as upsample_accumulate's does.
+# the reference (_forward_only), as upsample_accumulate's does.
 OP = define("pvt_block", pvt_block_reference, stand_ins={"triton": "torch", "cuda": "torch"})
-register_native(OP, "pvt_block", 0, 0, devices=("cpu",), differentiable=False, slower=_cpu_slower, prepare=_with_packed)
-_native_why_not = OP.backends["cpu"].why_not
-OP.backends["cpu"].why_not = lambda args: (
-    "the C++ block is forward-only and this call needs gradients" if _needs_grad(args) else _native_why_not(args)
-)
+register_native(
+    OP, "pvt_block", 0, 0, devices=("cpu",), differentiable=False, slower=_cpu_slower, prepare=_with_packed,
+    why_not=_forward_only,
+)  # fmt: skip
 
 
 def pvt_block(

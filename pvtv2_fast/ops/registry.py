@@ -275,6 +275,7 @@ def register_recompute_autograd(op, reference: Callable, n_tensors: int, n_rest:
             grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else ())
         result = [next(grads) if need and t is not None else None for t, need in zip(leaves, needs)]
         # A list-of-tensors input (sra_layer's packed weights) takes a list of None grads.
+        assert len(ctx.rest) == n_rest, (len(ctx.rest), n_rest)
         return (*result, *([None] * len(r) if isinstance(r, (list, tuple)) else None for r in ctx.rest))
 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
@@ -290,12 +291,14 @@ def register_native(
     differentiable: bool = True,
     slower: Optional[Callable[[Sequence], bool]] = None,
     prepare: Optional[Callable[[tuple], tuple]] = None,
+    why_not: Optional[Callable[[Sequence], Optional[str]]] = None,
 ) -> None:
     """Register the extension's ``pvtv2_fast_C::native_op`` as ``op``'s backends for ``devices`` (each runs only
     where the extension was built with that device's kernels), with a recompute-the-reference backward unless
     ``differentiable`` is False (integer outputs). ``op_only_args``: trailing arguments of the op that the kernel
     does not take (they are dropped). ``slower``: see :class:`Backend`. ``prepare``: maps the op's arguments to the
-    kernel's, for an argument the kernel needs and the op derives when the caller leaves it out."""
+    kernel's, for an argument the kernel needs and the op derives when the caller leaves it out. ``why_not``: a
+    reason of the op's own that the kernel cannot take a call (asked before the build's)."""
     if _ext.available() and differentiable:
         register_recompute_autograd(f"pvtv2_fast_C::{native_op}", op.reference, n_tensors, n_rest)
 
@@ -304,4 +307,6 @@ def register_native(
         return getattr(torch.ops.pvtv2_fast_C, native_op)(*(prepare(args) if prepare else args))
 
     for device in devices:
-        op.register(device, impl, native_why_not(native_op, device), slower)
+        native = native_why_not(native_op, device)
+        reason = native if why_not is None else (lambda args, native=native: why_not(args) or native(args))
+        op.register(device, impl, reason, slower)
