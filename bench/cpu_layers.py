@@ -21,7 +21,8 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
+from unittest import mock
 
 import torch
 from tqdm import tqdm
@@ -34,40 +35,24 @@ from pvtv2_fast.modules.ffn import CONV_FFN_PACKED_MAX_TOKENS
 from pvtv2_fast.ops.block_cache import cpu_block_cache
 
 
-@contextlib.contextmanager
-def layer(fused: bool) -> Iterator[None]:
+def _unless(on: bool, cls: type, method: str, replacement):
+    """Nothing when ``on``; else ``cls.method`` patched to ``replacement`` for the block."""
+    return contextlib.nullcontext() if on else mock.patch.object(cls, method, replacement)
+
+
+def layer(fused: bool):
     """Fast mode's attention with (``True``) or without the C++ layer."""
-    saved = SpatialReductionAttention._fused_layer
-    if not fused:
-        SpatialReductionAttention._fused_layer = lambda self, x, output_attentions, residual: False
-    try:
-        yield
-    finally:
-        SpatialReductionAttention._fused_layer = saved
+    return _unless(fused, SpatialReductionAttention, "_fused_layer", lambda self, x, output_attentions, residual: False)
 
 
-@contextlib.contextmanager
-def block(fused: bool) -> Iterator[None]:
+def block(fused: bool):
     """Fast mode's blocks as one ``ops.pvt_block`` (``True``) or module by module (its attention and FFN as before)."""
-    saved = PvtV2Block._fused_block
-    if not fused:
-        PvtV2Block._fused_block = lambda self, x: False
-    try:
-        yield
-    finally:
-        PvtV2Block._fused_block = saved
+    return _unless(fused, PvtV2Block, "_fused_block", lambda self, x: False)
 
 
-@contextlib.contextmanager
-def packed_ffn(packed: bool) -> Iterator[None]:
+def packed_ffn(packed: bool):
     """conv_ffn's GEMMs on the packed weights (``True``) or on MKL's sgemm (the module passes none)."""
-    saved = ConvFeedForward._packed_weights
-    if not packed:
-        ConvFeedForward._packed_weights = lambda self, x: (None, None)
-    try:
-        yield
-    finally:
-        ConvFeedForward._packed_weights = saved
+    return _unless(packed, ConvFeedForward, "_packed_weights", lambda self, x: (None, None))
 
 
 def _call(module, args, kwargs, ctx):

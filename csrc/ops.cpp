@@ -189,6 +189,26 @@ at::Tensor linear_sra_pool_cpu(const at::Tensor& x_in, int64_t height, int64_t w
 // Over the channels of (B, N, C) tokens. PyTorch's CPU LayerNorm measured 4-15x the time of a plain copy of its
 // input at PVTv2's channel counts (C = 32-512; 11x in bf16 at C = 32); this one 2.0-2.1x PyTorch's at stage 1 @512²
 // (bench.report's fused-op table).
+// LayerNorm of `rows` contiguous rows of C elements of type `elem` (x → y, not aliased), weight / bias optional, on
+// the row kernel in parallel (also the C++ attention layer's and block's LayerNorms).
+static void layer_norm_into(const void* x, void* y, cpu::Elem elem, int64_t rows, int64_t C,
+                            const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                            double eps) {
+  std::vector<float> w = as_floats(weight), b = as_floats(bias);
+  if (w.empty()) w.assign(C, 1.0f);
+  if (b.empty()) b.assign(C, 0.0f);
+  const int64_t row_bytes = C * (elem == cpu::Elem::kBF16 ? 2 : 4);
+  const char* xp = static_cast<const char*>(x);
+  char* yp = static_cast<char*>(y);
+  const cpu::LayerNormRowsFn fn = cpu::layer_norm_rows();
+  const float feps = static_cast<float>(eps);
+  // Grain: about 64 KB of rows per task, so small maps stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / row_bytes);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    fn(xp + begin * row_bytes, yp + begin * row_bytes, elem, w.data(), b.data(), end - begin, C, feps);
+  });
+}
+
 at::Tensor layer_norm_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& weight,
                           const c10::optional<at::Tensor>& bias, double eps) {
   checks::layer_norm(x_in, weight, bias, eps);
@@ -199,20 +219,7 @@ at::Tensor layer_norm_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor
   const at::Tensor x = kernel_input(x_in);
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (y.numel() == 0) return y.to(dtype);
-  std::vector<float> w = as_floats(weight), b = as_floats(bias);
-  if (w.empty()) w.assign(C, 1.0f);
-  if (b.empty()) b.assign(C, 0.0f);
-  const cpu::Elem elem = elem_of(x.scalar_type());
-  const int64_t row_bytes = C * static_cast<int64_t>(x.element_size());
-  const char* xp = static_cast<const char*>(x.data_ptr());
-  char* yp = static_cast<char*>(y.data_ptr());
-  const cpu::LayerNormRowsFn fn = cpu::layer_norm_rows();
-  const float feps = static_cast<float>(eps);
-  // Grain: about 64 KB of rows per task, so small maps stay on one thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / row_bytes);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    fn(xp + begin * row_bytes, yp + begin * row_bytes, elem, w.data(), b.data(), end - begin, C, feps);
-  });
+  layer_norm_into(x.data_ptr(), y.data_ptr(), elem_of(x.scalar_type()), rows, C, weight, bias, eps);
   return y.scalar_type() == dtype ? y : y.to(dtype);
 }
 
@@ -300,9 +307,8 @@ static void sr_conv_into(const float* xp, const float* wp, const float* bp, floa
                          int64_t width, int64_t ci, int64_t co, int64_t s) {
   const int64_t wo = width / s, m = (height / s) * wo;
   const cpu::SrConvRangeFn range = cpu::sr_conv_range();
-  const int64_t weight_bytes = pack_blocks(co) * s * s * ci * kPackBlock * static_cast<int64_t>(sizeof(float));
   // Rows are the B·m output pixels; a share of them may span images.
-  cpu::split_gemm(B * m, pack_blocks(co), weight_bytes, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
+  cpu::split_gemm(B * m, pack_blocks(co), s * s * ci, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
     for (int64_t img = r0 / m; img * m < r1; ++img) {
       const int64_t p0 = std::max(r0, img * m) - img * m, p1 = std::min(r1, (img + 1) * m) - img * m;
       range(xp + img * height * width * ci, wp, bp, op_ + img * m * co, width, ci, co, s, wo, p0, p1, cb0, cb1);
@@ -335,19 +341,6 @@ at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c
 //   o = softmax(q kᵀ · scale) v per head;  y = o·Wpᵀ + bp (+ residual, in the GEMM's epilogue).
 // fp32 compute (bf16 / fp16 through fp32 copies). The GEMMs run on the packed weights (packed_gemm.h), the reduction
 // on sr_conv's tiles, the attention on attention.h's kernel, LayerNorm on its row kernel.
-// LayerNorm of `rows` fp32 rows of C (x → y, not aliased) with optional weight / bias, on the row kernel in parallel.
-static void layer_norm_into(const float* x, float* y, int64_t rows, int64_t C, const c10::optional<at::Tensor>& weight,
-                            const c10::optional<at::Tensor>& bias, double eps) {
-  std::vector<float> w = as_floats(weight), b = as_floats(bias);
-  if (w.empty()) w.assign(C, 1.0f);
-  if (b.empty()) b.assign(C, 0.0f);
-  const cpu::LayerNormRowsFn ln = cpu::layer_norm_rows();
-  const float feps = static_cast<float>(eps);
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
-    ln(x + r0 * C, y + r0 * C, cpu::Elem::kF32, w.data(), b.data(), r1 - r0, C, feps);
-  });
-}
-
 // The layer on fp32 tensors: x (B, N, C) contiguous → y (B, N, C) (may not alias x), residual like x or undefined;
 // pk the packed weights as fp32.
 static void sra_layer_fp32(const at::Tensor& x, const c10::optional<at::Tensor>& q_bias,
@@ -375,7 +368,7 @@ static void sra_layer_fp32(const at::Tensor& x, const c10::optional<at::Tensor>&
     reduced = at::empty({B, M, C}, x.options());
     const std::vector<float> bsr = as_floats(sr_bias);
     sr_conv_into(xp, pk[3].data_ptr<float>(), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
-    layer_norm_into(conv.data_ptr<float>(), reduced.data_ptr<float>(), B * M, C, norm_weight, norm_bias, eps);
+    layer_norm_into(conv.data_ptr(), reduced.data_ptr(), cpu::Elem::kF32, B * M, C, norm_weight, norm_bias, eps);
     src = reduced.data_ptr<float>();
   }
   at::Tensor kv = at::empty({B, M, 2 * C}, x.options());
@@ -435,10 +428,6 @@ at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, con
 // through fp32 copies). attention: [q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, sr_norm_w, sr_norm_b];
 // ffn: [fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b]; eps: [norm1, norm2, sr_norm]; packed: the layer's, then fc1's and
 // fc2's (ops.pack_block_weights).
-static c10::optional<at::Tensor> entry(const c10::List<c10::optional<at::Tensor>>& list, size_t i) {
-  return list.get(i);
-}
-
 at::Tensor pvt_block_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& norm1_weight,
                          const c10::optional<at::Tensor>& norm1_bias,
                          const c10::List<c10::optional<at::Tensor>>& attention,
@@ -460,16 +449,16 @@ at::Tensor pvt_block_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>
   const std::vector<at::Tensor> pk_attn(pk.begin(), pk.begin() + n_attn);
 
   at::Tensor h = at::empty(x.sizes(), x.options());
-  layer_norm_into(x.data_ptr<float>(), h.data_ptr<float>(), B * N, C, norm1_weight, norm1_bias, eps[0]);
+  layer_norm_into(x.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm1_weight, norm1_bias, eps[0]);
   at::Tensor x1 = at::empty(x.sizes(), x.options());
-  sra_layer_fp32(h, entry(attention, 1), entry(attention, 3), entry(attention, 5), entry(attention, 6),
-                 entry(attention, 7), entry(attention, 8), entry(attention, 9), x.data_ptr<float>(), height, width,
+  sra_layer_fp32(h, attention.get(1), attention.get(3), attention.get(5), attention.get(6),
+                 attention.get(7), attention.get(8), attention.get(9), x.data_ptr<float>(), height, width,
                  num_heads, scale, eps[2], pk_attn, x1.data_ptr<float>());
-  layer_norm_into(x1.data_ptr<float>(), h.data_ptr<float>(), B * N, C, norm2_weight, norm2_bias, eps[1]);
+  layer_norm_into(x1.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm2_weight, norm2_bias, eps[1]);
 
-  const at::Tensor fc1_w = as_dtype(*entry(ffn, 0), at::kFloat), fc2_w = as_dtype(*entry(ffn, 4), at::kFloat);
-  const std::vector<float> b1 = as_floats(entry(ffn, 1)), db = as_floats(entry(ffn, 3)), b2 = as_floats(entry(ffn, 5));
-  const std::vector<float> dwt = tap_major(*entry(ffn, 2));
+  const at::Tensor fc1_w = as_dtype(*ffn.get(0), at::kFloat), fc2_w = as_dtype(*ffn.get(4), at::kFloat);
+  const std::vector<float> b1 = as_floats(ffn.get(1)), db = as_floats(ffn.get(3)), b2 = as_floats(ffn.get(5));
+  const std::vector<float> dwt = tap_major(*ffn.get(2));
   const int64_t hidden = fc1_w.size(0);
   cpu::ConvFfnArgs args{h.data_ptr(),
                         fc1_w.data_ptr(),

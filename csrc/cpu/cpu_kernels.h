@@ -117,9 +117,9 @@ UpsampleAccumulateRowFn upsample_accumulate_row();
 void packed_linear(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed, int64_t N,
                    const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo);
 // How packed_linear and sr_conv share a GEMM of `rows` rows (tiles of packed_gemm_tile_rows()) × `blocks` column
-// blocks of a packed weight of weight_bytes among the calling thread pool: fn(r0, r1, cb0, cb1) runs each share (on the
+// blocks of a packed weight of K rows among the calling thread pool: fn(r0, r1, cb0, cb1) runs each share (on the
 // calling thread alone inside a parallel region).
-void split_gemm(int64_t rows, int64_t blocks, int64_t weight_bytes,
+void split_gemm(int64_t rows, int64_t blocks, int64_t K,
                 const std::function<void(int64_t, int64_t, int64_t, int64_t)>& fn);
 
 // y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all contiguous:

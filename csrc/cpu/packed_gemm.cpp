@@ -14,9 +14,10 @@ namespace {
 constexpr int64_t kL2Bytes = int64_t{1} << 20;  // the weight share a thread keeps in its L2 (of 1-2 MB per core)
 }  // namespace
 
-void split_gemm(int64_t rows, int64_t blocks, int64_t weight_bytes,
+void split_gemm(int64_t rows, int64_t blocks, int64_t K,
                 const std::function<void(int64_t, int64_t, int64_t, int64_t)>& fn) {
   const int64_t tile = packed_gemm_tile_rows()(), tiles = (rows + tile - 1) / tile;
+  const int64_t weight_bytes = K * blocks * kPackBlock * static_cast<int64_t>(sizeof(float));
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   if (threads <= 1 || rows == 0 || blocks == 0) {
     fn(0, rows, 0, blocks);
@@ -37,8 +38,7 @@ void split_gemm(int64_t rows, int64_t blocks, int64_t weight_bytes,
 void packed_linear(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed, int64_t N,
                    const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo) {
   const PackedGemmRowsFn gemm = packed_gemm_rows();
-  const int64_t weight_bytes = K * pack_blocks(N) * kPackBlock * static_cast<int64_t>(sizeof(float));
-  split_gemm(rows, pack_blocks(N), weight_bytes, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
+  split_gemm(rows, pack_blocks(N), K, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
     gemm(a + r0 * lda, lda, r1 - r0, K, packed, N, bias, residual ? residual + r0 * ldr : nullptr, ldr,
          out + r0 * ldo, ldo, cb0, cb1);
   });

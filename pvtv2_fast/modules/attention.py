@@ -11,6 +11,7 @@ from torch import nn
 from .. import ops
 from ..ops.linear_sra_pool import LINEAR_SRA_POOL_SIZE
 from ..ops.sr_conv import cpu_kernel_pays
+from ..ops.sra_layer import cpu_layer_slower
 from .fast_path import FastPath, token_map
 from .layer_norm import TokenLayerNorm
 
@@ -144,7 +145,8 @@ class SpatialReductionAttention(FastPath, nn.Module):
     def _fused_layer(self, x: torch.Tensor, output_attentions: bool, residual: Optional[torch.Tensor]) -> bool:
         """Whether this call runs as one ``ops.sra_layer`` (the C++ layer: no Python or dispatch between its steps):
         inference on CPU tensors in fast mode with the C++ backends, SRA (not Linear SRA), no probabilities wanted,
-        no active dropout, and where "auto" takes it (fp32; README, "CPU attention layer"), or always with "cpu"."""
+        no active dropout, and where "auto" takes it (``cpu_layer_slower``: fp32, heads up to 64 wide), or always with
+        "cpu"."""
         if (
             torch.compiler.is_compiling()  # first: the checks below are not traceable
             or torch.is_grad_enabled()
@@ -159,7 +161,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
         # Only where the C++ layer runs here (built, not switched off): otherwise the per-op path keeps whatever fused
         # kernels remain (e.g. Triton under its interpreter) instead of the op's reference fallback.
         runs = ops.OPS["sra_layer"].why_not("cpu", (x,)) is None
-        return runs and (self.op_backend == "cpu" or x.dtype == torch.float32)
+        return runs and (self.op_backend == "cpu" or not cpu_layer_slower(x, self.num_attention_heads))
 
     def layer_inputs(self) -> Tuple[list, list, float]:
         """The layer's tensors in ``ops.sra_layer``'s order (``ops.pvt_block.ATTENTION``: q, kv (concatenated), proj,

@@ -14,8 +14,7 @@ from .checks import check_params, describe
 from .conv_ffn import check_conv_ffn, conv_ffn_reference
 from .packing import pack_weight
 from .registry import define, register_native
-from .sra_attention import MAX_CPU_HEAD_DIM
-from .sra_layer import check_sra_layer, pack_layer_weights, sra_layer_reference
+from .sra_layer import check_sra_layer, cpu_layer_slower, pack_layer_weights, sra_layer_reference
 
 # The tensors of `attention` and `ffn`, in order (sra_layer's and conv_ffn's arguments).
 ATTENTION = ("q_weight", "q_bias", "kv_weight", "kv_bias", "proj_weight", "proj_bias", "sr_weight", "sr_bias",
@@ -69,10 +68,7 @@ def _forward_only(args: Sequence) -> Optional[str]:
 
 
 def _cpu_slower(args: Sequence) -> bool:
-    """Where "auto" keeps the composition, as for sra_layer: bf16 / fp16 (computed here through fp32 copies) and
-    heads wider than the C++ attention was measured on."""
-    x, num_heads = args[0], args[9]
-    return x.dtype != torch.float32 or x.shape[2] // num_heads > MAX_CPU_HEAD_DIM
+    return cpu_layer_slower(args[0], args[9])
 
 
 # On CUDA the composition (SDPA, cuBLAS) stands in. The C++ block is forward-only: a call that needs gradients runs

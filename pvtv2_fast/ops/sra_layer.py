@@ -66,11 +66,15 @@ def _with_packed(args: tuple) -> tuple:
     return (*args[:-1], pack_layer_weights(args[1], args[3], args[5], args[7]))
 
 
-def _cpu_slower(args: Sequence) -> bool:
-    """Where "auto" keeps the per-op composition: bf16 / fp16 (the C++ layer computes in fp32 through copies, where
-    oneDNN's AMX / native GEMMs serve the composition) and heads wider than the C++ attention was measured on."""
-    x, num_heads = args[0], args[14]
+def cpu_layer_slower(x: Tensor, num_heads: int) -> bool:
+    """Where "auto" keeps the per-op composition rather than the C++ layer (or the C++ block around it): bf16 / fp16
+    (the C++ code computes in fp32 through copies, where oneDNN's AMX / native GEMMs serve the composition) and heads
+    wider than the C++ attention was measured on."""
     return x.dtype != torch.float32 or x.shape[2] // num_heads > MAX_CPU_HEAD_DIM
+
+
+def _cpu_slower(args: Sequence) -> bool:
+    return cpu_layer_slower(args[0], args[14])
 
 
 # On CUDA the composition's SDPA is one fused kernel and the projections are cuBLAS GEMMs: the reference stands in.
