@@ -22,6 +22,8 @@
 
 #include <stdint.h>
 
+#include <algorithm>
+
 #include "pvtv2/packing.h"
 
 #ifndef PVT_ISA
@@ -43,38 +45,49 @@ struct PackedGemm {
   static constexpr int NV = 4;
   static constexpr int kCols = NV * W;
   static constexpr int kRows = W >= 16 ? 6 : W >= 8 ? 3 : 1;
+  // Software prefetch of the weights kPrefetchSteps values of k ahead (4 KB of a 64-column block: the page after the
+  // one being read, where the hardware's streamers stop). A tile reads its block's (K, 64) weights front to back,
+  // and the first tile of a chunk finds them cold in L3 or memory in a model's forward (one pass over 25-100 MB of
+  // weights). On cold weights (a 64 MB rotation of copies, 2 threads, AVX-512, interleaved) this measured 1.07-1.18x
+  // on the 49-196-row GEMMs of 224²'s last two stages and level (0.98-1.03x) on the larger-map ones; a prefetch
+  // cannot fault, so reading past a block's (or the buffer's) end is harmless.
+  static constexpr int kPrefetchSteps = 16;
+  static constexpr int kLineFloats = 16;  // 64-byte cache lines
   static_assert(kBlock % kCols == 0, "a block is a whole number of tiles");
 
-  // Rows a[0..np) (np <= kRows) × the nc (<= kCols) columns from `col` of one packed block `pk` (its (K, kBlock)
+  // Rows a[0..R) (R <= kRows) × the nc (<= kCols) columns from `col` of one packed block `pk` (its (K, kBlock)
   // values, K = segs·seg_len); bias and residual (row stride ldr) start at that column and may be nullptr; out rows
   // ldo apart.
   // NVt = NV / 2 (half the columns, same rows): a block's last kCols / 2 columns or fewer (N = 32 at C = 32, the
   // tail of N = 160), which the full tile would run with half its accumulators idle and a scalar epilogue.
-  template <int NVt = NV>
-  static void tile(const float* const* a, int np, int64_t segs, int64_t seg_len, int64_t seg_stride,
+  // R < kRows: a chunk's last rows (49 tokens = 8 × 6 + 1) run only their own FMAs, where padding them to a whole
+  // tile ran 6 rows' FMAs for one.
+  template <int NVt, int R>
+  static void tile(const float* const* a, int64_t segs, int64_t seg_len, int64_t seg_stride,
                    const float* __restrict__ pk, int64_t col, const float* __restrict__ bias,
                    const float* __restrict__ residual, int64_t ldr, float* __restrict__ out, int64_t ldo, int64_t nc) {
     using reg = typename V::reg;
     constexpr int NV = NVt, kCols = NVt * W;
-    const float* row[kRows];
-    for (int r = 0; r < kRows; ++r) row[r] = a[r < np ? r : 0];  // idle rows re-read row 0
-    reg acc[kRows][NV];
-    for (int r = 0; r < kRows; ++r)
+    const float* row[R];
+    for (int r = 0; r < R; ++r) row[r] = a[r];
+    reg acc[R][NV];
+    for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
     for (int64_t g = 0; g < segs; ++g) {
       const float* wk = pk + g * seg_len * kBlock + col;
       const int64_t off = g * seg_stride;
       for (int64_t t = 0; t < seg_len; ++t) {
         reg w[NV];
+        for (int c = 0; c < kCols; c += kLineFloats) __builtin_prefetch(wk + (t + kPrefetchSteps) * kBlock + c, 0, 3);
         for (int v = 0; v < NV; ++v) w[v] = V::load(wk + t * kBlock + v * W);
-        for (int r = 0; r < kRows; ++r) {
+        for (int r = 0; r < R; ++r) {
           const reg xb = V::set1(row[r][off + t]);
           for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(xb, w[v], acc[r][v]);
         }
       }
     }
     if (nc == kCols) {
-      for (int r = 0; r < np; ++r)
+      for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) {
           reg y = acc[r][v];
           if (bias) y = V::add(y, V::load(bias + v * W));
@@ -84,7 +97,7 @@ struct PackedGemm {
       return;
     }
     alignas(64) float tmp[kCols];  // the columns past N in a last block: through a buffer
-    for (int r = 0; r < np; ++r) {
+    for (int r = 0; r < R; ++r) {
       for (int v = 0; v < NV; ++v) V::store(tmp + v * W, acc[r][v]);
       for (int64_t c = 0; c < nc; ++c) {
         float y = tmp[c];
@@ -106,33 +119,52 @@ struct PackedGemm {
       const int64_t nc = N - n0 < kCols ? N - n0 : kCols;
       const float* pk = packed + cb * K * kBlock;
       if (nc <= kCols / 2 && NV % 2 == 0)
-        tile<NV / 2>(a, np, segs, seg_len, seg_stride, pk, col, bias ? bias + n0 : nullptr,
-                     residual ? residual + n0 : nullptr, ldr, out + n0, ldo, nc);
+        rows_tile<NV / 2>(a, np, segs, seg_len, seg_stride, pk, col, bias ? bias + n0 : nullptr,
+                          residual ? residual + n0 : nullptr, ldr, out + n0, ldo, nc);
       else
-        tile(a, np, segs, seg_len, seg_stride, pk, col, bias ? bias + n0 : nullptr,
-             residual ? residual + n0 : nullptr, ldr, out + n0, ldo, nc);
+        rows_tile<NV>(a, np, segs, seg_len, seg_stride, pk, col, bias ? bias + n0 : nullptr,
+                      residual ? residual + n0 : nullptr, ldr, out + n0, ldo, nc);
     }
   }
 
-  // Rows per chunk (sweep): a few hundred KB of A at the FFN's K, in L2.
-  static constexpr int64_t kChunkRows = 8 * kRows;
+  // tile<NVt, np> for a runtime np in [1, kRows].
+  template <int NVt, int R = kRows>
+  static void rows_tile(const float* const* a, int np, int64_t segs, int64_t seg_len, int64_t seg_stride,
+                        const float* pk, int64_t col, const float* bias, const float* residual, int64_t ldr, float* out,
+                        int64_t ldo, int64_t nc) {
+    if constexpr (R > 1) {
+      if (np < R) {
+        rows_tile<NVt, R - 1>(a, np, segs, seg_len, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
+        return;
+      }
+    }
+    tile<NVt, R>(a, segs, seg_len, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
+  }
+
+  // Tiles per chunk (sweep): a few hundred KB of A at the FFN's K, in L2.
+  static constexpr int64_t kChunkTiles = 8;
 
   // out (rows, N) = rows · weight + bias (+ residual, rows ldr apart), over the column blocks [cb0, cb1), on the
   // calling thread; row_ptr(r) gives row r's first segment (segs segments of seg_len values, seg_stride apart). Rows
-  // go in chunks of kChunkRows; each chunk sweeps the column blocks, and each block its chunk's tiles: the block's
-  // (K, 64) weights are reused from L1/L2 across the chunk, the chunk's rows from L2 across the blocks. Measured
-  // against other orders on one core (AVX-512, the FFN's fc1 / fc2 shapes at 224²-512²): within a few % of the best
-  // of them everywhere, while sweeping all blocks per tile lost up to 25% once the weight passes L2 (2048 × 512).
+  // go in chunks of about kChunkTiles tiles; each chunk sweeps the column blocks, and each block its chunk's tiles: the
+  // block's (K, 64) weights are reused from L1/L2 across the chunk, the chunk's rows from L2 across the blocks.
+  // Measured against other orders on one core (AVX-512, the FFN's fc1 / fc2 shapes at 224²-512²): within a few % of
+  // the best of them everywhere, while sweeping all blocks per tile lost up to 25% once the weight passes L2
+  // (2048 × 512). The chunks are of equal size (8 ± 4 tiles), not 8 tiles and a remainder: a last chunk of one row
+  // streams the whole weight again for it (49 tokens ran 1.14x the time of 48).
   template <typename RowPtr>
   static void sweep(const RowPtr& row_ptr, int64_t n_rows, int64_t segs, int64_t seg_len, int64_t seg_stride,
                     const float* packed, int64_t N, const float* bias, const float* residual, int64_t ldr, float* out,
                     int64_t ldo, int64_t cb0, int64_t cb1) {
-    for (int64_t c0 = 0; c0 < n_rows; c0 += kChunkRows) {
-      const int64_t c1 = c0 + kChunkRows < n_rows ? c0 + kChunkRows : n_rows;
+    const int64_t tiles = (n_rows + kRows - 1) / kRows;
+    const int64_t chunks = std::max<int64_t>(1, (tiles + kChunkTiles / 2) / kChunkTiles);
+    const int64_t chunk_rows = (tiles + chunks - 1) / chunks * kRows;
+    for (int64_t c0 = 0; c0 < n_rows; c0 += chunk_rows) {
+      const int64_t c1 = std::min(c0 + chunk_rows, n_rows);
       for (int64_t cb = cb0; cb < cb1; ++cb) {
         for (int64_t r0 = c0; r0 < c1; r0 += kRows) {
-          const int np = static_cast<int>(c1 - r0 < kRows ? c1 - r0 : kRows);
-          const float* arows[kRows];
+          const int np = static_cast<int>(std::min<int64_t>(c1 - r0, kRows));
+          const float* arows[kRows] = {};
           for (int r = 0; r < np; ++r) arows[r] = row_ptr(r0 + r);
           block(arows, np, segs, seg_len, seg_stride, packed, cb, N, bias, residual ? residual + r0 * ldr : nullptr,
                 ldr, out + r0 * ldo, ldo);

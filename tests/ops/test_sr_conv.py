@@ -66,6 +66,26 @@ def test_odd_shapes(backend, device, b, ci, co, h, w, s, bias):
     _check(backend, device, x, _weight(co, ci, s, device=device), randn(co, device=device) if bias else None, h, w)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 7, 49, 97, 196])
+@pytest.mark.parametrize("ci,co", [(1280, 320), (320, 1280), (64, 160)], ids=["1280-320", "320-1280", "64-160"])
+@pytest.mark.parametrize("backend,device", [b for b in BACKENDS if b.values[0] == "cpu"])
+def test_gemm_splits(backend, device, ci, co, rows, threads):
+    """s = 1: the packed-weight GEMM itself, over every way split_gemm shares it among threads: by row tiles, by
+    whole column blocks (few rows under a large weight), and by (block, row tile) units where the blocks do not
+    divide among the threads (5 blocks of C = 320 over 2 or 3 threads, 20 over 3), whose pieces split a block's
+    rows between two threads; rows off the 6-row tiles, and chunks of unequal tiles (97, 196)."""
+    # Inputs differ per case, so that an output the kernel failed to write cannot hold a previous case's right answer.
+    seed = 10 * rows + threads
+    x, weight = randn(1, rows, ci, seed=seed, device=device), _weight(co, ci, 1, seed=seed, device=device)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check(backend, device, x, weight, randn(co, seed=seed, device=device), rows, 1)
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_strided_input(backend, device):
     x = randn(2, 30, 24, seed=3, device=device)[:, :, 4:20]  # a channel slice: row stride 24, not 16
