@@ -47,7 +47,7 @@ def layer(fused: bool):
 
 def block(fused: bool):
     """Fast mode's blocks as one ``ops.pvt_block`` (``True``) or module by module (its attention and FFN as before)."""
-    return _unless(fused, PvtV2Block, "_fused_block", lambda self, x: False)
+    return _unless(fused, PvtV2Block, "_fused_block", lambda self, x, height, width: None)
 
 
 def packed_ffn(packed: bool):

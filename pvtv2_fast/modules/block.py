@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .. import ops
+from ..ops.registry import dispatch_generation
 from .attention import SpatialReductionAttention
+from .fast_path import derived_cache, inference_cache, registration_generation
 from .ffn import ConvFeedForward
 from .layer_norm import TokenLayerNorm
 
@@ -75,8 +77,9 @@ class PvtV2Block(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if not output_attentions and self._fused_block(hidden_states):
-            return self._pvt_block(hidden_states, height, width), None
+        block = None if output_attentions else self._fused_block(hidden_states, height, width)
+        if block is not None:
+            return block(hidden_states, height, width), None
         if self.attention.fast and not (self.training and (self.drop_path_active or self.attention.proj_drop.p > 0)):
             # Nothing between the projection and the residual add: the fast path adds it in the GEMM's epilogue.
             hidden_states, probs = self.attention(
@@ -92,13 +95,53 @@ class PvtV2Block(nn.Module):
             hidden_states = hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
         return hidden_states, probs
 
-    def _fused_block(self, x: torch.Tensor) -> bool:
-        """Whether this call runs as one ``ops.pvt_block`` (the C++ block: nothing between its steps in Python):
-        where the attention runs as one ``ops.sra_layer`` (fp32 CPU inference in fast mode, SRA; see
+    def _fused_block(
+        self, x: torch.Tensor, height: int, width: int
+    ) -> Optional[Callable[[torch.Tensor, int, int], torch.Tensor]]:
+        """This call as one ``ops.pvt_block`` (the C++ block: nothing between its steps in Python), bound to this
+        block's weights (``ops.bind_pvt_block``), or None where it does not run as one: it does where the attention
+        runs as one ``ops.sra_layer`` (fp32 CPU inference in fast mode, SRA; see
         ``SpatialReductionAttention._fused_layer``) and the FFN as ``conv_ffn`` (GELU, no active dropout, not the
-        module's oneDNN schedule), with no drop-path in training."""
+        module's oneDNN schedule), with no drop-path in training.
+
+        In eval mode the answer is cached (:func:`inference_cache`, per state of the weights) for each kind of input:
+        device, dtype, shape, the modules' backends and what dispatch can choose. Deciding and binding on every
+        call had cost ~0.2 ms per block in a model's forward (Python runs cold between C++ blocks): ~6% of b2 at
+        224²."""
+        attn = self.attention
+        if torch.compiler.is_compiling() or torch.is_grad_enabled() or not attn.fast:
+            return None  # _fused_layer's first rules: no fused layer, so no fused block
+        if self.training:
+            return self._bind_block(x, height, width)
+        kind = (x.device, x.dtype, x.shape, attn.backend, self.mlp.backend, self.mlp.max_hidden_bytes,
+                dispatch_generation())  # fmt: skip
+        bound = inference_cache(self, "pvt_block", self._block_params(), dict)
+        if kind not in bound:
+            bound[kind] = self._bind_block(x, height, width)
+        return bound[kind]
+
+    def _block_params(self) -> tuple:
+        """Every parameter :meth:`_bind_block` binds (the cache key of the bound blocks), gathered again only when
+        some module registered a parameter or submodule since (:func:`registration_generation`): gathering them
+        through the submodules measured ~30 us per call, a sixth of the Python a block call had cost."""
+        generation, caches = registration_generation(), derived_cache(self)
+        cached = caches.get("block_params")
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         attn, mlp = self.attention, self.mlp
-        return (
+        reduction = (getattr(attn, "spatial_reduction", None), getattr(attn, "layer_norm", None))
+        modules = (self.layer_norm_1, attn.query, attn.key, attn.value, attn.proj, *reduction, self.layer_norm_2,
+                   mlp.dense1, mlp.dwconv.dwconv, mlp.dense2)  # fmt: skip
+        params = tuple(p for m in modules if m is not None for p in m._parameters.values())
+        caches["block_params"] = (generation, params)
+        return params
+
+    def _bind_block(
+        self, x: torch.Tensor, height: int, width: int
+    ) -> Optional[Callable[[torch.Tensor, int, int], torch.Tensor]]:
+        """:meth:`_fused_block` decided and bound afresh (the bound block takes each call's map size)."""
+        attn, mlp = self.attention, self.mlp
+        fused = (
             attn._fused_layer(x, False, x)
             and mlp.fast
             and mlp.op_backend == attn.op_backend
@@ -107,18 +150,16 @@ class PvtV2Block(nn.Module):
             and not mlp._onednn_schedule(x)
             and ops.OPS["pvt_block"].why_not("cpu", (x, None, None, (), None, None, ())) is None
         )
-
-    def _pvt_block(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """:meth:`forward` as one ``ops.pvt_block`` call, on the attention's and the FFN's cached packed weights."""
-        attention, layer_packed, sr_eps = self.attention.layer_inputs()
-        mlp, ln1, ln2 = self.mlp, self.layer_norm_1, self.layer_norm_2
-        conv = mlp.dwconv.dwconv
+        if not fused:
+            return None
+        attention, layer_packed, sr_eps = attn.layer_inputs()
+        ln1, ln2, conv = self.layer_norm_1, self.layer_norm_2, mlp.dwconv.dwconv
         ffn = [mlp.dense1.weight, mlp.dense1.bias, conv.weight, conv.bias, mlp.dense2.weight, mlp.dense2.bias]
-        return ops.pvt_block(
+        return ops.bind_pvt_block(
             x,
             height,
             width,
-            self.attention.num_attention_heads,
+            attn.num_attention_heads,
             (ln1.weight, ln1.bias),
             attention,
             (ln2.weight, ln2.bias),
@@ -126,5 +167,5 @@ class PvtV2Block(nn.Module):
             eps=(ln1.eps, ln2.eps, sr_eps),
             relu_input=mlp.extra_relu,
             packed=[*layer_packed, *mlp._packed_weights(x)],
-            backend=self.attention.op_backend,
+            backend=attn.op_backend,
         )

@@ -45,21 +45,8 @@ class FastPath:
         return self.backend or "torch"
 
     def _inference_cache(self, slot: str, params: tuple, make):
-        """``make()``, computed once per state of ``params`` (derived weights for inference: packed K/V,
-        channels-last conv weights): the cache key is their identity, version counter and storage, so in-place
-        updates, ``load_state_dict`` and ``.to()`` all invalidate it; under autograd or compilation ``make()`` runs
-        every call (it must be part of the graph), and likewise for parameters created under
-        ``torch.inference_mode()``, which have no version counter to key on."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return make()
-        if any(p is not None and p.is_inference() for p in params):
-            return make()
-        key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
-        caches = self.__dict__.setdefault("_inference_caches", _DerivedWeights())  # a mixin: no __init__ of its own
-        entry = caches.get(slot)
-        if entry is None or entry[0] != key:
-            entry = caches[slot] = (key, make())
-        return entry[1]
+        """:func:`inference_cache` of this module."""
+        return inference_cache(self, slot, params, make)
 
     def _channels_last_weight(self, slot: str, weight: torch.Tensor) -> torch.Tensor:
         """A conv weight in channels-last memory (same values), cached: a conv whose input is a channels-last view
@@ -138,6 +125,51 @@ class FastPath:
         if residual is None:
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), residual.contiguous(), packed, bias, "add")
+
+
+_registrations = 0  # parameters and submodules registered anywhere so far, see registration_generation()
+
+
+def _registered(*_args) -> None:
+    global _registrations
+    _registrations += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_registered)
+torch.nn.modules.module.register_module_module_registration_hook(_registered)
+
+
+def registration_generation() -> int:
+    """A number that changes whenever any module registers a parameter or a submodule (assignment,
+    ``load_state_dict(assign=True)``, ``register_parameter``): a module that keeps a list of its parameters keys it
+    on this, rather than gathering them on every call. (Changes of a parameter's values or storage, ``.to()``
+    included, do not register anything: :func:`inference_cache` keys on those.)"""
+    return _registrations
+
+
+def derived_cache(module: torch.nn.Module) -> dict:
+    """``module``'s dictionary of values derived from its parameters (:func:`inference_cache`'s entries), which copies
+    and pickles of the module start without."""
+    return module.__dict__.setdefault("_inference_caches", _DerivedWeights())
+
+
+def inference_cache(module: torch.nn.Module, slot: str, params: tuple, make):
+    """``make()``, computed once per state of ``params`` and kept in ``module`` under ``slot`` (derived weights for
+    inference: packed K/V, channels-last conv weights): the cache key is their identity, version counter and storage,
+    so in-place updates, ``load_state_dict`` and ``.to()`` all invalidate it; under autograd or compilation ``make()``
+    runs every call (it must be part of the graph), and likewise for parameters created under
+    ``torch.inference_mode()``, which have no version counter to key on."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return make()
+    try:
+        key = tuple((id(p), p._version, p.data_ptr()) if p is not None else None for p in params)
+    except RuntimeError:  # an inference tensor: no version counter
+        return make()
+    caches = derived_cache(module)
+    entry = caches.get(slot)
+    if entry is None or entry[0] != key:
+        entry = caches[slot] = (key, make())
+    return entry[1]
 
 
 # fp32 linears whose output (rows × out features) is at least this many bytes run on oneDNN (see FastPath._linear).

@@ -10,7 +10,7 @@ from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .layer_norm import layer_norm, layer_norm_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
 from .packing import pack_weight
-from .pvt_block import pack_block_weights, pvt_block, pvt_block_reference
+from .pvt_block import bind_pvt_block, pack_block_weights, pvt_block, pvt_block_reference
 from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
 from .sr_conv import sr_conv, sr_conv_reference
 from .sra_attention import sra_attention, sra_attention_reference
@@ -23,6 +23,7 @@ __all__ = [
     "BACKENDS",
     "FallbackWarning",
     "OPS",
+    "bind_pvt_block",
     "conv_ffn",
     "conv_ffn_reference",
     "dwconv_gelu",

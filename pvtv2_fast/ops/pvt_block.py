@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +106,38 @@ def pvt_block(
 
     ``"cpu"``: one C++ call, forward-only (a call that needs gradients runs the reference): LayerNorm's row kernel,
     ``sra_layer``'s and ``conv_ffn``'s C++ code and the residual adds, with nothing between them in Python; fp32
-    compute (bf16 / fp16 through fp32 copies). On CUDA the composition stands in.
+    compute (bf16 / fp16 through fp32 copies). On CUDA the composition stands in. Repeated calls on the same weights
+    can resolve and pack once: :func:`bind_pvt_block`.
     """
+    bound = bind_pvt_block(
+        x, height, width, num_heads, norm1, attention, norm2, ffn, eps=eps, relu_input=relu_input, scale=scale,
+        packed=packed, backend=backend,
+    )  # fmt: skip
+    return bound(x, height, width)
+
+
+def bind_pvt_block(
+    example: Tensor,
+    height: int,
+    width: int,
+    num_heads: int,
+    norm1: Sequence[Optional[Tensor]],
+    attention: Sequence[Optional[Tensor]],
+    norm2: Sequence[Optional[Tensor]],
+    ffn: Sequence[Optional[Tensor]],
+    *,
+    eps: Sequence[float] = (1e-6, 1e-6, 1e-6),
+    relu_input: bool = False,
+    scale: Optional[float] = None,
+    packed: Optional[Sequence[Tensor]] = None,
+    backend: str = "auto",
+) -> Callable[[Tensor, int, int], Tensor]:
+    """:func:`pvt_block` with everything but the input bound: ``f(x, height, width)`` runs the block on the backend
+    chosen for ``example`` (of ``height`` × ``width``), with the arguments checked and, for the C++ block, the weights
+    packed (unless ``packed`` is given), here, once. For modules that run one block on many inputs: the resolution
+    holds for inputs like ``example`` (device, dtype, shape, whether gradients are needed), so key a cache of bound
+    blocks on those and on :func:`~pvtv2_fast.ops.registry.dispatch_generation`. The C++ block checks every call's
+    input itself (``checks::pvt_block``)."""
     norm1, attention, norm2, ffn, eps = list(norm1), list(attention), list(norm2), list(ffn), list(eps)
     if (len(norm1), len(attention), len(norm2), len(ffn), len(eps)) != (2, len(ATTENTION), 2, len(FFN), 3):
         raise ValueError(
@@ -118,6 +148,7 @@ def pvt_block(
     if packed is not None and len(packed) != n_layer + 2:
         raise ValueError(f"pvt_block: packed must hold {n_layer + 2} tensors (pack_block_weights), got {len(packed)}")
     packed = list(packed) if packed is not None else None
+    x = example
     if not isinstance(x, Tensor) or x.ndim != 3:
         raise ValueError(f"pvt_block: x must be (B, N, C) tokens, got {describe(x)}")
     if not isinstance(num_heads, int) or num_heads < 1:
@@ -139,4 +170,7 @@ def pvt_block(
         check_conv_ffn("pvt_block", x, *ffn, height, width, relu_input, *ffn_packed, None)
         norms = {f"norm{i}_{k}": (t, (c,)) for i, n in ((1, norm1), (2, norm2)) for k, t in zip(("weight", "bias"), n)}
         check_params("pvt_block", x, norms)
-    return OP.run(chosen, *args)
+    else:
+        args = _with_packed(args)
+    weights, rest = args[1:7], args[9:]
+    return lambda x, height, width: OP.run(chosen, x, *weights, height, width, *rest)

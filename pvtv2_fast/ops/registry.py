@@ -55,6 +55,7 @@ class FallbackWarning(UserWarning):
 _triton: Optional[Tuple[bool, bool, str]] = None  # (importable, interpreted, reason if not importable)
 _simulated: Dict[str, str] = {}  # backend -> reason, see simulate()
 _simulated_interpreted: Optional[bool] = None
+_generation = 0  # bumped whenever simulate() changes what dispatch sees, see dispatch_generation()
 
 
 def triton_status() -> Tuple[bool, bool, str]:
@@ -77,17 +78,25 @@ def triton_status() -> Tuple[bool, bool, str]:
 def simulate(*, unavailable: Sequence[str] = (), triton_interpreted: Optional[bool] = None) -> Iterator[None]:
     """Dispatch as if ``unavailable`` backends were missing, or Triton were (not) interpreted — for tests of the
     dispatch rules themselves (e.g. a CPU machine without the extension, or a GPU machine's compiled Triton)."""
-    global _simulated_interpreted
+    global _simulated_interpreted, _generation
     saved = dict(_simulated), _simulated_interpreted
     _simulated.update({b: f"the {b} backend is switched off (pvtv2_fast.ops.simulate)" for b in unavailable})
     if triton_interpreted is not None:
         _simulated_interpreted = triton_interpreted
+    _generation += 1
     try:
         yield
     finally:
         _simulated.clear()
         _simulated.update(saved[0])
         _simulated_interpreted = saved[1]
+        _generation += 1
+
+
+def dispatch_generation() -> int:
+    """A number that changes whenever the backends dispatch can choose change (``simulate``): callers that cache a
+    resolved backend (``bind_pvt_block``'s users) key on it."""
+    return _generation
 
 
 def dtype_reason(t: torch.Tensor, what: str) -> Optional[str]:

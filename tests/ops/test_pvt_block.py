@@ -165,25 +165,67 @@ def test_bad_input_is_a_clear_error(change, match, backend):
 @pytest.mark.parametrize("preset", ["b0", "b2"])
 def test_block_module_runs_it_for_fp32_inference(preset, monkeypatch):
     """Fast mode runs each SRA block as one ops.pvt_block for fp32 CPU inference (the model's output within 1e-5 of
-    the reference); output_attentions and autograd run the per-module path; weights follow load_state_dict."""
+    the reference), bound once per block (ops.bind_pvt_block) and again only when its weights change;
+    output_attentions and autograd run the per-module path; weights follow load_state_dict and in-place updates."""
     from bench.candidates import reference_model
 
     model = reference_model(preset)
     x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
-    calls, real = [], ops.pvt_block
-    monkeypatch.setattr(ops, "pvt_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    binds, calls, real = [], [], ops.bind_pvt_block
+
+    def counted(*a, **k):
+        binds.append(1)
+        block = real(*a, **k)
+        return lambda *b: calls.append(1) or block(*b)
+
+    monkeypatch.setattr(ops, "bind_pvt_block", counted)
+    depth = sum(model.config.depths)
     with torch.no_grad():
         ref = model(x).last_hidden_state
-        fast = model.set_fast(True)
+        fast = model.set_fast(True).eval()
         torch.testing.assert_close(fast(x).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
-        assert len(calls) == sum(fast.config.depths)
+        assert (len(binds), len(calls)) == (depth, depth)
+        fast(x)
+        assert (len(binds), len(calls)) == (depth, 2 * depth)  # bound once, run twice
         fast(x, output_attentions=True)
-        assert len(calls) == sum(fast.config.depths)
+        assert len(calls) == 2 * depth
         other = reference_model(preset)
         for p in other.parameters():
             p.data.mul_(0.9)
         expected = other(x).last_hidden_state
         fast.load_state_dict(other.state_dict())
         torch.testing.assert_close(fast(x).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+        assert (len(binds), len(calls)) == (2 * depth, 3 * depth)
+        fast.encoder.layers[0].blocks[0].mlp.dense2.bias.add_(1.0)  # in place: that block binds again
+        other.encoder.layers[0].blocks[0].mlp.dense2.bias.add_(1.0)
+        torch.testing.assert_close(fast(x).last_hidden_state, other(x).last_hidden_state, atol=1e-5, rtol=1e-5)
+        assert (len(binds), len(calls)) == (2 * depth + 1, 4 * depth)
     fast(x).last_hidden_state.sum().backward()
-    assert len(calls) == 2 * sum(fast.config.depths)
+    assert len(calls) == 4 * depth
+
+
+def test_bound_blocks_follow_new_modules_and_dispatch(monkeypatch):
+    """A bound block is reused only while nothing it was bound for changed: a submodule assigned anew (its
+    parameters are other objects: the block gathers them again, see registration_generation), and what dispatch may
+    choose (ops.simulate switching the C++ kernels off: the per-module path runs, not the bound C++ block)."""
+    from bench.candidates import reference_model
+
+    fast, ref = reference_model("b0").set_fast(True).eval(), reference_model("b0").eval()
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    calls, real = [], ops.bind_pvt_block
+    monkeypatch.setattr(
+        ops, "bind_pvt_block", lambda *a, **k: (lambda b: lambda *c: calls.append(1) or b(*c))(real(*a, **k))
+    )
+    with torch.no_grad():
+        fast(x)
+        new = torch.nn.Linear(32, 256)
+        fast.encoder.layers[0].blocks[1].mlp.dense1 = new
+        ref.encoder.layers[0].blocks[1].mlp.dense1 = new
+        torch.testing.assert_close(fast(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-5, rtol=1e-5)
+        ran = len(calls)
+        with ops.simulate(unavailable=["cpu"], triton_interpreted=False), pytest.warns(ops.FallbackWarning):
+            torch.testing.assert_close(fast(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-5, rtol=1e-5)
+        assert len(calls) == ran
+        fast(x)
+        assert len(calls) == ran + sum(fast.config.depths)
+    ops.reset_warnings()
