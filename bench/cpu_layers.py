@@ -41,8 +41,8 @@ def _unless(on: bool, cls: type, method: str, replacement):
 
 
 def layer(fused: bool):
-    """Fast mode's attention with (``True``) or without the C++ layer."""
-    return _unless(fused, SpatialReductionAttention, "_fused_layer", lambda self, x, output_attentions, residual: False)
+    """Fast mode's attention with (``True``) or without the C++ layer (and so without the C++ block)."""
+    return _unless(fused, SpatialReductionAttention, "layer_runs", lambda self, x, output_attentions, residual: False)
 
 
 def block(fused: bool):

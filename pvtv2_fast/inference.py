@@ -4,7 +4,9 @@ warm-up.
 Freezing turns the parameters into constants of the compiled graph, so inductor prepacks the GEMM weights for
 oneDNN / MKL, fuses bias and activation post-ops into them, folds the packed key/value weights of the attention
 (``SpatialReductionAttention._packed_kv_weights``) once, and removes the per-op Python of eager mode. The fused
-ops (``pvtv2_fast.ops``) stay custom ops inside the graph (they have fake implementations for tracing).
+ops (``pvtv2_fast.ops``) stay custom ops inside the graph (they have fake implementations for tracing); for fp32 on
+CPU each SRA block is one ``pvt_block`` node, its packed weights folded at compile time (1.10-1.13x the graph of
+per-op nodes at 224², 1.02-1.04x at 512², b0 / b2).
 
 Costs and limits (measured on a 2-core AVX-512 machine, b0):
 

@@ -193,7 +193,7 @@ def test_fp32_projections_on_either_side_of_the_onednn_rule(monkeypatch, preset,
     and the rule serves the per-op path, e.g. with output_attentions.)"""
     from pvtv2_fast.modules import SpatialReductionAttention, fast_path
 
-    monkeypatch.setattr(SpatialReductionAttention, "_fused_layer", lambda self, x, output_attentions, residual: False)
+    monkeypatch.setattr(SpatialReductionAttention, "layer_runs", lambda self, x, output_attentions, residual: False)
     monkeypatch.setattr(fast_path, "ONEDNN_FP32_MIN_OUT_BYTES", min_bytes)
     monkeypatch.setattr(fast_path, "ONEDNN_FP32_MIN_WEIGHT_BYTES", min_bytes)
     model = _model(preset, "cpu", **overrides)

@@ -144,12 +144,18 @@ class SpatialReductionAttention(FastPath, nn.Module):
 
     def _fused_layer(self, x: torch.Tensor, output_attentions: bool, residual: Optional[torch.Tensor]) -> bool:
         """Whether this call runs as one ``ops.sra_layer`` (the C++ layer: no Python or dispatch between its steps):
-        inference on CPU tensors in fast mode with the C++ backends, SRA (not Linear SRA), no probabilities wanted,
-        no active dropout, and where "auto" takes it (``cpu_layer_slower``: fp32, heads up to 64 wide), or always with
-        "cpu"."""
+        in eager mode where :meth:`layer_runs`. Under ``torch.compile`` the graph keeps the per-op path (inductor's
+        prepacked linears around the attention op), which measured level with the layer there (0.94-1.05x); the
+        block module takes the whole block into the graph instead (``PvtV2Block._fused_block``)."""
+        return not torch.compiler.is_compiling() and self.layer_runs(x, output_attentions, residual)
+
+    def layer_runs(self, x: torch.Tensor, output_attentions: bool, residual: Optional[torch.Tensor]) -> bool:
+        """Whether ``ops.sra_layer`` can take this call and "auto" would: inference on CPU tensors in fast mode with
+        the C++ backends, SRA (not Linear SRA), no probabilities wanted, no active dropout, and where "auto" takes it
+        (``cpu_layer_slower``: fp32, heads up to 64 wide), or always with "cpu". Traceable (reads only the input's
+        device, dtype and shape)."""
         if (
-            torch.compiler.is_compiling()  # first: the checks below are not traceable
-            or torch.is_grad_enabled()
+            torch.is_grad_enabled()
             or not self.fast
             or x.device.type != "cpu"
             or self.op_backend not in ("auto", "cpu")
