@@ -33,6 +33,10 @@ class DropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
+# The most kinds of input (device, dtype, shape, ...) a block keeps a bound C++ block for (see _fused_block).
+MAX_BOUND_KINDS = 64
+
+
 class PvtV2Block(nn.Module):
     """``(B, N, C)`` tokens of an H×W map → same shape."""
 
@@ -119,6 +123,8 @@ class PvtV2Block(nn.Module):
                 dispatch_generation())  # fmt: skip
         bound = inference_cache(self, "pvt_block", self._block_params(), dict)
         if kind not in bound:
+            if len(bound) >= MAX_BOUND_KINDS:  # e.g. a server fed ever new sizes: a bound block is cheap to redo
+                bound.clear()
             bound[kind] = self._bind_block(x, height, width)
         return bound[kind]
 

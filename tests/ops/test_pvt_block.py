@@ -229,3 +229,21 @@ def test_bound_blocks_follow_new_modules_and_dispatch(monkeypatch):
         fast(x)
         assert len(calls) == ran + sum(fast.config.depths)
     ops.reset_warnings()
+
+
+def test_bound_blocks_are_capped(monkeypatch):
+    """A block keeps bound C++ blocks for at most MAX_BOUND_KINDS kinds of input (a server fed ever new sizes does
+    not grow it without end); past that it starts over, with the same outputs."""
+    from bench.candidates import reference_model
+    from pvtv2_fast.modules import block as block_module
+    from pvtv2_fast.modules.fast_path import derived_cache
+
+    monkeypatch.setattr(block_module, "MAX_BOUND_KINDS", 2)
+    fast, ref = reference_model("b0").set_fast(True).eval(), reference_model("b0").eval()
+    first = fast.encoder.layers[0].blocks[0]
+    with torch.no_grad():
+        for size in (32, 40, 48, 56, 32):
+            x = torch.randn(1, 3, size, size + 8, generator=torch.Generator().manual_seed(size))
+            torch.testing.assert_close(fast(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-5, rtol=1e-5)
+            kinds = derived_cache(first)["pvt_block"][1]
+            assert 1 <= len(kinds) <= 2
