@@ -110,8 +110,8 @@ class PvtV2Block(nn.Module):
 
         In eval mode the answer is cached (:func:`inference_cache`, per state of the weights) for each kind of input:
         device, dtype, shape, the modules' backends and what dispatch can choose. Deciding and binding on every
-        call had cost ~0.2 ms per block in a model's forward (Python runs cold between C++ blocks): ~6% of b2 at
-        224²."""
+        call had cost ~0.2 ms per block in a model's forward (Python runs cold between C++ blocks): caching it
+        measured 1.09x (b0), 1.025x (b2) end to end at 224²."""
         attn = self.attention
         if torch.is_grad_enabled() or not attn.fast:
             return None  # layer_runs' first rules: no fused layer, so no fused block
