@@ -421,6 +421,37 @@ at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, con
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
+// cpu::conv_ffn_forward on x (B, H·W, c_in) contiguous, elements of type `elem`, into y: w1 (hidden, c_in) and w2
+// (c_out, hidden) contiguous in that type, the biases as fp32 copies, the depthwise weight tap-major; packed weights
+// (fp32) or nullptr (conv_ffn_cpu, and the FFN of pvt_block_cpu).
+static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int64_t height, int64_t width,
+                          const at::Tensor& w1, const c10::optional<at::Tensor>& fc1_bias, const at::Tensor& dw_weight,
+                          const c10::optional<at::Tensor>& dw_bias, const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& fc2_bias, const float* fc1_packed, const float* fc2_packed,
+                          bool relu_input) {
+  const std::vector<float> b1 = as_floats(fc1_bias), db = as_floats(dw_bias), b2 = as_floats(fc2_bias);
+  const std::vector<float> dwt = tap_major(dw_weight);  // (9, hidden)
+  cpu::ConvFfnArgs args{x,
+                        w1.data_ptr(),
+                        data_or_null(b1),
+                        dwt.data(),
+                        data_or_null(db),
+                        w2.data_ptr(),
+                        data_or_null(b2),
+                        fc1_packed,
+                        fc2_packed,
+                        y,
+                        B,
+                        height,
+                        width,
+                        w1.size(1),
+                        w1.size(0),
+                        w2.size(0),
+                        relu_input,
+                        elem};
+  cpu::conv_ffn_forward(args);
+}
+
 // ------------------------------------------------------------------------------------------ PVTv2 block
 // A whole block for inference in one call: x1 = x + SRA(LN1(x)) (sra_layer_fp32), y = x1 + FFN(LN2(x1))
 // (conv_ffn_forward), so that nothing between its steps goes back to Python: through the modules, a block spent
@@ -456,29 +487,9 @@ at::Tensor pvt_block_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>
                  num_heads, scale, eps[2], pk_attn, x1.data_ptr<float>());
   layer_norm_into(x1.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm2_weight, norm2_bias, eps[1]);
 
-  const at::Tensor fc1_w = as_dtype(*ffn.get(0), at::kFloat), fc2_w = as_dtype(*ffn.get(4), at::kFloat);
-  const std::vector<float> b1 = as_floats(ffn.get(1)), db = as_floats(ffn.get(3)), b2 = as_floats(ffn.get(5));
-  const std::vector<float> dwt = tap_major(*ffn.get(2));
-  const int64_t hidden = fc1_w.size(0);
-  cpu::ConvFfnArgs args{h.data_ptr(),
-                        fc1_w.data_ptr(),
-                        data_or_null(b1),
-                        dwt.data(),
-                        data_or_null(db),
-                        fc2_w.data_ptr(),
-                        data_or_null(b2),
-                        pk[n_attn].data_ptr<float>(),
-                        pk[n_attn + 1].data_ptr<float>(),
-                        y.data_ptr(),
-                        B,
-                        height,
-                        width,
-                        C,
-                        hidden,
-                        C,
-                        relu_input,
-                        cpu::Elem::kF32};
-  cpu::conv_ffn_forward(args);
+  conv_ffn_into(h.data_ptr(), y.data_ptr(), cpu::Elem::kF32, B, height, width, as_dtype(*ffn.get(0), at::kFloat),
+                ffn.get(1), *ffn.get(2), ffn.get(3), as_dtype(*ffn.get(4), at::kFloat), ffn.get(5),
+                pk[n_attn].data_ptr<float>(), pk[n_attn + 1].data_ptr<float>(), relu_input);
   float* yp = y.data_ptr<float>();
   const float* rp = x1.data_ptr<float>();
   at::parallel_for(0, y.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
@@ -510,31 +521,13 @@ at::Tensor conv_ffn_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight, co
   const at::Tensor w1 = as_dtype(fc1_weight, io_dtype), w2 = as_dtype(fc2_weight, io_dtype);
   at::Tensor y = at::empty({B, height * width, c_out}, x.options());
   if (y.numel() == 0) return y.to(dtype);  // B = 0 or c_out = 0 (c_in = 0 runs: fc1 gives its bias)
-  const std::vector<float> b1 = as_floats(fc1_bias), db = as_floats(dw_bias), b2 = as_floats(fc2_bias);
-  const std::vector<float> dwt = tap_major(dw_weight);  // (9, hidden)
   // fp32 GEMMs run on the packed weights when given (packed_gemm.h), else on the BLAS's sgemm.
   const bool packed = io_dtype == at::kFloat && fc1_packed.has_value();
   const at::Tensor p1 = packed ? as_dtype(*fc1_packed, at::kFloat) : at::Tensor();
   const at::Tensor p2 = packed ? as_dtype(*fc2_packed, at::kFloat) : at::Tensor();
-  cpu::ConvFfnArgs args{x.data_ptr(),
-                        w1.data_ptr(),
-                        data_or_null(b1),
-                        dwt.data(),
-                        data_or_null(db),
-                        w2.data_ptr(),
-                        data_or_null(b2),
-                        packed ? p1.data_ptr<float>() : nullptr,
-                        packed ? p2.data_ptr<float>() : nullptr,
-                        y.data_ptr(),
-                        B,
-                        height,
-                        width,
-                        c_in,
-                        hidden,
-                        c_out,
-                        relu_input,
-                        elem_of(io_dtype)};
-  cpu::conv_ffn_forward(args);
+  conv_ffn_into(x.data_ptr(), y.data_ptr(), elem_of(io_dtype), B, height, width, w1, fc1_bias, dw_weight, dw_bias, w2,
+                fc2_bias, packed ? p1.data_ptr<float>() : nullptr, packed ? p2.data_ptr<float>() : nullptr,
+                relu_input);
   return y.scalar_type() == dtype ? y : y.to(dtype);
 }
 

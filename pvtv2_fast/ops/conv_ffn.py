@@ -176,7 +176,8 @@ def conv_ffn(
     dwconv+GELU of that backend; ``max_hidden_bytes`` bounds their widened state by running bands of rows.
     ``fc1_packed`` / ``fc2_packed``: :func:`~pvtv2_fast.ops.pack_weight` of fc1 / fc2's weights (both or neither),
     cached by the caller (fast mode's module does): the CPU kernel's fp32 bands run their GEMMs on them, on the
-    packed-weight GEMM, rather than on MKL's sgemm (whole-map GEMMs stay on MKL's threads either way).
+    packed-weight GEMM, rather than on MKL's sgemm; its whole-map GEMMs do under at most 1 MB of fc1 + fc2 weights or
+    over at most 196 tokens, and stay on MKL's threads otherwise (csrc/cpu/conv_ffn.cpp).
     """
     check_conv_ffn(
         "conv_ffn", x, fc1_weight, fc1_bias, dw_weight, dw_bias, fc2_weight, fc2_bias, height, width, relu_input,

@@ -4,7 +4,7 @@ PyTorch composition; and the attention module's use of it."""
 
 import pytest
 import torch
-from op_cases import DTYPE_IDS, DTYPES, IMAGE, TOL, fused_backends, randn, require
+from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
 
 from pvtv2_fast import PvtV2Config, ops, preset_names
 from pvtv2_fast.validation import stage_shapes
@@ -66,10 +66,7 @@ def _check(backend, x, w, h, heads, residual=None, packed=None, what="sra_layer"
     args = (x, *[w.get(k) for k in ("q_weight", "q_bias", "kv_weight", "kv_bias", "proj_weight", "proj_bias")])
     require("sra_layer", backend, args + (None,) * 11)
     out = _call(x, w, h, heads, backend, residual, packed)
-    ref = _reference(x, w, h, heads, residual)
-    atol, rtol = TOL[x.dtype]
-    assert out.dtype == x.dtype and out.shape == ref.shape, what
-    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+    close(out, _reference(x, w, h, heads, residual), x.dtype, what)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

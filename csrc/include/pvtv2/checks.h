@@ -322,7 +322,7 @@ inline void pvt_block(const at::Tensor& x, const c10::optional<at::Tensor>& norm
   TORCH_CHECK(ffn.size() == 6, op, ": ffn must hold the 6 conv_ffn tensors, got ", ffn.size());
   TORCH_CHECK(eps.size() == 3, op, ": eps must hold 3 values (norm1, norm2, the reduction's norm), got ", eps.size());
   for (double e : eps) TORCH_CHECK(std::isfinite(e) && e >= 0.0, op, ": eps must be finite and >= 0, got ", e);
-  const char* required[4] = {"attention[0] (q_weight)", "attention[2] (kv_weight)", "attention[4] (proj_weight)", ""};
+  const char* required[3] = {"attention[0] (q_weight)", "attention[2] (kv_weight)", "attention[4] (proj_weight)"};
   for (size_t i = 0; i < 3; ++i) TORCH_CHECK(attention.get(2 * i).has_value(), op, ": ", required[i], " is required");
   const char* ffn_required[3] = {"ffn[0] (fc1_weight)", "ffn[2] (dw_weight)", "ffn[4] (fc2_weight)"};
   for (size_t i = 0; i < 3; ++i) TORCH_CHECK(ffn.get(2 * i).has_value(), op, ": ", ffn_required[i], " is required");
