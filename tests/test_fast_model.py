@@ -223,6 +223,24 @@ def test_fp32_onednn_rule_by_output_or_weight_bytes():
         assert _onednn_linear(torch.empty(shape), out_features) == expected, (shape, out_features)
 
 
+def _bf16_no_less_accurate(model, x, exact, fast_backend="cpu"):
+    """Runs ``model`` (fp32 weights) in bf16 as the reference and then in fast mode, and checks that fast mode's
+    error on the encoder's last hidden state, against ``exact`` (the fp32 reference's), is no larger than the
+    reference's own bf16 error: RMS within 10%, max within 2x. Why these statistics: every layer rounds to bf16's 8
+    bits in both paths, at different places, so the two errors are different draws of the same noise. Over the
+    10-20k values of that state the RMS ratio measured 0.98-1.003 (b0 / b2-linear, 4 seeds, AVX-512 without AMX),
+    while the max over the 10 logits swung 0.5-1.4x from seed to seed and CPU to CPU (oneDNN's kernels differ by
+    ISA); a bug confined to some pixels or channels shows in the max (errors ~1e-2 against states of order one)."""
+    model.to(torch.bfloat16)
+    ref = (model(x.bfloat16(), output_hidden_states=True).hidden_states[-1].float() - exact).flatten()
+    model.set_fast(True, backend=fast_backend)
+    fast = (model(x.bfloat16(), output_hidden_states=True).hidden_states[-1].float() - exact).flatten()
+    ref_rms, fast_rms = ref.norm().item(), fast.norm().item()
+    assert fast_rms <= 1.1 * ref_rms, ("rms", fast_rms, ref_rms)
+    assert fast.abs().max() <= 2 * ref.abs().max(), ("max", fast.abs().max().item(), ref.abs().max().item())
+    return model
+
+
 @pytest.mark.parametrize("preset,overrides", PRESETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn_ffn", "conv_ffn"])
@@ -240,14 +258,12 @@ def test_both_cpu_ffn_schedules_match_the_reference(monkeypatch, preset, overrid
     model = _model(preset, "cpu", **overrides)
     x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        exact = model(x).logits
         if dtype == torch.float32:
+            exact = model(x).logits
             torch.testing.assert_close(model.set_fast(True)(x).logits, exact, atol=1e-5, rtol=1e-5)
         else:
-            model.to(dtype)
-            ref_err = (model(x.to(dtype)).logits.float() - exact).abs().max().item()
-            fast_err = (model.set_fast(True)(x.to(dtype)).logits.float() - exact).abs().max().item()
-            assert fast_err <= 1.25 * ref_err, (fast_err, ref_err)
+            exact = model(x, output_hidden_states=True).hidden_states[-1]
+            _bf16_no_less_accurate(model, x, exact, fast_backend="auto")
     mlps = [m for m in model.modules() if isinstance(m, ffn.ConvFeedForward)]
     taken = onednn and onednn_takes(dtype)  # bf16 needs a CPU where oneDNN runs it natively
     assert all(("fc1" in m.__dict__.get("_inference_caches", {})) == taken for m in mlps)
@@ -258,17 +274,13 @@ def test_bf16_on_cpu(preset, overrides):
     """bf16 on CPU: the C++ kernels read and write bf16 (bf16 GEMMs with fp32 sums in the FFN) and the projections
     run on prepacked oneDNN weights. bf16 keeps 8 significant bits and every layer rounds, so neither path matches
     fp32 closely (here ~1e-2 of outputs of order one); the fast path must be no less accurate than the reference
-    run in bf16 (within 25%). Its cached packed weights follow load_state_dict and in-place updates: outputs equal a
-    freshly built fast model's with those weights, bit for bit."""
+    run in bf16 (_bf16_no_less_accurate). Its cached packed weights follow load_state_dict and in-place updates:
+    outputs equal a freshly built fast model's with those weights, bit for bit."""
     model = _model(preset, "cpu", **overrides)
     x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        exact = model(x).logits
-        model.to(torch.bfloat16)
-        ref_err = (model(x.bfloat16()).logits.float() - exact).abs().max().item()
-        fast = model.set_fast(True, backend="cpu")
-        fast_err = (fast(x.bfloat16()).logits.float() - exact).abs().max().item()
-        assert fast_err <= 1.25 * ref_err, (fast_err, ref_err)
+        exact = model(x, output_hidden_states=True).hidden_states[-1]
+        fast = _bf16_no_less_accurate(model, x, exact)
         other = _model(preset, "cpu", seed=7, **overrides).to(torch.bfloat16).set_fast(True, backend="cpu")
         fast.load_state_dict(other.state_dict())
         assert torch.equal(fast(x.bfloat16()).logits, other(x.bfloat16()).logits)
