@@ -12,6 +12,7 @@ The registered ops (``torch.ops.pvtv2_fast_C.*``, named as in ``pvtv2_fast.ops``
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -59,3 +60,12 @@ def has_kernel(op: str, device_type: str) -> bool:
 def cpu_isa() -> str:
     """The instruction set the CPU kernels run with here: "avx512", "avx2" or "default"."""
     return torch.ops.pvtv2_fast_C.cpu_isa() if available() else "unavailable"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+    """Whether this process can use the CPU's AMX tiles (Intel Sapphire Rapids and later): the CPU has them and Linux
+    granted their state (torch asks as oneDNN does before its first AMX kernel). Some dispatch rules depend on it:
+    with AMX, PyTorch's bf16 kernels are several times faster than the AVX-512 ones this library's kernels use."""
+    init = getattr(torch._C._cpu, "_init_amx", None)
+    return bool(init()) if init is not None else False

@@ -8,16 +8,25 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._ext import cpu_has_amx
 from .activations import get_activation
 from .fast_path import FastPath, onednn_takes, token_map
 
 # Where inference on CPU runs the FFN as oneDNN fc1 → dwconv_gelu → oneDNN fc2 (+ residual) instead of conv_ffn,
 # measured through this module on b0/b2 stage shapes (2 threads, AVX-512 + AMX, interleaved; `python -m
 # bench.ffn_schedule --module [--dtype bf16]`, bench/results/cpu_ffn_onednn[_bf16].md).
-# bf16: 1.04-1.71x conv_ffn's speed up to 8 MB of widened state on b2's shapes (MKL's bf16 GEMM in conv_ffn
+# bf16 with AMX: 1.04-1.71x conv_ffn's speed up to 8 MB of widened state on b2's shapes (MKL's bf16 GEMM in conv_ffn
 # repacks the weights every call; oneDNN's are packed once and its AMX kernels add bias and residual in the
 # epilogue); 0.61-0.82x at 12-32 MB. Misses: 0.81-0.88x at b0's last stage (C = 256, 8²-16²).
-ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16 = 8 << 20
+# bf16 without AMX (AVX512-BF16: an AMD EPYC, 2 threads, interleaved in one process): MKL's bf16 GEMM ran at half
+# oneDNN's rate (e.g. b2's 14² FFN 2.0 ms in conv_ffn, 0.93 ms as oneDNN fc1 + dwconv_gelu + fc2), and oneDNN up to
+# 64 MB (the memory-lean default's cap) ran whole models 1.07x (b2 512², b0 1024²) and 1.25x (b2 1024²) faster than
+# the 8 MB rule.
+ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16_AMX = 8 << 20
+ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16_NO_AMX = 64 << 20
+ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16 = (
+    ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16_AMX if cpu_has_amx() else ONEDNN_FFN_MAX_HIDDEN_BYTES_BF16_NO_AMX
+)
 # fp32: only small maps under large weights (the C = 512 last stage: 1.03-1.34x up to 2 MB); elsewhere conv_ffn's
 # streaming won (0.46-0.96x) or tied. Not over at most CONV_FFN_PACKED_MAX_TOKENS tokens, where conv_ffn's whole-map
 # GEMMs run on the packed weights (csrc/cpu/conv_ffn.cpp, kPackedWholeMaxTokens) and measured 1.11-1.12x oneDNN's
@@ -45,9 +54,9 @@ class ConvFeedForward(FastPath, nn.Module):
     The GELU FFN (every preset) is one :func:`pvtv2_fast.ops.conv_ffn` call on ``op_backend``: the reference is its
     "torch" backend; on CPU the fused one is a kernel that streams bands of rows through the cache (the widened
     hidden state is never materialised). CPU inference where oneDNN's prepacked GEMMs measured faster (bf16 up to
-    8 MB of widened state, fp32 small maps under large weights) runs fc1 → ``dwconv_gelu`` → fc2 on them instead.
-    Other activations, and active dropout in training, run this module's own layers. ``max_hidden_bytes``
-    (memory-lean mode) bounds the widened state of the composed backends by bands.
+    8 MB of widened state, 64 MB on CPUs without AMX; fp32 small maps under large weights) runs fc1 →
+    ``dwconv_gelu`` → fc2 on them instead. Other activations, and active dropout in training, run this module's own
+    layers. ``max_hidden_bytes`` (memory-lean mode) bounds the widened state of the composed backends by bands.
     """
 
     def __init__(

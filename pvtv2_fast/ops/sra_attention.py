@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._ext import cpu_has_amx
 from .checks import check_tokens
 from .registry import define, register_native, register_recompute_autograd, triton_why_not
 
@@ -44,16 +45,21 @@ def _triton_why_not(args: Sequence) -> Optional[str]:
 
 
 MAX_CPU_HEAD_DIM = 64  # measured up to b2's 64-wide heads; wider ones keep SDPA
+# bf16 keeps SDPA where the CPU has AMX (see _cpu_slower); read once here, so dispatch under torch.compile reads a
+# plain value.
+SDPA_FOR_BF16 = cpu_has_amx()
 
 
 def _cpu_slower(args: Sequence) -> bool:
-    """Where "auto" leaves CPU attention to SDPA, as measured against it (2 threads, AVX-512; README, "CPU
-    attention"): bf16 (SDPA's AMX / AVX512-BF16 path ran 1.7-2x the C++ kernel's fp32-compute tiles) and heads wider
-    than MAX_CPU_HEAD_DIM (not measured). Where it runs it measured (bench/results/cpu_attention.md) 1.34-1.38x SDPA
-    at b0's 32-wide heads and 1.07-1.27x at b2's 64-wide heads over 1024 keys, 1.14-1.40x over 224²'s 49 keys (all
-    stages of b0 and b2; 0.94-1.19x with everything capped to AVX2), 1.1-2.4x over 2-36 keys, level at 1 key."""
+    """Where "auto" leaves CPU attention to SDPA, as measured against it (2 threads; README, "CPU attention"): bf16
+    where the CPU has AMX (SDPA's AMX path ran 1.7-2x the C++ kernel's fp32-compute tiles on a Xeon; on an AVX-512
+    EPYC without AMX the C++ kernel ran 1.22-1.61x SDPA's bf16 on every b0 / b2 stage at 224² and 512², error no
+    larger) and heads wider than MAX_CPU_HEAD_DIM (not measured). In fp32 it measured (bench/results/cpu_attention.md)
+    1.34-1.38x SDPA at b0's 32-wide heads and 1.07-1.27x at b2's 64-wide heads over 1024 keys, 1.14-1.40x over 224²'s
+    49 keys (all stages of b0 and b2; 0.94-1.19x with everything capped to AVX2), 1.1-2.4x over 2-36 keys, level at
+    1 key."""
     q, heads = args[0], args[3]
-    return q.dtype == torch.bfloat16 or q.shape[2] // heads > MAX_CPU_HEAD_DIM
+    return q.dtype == torch.bfloat16 and SDPA_FOR_BF16 or q.shape[2] // heads > MAX_CPU_HEAD_DIM
 
 
 # On CUDA the Triton kernel; no CUDA C++ attention kernel exists ("cuda" means Triton's).

@@ -219,3 +219,23 @@ def test_module_fp32_schedule_by_tokens(tokens, onednn):
         ffn.fast = True
         assert ffn._onednn_schedule(x) == onednn
         torch.testing.assert_close(ffn(x, *side), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", [32, 64, 128])  # 1, 4 and 16 MB of bf16 widened state (hidden 512)
+def test_module_bf16_schedule_by_cpu(side):
+    """bf16 CPU inference takes oneDNN's linears up to 8 MB of widened state where the CPU has AMX (MKL's AMX GEMM in
+    conv_ffn wins above) and up to 64 MB without (MKL's bf16 GEMM there ran at half oneDNN's rate); either way the
+    output is within bf16's tolerance of the fp32 module's on the same (bf16-valued) weights and input."""
+    from pvtv2_fast._ext import cpu_has_amx
+    from pvtv2_fast.modules.fast_path import onednn_takes
+
+    if not onednn_takes(torch.bfloat16):
+        pytest.skip("oneDNN does not run bf16 natively on this CPU")
+    ffn = ConvFeedForward(64, 512).eval().to(torch.bfloat16)
+    x = randn(1, side * side, 64, seed=side, device="cpu").to(torch.bfloat16)
+    hidden_bytes = side * side * 512 * 2
+    with torch.no_grad():
+        ref = ffn.float()(x.float(), side, side)
+        ffn.to(torch.bfloat16).fast = True
+        assert ffn._onednn_schedule(x) == (hidden_bytes <= (8 << 20 if cpu_has_amx() else 64 << 20))
+        close(ffn(x, side, side), ref, torch.bfloat16, f"{side}²")

@@ -2,6 +2,7 @@
 explicit backends that raise. ``ops.simulate`` plays other machines here: no extension, or a GPU machine's compiled
 (not interpreted) Triton, so the dispatch a GPU run takes is exercised on the CPU too."""
 
+import sys
 import warnings
 
 import pytest
@@ -90,14 +91,18 @@ def test_cpu_auto_takes_the_cpp_kernel_and_sdpa_for_attention():
         (63, torch.float32, "cpu"),
         (49, torch.float32, "cpu"),  # 224²'s 49 keys: 1.3-1.55x SDPA once exp2 stopped making subnormals
         (1, torch.float32, "cpu"),
-        (1024, torch.bfloat16, "torch"),  # bf16: SDPA's AMX / AVX512-BF16 path measured faster
+        (1024, torch.bfloat16, "cpu"),  # bf16 without AMX: 1.22-1.61x SDPA (AVX-512 EPYC)
+        (1024, "bf16-amx", "torch"),  # bf16 with AMX: SDPA's AMX path measured 1.7-2x faster
         (1024, "d64", "cpu"),  # b2's 64-wide heads: 0.95-1.29x SDPA, 1.1 typical
         (1024, "d128", "torch"),  # wider heads: not measured, SDPA kept
     ],
 )
-def test_cpu_attention_auto_picks_by_the_measured_rule(keys, dtype, chosen):
+def test_cpu_attention_auto_picks_by_the_measured_rule(monkeypatch, keys, dtype, chosen):
+    monkeypatch.setattr(
+        sys.modules["pvtv2_fast.ops.sra_attention"], "SDPA_FOR_BF16", dtype == "bf16-amx"
+    )  # as on a CPU with (without) AMX
     c, heads = {"d64": (128, 2), "d128": (256, 2)}.get(dtype, (64, 2))
-    dtype = torch.float32 if isinstance(dtype, str) else dtype
+    dtype = {"bf16-amx": torch.bfloat16}.get(dtype, torch.float32) if isinstance(dtype, str) else dtype
     q, kv = torch.randn(1, 5, c, dtype=dtype), torch.randn(1, keys, 2 * c, dtype=dtype)
     args = (q, kv[..., :c], kv[..., c:], heads, 0.5)
     with warnings.catch_warnings():
