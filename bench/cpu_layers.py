@@ -42,7 +42,7 @@ def _unless(on: bool, cls: type, method: str, replacement):
 
 def layer(fused: bool):
     """Fast mode's attention with (``True``) or without the C++ layer (and so without the C++ block)."""
-    return _unless(fused, SpatialReductionAttention, "layer_runs", lambda self, x, output_attentions, residual: False)
+    return _unless(fused, SpatialReductionAttention, "layer_runs", lambda self, *args, **kwargs: False)
 
 
 def block(fused: bool):

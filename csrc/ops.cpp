@@ -65,6 +65,20 @@ PackedGemmRowsFn packed_gemm_rows() { return PVT_FOR_ACTIVE_ISA(packed_gemm_rows
 PackedGemmTileRowsFn packed_gemm_tile_rows() { return PVT_FOR_ACTIVE_ISA(packed_gemm_tile_rows); }
 UpsampleArgmaxRowFn upsample_argmax_row() { return PVT_FOR_ACTIVE_ISA(upsample_argmax_row); }
 UpsampleAccumulateRowFn upsample_accumulate_row() { return PVT_FOR_ACTIVE_ISA(upsample_accumulate_row); }
+
+static bool cpu_has_bf16_dot() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+bool bf16_dot_available() { return cpu_has_bf16_dot() && active_isa() == Isa::kAvx512; }
+
+// The same answer for Python's dispatch rules (ops.pvt_block.BF16_PAIRS, read at import), without fixing the ISA for
+// the process: that is read at the first kernel call, so a bad PVTV2_FAST_CPU_ISA set after import still raises there.
+bool bf16_dot_query() { return cpu_has_bf16_dot() && detect_isa() == Isa::kAvx512; }
 }  // namespace cpu
 
 // Large outputs are written once, right after allocation: on Linux, ask for transparent huge pages on them, so the
@@ -324,6 +338,17 @@ at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c
   const int64_t B = x_in.size(0), ci = x_in.size(2), co = weight.size(0), s = weight.size(2);
   const int64_t ho = height / s, wo = width / s, m = ho * wo;
   const auto dtype = x_in.scalar_type();
+  if (packed_in.dim() == 4) {  // bf16 with the weight packed in pairs (checked): the bf16 GEMM, one rounding
+    TORCH_CHECK(cpu::bf16_dot_available(), op, ": a weight packed in pairs needs a CPU with AVX512-BF16 running the "
+                "AVX-512 kernels; here they run ", cpu::isa(), ": pack with ops.pack_weight instead");
+    const at::Tensor x = x_in.contiguous(), packed = packed_in.contiguous();
+    at::Tensor out = at::empty({B, m, co}, x.options().dtype(at::kFloat));
+    if (out.numel() == 0) return out.to(dtype);
+    const std::vector<float> b = as_floats(bias);
+    cpu::sr_conv_bf16(static_cast<const cpu::bf16*>(x.data_ptr()), static_cast<const cpu::bf16*>(packed.data_ptr()),
+                      data_or_null(b), out.data_ptr<float>(), B, height, width, ci, co, s);
+    return out.to(dtype);
+  }
   const at::Tensor x = as_dtype(x_in, at::kFloat);
   at::Tensor out = at::empty({B, m, co}, x.options());
   if (out.numel() == 0) return out.to(dtype);
@@ -424,11 +449,13 @@ at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, con
 // cpu::conv_ffn_forward on x (B, H·W, c_in) contiguous, elements of type `elem`, into y: w1 (hidden, c_in) and w2
 // (c_out, hidden) contiguous in that type, the biases as fp32 copies, the depthwise weight tap-major; packed weights
 // (fp32) or nullptr (conv_ffn_cpu, and the FFN of pvt_block_cpu).
+// bf16 (pvt_block's native bf16 path): fc1 / fc2 packed in pairs, and y = residual (fp32) + the FFN, rounded once.
 static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int64_t height, int64_t width,
                           const at::Tensor& w1, const c10::optional<at::Tensor>& fc1_bias, const at::Tensor& dw_weight,
                           const c10::optional<at::Tensor>& dw_bias, const at::Tensor& w2,
                           const c10::optional<at::Tensor>& fc2_bias, const float* fc1_packed, const float* fc2_packed,
-                          bool relu_input) {
+                          bool relu_input, const cpu::bf16* fc1_pairs = nullptr, const cpu::bf16* fc2_pairs = nullptr,
+                          const float* residual = nullptr) {
   const std::vector<float> b1 = as_floats(fc1_bias), db = as_floats(dw_bias), b2 = as_floats(fc2_bias);
   const std::vector<float> dwt = tap_major(dw_weight);  // (9, hidden)
   cpu::ConvFfnArgs args{x,
@@ -448,7 +475,10 @@ static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int
                         w1.size(0),
                         w2.size(0),
                         relu_input,
-                        elem};
+                        elem,
+                        fc1_pairs,
+                        fc2_pairs,
+                        residual};
   cpu::conv_ffn_forward(args);
 }
 
@@ -459,6 +489,87 @@ static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int
 // through fp32 copies). attention: [q_w, q_b, kv_w, kv_b, proj_w, proj_b, sr_w, sr_b, sr_norm_w, sr_norm_b];
 // ffn: [fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b]; eps: [norm1, norm2, sr_norm]; packed: the layer's, then fc1's and
 // fc2's (ops.pack_block_weights).
+// The block on bf16 x with its weights packed in pairs (ops.pack_block_weights on a CPU with AVX512-BF16): every
+// GEMM bf16 × bf16 → fp32 on AVX512-BF16's dot product (packed_linear_bf16, sr_conv_bf16), the rest in fp32 as the
+// fp32 block computes it. A GEMM's input is rounded to bf16 where the module run in bf16 rounds it (the LayerNorms'
+// outputs, the attention's output, the GELU's output); the residual stream, the projections' and fc1's sums stay
+// fp32, and y = x1 + FFN is rounded once. Why: on CPUs without AMX the per-op bf16 path spent more time between its
+// oneDNN calls than in them (the attention module at b2's 14² stage: 0.9 ms, 0.35 ms of it GEMM arithmetic).
+static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at::Tensor>& norm1_weight,
+                                 const c10::optional<at::Tensor>& norm1_bias,
+                                 const c10::List<c10::optional<at::Tensor>>& attention,
+                                 const c10::optional<at::Tensor>& norm2_weight,
+                                 const c10::optional<at::Tensor>& norm2_bias,
+                                 const c10::List<c10::optional<at::Tensor>>& ffn, int64_t height, int64_t width,
+                                 int64_t num_heads, double scale, at::ArrayRef<double> eps, bool relu_input,
+                                 at::TensorList packed_in) {
+  constexpr const char* op = "pvt_block";
+  TORCH_CHECK(cpu::bf16_dot_available(), op, ": weights packed in pairs (ops.pack_weight_pairs) need a CPU with "
+              "AVX512-BF16 running the AVX-512 kernels; here the kernels run ", cpu::isa(),
+              " (PVTV2_FAST_CPU_ISA caps them): pack with ops.pack_weight instead");
+  const at::Tensor xb = x_in.contiguous();
+  const int64_t B = xb.size(0), N = xb.size(1), C = xb.size(2);
+  at::Tensor y = at::empty_like(xb, at::MemoryFormat::Contiguous);
+  if (y.numel() == 0) return y;
+  const auto f32 = xb.options().dtype(at::kFloat);
+  const at::Tensor xf = xb.to(at::kFloat);
+  std::vector<at::Tensor> pk;
+  for (const at::Tensor& t : packed_in) pk.push_back(t.contiguous());
+  const auto pairs = [&](size_t i) { return static_cast<const cpu::bf16*>(pk[i].data_ptr()); };
+  const auto bf = [](const at::Tensor& t) { return static_cast<cpu::bf16*>(t.data_ptr()); };
+  const cpu::RoundToBf16Fn round_fn = cpu::round_to_bf16();
+  const auto round = [&](const at::Tensor& from, const at::Tensor& to) {
+    const float* src = from.data_ptr<float>();
+    cpu::bf16* dst = static_cast<cpu::bf16*>(to.data_ptr());
+    at::parallel_for(0, from.numel(), 1 << 14, [&](int64_t i0, int64_t i1) { round_fn(src + i0, dst + i0, i1 - i0); });
+  };
+  const std::vector<float> bq = as_floats(attention.get(1)), bkv = as_floats(attention.get(3));
+  const std::vector<float> bp = as_floats(attention.get(5));
+
+  at::Tensor h = at::empty({B, N, C}, f32);
+  at::Tensor hb = at::empty({B, N, C}, xb.options());  // the bf16 input of the next GEMM
+  layer_norm_into(xf.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm1_weight, norm1_bias, eps[0]);
+  round(h, hb);
+  at::Tensor q = at::empty({B, N, C}, f32);
+  cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(0), C, data_or_null(bq), nullptr, 0, q.data_ptr<float>(), C);
+  // Keys and values from the reduced map, normalised, or from LN1(x) itself.
+  const cpu::bf16* src = bf(hb);
+  int64_t M = N;
+  at::Tensor reduced_b;
+  if (attention.get(6).has_value()) {
+    const int64_t s = attention.get(6)->size(2);
+    M = (height / s) * (width / s);
+    const at::Tensor conv = at::empty({B, M, C}, f32), reduced = at::empty({B, M, C}, f32);
+    const std::vector<float> bsr = as_floats(attention.get(7));
+    cpu::sr_conv_bf16(bf(hb), pairs(3), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
+    layer_norm_into(conv.data_ptr(), reduced.data_ptr(), cpu::Elem::kF32, B * M, C, attention.get(8),
+                    attention.get(9), eps[2]);
+    reduced_b = at::empty({B, M, C}, xb.options());
+    round(reduced, reduced_b);
+    src = bf(reduced_b);
+  }
+  at::Tensor kv = at::empty({B, M, 2 * C}, f32);
+  float* kvp = kv.data_ptr<float>();
+  cpu::packed_linear_bf16(src, C, B * M, C, pairs(1), 2 * C, data_or_null(bkv), nullptr, 0, kvp, 2 * C);
+  at::Tensor o = at::empty({B, N, C}, f32);
+  const AttentionIo io{reinterpret_cast<const char*>(q.data_ptr<float>()), N * C, C,
+                       reinterpret_cast<const char*>(kvp), M * 2 * C, 2 * C,
+                       reinterpret_cast<const char*>(kvp + C), M * 2 * C, 2 * C,
+                       reinterpret_cast<char*>(o.data_ptr<float>()), N * C, C};
+  attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
+  round(o, hb);
+  at::Tensor x1 = at::empty({B, N, C}, f32);  // x + the attention, fp32
+  cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(2), C, data_or_null(bp), xf.data_ptr<float>(), C,
+                          x1.data_ptr<float>(), C);
+  layer_norm_into(x1.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm2_weight, norm2_bias, eps[1]);
+  round(h, hb);
+  const size_t n_attn = pk.size() - 2;
+  conv_ffn_into(hb.data_ptr(), y.data_ptr(), cpu::Elem::kBF16, B, height, width, as_dtype(*ffn.get(0), at::kBFloat16),
+                ffn.get(1), *ffn.get(2), ffn.get(3), as_dtype(*ffn.get(4), at::kBFloat16), ffn.get(5), nullptr,
+                nullptr, relu_input, pairs(n_attn), pairs(n_attn + 1), x1.data_ptr<float>());
+  return y;
+}
+
 at::Tensor pvt_block_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>& norm1_weight,
                          const c10::optional<at::Tensor>& norm1_bias,
                          const c10::List<c10::optional<at::Tensor>>& attention,
@@ -470,6 +581,9 @@ at::Tensor pvt_block_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>
   checks::pvt_block(x_in, norm1_weight, norm1_bias, attention, norm2_weight, norm2_bias, ffn, height, width, num_heads,
                     scale, eps, packed_in);
   CHECK_DEVICE(x_in, at::kCPU);
+  if (packed_in[0].dim() == 4)  // bf16 weights packed in pairs (the checks matched them to a bf16 x)
+    return pvt_block_bf16(x_in, norm1_weight, norm1_bias, attention, norm2_weight, norm2_bias, ffn, height, width,
+                          num_heads, scale, eps, relu_input, packed_in);
   const auto dtype = x_in.scalar_type();
   const at::Tensor x = as_dtype(x_in, at::kFloat);
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
@@ -634,6 +748,7 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
       "Tensor? norm2_bias, Tensor?[] ffn, int height, int width, int num_heads, float scale, float[] eps, "
       "bool relu_input, Tensor[] packed) -> Tensor");
   m.def("cpu_isa() -> str", &pvtv2::cpu_isa);
+  m.def("cpu_bf16_dot() -> bool", &pvtv2::cpu::bf16_dot_query);
   m.def("fp_exception_flags(bool clear) -> int", &pvtv2::fp_exception_flags);
   // The CPU block cache (csrc/cpu/block_cache.h): process state, not tensor ops; called around eager forwards only.
   m.def("block_cache_enter() -> ()", &pvtv2::cpu::block_cache_enter);

@@ -83,16 +83,23 @@ float init_rows(int64_t rows, int64_t k, const float* bias, int64_t n, float* ou
 // Called from inside at::parallel_for (the band loop), the BLAS runs single-threaded (it sees the OpenMP region);
 // called outside one (the whole-map path), it runs on its own threads. The caller keeps rows, k and n below 2^31
 // (the BLAS takes ints).
-// `packed` (fp32 only; ops.pack_weight's layout of w): the packed-weight GEMM instead, bias in its epilogue.
+// `packed` (fp32 only; ops.pack_weight's layout of w) or `pairs` (bf16 only; ops.pack_weight_pairs'): the packed-weight
+// GEMM instead, bias (and residual: (rows, n) fp32, or nullptr) in its epilogue; the BLAS takes no residual.
 template <typename T>
-void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* packed, const float* bias, int64_t n,
-                 float* out) {
+void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* packed, const bf16* pairs,
+                 const float* bias, int64_t n, float* out, const float* residual = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
     if (packed != nullptr) {
-      packed_linear(in, k, rows, k, packed, n, bias, nullptr, 0, out, n);
+      packed_linear(in, k, rows, k, packed, n, bias, residual, n, out, n);
+      return;
+    }
+  } else {
+    if (pairs != nullptr) {
+      packed_linear_bf16(in, k, rows, k, pairs, n, bias, residual, n, out, n);
       return;
     }
   }
+  TORCH_CHECK(residual == nullptr, "conv_ffn: a residual needs packed weights");
   const float beta = init_rows(rows, k, bias, n, out);
   if (k == 0) return;  // no input channels: out is the bias (BLAS would reject lda = k = 0)
   // Column-major view of the same memory: outᵀ (n × rows) = w (stored k × n, transposed) · inᵀ (k × rows).
@@ -215,7 +222,7 @@ void conv_ffn_forward_t(const ConvFfnArgs& a) {
       have_hi = hi;
       while (from < hi) {  // fc1 for the missing rows, split where the ring wraps
         const int64_t s = from % cap, n = std::min(hi - from, cap - s);
-        linear_rows(xb + from * W * a.c_in, n * W, a.c_in, fc1_w, a.fc1_packed, a.fc1_b, hid,
+        linear_rows(xb + from * W * a.c_in, n * W, a.c_in, fc1_w, a.fc1_packed, a.fc1_pairs, a.fc1_b, hid,
                     ring.get() + s * row_floats);
         from += n;
       }
@@ -225,10 +232,11 @@ void conv_ffn_forward_t(const ConvFfnArgs& a) {
       }
       const int64_t tokens = (r1 - r0) * W;
       T* yb = y + (b * N + r0 * W) * a.c_out;
+      const float* res = a.residual ? a.residual + (b * N + r0 * W) * a.c_out : nullptr;
       if constexpr (kF32) {
-        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_packed, a.fc2_b, a.c_out, yb);
+        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_packed, a.fc2_pairs, a.fc2_b, a.c_out, yb, res);
       } else {
-        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_packed, a.fc2_b, a.c_out, out.get());
+        linear_rows(act.get(), tokens, hid, fc2_w, a.fc2_packed, a.fc2_pairs, a.fc2_b, a.c_out, out.get(), res);
         round_fn(out.get(), yb, tokens * a.c_out);
       }
     }
@@ -257,8 +265,8 @@ void conv_ffn_whole_t(const ConvFfnArgs& a) {
                       tokens <= kPackedWholeMaxTokens;
   const float* fc1_packed = packed ? a.fc1_packed : nullptr;
   const float* fc2_packed = packed ? a.fc2_packed : nullptr;
-  linear_rows(static_cast<const T*>(a.x), tokens, a.c_in, static_cast<const T*>(a.fc1_w), fc1_packed, a.fc1_b, hid,
-              hidden);
+  linear_rows(static_cast<const T*>(a.x), tokens, a.c_in, static_cast<const T*>(a.fc1_w), fc1_packed, a.fc1_pairs,
+              a.fc1_b, hid, hidden);
   const DwconvGeluRowFn row_fn = dwconv_gelu_row();
   at::parallel_for(0, a.batch * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -269,11 +277,12 @@ void conv_ffn_whole_t(const ConvFfnArgs& a) {
     }
   });
   if constexpr (kF32) {
-    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), fc2_packed, a.fc2_b, a.c_out,
-                static_cast<float*>(a.y));
+    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), fc2_packed, a.fc2_pairs, a.fc2_b, a.c_out,
+                static_cast<float*>(a.y), a.residual);
   } else {
     float* out = scratch<float>(tokens * a.c_out, 2);
-    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), fc2_packed, a.fc2_b, a.c_out, out);
+    linear_rows(act, tokens, hid, static_cast<const T*>(a.fc2_w), fc2_packed, a.fc2_pairs, a.fc2_b, a.c_out, out,
+                a.residual);
     const RoundToBf16Fn round_fn = round_to_bf16();
     bf16* y = static_cast<bf16*>(a.y);
     at::parallel_for(0, tokens, 256, [&](int64_t t0, int64_t t1) {
@@ -298,7 +307,8 @@ void conv_ffn_dispatch_t(const ConvFfnArgs& a) {
 
 void conv_ffn_forward(const ConvFfnArgs& a) {
   if (a.elem == Elem::kBF16) {
-    TORCH_CHECK(has_bf16_gemm(), "conv_ffn: the CPU kernel's bf16 path needs MKL's bf16 GEMM, absent from this build");
+    TORCH_CHECK(has_bf16_gemm() || (a.fc1_pairs != nullptr && a.fc2_pairs != nullptr),
+                "conv_ffn: the CPU kernel's bf16 path needs MKL's bf16 GEMM, absent from this build");
     conv_ffn_dispatch_t<bf16>(a);
   } else {
     conv_ffn_dispatch_t<float>(a);

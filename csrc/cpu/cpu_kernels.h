@@ -122,6 +122,19 @@ void packed_linear(const float* a, int64_t lda, int64_t rows, int64_t K, const f
 void split_gemm(int64_t rows, int64_t blocks, int64_t K,
                 const std::function<void(int64_t, int64_t, int64_t, int64_t)>& fn);
 
+// bf16 GEMMs on AVX512-BF16's dot product (packed_gemm_bf16.cpp), only where bf16_dot_available(): the CPU has
+// AVX512-BF16 and the active ISA (isa()) is AVX-512. Weights packed in pairs of k as ops.pack_weight_pairs lays them
+// out ((ceil(N / 64), K / 2, 64, 2) bf16, K even); fp32 sums and output; split over the calling thread pool as
+// packed_linear is (on the calling thread inside a parallel region).
+bool bf16_dot_available();
+// out (rows, N) = a (rows, K bf16; rows lda apart) · weight + bias (+ residual, rows ldr apart).
+void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
+                        const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo);
+// out (B, Ho·Wo, co) = the stride-s s×s conv of x (B, height·width, ci) bf16 tokens, the weight's K = s·s·ci in
+// (kh, kw, ci) order (sr_conv's).
+void sr_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
+                  int64_t width, int64_t ci, int64_t co, int64_t s);
+
 // y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all contiguous:
 // x (B, H·W, c_in), fc1_w (hidden, c_in), fc2_w (c_out, hidden) and y (B, H·W, c_out) of element type `elem`;
 // dw_wt (9, hidden) tap-major and the biases fp32 (biases may be nullptr). The widened hidden state only ever exists
@@ -142,6 +155,11 @@ struct ConvFfnArgs {
   int64_t batch, height, width, c_in, hidden, c_out;
   bool relu_input;
   Elem elem;
+  // bf16 runs: fc1_w / fc2_w packed in pairs (packed_linear_bf16) instead of MKL's bf16 GEMM; nullptr: MKL's.
+  const bf16* fc1_pairs = nullptr;
+  const bf16* fc2_pairs = nullptr;
+  // y = residual + fc2(...) (fp32, like y; nullptr: none), added to fc2's fp32 sums before y is rounded.
+  const float* residual = nullptr;
 };
 
 // Whether a BLAS sgemm is linked in (the conv FFN's GEMMs run on it); false on torch builds without one.

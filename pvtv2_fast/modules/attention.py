@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.linear_sra_pool import LINEAR_SRA_POOL_SIZE
+from ..ops.pvt_block import cpu_block_slower
 from ..ops.sr_conv import cpu_kernel_pays
 from ..ops.sra_layer import cpu_layer_slower
 from .fast_path import FastPath, token_map
@@ -149,11 +150,14 @@ class SpatialReductionAttention(FastPath, nn.Module):
         block module takes the whole block into the graph instead (``PvtV2Block._fused_block``)."""
         return not torch.compiler.is_compiling() and self.layer_runs(x, output_attentions, residual)
 
-    def layer_runs(self, x: torch.Tensor, output_attentions: bool, residual: Optional[torch.Tensor]) -> bool:
+    def layer_runs(
+        self, x: torch.Tensor, output_attentions: bool, residual: Optional[torch.Tensor], block: bool = False
+    ) -> bool:
         """Whether ``ops.sra_layer`` can take this call and "auto" would: inference on CPU tensors in fast mode with
         the C++ backends, SRA (not Linear SRA), no probabilities wanted, no active dropout, and where "auto" takes it
-        (``cpu_layer_slower``: fp32, heads up to 64 wide), or always with "cpu". Traceable (reads only the input's
-        device, dtype and shape)."""
+        (``cpu_layer_slower``: fp32, heads up to 64 wide), or always with "cpu". ``block``: the same for the C++
+        block around this layer (``ops.pvt_block``, whose "auto" also takes bf16 where ``cpu_block_slower`` says).
+        Traceable (reads only the input's device, dtype and shape)."""
         if (
             torch.is_grad_enabled()
             or not self.fast
@@ -167,11 +171,20 @@ class SpatialReductionAttention(FastPath, nn.Module):
         # Only where the C++ layer runs here (built, not switched off): otherwise the per-op path keeps whatever fused
         # kernels remain (e.g. Triton under its interpreter) instead of the op's reference fallback.
         runs = ops.OPS["sra_layer"].why_not("cpu", (x,)) is None
-        return runs and (self.op_backend == "cpu" or not cpu_layer_slower(x, self.num_attention_heads))
+        slower = cpu_block_slower if block else cpu_layer_slower
+        return runs and (self.op_backend == "cpu" or not slower(x, self.num_attention_heads))
+
+    def layer_tensors(self) -> list:
+        """The layer's tensors in ``ops.sra_layer``'s order (``ops.pvt_block.ATTENTION``: q, kv (concatenated),
+        proj, then the reduction's conv and LayerNorm, None without one)."""
+        q, proj = self.query, self.proj
+        sr = self.spatial_reduction if self.spatial_reduction_ratio > 1 else None
+        kv_weight, kv_bias = self._packed_kv_weights()
+        tensors = [q.weight, q.bias, kv_weight, kv_bias, proj.weight, proj.bias, sr.weight if sr is not None else None]
+        return tensors + ([sr.bias, self.layer_norm.weight, self.layer_norm.bias] if sr is not None else [None] * 3)
 
     def layer_inputs(self) -> Tuple[list, list, float]:
-        """The layer's tensors in ``ops.sra_layer``'s order (``ops.pvt_block.ATTENTION``: q, kv (concatenated), proj,
-        then the reduction's conv and LayerNorm, None without one), its packed weights (cached, see
+        """:meth:`layer_tensors`, their packed weights (``ops.pack_layer_weights``; cached, see
         :meth:`FastPath._inference_cache`) and the reduction norm's eps."""
         q, k, v, proj = self.query, self.key, self.value, self.proj
         sr = self.spatial_reduction if self.spatial_reduction_ratio > 1 else None
@@ -180,11 +193,8 @@ class SpatialReductionAttention(FastPath, nn.Module):
         params += (sr.weight, sr.bias, norm.weight, norm.bias) if sr is not None else ()
 
         def make():
-            kv_weight, kv_bias = self._packed_kv_weights()
-            sr_weight = sr.weight if sr is not None else None
-            tensors = [q.weight, q.bias, kv_weight, kv_bias, proj.weight, proj.bias, sr_weight]
-            tensors += [sr.bias, norm.weight, norm.bias] if sr is not None else [None, None, None]
-            return tensors, ops.pack_layer_weights(q.weight, kv_weight, proj.weight, sr_weight)
+            tensors = self.layer_tensors()
+            return tensors, ops.pack_layer_weights(tensors[0], tensors[2], tensors[4], tensors[6])
 
         # One entry keyed on every parameter (a per-call cost of a few microseconds per parameter).
         tensors, packed = self._inference_cache("sra_layer_pack", params, make)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..ops.pvt_block import packs_in_pairs
 from ..ops.registry import dispatch_generation
 from .attention import SpatialReductionAttention
 from .fast_path import derived_cache, inference_cache, registration_generation
@@ -149,20 +150,28 @@ class PvtV2Block(nn.Module):
     ) -> Optional[Callable[[torch.Tensor, int, int], torch.Tensor]]:
         """:meth:`_fused_block` decided and bound afresh (the bound block takes each call's map size)."""
         attn, mlp = self.attention, self.mlp
+        # bf16 with every GEMM in the C++ block (AVX512-BF16): its FFN is the block's own, not the module's oneDNN
+        # schedule.
+        pairs = packs_in_pairs(x, mlp.dense1.out_features)
         fused = (
-            attn.layer_runs(x, False, x)
+            attn.layer_runs(x, False, x, block=True)
             and mlp.fast
             and mlp.op_backend == attn.op_backend
             and mlp.hidden_act == "gelu"
             and not (self.training and (self.drop_path_active or mlp.dropout.p > 0))
-            and not mlp._onednn_schedule(x)
+            and (pairs or not mlp._onednn_schedule(x))
             and ops.OPS["pvt_block"].why_not("cpu", (x, None, None, (), None, None, ())) is None
         )
         if not fused:
             return None
-        attention, layer_packed, sr_eps = attn.layer_inputs()
         ln1, ln2, conv = self.layer_norm_1, self.layer_norm_2, mlp.dwconv.dwconv
         ffn = [mlp.dense1.weight, mlp.dense1.bias, conv.weight, conv.bias, mlp.dense2.weight, mlp.dense2.bias]
+        if pairs:  # packed in pairs once per bound block (no per-op path shares them)
+            attention, sr_eps = attn.layer_tensors(), attn.layer_norm.eps if attn.spatial_reduction_ratio > 1 else 1e-6
+            packed = ops.pack_block_weights(attention, ffn, pairs=True)
+        else:
+            attention, layer_packed, sr_eps = attn.layer_inputs()
+            packed = [*layer_packed, *mlp._packed_weights(x)]
         return ops.bind_pvt_block(
             x,
             height,
@@ -174,6 +183,6 @@ class PvtV2Block(nn.Module):
             ffn,
             eps=(ln1.eps, ln2.eps, sr_eps),
             relu_input=mlp.extra_relu,
-            packed=[*layer_packed, *mlp._packed_weights(x)],
+            packed=packed,
             backend=attn.op_backend,
         )

@@ -9,7 +9,7 @@ from .conv_ffn import conv_ffn, conv_ffn_reference
 from .dwconv_gelu import dwconv_gelu, dwconv_gelu_reference
 from .layer_norm import layer_norm, layer_norm_reference
 from .linear_sra_pool import linear_sra_pool, linear_sra_pool_reference
-from .packing import pack_weight
+from .packing import pack_weight, pack_weight_pairs
 from .pvt_block import bind_pvt_block, pack_block_weights, pvt_block, pvt_block_reference
 from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings, simulate, triton_status
 from .sr_conv import sr_conv, sr_conv_reference
@@ -35,6 +35,7 @@ __all__ = [
     "pack_block_weights",
     "pack_layer_weights",
     "pack_weight",
+    "pack_weight_pairs",
     "pvt_block",
     "pvt_block_reference",
     "reset_warnings",

@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _ext
+from .._ext import cpu_has_amx
 from .checks import check_params, describe
 from .conv_ffn import check_conv_ffn, conv_ffn_reference
-from .packing import pack_weight
+from .packing import pack_weight, pack_weight_pairs
 from .registry import define, register_native
+from .sra_attention import MAX_CPU_HEAD_DIM
 from .sra_layer import check_sra_layer, cpu_layer_slower, pack_layer_weights, sra_layer_reference
 
 # The tensors of `attention` and `ffn`, in order (sra_layer's and conv_ffn's arguments).
@@ -47,11 +50,47 @@ def pvt_block_reference(
     return x1 + conv_ffn_reference(h2, *ffn, height, width, relu_input)
 
 
-def pack_block_weights(attention: Sequence[Optional[Tensor]], ffn: Sequence[Optional[Tensor]]) -> List[Tensor]:
-    """The ``packed`` argument of :func:`pvt_block`: :func:`~pvtv2_fast.ops.pack_layer_weights` of the attention's
-    weights, then fc1's and fc2's (:func:`~pvtv2_fast.ops.pack_weight`); modules cache it for inference."""
-    layer = pack_layer_weights(attention[0], attention[2], attention[4], attention[6])
-    return layer + [pack_weight(ffn[0]), pack_weight(ffn[4])]
+def _bf16_dot() -> bool:
+    """Whether the C++ bf16 GEMM runs here (AVX512-BF16 under the AVX-512 kernels: ``_C.cpu_bf16_dot``); False
+    when PVTV2_FAST_CPU_ISA holds a bad value (the kernels' calls raise on it)."""
+    try:
+        return _ext.available() and bool(torch.ops.pvtv2_fast_C.cpu_bf16_dot())
+    except RuntimeError:
+        return False
+
+
+# Weights packed in pairs for the bf16 block's GEMMs where the CPU has AVX512-BF16 (read once: the ISA is fixed per
+# process). "auto" takes that block for bf16 only without AMX: on an AVX-512 EPYC (Zen 4, no AMX; 2 threads, two
+# models interleaved in one process) whole models ran 1.39x (b0) and 1.25x (b2) the per-op bf16 path (oneDNN's
+# linears and convs between the C++ attention and dwconv_gelu) at 224², 1.16x / 1.02x at 512², 1.03x / 1.01x at
+# 1024², 1.04x for b2 at batch 8, with a smaller error (RMS of b2's last state against fp32: 0.0099 vs 0.012). With
+# AMX, oneDNN's AMX GEMMs are several times AVX512-BF16's rate and the per-op path stays (not measured: no AMX
+# machine was at hand when this landed).
+BF16_PAIRS = _bf16_dot()
+NATIVE_BF16_BLOCK = BF16_PAIRS and not cpu_has_amx()
+
+
+def packs_in_pairs(x: Tensor, hidden: int) -> bool:
+    """Whether :func:`pack_block_weights` packs the weights of a block with an FFN ``hidden`` wide, for inputs like
+    ``x``, in pairs (bf16 GEMMs: bf16 where :data:`BF16_PAIRS`, every K even)."""
+    return x.dtype == torch.bfloat16 and BF16_PAIRS and x.shape[-1] % 2 == 0 and hidden % 2 == 0
+
+
+def pack_block_weights(
+    attention: Sequence[Optional[Tensor]], ffn: Sequence[Optional[Tensor]], pairs: Optional[bool] = None
+) -> List[Tensor]:
+    """The ``packed`` argument of :func:`pvt_block`: the attention's GEMM weights ``[q, kv, proj]`` (and ``sr``),
+    then fc1's and fc2's, through :func:`~pvtv2_fast.ops.pack_weight`, or in pairs
+    (:func:`~pvtv2_fast.ops.pack_weight_pairs`) for the bf16 block's GEMMs: ``pairs`` defaults to
+    :func:`packs_in_pairs` (bf16 weights, even channel counts, a CPU with AVX512-BF16). Modules cache it for
+    inference."""
+    if pairs is None:
+        pairs = packs_in_pairs(attention[0], ffn[0].shape[0])
+    if not pairs:
+        layer = pack_layer_weights(attention[0], attention[2], attention[4], attention[6])
+        return layer + [pack_weight(ffn[0]), pack_weight(ffn[4])]
+    weights = [attention[0], attention[2], attention[4]] + ([attention[6]] if attention[6] is not None else [])
+    return [pack_weight_pairs(w) for w in weights + [ffn[0], ffn[4]]]
 
 
 def _with_packed(args: tuple) -> tuple:
@@ -67,8 +106,16 @@ def _forward_only(args: Sequence) -> Optional[str]:
     return None
 
 
+def cpu_block_slower(x: Tensor, num_heads: int) -> bool:
+    """Where "auto" keeps the per-op composition rather than the C++ block: as for the C++ layer
+    (:func:`~pvtv2_fast.ops.sra_layer.cpu_layer_slower`), except bf16 where :data:`NATIVE_BF16_BLOCK`."""
+    if x.dtype == torch.bfloat16 and NATIVE_BF16_BLOCK and x.shape[2] % 2 == 0:
+        return x.shape[2] // num_heads > MAX_CPU_HEAD_DIM
+    return cpu_layer_slower(x, num_heads)
+
+
 def _cpu_slower(args: Sequence) -> bool:
-    return cpu_layer_slower(args[0], args[9])
+    return cpu_block_slower(args[0], args[9])
 
 
 # On CUDA the composition (SDPA, cuBLAS) stands in. The C++ block is forward-only: a call that needs gradients runs
@@ -106,8 +153,11 @@ def pvt_block(
 
     ``"cpu"``: one C++ call, forward-only (a call that needs gradients runs the reference): LayerNorm's row kernel,
     ``sra_layer``'s and ``conv_ffn``'s C++ code and the residual adds, with nothing between them in Python; fp32
-    compute (bf16 / fp16 through fp32 copies). On CUDA the composition stands in. Repeated calls on the same weights
-    can resolve and pack once: :func:`bind_pvt_block`.
+    compute (bf16 / fp16 through fp32 copies). bf16 with the weights packed in pairs (the default on CPUs with
+    AVX512-BF16, :func:`pack_block_weights`): every GEMM in bf16 × bf16 → fp32 on AVX512-BF16's dot product, the
+    GEMMs' inputs rounded to bf16 where the module run in bf16 rounds them, the residual stream in fp32, the output
+    rounded once. On CUDA the composition stands in. Repeated calls on the same weights can resolve and pack once:
+    :func:`bind_pvt_block`.
     """
     bound = bind_pvt_block(
         x, height, width, num_heads, norm1, attention, norm2, ffn, eps=eps, relu_input=relu_input, scale=scale,
@@ -153,6 +203,8 @@ def bind_pvt_block(
         raise ValueError(f"pvt_block: x must be (B, N, C) tokens, got {describe(x)}")
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"pvt_block: num_heads must be a positive int, got {num_heads!r}")
+    if packed is not None and getattr(packed[0], "ndim", 3) == 4 and x.dtype != torch.bfloat16:
+        raise ValueError(f"pvt_block: weights packed in pairs are for bf16 inputs, got x {describe(x)}")
     c = x.shape[2]
     scale = (c // num_heads) ** -0.5 if scale is None else float(scale)
     args = (x, *norm1, attention, *norm2, ffn, height, width, num_heads, scale, [float(e) for e in eps], relu_input,
@@ -162,6 +214,9 @@ def bind_pvt_block(
     # Python checks of its ~30 tensors measured ~80 us per call (a tenth of b0's 7² block): only the composition's
     # backends are checked here.
     if chosen != "cpu":
+        # The composition does not read packed weights; those packed in pairs (bf16 GEMMs) are the C++ block's alone.
+        if packed is not None and getattr(packed[0], "ndim", 3) == 4:
+            packed = None
         check_sra_layer("pvt_block", x, *attention[:6], height, width, num_heads, *attention[6:], None,
                         packed[:n_layer] if packed is not None else None)  # fmt: skip
         if not isinstance(ffn[4], Tensor) or ffn[4].ndim != 2 or ffn[4].shape[0] != c:

@@ -67,7 +67,9 @@ def sr_conv(
     """x: ``(B, H·W, Ci)`` tokens of an H×W map; weight ``(Co, Ci, s, s)``, bias ``(Co,)`` or None. Returns the
     ``(B, ⌊H/s⌋·⌊W/s⌋, Co)`` tokens of ``conv2d(map, weight, bias, stride=s)`` (rows and columns past the last whole
     window are dropped, as the conv does). ``packed``: :func:`~pvtv2_fast.ops.pack_weight` of the weight, cached by
-    the caller (packed per call for the C++ kernel otherwise).
+    the caller (packed per call for the C++ kernel otherwise); for bf16 ``x`` also
+    :func:`~pvtv2_fast.ops.pack_weight_pairs` of it, which runs the C++ kernel's bf16 GEMM (bf16 products, fp32 sums,
+    one rounding; AVX512-BF16 CPUs), the spatial reduction of ``pvt_block``'s bf16 path.
 
     ``"cpu"``: a C++ kernel (fp32 compute; bf16 / fp16 through fp32 copies) whose register tiles of output pixels ×
     64 channels read each window's rows in place (channels-last: s·Ci contiguous values per kernel row). On CUDA,
@@ -85,7 +87,9 @@ def sr_conv(
         {
             "weight": (weight, (co, x.shape[2], s, s)),
             "bias": (bias, (co,)),
-            "packed": (packed, packed_shape(co, s * s * ci)),
+            "packed": (packed, packed_shape(co, s * s * ci, pairs=getattr(packed, "ndim", 3) == 4)),
         },
     )
+    if getattr(packed, "ndim", 3) == 4 and x.dtype != torch.bfloat16:
+        raise ValueError(f"sr_conv: a weight packed in pairs is for bf16 inputs, got x {x.dtype}")
     return OP(backend, x, weight, bias, height, width, packed)

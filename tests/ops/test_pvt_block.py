@@ -2,12 +2,16 @@
 backend this machine has (the C++ CPU block, forward-only), against its PyTorch composition; and the block module's
 use of it."""
 
+import sys
+
 import pytest
 import torch
 from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
 
 from pvtv2_fast import PvtV2Config, ops, preset_names
 from pvtv2_fast.validation import stage_shapes
+
+BF16_PAIRS = sys.modules["pvtv2_fast.ops.pvt_block"].BF16_PAIRS
 
 BACKENDS = fused_backends("pvt_block")
 
@@ -68,9 +72,28 @@ def test_preset_stages(backend, device, case, batch, dtype):
     _, c, heads, s, hidden, h, w = case
     x = randn(batch, h * w, c, seed=c, device=device, dtype=dtype)
     parts = _block(c, s, hidden, dtype=dtype, device=device)
-    _check(backend, x, parts, h, heads, case[0])
-    packed = ops.pack_block_weights(parts[1], parts[3])
+    if dtype == torch.bfloat16 and BF16_PAIRS:  # packed in pairs by default: bf16 GEMMs (test_bf16_pairs_*)
+        _check_bf16_pairs(x, parts, h, heads, case[0])
+    else:
+        _check(backend, x, parts, h, heads, case[0])
+    packed = ops.pack_block_weights(parts[1], parts[3], pairs=False)
     _check(backend, x, parts, h, heads, case[0] + " packed", packed=packed)
+
+
+def _check_bf16_pairs(x, parts, h, heads, what, **kw):
+    """The bf16 block with its weights packed in pairs (every GEMM bf16 × bf16 → fp32 on AVX512-BF16, only the GEMMs'
+    inputs and the output rounded), packed by the op (the default here) and passed: against a float64 reference, its
+    RMS error is at most the bf16 composition's (measured about 0.65x of it on the presets' stages) and its max
+    error, a few bf16 ulps where intermediate values round, within 1.25x the composition's."""
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    exact = _call(x.double(), [[d(t) for t in p] for p in parts], h, heads, "torch", **kw)
+    ref = _call(x, parts, h, heads, "torch", **kw).double() - exact
+    packed = ops.pack_block_weights(parts[1], parts[3], pairs=True)
+    for out in (_call(x, parts, h, heads, "cpu", **kw), _call(x, parts, h, heads, "cpu", packed=packed, **kw)):
+        assert out.dtype == torch.bfloat16 and out.shape == x.shape, what
+        err = out.double() - exact
+        assert err.norm() <= ref.norm(), (what, err.norm().item(), ref.norm().item())
+        assert err.abs().max() <= 1.25 * ref.abs().max(), (what, err.abs().max().item(), ref.abs().max().item())
 
 
 @pytest.mark.parametrize(
@@ -82,10 +105,17 @@ def test_preset_stages(backend, device, case, batch, dtype):
         (1, 64, 1, 512, 56, 56, 8, False),  # a whole 224² stage-1 block of b2 (conv_ffn's bands)
     ],
 )
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_odd_shapes(backend, device, b, c, heads, hidden, h, w, s, relu):
-    x = randn(b, h * w, c, seed=h * w, device=device)
-    _check(backend, x, _block(c, s, hidden, device=device), h, heads, "odd", relu_input=relu, eps=(1e-5, 1e-6, 1e-5))
+def test_odd_shapes(backend, device, b, c, heads, hidden, h, w, s, relu, dtype):
+    """Also bf16 through fp32 copies and, where the CPU has AVX512-BF16, packed in pairs (even channel counts: the
+    40- and 96-channel cases cut tiles of 64 columns short)."""
+    x = randn(b, h * w, c, seed=h * w, device=device, dtype=dtype)
+    parts = _block(c, s, hidden, device=device, dtype=dtype)
+    kw = dict(relu_input=relu, eps=(1e-5, 1e-6, 1e-5))
+    _check(backend, x, parts, h, heads, "odd", packed=ops.pack_block_weights(parts[1], parts[3], pairs=False), **kw)
+    if dtype == torch.bfloat16 and BF16_PAIRS and c % 2 == 0:
+        _check_bf16_pairs(x, parts, h, heads, "odd", **kw)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -150,8 +180,9 @@ def _bad(change):
         (dict(ffn2=randn(32, 1, 3, 2, device="cpu")), r"dw_weight must be \(32, 1, 3, 3\)"),
         (dict(packed=[randn(1, 16, 64, device="cpu")] * 3), "packed must hold 6 tensors"),
         (dict(eps=(1e-6, 1e-6)), "3 eps"),
+        (dict(packed=[randn(1, 8, 64, 2, device="cpu")] * 6), "packed in pairs are for bf16 inputs"),
     ],
-    ids=["q-shape", "norm-without-sr", "fc2-out", "dw-shape", "packed-count", "eps-count"],
+    ids=["q-shape", "norm-without-sr", "fc2-out", "dw-shape", "packed-count", "eps-count", "pairs-for-fp32"],
 )
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_bad_input_is_a_clear_error(change, match, backend):
@@ -201,6 +232,36 @@ def test_block_module_runs_it_for_fp32_inference(preset, monkeypatch):
         assert (len(binds), len(calls)) == (2 * depth + 1, 4 * depth)
     fast(x).last_hidden_state.sum().backward()
     assert len(calls) == 4 * depth
+
+
+@pytest.mark.skipif(not BF16_PAIRS, reason="the bf16 block needs a CPU with AVX512-BF16 (and the AVX-512 kernels)")
+@pytest.mark.parametrize("amx", [False, True], ids=["no-amx", "amx"])
+def test_block_module_runs_it_for_bf16_inference_without_amx(monkeypatch, amx):
+    """bf16 CPU inference in fast mode ("auto") runs each SRA block as one ops.pvt_block with its weights packed in
+    pairs where the CPU has AVX512-BF16 and no AMX, bound once per block, and is no less accurate than the model run
+    in bf16 (RMS of the last hidden state against fp32's); with AMX the per-op path (oneDNN's AMX kernels) stays."""
+    from bench.candidates import reference_model
+
+    monkeypatch.setattr(sys.modules["pvtv2_fast.ops.pvt_block"], "NATIVE_BF16_BLOCK", not amx)
+    model = reference_model("b0")
+    x = torch.randn(2, 3, 97, 131, generator=torch.Generator().manual_seed(0))
+    binds, real = [], ops.bind_pvt_block
+
+    def counted(*a, **k):
+        binds.append(k["packed"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(ops, "bind_pvt_block", counted)
+    with torch.no_grad():
+        exact = model(x).last_hidden_state
+        model.to(torch.bfloat16)
+        ref = (model(x.bfloat16()).last_hidden_state.float() - exact).norm()
+        fast = model.set_fast(True)
+        for _ in range(2):
+            err = (fast(x.bfloat16()).last_hidden_state.float() - exact).norm()
+            assert err <= ref, (err.item(), ref.item())
+    assert len(binds) == (0 if amx else sum(model.config.depths))
+    assert all(packed[0].ndim == 4 and packed[0].dtype == torch.bfloat16 for packed in binds)
 
 
 def test_bound_blocks_follow_new_modules_and_dispatch(monkeypatch):

@@ -1,6 +1,8 @@
 """``ops.sr_conv``, the spatial-reduction conv (stride-s s×s conv of a token map), on every fused backend this
 machine has (the C++ CPU kernel, fp32), against ``F.conv2d``; and the attention module's use of it."""
 
+import sys
+
 import pytest
 import torch
 from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
@@ -23,6 +25,7 @@ def _cases():
 
 
 CASES = _cases()
+BF16_PAIRS = sys.modules["pvtv2_fast.ops.pvt_block"].BF16_PAIRS
 
 
 def _check(backend, device, x, weight, bias, h, w, packed=None, what="sr_conv"):
@@ -84,6 +87,56 @@ def test_gemm_splits(backend, device, ci, co, rows, threads):
         _check(backend, device, x, weight, randn(co, seed=seed, device=device), rows, 1)
     finally:
         torch.set_num_threads(saved)
+
+
+@pytest.mark.skipif(not BF16_PAIRS, reason="the bf16 GEMM needs a CPU with AVX512-BF16 (and the AVX-512 kernels)")
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "b,ci,co,h,w,s",
+    [
+        (1, 1280, 320, 1, 97, 1),  # fc2 at b2's 14² stage over 97 rows: (block, row tile) units, unequal chunks
+        (1, 320, 1280, 7, 7, 1),  # fc1 at 49 tokens: column split of a 0.8 MB weight
+        (1, 64, 160, 14, 14, 1),  # 2.5 blocks: a half tile (NV = 2) last
+        (2, 512, 1024, 14, 14, 1),  # two images, 392 rows
+        (2, 40, 37, 9, 10, 3),  # columns off the 16-lane vectors; windows of 3 rows of 120 values
+        (3, 64, 100, 13, 6, 2),  # the sr conv: segments, maps off the stride
+        (1, 64, 64, 56, 56, 8),  # b2's 224² stage-1 reduction
+        (1, 2, 1, 1, 1, 1),  # one pair, one column
+    ],
+)
+def test_bf16_pairs_gemm(b, ci, co, h, w, s, threads):
+    """A bf16 weight packed in pairs (ops.pack_weight_pairs) runs the C++ bf16 GEMM (AVX512-BF16 pair dot products,
+    fp32 sums, one rounding): within bf16's one-rounding tolerance of the fp32 reference on the same bf16 values,
+    over 1-3 threads and every way split_gemm shares the GEMM."""
+    seed = 100 * b + 7 * h + threads
+    x = randn(b, h * w, ci, seed=seed, device="cpu", dtype=torch.bfloat16)
+    weight = _weight(co, ci, s, seed=seed + 1).to(torch.bfloat16)
+    bias = randn(co, seed=seed + 2, device="cpu", dtype=torch.bfloat16)
+    packed = ops.pack_weight_pairs(weight)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check("cpu", "cpu", x, weight, bias, h, w, packed, what="pairs")
+    finally:
+        torch.set_num_threads(saved)
+    with pytest.raises(ValueError, match="packed in pairs is for bf16 inputs"):
+        ops.sr_conv(x.float(), weight.float(), None, h, w, packed.float(), backend="cpu")
+
+
+def test_pack_pairs_layout():
+    """(ceil(N / 64), K / 2, 64, 2): block b, pair p, lane o holds weight[64·b + o, 2p : 2p + 2] (K in pack_weight's
+    order); zero past N; bf16 with an even K only."""
+    weight = torch.randn(70, 3, 2, 2).bfloat16()
+    packed = ops.pack_weight_pairs(weight)
+    flat = weight.permute(0, 2, 3, 1).reshape(70, 12)
+    assert packed.shape == (2, 6, 64, 2) and packed.is_contiguous()
+    for o, p in ((0, 0), (65, 3), (69, 5), (63, 2)):
+        assert torch.equal(packed[o // 64, p, o % 64], flat[o, 2 * p : 2 * p + 2])
+    assert not packed[1, :, 6:].any()
+    with pytest.raises(ValueError, match="bf16 weight with an even K"):
+        ops.pack_weight_pairs(torch.randn(4, 6))
+    with pytest.raises(ValueError, match="bf16 weight with an even K"):
+        ops.pack_weight_pairs(torch.randn(4, 5).bfloat16())
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

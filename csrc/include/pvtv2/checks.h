@@ -167,7 +167,15 @@ inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::op
   CHECK_LIKE(bias, x);
   CHECK_SHAPE(bias, weight.size(0));
   CHECK_LIKE(packed, x);
-  CHECK_SHAPE(packed, pack_blocks(weight.size(0)), s * s * x.size(2), kPackBlock);
+  // bf16 only: the weight packed in pairs of k (ops.pack_weight_pairs) for the bf16 GEMM.
+  const bool pairs = packed.dim() == 4;
+  TORCH_CHECK(!pairs || x.scalar_type() == at::kBFloat16, op, ": a weight packed in pairs is for bf16 inputs, got x ",
+              x.scalar_type());
+  TORCH_CHECK(!pairs || x.size(2) % 2 == 0, op, ": a weight packed in pairs needs an even channel count, got ",
+              x.size(2));
+  const std::vector<int64_t> expected = packed_shape(weight.size(0), s * s * x.size(2), pairs);
+  TORCH_CHECK(packed.sizes() == at::IntArrayRef(expected), op, ": packed must be ", shape_str(expected), ", got ",
+              shape_str(packed.sizes()));
 }
 
 // q (B, N, C) queries; k and v (B, M, C) keys and values (any strides, e.g. views into one (B, M, 2C) projection);
@@ -203,8 +211,8 @@ inline void sra_layer(const at::Tensor& x, const at::Tensor& q_weight, const c10
                       const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
                       const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                       const c10::optional<at::Tensor>& residual, int64_t height, int64_t width, int64_t num_heads,
-                      double scale, double eps, at::TensorList packed) {
-  const char* op = "sra_layer";
+                      double scale, double eps, at::TensorList packed, bool pairs = false,
+                      const char* op = "sra_layer") {
   token_map(op, x, height, width);
   const int64_t C = x.size(2);
   TORCH_CHECK(C >= 1, op, ": x has no channels (C = 0)");
@@ -250,11 +258,9 @@ inline void sra_layer(const at::Tensor& x, const at::Tensor& q_weight, const c10
   TORCH_CHECK(packed.size() == expected, op, ": packed must hold the ", expected, " packed weights [q, kv, proj",
               reduce ? ", sr" : "", "] (ops.pack_weight), got ", packed.size());
   const char* names[4] = {"packed[0] (q)", "packed[1] (kv)", "packed[2] (proj)", "packed[3] (sr)"};
-  const int64_t blocks = pack_blocks(C);
-  const std::vector<int64_t> shapes[4] = {{blocks, C, kPackBlock},
-                                          {pack_blocks(2 * C), C, kPackBlock},
-                                          {blocks, C, kPackBlock},
-                                          {blocks, s * s * C, kPackBlock}};
+  if (pairs) TORCH_CHECK(C % 2 == 0, op, ": weights packed in pairs need an even channel count, got C = ", C);
+  const std::vector<int64_t> shapes[4] = {packed_shape(C, C, pairs), packed_shape(2 * C, C, pairs),
+                                          packed_shape(C, C, pairs), packed_shape(C, s * s * C, pairs)};
   for (size_t i = 0; i < expected; ++i) {
     like(op, names[i], &packed[i], x, "x");
     TORCH_CHECK(packed[i].sizes() == at::IntArrayRef(shapes[i]), op, ": ", names[i], " must be ",
@@ -278,8 +284,7 @@ inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c1
                      const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
                      const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
                      int64_t width, const c10::optional<at::Tensor>& fc1_packed,
-                     const c10::optional<at::Tensor>& fc2_packed) {
-  const char* op = "conv_ffn";
+                     const c10::optional<at::Tensor>& fc2_packed, bool pairs = false, const char* op = "conv_ffn") {
   token_map(op, x, height, width);
   CHECK_LIKE(fc1_weight, x);
   CHECK_DIM(fc1_weight, 2);
@@ -300,10 +305,18 @@ inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c1
   CHECK_SHAPE(fc2_bias, c_out);
   TORCH_CHECK(fc1_packed.has_value() == fc2_packed.has_value(), op,
               ": pass both fc1_packed and fc2_packed (ops.pack_weight of each weight) or neither");
-  CHECK_LIKE(fc1_packed, x);
-  CHECK_SHAPE(fc1_packed, pack_blocks(hidden), c_in, kPackBlock);
-  CHECK_LIKE(fc2_packed, x);
-  CHECK_SHAPE(fc2_packed, pack_blocks(c_out), hidden, kPackBlock);
+  if (pairs)
+    TORCH_CHECK(c_in % 2 == 0 && hidden % 2 == 0, op, ": weights packed in pairs need even channel counts, got c_in ",
+                c_in, " and hidden ", hidden);
+  const std::vector<int64_t> shapes[2] = {packed_shape(hidden, c_in, pairs), packed_shape(c_out, hidden, pairs)};
+  const char* names[2] = {"fc1_packed", "fc2_packed"};
+  const c10::optional<at::Tensor>* given[2] = {&fc1_packed, &fc2_packed};
+  for (int i = 0; i < 2; ++i) {
+    if (!given[i]->has_value()) continue;
+    like(op, names[i], get(*given[i]), x, "x");
+    TORCH_CHECK((*given[i])->sizes() == at::IntArrayRef(shapes[i]), op, ": ", names[i], " must be ",
+                shape_str(at::IntArrayRef(shapes[i])), ", got ", shape_str((*given[i])->sizes()));
+  }
 }
 
 // A whole block (ops.pvt_block): x (B, H·W, C); the two LayerNorms' weight / bias (C,) or absent; attention the 10
@@ -339,14 +352,18 @@ inline void pvt_block(const at::Tensor& x, const c10::optional<at::Tensor>& norm
   const size_t n_attn = reduce ? 4 : 3;
   TORCH_CHECK(packed.size() == n_attn + 2, op, ": packed must hold ", n_attn + 2,
               " packed weights (the layer's, then fc1's and fc2's: ops.pack_block_weights), got ", packed.size());
+  // bf16 weights packed in pairs of k (ops.pack_block_weights where the CPU has AVX512-BF16) are 4-D.
+  const bool pairs = packed[0].dim() == 4;
+  TORCH_CHECK(!pairs || x.scalar_type() == at::kBFloat16, op, ": weights packed in pairs are for bf16 inputs, got x ",
+              x.scalar_type());
   sra_layer(x, *attention.get(0), attention.get(1), *attention.get(2), attention.get(3), *attention.get(4),
             attention.get(5), attention.get(6), attention.get(7), attention.get(8), attention.get(9), x, height, width,
-            num_heads, scale, eps[2], packed.slice(0, n_attn));
+            num_heads, scale, eps[2], packed.slice(0, n_attn), pairs);
   const at::Tensor& fc2_weight = *ffn.get(4);
   TORCH_CHECK(fc2_weight.dim() == 2 && fc2_weight.size(0) == C, op, ": fc2_weight (ffn[4]) must map back to the ", C,
               " channels of x, got ", shape_str(fc2_weight.sizes()));
   conv_ffn(x, *ffn.get(0), ffn.get(1), *ffn.get(2), ffn.get(3), fc2_weight, ffn.get(5), height, width,
-           packed[n_attn], packed[n_attn + 1]);
+           packed[n_attn], packed[n_attn + 1], pairs);
 }
 
 
