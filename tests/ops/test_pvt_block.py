@@ -143,9 +143,11 @@ def test_calls_that_need_gradients_run_the_reference(backend, device):
         torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_compile_and_export_keep_the_fused_node(backend, device):
-    x, parts = randn(1, 35, 16, seed=12, device=device), _block(16, 2, 32, device=device)
+def test_compile_and_export_keep_the_fused_node(backend, device, dtype):
+    """Also bf16, whose weights are packed in pairs where the CPU has AVX512-BF16 (the fake kernel checks them)."""
+    x, parts = randn(1, 35, 16, seed=12, device=device, dtype=dtype), _block(16, 2, 32, device=device, dtype=dtype)
     packed = ops.pack_block_weights(parts[1], parts[3])
 
     class Block(torch.nn.Module):
