@@ -130,6 +130,9 @@ bool bf16_dot_available();
 // out (rows, N) = a (rows, K bf16; rows lda apart) · weight + bias (+ residual, rows ldr apart).
 void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
                         const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo);
+// The same with out rounded to bf16 once (round to nearest even).
+void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
+                        const float* bias, const float* residual, int64_t ldr, bf16* out, int64_t ldo);
 // out (B, Ho·Wo, co) = the stride-s s×s conv of x (B, height·width, ci) bf16 tokens, the weight's K = s·s·ci in
 // (kh, kw, ci) order (sr_conv's).
 void sr_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,

@@ -38,10 +38,26 @@ constexpr int kRows = 6;                                 // packed_gemm_tile_row
 constexpr int kPrefetchPairs = 16;                       // 4 KB ahead in a block's weights, as packed_gemm.h
 constexpr int64_t kChunkTiles = 8;
 
-// Rows a[0..R) × nc (<= NV·16) columns from `col` of one packed block pk ((K / 2, 64, 2) bf16 as uint32 pairs).
-template <int NV, int R>
+// fp32 → bf16, round to nearest even, NaN kept quiet (c10::BFloat16's rounding), for the columns past a tile's
+// vectors.
+inline uint16_t round_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if (v != v) return 0x7fc0;
+  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+inline void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store(uint16_t* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+}
+inline void store1(float* p, float v) { *p = v; }
+inline void store1(uint16_t* p, float v) { *p = round_bf16(v); }
+
+// Rows a[0..R) × nc (<= NV·16) columns from `col` of one packed block pk ((K / 2, 64, 2) bf16 as uint32 pairs); out
+// fp32, or bf16 (O = uint16_t: the sums rounded once, as vcvtneps2bf16 does).
+template <int NV, int R, typename O>
 void tile(const uint16_t* const* a, int64_t segs, int64_t seg_pairs, int64_t seg_stride, const uint32_t* pk,
-          int64_t col, const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo, int64_t nc) {
+          int64_t col, const float* bias, const float* residual, int64_t ldr, O* out, int64_t ldo, int64_t nc) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -67,7 +83,7 @@ void tile(const uint16_t* const* a, int64_t segs, int64_t seg_pairs, int64_t seg
         __m512 y = acc[r][v];
         if (bias) y = _mm512_add_ps(y, _mm512_loadu_ps(bias + v * kW));
         if (residual) y = _mm512_add_ps(y, _mm512_loadu_ps(residual + r * ldr + v * kW));
-        _mm512_storeu_ps(out + r * ldo + v * kW, y);
+        store(out + r * ldo + v * kW, y);
       }
     return;
   }
@@ -78,30 +94,30 @@ void tile(const uint16_t* const* a, int64_t segs, int64_t seg_pairs, int64_t seg
       float y = tmp[c];
       if (bias) y += bias[c];
       if (residual) y += residual[r * ldr + c];
-      out[r * ldo + c] = y;
+      store1(out + r * ldo + c, y);
     }
   }
 }
 
 // tile<NV, np> for a runtime np in [1, kRows].
-template <int NV, int R = kRows>
+template <int NV, typename O, int R = kRows>
 void rows_tile(const uint16_t* const* a, int np, int64_t segs, int64_t seg_pairs, int64_t seg_stride,
-               const uint32_t* pk, int64_t col, const float* bias, const float* residual, int64_t ldr, float* out,
+               const uint32_t* pk, int64_t col, const float* bias, const float* residual, int64_t ldr, O* out,
                int64_t ldo, int64_t nc) {
   if constexpr (R > 1) {
     if (np < R) {
-      rows_tile<NV, R - 1>(a, np, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
+      rows_tile<NV, O, R - 1>(a, np, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
       return;
     }
   }
-  tile<NV, R>(a, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
+  tile<NV, R, O>(a, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
 }
 
 // Rows row_ptr(r) (segs segments of 2·seg_pairs values, seg_stride values apart) × the column blocks [cb0, cb1), on
 // the calling thread: packed_gemm.h's sweep.
-template <typename RowPtr>
+template <typename RowPtr, typename O>
 void sweep(const RowPtr& row_ptr, int64_t n_rows, int64_t segs, int64_t seg_pairs, int64_t seg_stride,
-           const uint16_t* packed, int64_t N, const float* bias, const float* residual, int64_t ldr, float* out,
+           const uint16_t* packed, int64_t N, const float* bias, const float* residual, int64_t ldr, O* out,
            int64_t ldo, int64_t cb0, int64_t cb1) {
   const int64_t K2 = segs * seg_pairs;  // pairs of k
   const int64_t tiles = (n_rows + kRows - 1) / kRows;
@@ -122,21 +138,20 @@ void sweep(const RowPtr& row_ptr, int64_t n_rows, int64_t segs, int64_t seg_pair
           const int64_t nc = std::min<int64_t>(N - n0, 4 * kW);
           const float* b = bias ? bias + n0 : nullptr;
           const float* rs = res ? res + n0 : nullptr;
-          float* o = out + r0 * ldo + n0;
+          O* o = out + r0 * ldo + n0;
           if (nc <= 2 * kW)
-            rows_tile<2>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
+            rows_tile<2, O>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
           else
-            rows_tile<4>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
+            rows_tile<4, O>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
         }
       }
     }
   }
 }
 
-}  // namespace
-
-void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
-                        const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo) {
+template <typename O>
+void linear(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N, const float* bias,
+            const float* residual, int64_t ldr, O* out, int64_t ldo) {
   const uint16_t* ap = reinterpret_cast<const uint16_t*>(a);
   const uint16_t* pk = reinterpret_cast<const uint16_t*>(packed);
   // split_gemm sizes the weight in fp32 values: K / 2 of them per column is the bf16 weight's size.
@@ -145,6 +160,18 @@ void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, con
     sweep([base, lda](int64_t r) { return base + r * lda; }, r1 - r0, 1, K / 2, 0, pk, N, bias,
           residual ? residual + r0 * ldr : nullptr, ldr, out + r0 * ldo, ldo, cb0, cb1);
   });
+}
+
+}  // namespace
+
+void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
+                        const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo) {
+  linear(a, lda, rows, K, packed, N, bias, residual, ldr, out, ldo);
+}
+
+void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
+                        const float* bias, const float* residual, int64_t ldr, bf16* out, int64_t ldo) {
+  linear(a, lda, rows, K, packed, N, bias, residual, ldr, reinterpret_cast<uint16_t*>(out), ldo);
 }
 
 void sr_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
@@ -169,6 +196,10 @@ void sr_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* o
 #else
 void packed_linear_bf16(const bf16*, int64_t, int64_t, int64_t, const bf16*, int64_t, const float*, const float*,
                         int64_t, float*, int64_t) {
+  TORCH_CHECK(false, "the bf16 packed GEMM needs an x86-64 CPU with AVX512-BF16");
+}
+void packed_linear_bf16(const bf16*, int64_t, int64_t, int64_t, const bf16*, int64_t, const float*, const float*,
+                        int64_t, bf16*, int64_t) {
   TORCH_CHECK(false, "the bf16 packed GEMM needs an x86-64 CPU with AVX512-BF16");
 }
 void sr_conv_bf16(const bf16*, const bf16*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
