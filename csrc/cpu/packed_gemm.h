@@ -141,24 +141,19 @@ struct PackedGemm {
     tile<NVt, R>(a, segs, seg_len, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
   }
 
-  // Tiles per chunk (sweep): a few hundred KB of A at the FFN's K, in L2.
-  static constexpr int64_t kChunkTiles = 8;
-
   // out (rows, N) = rows · weight + bias (+ residual, rows ldr apart), over the column blocks [cb0, cb1), on the
   // calling thread; row_ptr(r) gives row r's first segment (segs segments of seg_len values, seg_stride apart). Rows
-  // go in chunks of about kChunkTiles tiles; each chunk sweeps the column blocks, and each block its chunk's tiles: the
-  // block's (K, 64) weights are reused from L1/L2 across the chunk, the chunk's rows from L2 across the blocks.
+  // go in chunks of about kGemmChunkTiles tiles; each chunk sweeps the column blocks, and each block its chunk's
+  // tiles: the block's (K, 64) weights are reused from L1/L2 across the chunk, the chunk's rows from L2 across the
+  // blocks.
   // Measured against other orders on one core (AVX-512, the FFN's fc1 / fc2 shapes at 224²-512²): within a few % of
   // the best of them everywhere, while sweeping all blocks per tile lost up to 25% once the weight passes L2
-  // (2048 × 512). The chunks are of equal size (8 ± 4 tiles), not 8 tiles and a remainder: a last chunk of one row
-  // streams the whole weight again for it (49 tokens ran 1.14x the time of 48).
+  // (2048 × 512). Chunks of equal size: gemm_chunk_rows (pvtv2/packing.h).
   template <typename RowPtr>
   static void sweep(const RowPtr& row_ptr, int64_t n_rows, int64_t segs, int64_t seg_len, int64_t seg_stride,
                     const float* packed, int64_t N, const float* bias, const float* residual, int64_t ldr, float* out,
                     int64_t ldo, int64_t cb0, int64_t cb1) {
-    const int64_t tiles = (n_rows + kRows - 1) / kRows;
-    const int64_t chunks = std::max<int64_t>(1, (tiles + kChunkTiles / 2) / kChunkTiles);
-    const int64_t chunk_rows = (tiles + chunks - 1) / chunks * kRows;
+    const int64_t chunk_rows = gemm_chunk_rows(n_rows, kRows);
     for (int64_t c0 = 0; c0 < n_rows; c0 += chunk_rows) {
       const int64_t c1 = std::min(c0 + chunk_rows, n_rows);
       for (int64_t cb = cb0; cb < cb1; ++cb) {

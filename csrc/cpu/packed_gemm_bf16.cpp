@@ -36,7 +36,6 @@ constexpr int kW = 16;                                   // fp32 lanes
 constexpr int kBlock = static_cast<int>(kPackBlock);     // columns per packed block
 constexpr int kRows = 6;                                 // packed_gemm_tile_rows() on AVX-512
 constexpr int kPrefetchPairs = 16;                       // 4 KB ahead in a block's weights, as packed_gemm.h
-constexpr int64_t kChunkTiles = 8;
 
 // fp32 → bf16, round to nearest even, NaN kept quiet (c10::BFloat16's rounding), for the columns past a tile's
 // vectors.
@@ -120,9 +119,7 @@ void sweep(const RowPtr& row_ptr, int64_t n_rows, int64_t segs, int64_t seg_pair
            const uint16_t* packed, int64_t N, const float* bias, const float* residual, int64_t ldr, O* out,
            int64_t ldo, int64_t cb0, int64_t cb1) {
   const int64_t K2 = segs * seg_pairs;  // pairs of k
-  const int64_t tiles = (n_rows + kRows - 1) / kRows;
-  const int64_t chunks = std::max<int64_t>(1, (tiles + kChunkTiles / 2) / kChunkTiles);
-  const int64_t chunk_rows = (tiles + chunks - 1) / chunks * kRows;
+  const int64_t chunk_rows = gemm_chunk_rows(n_rows, kRows);
   for (int64_t c0 = 0; c0 < n_rows; c0 += chunk_rows) {
     const int64_t c1 = std::min(c0 + chunk_rows, n_rows);
     for (int64_t cb = cb0; cb < cb1; ++cb) {

@@ -183,6 +183,11 @@ class SpatialReductionAttention(FastPath, nn.Module):
         tensors = [q.weight, q.bias, kv_weight, kv_bias, proj.weight, proj.bias, sr.weight if sr is not None else None]
         return tensors + ([sr.bias, self.layer_norm.weight, self.layer_norm.bias] if sr is not None else [None] * 3)
 
+    @property
+    def reduction_eps(self) -> float:
+        """The reduction LayerNorm's eps (``ops.sra_layer``'s ``eps``; unused without a reduction)."""
+        return self.layer_norm.eps if self.spatial_reduction_ratio > 1 else 1e-6
+
     def layer_inputs(self) -> Tuple[list, list, float]:
         """:meth:`layer_tensors`, their packed weights (``ops.pack_layer_weights``; cached, see
         :meth:`FastPath._inference_cache`) and the reduction norm's eps."""
@@ -198,7 +203,7 @@ class SpatialReductionAttention(FastPath, nn.Module):
 
         # One entry keyed on every parameter (a per-call cost of a few microseconds per parameter).
         tensors, packed = self._inference_cache("sra_layer_pack", params, make)
-        return tensors, packed, norm.eps if norm is not None else 1e-6
+        return tensors, packed, self.reduction_eps
 
     def _sra_layer(self, x: torch.Tensor, height: int, width: int, residual: Optional[torch.Tensor]) -> torch.Tensor:
         """:meth:`forward` as one ``ops.sra_layer`` call, on weights packed once and cached."""

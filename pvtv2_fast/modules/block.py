@@ -167,7 +167,7 @@ class PvtV2Block(nn.Module):
         ln1, ln2, conv = self.layer_norm_1, self.layer_norm_2, mlp.dwconv.dwconv
         ffn = [mlp.dense1.weight, mlp.dense1.bias, conv.weight, conv.bias, mlp.dense2.weight, mlp.dense2.bias]
         if pairs:  # packed in pairs once per bound block (no per-op path shares them)
-            attention, sr_eps = attn.layer_tensors(), attn.layer_norm.eps if attn.spatial_reduction_ratio > 1 else 1e-6
+            attention, sr_eps = attn.layer_tensors(), attn.reduction_eps
             packed = ops.pack_block_weights(attention, ffn, pairs=True)
         else:
             attention, layer_packed, sr_eps = attn.layer_inputs()
