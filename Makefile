@@ -55,13 +55,14 @@ gpu-check:
 	$(GPU_PY) -m bench.gpu_quick $(GPU_CHECK_ARGS)
 
 # The CPU kernels built with AddressSanitizer (build/asan, the normal build is untouched), then the C++ op tests:
-# parity (the cpu cases of tests/ops) and the raw ops' bad-input, overflow and pool-bin checks (test_cpp_checks).
+# parity (the cpu cases of tests/ops and the bf16 GEMM's pairs cases) and the raw ops' bad-input, overflow and
+# pool-bin checks (test_cpp_checks).
 # libstdc++ is preloaded too: ASan intercepts __cxa_throw, which python itself does not link.
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)
 sanitize: venv
 	PVTV2_FAST_SANITIZE=address PVTV2_FAST_CUDA=0 $(PY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan-tmp --force
 	PVTV2_FAST_EXT=$$(ls build/asan/pvtv2_fast/_C*.so) LD_PRELOAD="$(ASAN_LIB)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-		$(PY) -m pytest -q -p no:cacheprovider tests/ops -k "(cpu or bad_input or cpp_checks or block_cache) and not opcheck"
+		$(PY) -m pytest -q -p no:cacheprovider tests/ops -k "(cpu or pairs or bad_input or cpp_checks or block_cache) and not opcheck"
 
 # Every Triton kernel variant compiled for sm_80/sm_90, with its resource use (no GPU needed).
 aot-report: venv

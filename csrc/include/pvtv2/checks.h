@@ -359,7 +359,7 @@ inline void pvt_block(const at::Tensor& x, const c10::optional<at::Tensor>& norm
   sra_layer(x, *attention.get(0), attention.get(1), *attention.get(2), attention.get(3), *attention.get(4),
             attention.get(5), attention.get(6), attention.get(7), attention.get(8), attention.get(9), x, height, width,
             num_heads, scale, eps[2], packed.slice(0, n_attn), pairs);
-  const at::Tensor& fc2_weight = *ffn.get(4);
+  const at::Tensor fc2_weight = *ffn.get(4);  // a copy: List::get returns a temporary
   TORCH_CHECK(fc2_weight.dim() == 2 && fc2_weight.size(0) == C, op, ": fc2_weight (ffn[4]) must map back to the ", C,
               " channels of x, got ", shape_str(fc2_weight.sizes()));
   conv_ffn(x, *ffn.get(0), ffn.get(1), *ffn.get(2), ffn.get(3), fc2_weight, ffn.get(5), height, width,
