@@ -492,8 +492,8 @@ static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int
 // The block on bf16 x with its weights packed in pairs (ops.pack_block_weights on a CPU with AVX512-BF16): every
 // GEMM bf16 × bf16 → fp32 on AVX512-BF16's dot product (packed_linear_bf16, sr_conv_bf16), the rest in fp32 as the
 // fp32 block computes it. A GEMM's input is rounded to bf16 where the module run in bf16 rounds it (the LayerNorms'
-// outputs, the attention's output, the GELU's output); the residual stream, the projections' and fc1's sums stay
-// fp32, and y = x1 + FFN is rounded once. Why: on CPUs without AMX the per-op bf16 path spent more time between its
+// outputs, the attention's output, the GELU's output; fc1's sums too in conv_ffn's whole-map schedule); the residual
+// stream and the projections' sums stay fp32, and y = x1 + FFN is rounded once. Why: on CPUs without AMX the per-op bf16 path spent more time between its
 // oneDNN calls than in them (the attention module at b2's 14² stage: 0.9 ms, 0.35 ms of it GEMM arithmetic).
 static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at::Tensor>& norm1_weight,
                                  const c10::optional<at::Tensor>& norm1_bias,
