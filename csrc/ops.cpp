@@ -490,11 +490,14 @@ static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int
 // ffn: [fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b]; eps: [norm1, norm2, sr_norm]; packed: the layer's, then fc1's and
 // fc2's (ops.pack_block_weights).
 // The block on bf16 x with its weights packed in pairs (ops.pack_block_weights on a CPU with AVX512-BF16): every
-// GEMM bf16 × bf16 → fp32 on AVX512-BF16's dot product (packed_linear_bf16, sr_conv_bf16), the rest in fp32 as the
-// fp32 block computes it. A GEMM's input is rounded to bf16 where the module run in bf16 rounds it (the LayerNorms'
-// outputs, the attention's output, the GELU's output; fc1's sums too in conv_ffn's whole-map schedule); the residual
-// stream and the projections' sums stay fp32, and y = x1 + FFN is rounded once. Why: on CPUs without AMX the per-op bf16 path spent more time between its
-// oneDNN calls than in them (the attention module at b2's 14² stage: 0.9 ms, 0.35 ms of it GEMM arithmetic).
+// GEMM bf16 × bf16 → fp32 on AVX512-BF16's dot product (packed_linear_bf16, sr_conv_bf16), and so the attention's
+// two products for heads of even width up to 128 (attention_bf16: 1.10x b0 / b2 end to end at 512², 1.22x b2 at
+// 1024², 1.01-1.03x at 224², against attention.h's fp32 kernel on fp32 q, k, v); the rest in fp32 as the fp32 block
+// computes it. Values are rounded to bf16 where the module run in bf16 rounds them (the LayerNorms' outputs, q, k, v,
+// the attention's output, the GELU's output; fc1's sums too in conv_ffn's whole-map schedule), the probabilities as
+// SDPA's bf16 kernels round them; the residual stream and the other sums stay fp32, and y = x1 + FFN is rounded once.
+// Why: on CPUs without AMX the per-op bf16 path spent more time between its oneDNN calls than in them (the attention
+// module at b2's 14² stage: 0.9 ms, 0.35 ms of it GEMM arithmetic).
 static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at::Tensor>& norm1_weight,
                                  const c10::optional<at::Tensor>& norm1_bias,
                                  const c10::List<c10::optional<at::Tensor>>& attention,
@@ -530,8 +533,15 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
   at::Tensor hb = at::empty({B, N, C}, xb.options());  // the bf16 input of the next GEMM
   layer_norm_into(xf.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm1_weight, norm1_bias, eps[0]);
   round(h, hb);
-  at::Tensor q = at::empty({B, N, C}, f32);
-  cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(0), C, data_or_null(bq), nullptr, 0, q.data_ptr<float>(), C);
+  // Heads of even width up to 128 (PVTv2's 32 / 64) run attention_bf16 on bf16 q, k, v (AVX512-BF16 dot products),
+  // others attention.h's fp32 kernel on fp32 ones.
+  const int64_t D = C / num_heads;
+  const bool bf16_attention = D % 2 == 0 && D <= 128;
+  at::Tensor q = at::empty({B, N, C}, bf16_attention ? xb.options() : f32);
+  if (bf16_attention)
+    cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(0), C, data_or_null(bq), nullptr, 0, bf(q), C);
+  else
+    cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(0), C, data_or_null(bq), nullptr, 0, q.data_ptr<float>(), C);
   // Keys and values from the reduced map, normalised, or from LN1(x) itself.
   const cpu::bf16* src = bf(hb);
   int64_t M = N;
@@ -548,16 +558,23 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
     round(reduced, reduced_b);
     src = bf(reduced_b);
   }
-  at::Tensor kv = at::empty({B, M, 2 * C}, f32);
-  float* kvp = kv.data_ptr<float>();
-  cpu::packed_linear_bf16(src, C, B * M, C, pairs(1), 2 * C, data_or_null(bkv), nullptr, 0, kvp, 2 * C);
-  at::Tensor o = at::empty({B, N, C}, f32);
-  const AttentionIo io{reinterpret_cast<const char*>(q.data_ptr<float>()), N * C, C,
-                       reinterpret_cast<const char*>(kvp), M * 2 * C, 2 * C,
-                       reinterpret_cast<const char*>(kvp + C), M * 2 * C, 2 * C,
-                       reinterpret_cast<char*>(o.data_ptr<float>()), N * C, C};
-  attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
-  round(o, hb);
+  if (bf16_attention) {  // q, k, v rounded to bf16, as the module run in bf16 rounds its projections
+    const at::Tensor kv = at::empty({B, M, 2 * C}, xb.options());
+    cpu::packed_linear_bf16(src, C, B * M, C, pairs(1), 2 * C, data_or_null(bkv), nullptr, 0, bf(kv), 2 * C);
+    cpu::attention_bf16(bf(q), N * C, C, bf(kv), M * 2 * C, 2 * C, bf(kv) + C, M * 2 * C, 2 * C, bf(hb), N * C, C, B,
+                        N, M, C, num_heads, scale);
+  } else {
+    at::Tensor kv = at::empty({B, M, 2 * C}, f32);
+    float* kvp = kv.data_ptr<float>();
+    cpu::packed_linear_bf16(src, C, B * M, C, pairs(1), 2 * C, data_or_null(bkv), nullptr, 0, kvp, 2 * C);
+    at::Tensor o = at::empty({B, N, C}, f32);
+    const AttentionIo io{reinterpret_cast<const char*>(q.data_ptr<float>()), N * C, C,
+                         reinterpret_cast<const char*>(kvp), M * 2 * C, 2 * C,
+                         reinterpret_cast<const char*>(kvp + C), M * 2 * C, 2 * C,
+                         reinterpret_cast<char*>(o.data_ptr<float>()), N * C, C};
+    attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
+    round(o, hb);
+  }
   at::Tensor x1 = at::empty({B, N, C}, f32);  // x + the attention, fp32
   cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(2), C, data_or_null(bp), xf.data_ptr<float>(), C,
                           x1.data_ptr<float>(), C);

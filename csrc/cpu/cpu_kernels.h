@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include <cstring>
 #include <functional>
 #include <string>
 
@@ -17,6 +18,20 @@ enum class Elem : int { kF32 = 0, kBF16 = 1 };
 struct bf16 {
   uint16_t bits;
 };
+
+// fp32 → bf16 bits, round to nearest even, NaN kept quiet (c10::BFloat16's rounding): the scalar tails of the bf16
+// kernels.
+inline uint16_t round_bf16_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if (v != v) return 0x7fc0;
+  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+// 2^f on f in [-1/2, 1/2] (Cephes exp2f's minimax polynomial, ~2e-7 relative): the vector exp2 of each ISA (and of
+// attention_bf16.cpp) is 2^round(x) · p(x - round(x)), p(f) = 1 + f·(P0·f^5 + ... + P5).
+constexpr float kExp2P[6] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f,
+                             5.550332471162809e-2f, 2.402264791363012e-1f, 6.931472028550421e-1f};
 
 // rows: 3 pointers to (W, C) input rows of element type `in` (above / at / below; nullptr = zero padding); y: the
 // (W, C) output row of type `out`; wt: (9, C) fp32 tap-major weights, bias: C floats or nullptr.
@@ -133,6 +148,12 @@ void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, con
 // The same with out rounded to bf16 once (round to nearest even).
 void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
                         const float* bias, const float* residual, int64_t ldr, bf16* out, int64_t ldo);
+// softmax(q kᵀ · scale) v per (image, head) on bf16 q, k, v, out (attention_bf16.cpp: AVX512-BF16 dot products for
+// both products, the probabilities rounded to bf16, softmax in fp32), rows and images `*_row` / `*_img` elements
+// apart; head dims even and at most 128. Only where bf16_dot_available().
+void attention_bf16(const bf16* q, int64_t q_img, int64_t q_row, const bf16* k, int64_t k_img, int64_t k_row,
+                    const bf16* v, int64_t v_img, int64_t v_row, bf16* out, int64_t out_img, int64_t out_row,
+                    int64_t B, int64_t N, int64_t M, int64_t C, int64_t num_heads, double scale);
 // out (B, Ho·Wo, co) = the stride-s s×s conv of x (B, height·width, ci) bf16 tokens, the weight's K = s·s·ci in
 // (kh, kw, ci) order (sr_conv's).
 void sr_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,

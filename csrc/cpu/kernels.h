@@ -32,11 +32,6 @@ namespace PVT_ISA {
 // erf(x) = 1 - 1 / (1 + a1 z + ... + a6 z^6)^16 for z = |x|, sign restored.
 constexpr float kErfA[6] = {0.0705230784f, 0.0422820123f, 0.0092705272f, 0.0001520143f, 0.0002765672f, 0.0000430638f};
 
-// 2^f on f in [-1/2, 1/2] (Cephes exp2f's minimax polynomial, ~2e-7 relative): the vector exp2 of each ISA is
-// 2^round(x) · p(x - round(x)), p(f) = 1 + f·(P0·f^5 + ... + P5).
-constexpr float kExp2P[6] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f,
-                             5.550332471162809e-2f, 2.402264791363012e-1f, 6.931472028550421e-1f};
-
 struct ScalarOps {
   static constexpr int kWidth = 1;
   using reg = float;

@@ -37,20 +37,12 @@ constexpr int kBlock = static_cast<int>(kPackBlock);     // columns per packed b
 constexpr int kRows = 6;                                 // packed_gemm_tile_rows() on AVX-512
 constexpr int kPrefetchPairs = 16;                       // 4 KB ahead in a block's weights, as packed_gemm.h
 
-// fp32 → bf16, round to nearest even, NaN kept quiet (c10::BFloat16's rounding), for the columns past a tile's
-// vectors.
-inline uint16_t round_bf16(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  if (v != v) return 0x7fc0;
-  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
-}
 inline void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 inline void store(uint16_t* p, __m512 v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
 }
 inline void store1(float* p, float v) { *p = v; }
-inline void store1(uint16_t* p, float v) { *p = round_bf16(v); }
+inline void store1(uint16_t* p, float v) { *p = round_bf16_bits(v); }  // the columns past the vectors
 
 // Rows a[0..R) × nc (<= NV·16) columns from `col` of one packed block pk ((K / 2, 64, 2) bf16 as uint32 pairs); out
 // fp32, or bf16 (O = uint16_t: the sums rounded once, as vcvtneps2bf16 does).

@@ -154,10 +154,10 @@ def pvt_block(
     ``"cpu"``: one C++ call, forward-only (a call that needs gradients runs the reference): LayerNorm's row kernel,
     ``sra_layer``'s and ``conv_ffn``'s C++ code and the residual adds, with nothing between them in Python; fp32
     compute (bf16 / fp16 through fp32 copies). bf16 with the weights packed in pairs (the default on CPUs with
-    AVX512-BF16, :func:`pack_block_weights`): every GEMM in bf16 × bf16 → fp32 on AVX512-BF16's dot product, the
-    GEMMs' inputs rounded to bf16 where the module run in bf16 rounds them, the residual stream in fp32, the output
-    rounded once. On CUDA the composition stands in. Repeated calls on the same weights can resolve and pack once:
-    :func:`bind_pvt_block`.
+    AVX512-BF16, :func:`pack_block_weights`): every GEMM, and the attention's two products for even heads up to 128
+    wide, in bf16 × bf16 → fp32 on AVX512-BF16's dot product, values rounded to bf16 where the module run in bf16
+    rounds them, the residual stream in fp32, the output rounded once. On CUDA the composition stands in. Repeated
+    calls on the same weights can resolve and pack once: :func:`bind_pvt_block`.
     """
     bound = bind_pvt_block(
         x, height, width, num_heads, norm1, attention, norm2, ffn, eps=eps, relu_input=relu_input, scale=scale,
