@@ -288,6 +288,17 @@ static void attention_into(const AttentionIo& io, cpu::Elem elem, int64_t esize,
   });
 }
 
+// fp32 attention of contiguous q (B, N, C) over the keys and values of one contiguous (B, M, 2C) projection, into
+// o (B, N, C): the SRA layer's and the bf16 block's fallback (heads it does not take).
+static void attention_fp32(const float* q, const float* kv, float* o, int64_t B, int64_t N, int64_t M, int64_t C,
+                           int64_t num_heads, double scale) {
+  const AttentionIo io{reinterpret_cast<const char*>(q),      N * C,     C,
+                       reinterpret_cast<const char*>(kv),     M * 2 * C, 2 * C,
+                       reinterpret_cast<const char*>(kv + C), M * 2 * C, 2 * C,
+                       reinterpret_cast<char*>(o),            N * C,     C};
+  attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
+}
+
 at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, int64_t num_heads,
                              double scale) {
   constexpr const char* op = "sra_attention";
@@ -401,19 +412,7 @@ static void sra_layer_fp32(const at::Tensor& x, const c10::optional<at::Tensor>&
   cpu::packed_linear(src, C, B * M, C, pk[1].data_ptr<float>(), 2 * C, data_or_null(bkv), nullptr, 0, kvp, 2 * C);
 
   at::Tensor o = at::empty({B, N, C}, x.options());
-  const AttentionIo io{reinterpret_cast<const char*>(q.data_ptr<float>()),
-                       N * C,
-                       C,
-                       reinterpret_cast<const char*>(kvp),
-                       M * 2 * C,
-                       2 * C,
-                       reinterpret_cast<const char*>(kvp + C),
-                       M * 2 * C,
-                       2 * C,
-                       reinterpret_cast<char*>(o.data_ptr<float>()),
-                       N * C,
-                       C};
-  attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
+  attention_fp32(q.data_ptr<float>(), kvp, o.data_ptr<float>(), B, N, M, C, num_heads, scale);
   cpu::packed_linear(o.data_ptr<float>(), C, B * N, C, pk[2].data_ptr<float>(), C, data_or_null(bp), residual, C, y,
                      C);
 }
@@ -529,10 +528,9 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
   const std::vector<float> bq = as_floats(attention.get(1)), bkv = as_floats(attention.get(3));
   const std::vector<float> bp = as_floats(attention.get(5));
 
-  at::Tensor h = at::empty({B, N, C}, f32);
   at::Tensor hb = at::empty({B, N, C}, xb.options());  // the bf16 input of the next GEMM
-  layer_norm_into(xf.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm1_weight, norm1_bias, eps[0]);
-  round(h, hb);
+  // LN1 reads x's bf16 and rounds once on store: the bits of LN1 of the fp32 copy, rounded (one pass, not two).
+  layer_norm_into(xb.data_ptr(), hb.data_ptr(), cpu::Elem::kBF16, B * N, C, norm1_weight, norm1_bias, eps[0]);
   // Heads of even width up to 128 (PVTv2's 32 / 64) run attention_bf16 on bf16 q, k, v (AVX512-BF16 dot products),
   // others attention.h's fp32 kernel on fp32 ones.
   const int64_t D = C / num_heads;
@@ -568,16 +566,13 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
     float* kvp = kv.data_ptr<float>();
     cpu::packed_linear_bf16(src, C, B * M, C, pairs(1), 2 * C, data_or_null(bkv), nullptr, 0, kvp, 2 * C);
     at::Tensor o = at::empty({B, N, C}, f32);
-    const AttentionIo io{reinterpret_cast<const char*>(q.data_ptr<float>()), N * C, C,
-                         reinterpret_cast<const char*>(kvp), M * 2 * C, 2 * C,
-                         reinterpret_cast<const char*>(kvp + C), M * 2 * C, 2 * C,
-                         reinterpret_cast<char*>(o.data_ptr<float>()), N * C, C};
-    attention_into(io, cpu::Elem::kF32, sizeof(float), B, N, M, C, num_heads, scale);
+    attention_fp32(q.data_ptr<float>(), kvp, o.data_ptr<float>(), B, N, M, C, num_heads, scale);
     round(o, hb);
   }
   at::Tensor x1 = at::empty({B, N, C}, f32);  // x + the attention, fp32
   cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(2), C, data_or_null(bp), xf.data_ptr<float>(), C,
                           x1.data_ptr<float>(), C);
+  const at::Tensor h = at::empty({B, N, C}, f32);  // LN2 of the fp32 x1, then rounded
   layer_norm_into(x1.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm2_weight, norm2_bias, eps[1]);
   round(h, hb);
   const size_t n_attn = pk.size() - 2;

@@ -211,8 +211,8 @@ inline void sra_layer(const at::Tensor& x, const at::Tensor& q_weight, const c10
                       const c10::optional<at::Tensor>& sr_weight, const c10::optional<at::Tensor>& sr_bias,
                       const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                       const c10::optional<at::Tensor>& residual, int64_t height, int64_t width, int64_t num_heads,
-                      double scale, double eps, at::TensorList packed, bool pairs = false,
-                      const char* op = "sra_layer") {
+                      double scale, double eps, at::TensorList packed, bool pairs = false) {
+  const char* op = "sra_layer";
   token_map(op, x, height, width);
   const int64_t C = x.size(2);
   TORCH_CHECK(C >= 1, op, ": x has no channels (C = 0)");
@@ -284,7 +284,8 @@ inline void conv_ffn(const at::Tensor& x, const at::Tensor& fc1_weight, const c1
                      const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
                      const at::Tensor& fc2_weight, const c10::optional<at::Tensor>& fc2_bias, int64_t height,
                      int64_t width, const c10::optional<at::Tensor>& fc1_packed,
-                     const c10::optional<at::Tensor>& fc2_packed, bool pairs = false, const char* op = "conv_ffn") {
+                     const c10::optional<at::Tensor>& fc2_packed, bool pairs = false) {
+  const char* op = "conv_ffn";
   token_map(op, x, height, width);
   CHECK_LIKE(fc1_weight, x);
   CHECK_DIM(fc1_weight, 2);
