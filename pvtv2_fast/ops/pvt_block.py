@@ -17,7 +17,7 @@ from .conv_ffn import check_conv_ffn, conv_ffn_reference
 from .packing import pack_weight, pack_weight_pairs
 from .registry import define, register_native
 from .sra_attention import MAX_CPU_HEAD_DIM
-from .sra_layer import check_sra_layer, cpu_layer_slower, pack_layer_weights, sra_layer_reference
+from .sra_layer import check_sra_layer, cpu_layer_slower, sra_layer_reference
 
 # The tensors of `attention` and `ffn`, in order (sra_layer's and conv_ffn's arguments).
 ATTENTION = ("q_weight", "q_bias", "kv_weight", "kv_bias", "proj_weight", "proj_bias", "sr_weight", "sr_bias",
@@ -79,18 +79,17 @@ def packs_in_pairs(x: Tensor, hidden: int) -> bool:
 def pack_block_weights(
     attention: Sequence[Optional[Tensor]], ffn: Sequence[Optional[Tensor]], pairs: Optional[bool] = None
 ) -> List[Tensor]:
-    """The ``packed`` argument of :func:`pvt_block`: the attention's GEMM weights ``[q, kv, proj]`` (and ``sr``),
-    then fc1's and fc2's, through :func:`~pvtv2_fast.ops.pack_weight`, or in pairs
+    """The ``packed`` argument of :func:`pvt_block`: the attention's GEMM weights ``[q, kv, proj]`` (and ``sr``;
+    :func:`~pvtv2_fast.ops.pack_layer_weights`' list), then fc1's and fc2's, through
+    :func:`~pvtv2_fast.ops.pack_weight`, or in pairs
     (:func:`~pvtv2_fast.ops.pack_weight_pairs`) for the bf16 block's GEMMs: ``pairs`` defaults to
     :func:`packs_in_pairs` (bf16 weights, even channel counts, a CPU with AVX512-BF16). Modules cache it for
     inference."""
     if pairs is None:
         pairs = packs_in_pairs(attention[0], ffn[0].shape[0])
-    if not pairs:
-        layer = pack_layer_weights(attention[0], attention[2], attention[4], attention[6])
-        return layer + [pack_weight(ffn[0]), pack_weight(ffn[4])]
+    pack = pack_weight_pairs if pairs else pack_weight
     weights = [attention[0], attention[2], attention[4]] + ([attention[6]] if attention[6] is not None else [])
-    return [pack_weight_pairs(w) for w in weights + [ffn[0], ffn[4]]]
+    return [pack(w) for w in weights + [ffn[0], ffn[4]]]
 
 
 def _with_packed(args: tuple) -> tuple:
