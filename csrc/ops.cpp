@@ -104,26 +104,52 @@ static void advise_huge_pages(void* ptr, size_t nbytes) {
 // conversion above) as fp32.
 static cpu::Elem elem_of(at::ScalarType dtype) { return dtype == at::kBFloat16 ? cpu::Elem::kBF16 : cpu::Elem::kF32; }
 
-// A small parameter (bias, depthwise weight; any kernel dtype) as fp32 values, copied by a plain loop: per call,
+// A small parameter (bias, LayerNorm or depthwise weight; any kernel dtype) as fp32 values: the tensor's own memory
+// when it is contiguous fp32 (an fp32 model's parameters: no copy), else a copy converted by a plain loop: per call,
 // `.to(kFloat)` on each of them cost more in dispatch and allocation than the copies (measured with the (9, C)
-// transpose below: 50 -> 26 us per conv_ffn call on a 2x2 map, 33 -> 14 us per dwconv_gelu call).
-static std::vector<float> as_floats(const at::Tensor& t) {
-  const at::Tensor c = t.contiguous();  // parameters already are: no copy, no dispatch
-  std::vector<float> out(c.numel());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "as_floats", [&] {
-    const scalar_t* p = c.data_ptr<scalar_t>();
-    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(p[i]);
-  });
-  return out;
+// transpose below: 50 -> 26 us per conv_ffn call on a 2x2 map, 33 -> 14 us per dwconv_gelu call). Absent: nullptr.
+// Not copyable (data() may point into its own copy); as_floats returns it by guaranteed elision.
+class Floats {
+ public:
+  Floats() = default;
+  explicit Floats(const at::Tensor& t) {
+    if (t.scalar_type() == at::kFloat && t.is_contiguous()) {
+      data_ = t.data_ptr<float>();  // the caller's tensor outlives this view
+      return;
+    }
+    const at::Tensor c = t.contiguous();
+    copy_.resize(c.numel());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "as_floats", [&] {
+      const scalar_t* p = c.data_ptr<scalar_t>();
+      for (size_t i = 0; i < copy_.size(); ++i) copy_[i] = static_cast<float>(p[i]);
+    });
+    data_ = copy_.data();
+  }
+  Floats(int64_t n, float fill) : copy_(n, fill), data_(copy_.data()) {}  // n copies of `fill`
+  Floats(const Floats&) = delete;
+  Floats& operator=(const Floats&) = delete;
+  const float* data() const { return data_; }
+  float operator[](int64_t i) const { return data_[i]; }
+
+ private:
+  std::vector<float> copy_;
+  const float* data_ = nullptr;
+};
+static Floats as_floats(const at::Tensor& t) { return Floats(t); }
+static Floats as_floats(const c10::optional<at::Tensor>& t) {
+  if (t.has_value()) return Floats(*t);
+  return Floats();
 }
-static std::vector<float> as_floats(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? as_floats(*t) : std::vector<float>();
+// An optional parameter of n values as fp32, n copies of `absent` when it is not given.
+static Floats as_floats(const c10::optional<at::Tensor>& t, int64_t n, float absent) {
+  if (t.has_value()) return Floats(*t);
+  return Floats(n, absent);
 }
-static const float* data_or_null(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+static const float* data_or_null(const Floats& v) { return v.data(); }
 
 // The depthwise weight (C, 1, 3, 3) as fp32 (9, C) tap-major: each tap's channels contiguous for the vector loop.
 static std::vector<float> tap_major(const at::Tensor& weight) {
-  const std::vector<float> w = as_floats(weight);
+  const Floats w = as_floats(weight);
   const int64_t C = weight.size(0);
   std::vector<float> out(9 * C);
   for (int64_t c = 0; c < C; ++c)
@@ -154,7 +180,8 @@ at::Tensor dwconv_gelu_cpu(const at::Tensor& x_in, const at::Tensor& weight, con
   at::Tensor y = at::empty_like(x);
   if (y.numel() == 0) return y.to(dtype);  // B = 0
   CHECK_CONTIGUOUS(y);  // the row pointers below assume dense (B, H, W, C) rows
-  const std::vector<float> wt = tap_major(weight), b = as_floats(bias);
+  const std::vector<float> wt = tap_major(weight);
+  const Floats b = as_floats(bias);
   advise_huge_pages(y.data_ptr(), y.nbytes());
   const char* xp = static_cast<const char*>(x.data_ptr());
   const float* bp = data_or_null(b);
@@ -208,9 +235,7 @@ at::Tensor linear_sra_pool_cpu(const at::Tensor& x_in, int64_t height, int64_t w
 static void layer_norm_into(const void* x, void* y, cpu::Elem elem, int64_t rows, int64_t C,
                             const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                             double eps) {
-  std::vector<float> w = as_floats(weight), b = as_floats(bias);
-  if (w.empty()) w.assign(C, 1.0f);
-  if (b.empty()) b.assign(C, 0.0f);
+  const Floats w = as_floats(weight, C, 1.0f), b = as_floats(bias, C, 0.0f);
   const int64_t row_bytes = C * (elem == cpu::Elem::kBF16 ? 2 : 4);
   const char* xp = static_cast<const char*>(x);
   char* yp = static_cast<char*>(y);
@@ -355,7 +380,7 @@ at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c
     const at::Tensor x = x_in.contiguous(), packed = packed_in.contiguous();
     at::Tensor out = at::empty({B, m, co}, x.options().dtype(at::kFloat));
     if (out.numel() == 0) return out.to(dtype);
-    const std::vector<float> b = as_floats(bias);
+    const Floats b = as_floats(bias);
     cpu::sr_conv_bf16(static_cast<const cpu::bf16*>(x.data_ptr()), static_cast<const cpu::bf16*>(packed.data_ptr()),
                       data_or_null(b), out.data_ptr<float>(), B, height, width, ci, co, s);
     return out.to(dtype);
@@ -364,7 +389,7 @@ at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c
   at::Tensor out = at::empty({B, m, co}, x.options());
   if (out.numel() == 0) return out.to(dtype);
   const at::Tensor packed = as_dtype(packed_in, at::kFloat);
-  const std::vector<float> b = as_floats(bias);
+  const Floats b = as_floats(bias);
   sr_conv_into(x.data_ptr<float>(), packed.data_ptr<float>(), data_or_null(b), out.data_ptr<float>(), B, height,
                width, ci, co, s);
   return dtype == at::kFloat ? out : out.to(dtype);
@@ -386,7 +411,7 @@ static void sra_layer_fp32(const at::Tensor& x, const c10::optional<at::Tensor>&
                            const float* residual, int64_t height, int64_t width, int64_t num_heads, double scale,
                            double eps, const std::vector<at::Tensor>& pk, float* y) {
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
-  const std::vector<float> bq = as_floats(q_bias), bkv = as_floats(kv_bias), bp = as_floats(proj_bias);
+  const Floats bq = as_floats(q_bias), bkv = as_floats(kv_bias), bp = as_floats(proj_bias);
   const float* xp = x.data_ptr<float>();
 
   at::Tensor q = at::empty({B, N, C}, x.options());
@@ -402,7 +427,7 @@ static void sra_layer_fp32(const at::Tensor& x, const c10::optional<at::Tensor>&
     M = (height / s) * (width / s);
     const at::Tensor conv = at::empty({B, M, C}, x.options());
     reduced = at::empty({B, M, C}, x.options());
-    const std::vector<float> bsr = as_floats(sr_bias);
+    const Floats bsr = as_floats(sr_bias);
     sr_conv_into(xp, pk[3].data_ptr<float>(), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
     layer_norm_into(conv.data_ptr(), reduced.data_ptr(), cpu::Elem::kF32, B * M, C, norm_weight, norm_bias, eps);
     src = reduced.data_ptr<float>();
@@ -455,7 +480,7 @@ static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int
                           const c10::optional<at::Tensor>& fc2_bias, const float* fc1_packed, const float* fc2_packed,
                           bool relu_input, const cpu::bf16* fc1_pairs = nullptr, const cpu::bf16* fc2_pairs = nullptr,
                           const float* residual = nullptr) {
-  const std::vector<float> b1 = as_floats(fc1_bias), db = as_floats(dw_bias), b2 = as_floats(fc2_bias);
+  const Floats b1 = as_floats(fc1_bias), db = as_floats(dw_bias), b2 = as_floats(fc2_bias);
   const std::vector<float> dwt = tap_major(dw_weight);  // (9, hidden)
   cpu::ConvFfnArgs args{x,
                         w1.data_ptr(),
@@ -525,8 +550,8 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
     cpu::bf16* dst = static_cast<cpu::bf16*>(to.data_ptr());
     at::parallel_for(0, from.numel(), 1 << 14, [&](int64_t i0, int64_t i1) { round_fn(src + i0, dst + i0, i1 - i0); });
   };
-  const std::vector<float> bq = as_floats(attention.get(1)), bkv = as_floats(attention.get(3));
-  const std::vector<float> bp = as_floats(attention.get(5));
+  const Floats bq = as_floats(attention.get(1)), bkv = as_floats(attention.get(3));
+  const Floats bp = as_floats(attention.get(5));
 
   at::Tensor hb = at::empty({B, N, C}, xb.options());  // the bf16 input of the next GEMM
   // LN1 reads x's bf16 and rounds once on store: the bits of LN1 of the fp32 copy, rounded (one pass, not two).
@@ -548,7 +573,7 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
     const int64_t s = attention.get(6)->size(2);
     M = (height / s) * (width / s);
     const at::Tensor conv = at::empty({B, M, C}, f32), reduced = at::empty({B, M, C}, f32);
-    const std::vector<float> bsr = as_floats(attention.get(7));
+    const Floats bsr = as_floats(attention.get(7));
     cpu::sr_conv_bf16(bf(hb), pairs(3), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
     layer_norm_into(conv.data_ptr(), reduced.data_ptr(), cpu::Elem::kF32, B * M, C, attention.get(8),
                     attention.get(9), eps[2]);
@@ -615,12 +640,8 @@ at::Tensor pvt_block_cpu(const at::Tensor& x_in, const c10::optional<at::Tensor>
 
   conv_ffn_into(h.data_ptr(), y.data_ptr(), cpu::Elem::kF32, B, height, width, as_dtype(*ffn.get(0), at::kFloat),
                 ffn.get(1), *ffn.get(2), ffn.get(3), as_dtype(*ffn.get(4), at::kFloat), ffn.get(5),
-                pk[n_attn].data_ptr<float>(), pk[n_attn + 1].data_ptr<float>(), relu_input);
-  float* yp = y.data_ptr<float>();
-  const float* rp = x1.data_ptr<float>();
-  at::parallel_for(0, y.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) yp[i] += rp[i];  // fp addition commutes: the bits of x1 + ffn
-  });
+                pk[n_attn].data_ptr<float>(), pk[n_attn + 1].data_ptr<float>(), relu_input, nullptr, nullptr,
+                x1.data_ptr<float>());  // y = x1 + FFN in fc2's epilogue (fp addition commutes: the bits of x1 + ffn)
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 

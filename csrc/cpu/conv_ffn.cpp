@@ -80,13 +80,30 @@ float init_rows(int64_t rows, int64_t k, const float* bias, int64_t n, float* ou
   return bias != nullptr ? 1.0f : 0.0f;
 }
 
+// out (rows, n) = in · wᵀ + beta · out on the BLAS (sgemm, or MKL's bf16 GEMM for bf16 in and w).
+template <typename T>
+void blas_gemm(const T* in, int64_t rows, int64_t k, const T* w, int64_t n, float beta, float* out) {
+  // Column-major view of the same memory: outᵀ (n × rows) = w (stored k × n, transposed) · inᵀ (k × rows).
+  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
+  const int lda = k_, ldb = k_, ldc = m_;
+  const float alpha = 1.0f;
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm_("T", "N", &m_, &n_, &k_, &alpha, w, &lda, in, &ldb, &beta, out, &ldc);
+  } else {
+    static_assert(std::is_same_v<T, bf16> && sizeof(bf16) == sizeof(uint16_t));
+    gemm_bf16bf16f32_("T", "N", &m_, &n_, &k_, &alpha, reinterpret_cast<const uint16_t*>(w), &lda,
+                      reinterpret_cast<const uint16_t*>(in), &ldb, &beta, out, &ldc);
+  }
+}
+
 // out (rows, n) = in (rows, k) · w (n, k)ᵀ + bias, row-major and contiguous; bias may be nullptr; out is fp32, in and
 // w fp32 (sgemm) or bf16 (MKL's bf16 GEMM, fp32 accumulation).
 // Called from inside at::parallel_for (the band loop), the BLAS runs single-threaded (it sees the OpenMP region);
 // called outside one (the whole-map path), it runs on its own threads. The caller keeps rows, k and n below 2^31
 // (the BLAS takes ints).
 // `packed` (fp32 only; ops.pack_weight's layout of w) or `pairs` (bf16 only; ops.pack_weight_pairs'): the packed-weight
-// GEMM instead, bias (and residual: (rows, n) fp32, or nullptr) in its epilogue; the BLAS takes no residual.
+// GEMM instead, bias (and residual: (rows, n) fp32, or nullptr) in its epilogue. The BLAS adds the residual in a pass
+// after its GEMM: the same (Σ + bias) + residual.
 template <typename T>
 void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* packed, const bf16* pairs,
                  const float* bias, int64_t n, float* out, const float* residual = nullptr) {
@@ -101,20 +118,12 @@ void linear_rows(const T* in, int64_t rows, int64_t k, const T* w, const float* 
       return;
     }
   }
-  TORCH_CHECK(residual == nullptr, "conv_ffn: a residual needs packed weights");
   const float beta = init_rows(rows, k, bias, n, out);
-  if (k == 0) return;  // no input channels: out is the bias (BLAS would reject lda = k = 0)
-  // Column-major view of the same memory: outᵀ (n × rows) = w (stored k × n, transposed) · inᵀ (k × rows).
-  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
-  const int lda = k_, ldb = k_, ldc = m_;
-  const float alpha = 1.0f;
-  if constexpr (std::is_same_v<T, float>) {
-    sgemm_("T", "N", &m_, &n_, &k_, &alpha, w, &lda, in, &ldb, &beta, out, &ldc);
-  } else {
-    static_assert(std::is_same_v<T, bf16> && sizeof(bf16) == sizeof(uint16_t));
-    gemm_bf16bf16f32_("T", "N", &m_, &n_, &k_, &alpha, reinterpret_cast<const uint16_t*>(w), &lda,
-                      reinterpret_cast<const uint16_t*>(in), &ldb, &beta, out, &ldc);
-  }
+  if (k != 0) blas_gemm(in, rows, k, w, n, beta, out);  // no input channels: out is the bias (BLAS rejects lda = 0)
+  if (residual != nullptr)
+    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0 * n; i < r1 * n; ++i) out[i] += residual[i];
+    });
 }
 
 struct FreeDeleter {

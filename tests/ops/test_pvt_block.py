@@ -103,6 +103,7 @@ def _check_bf16_pairs(x, parts, h, heads, what, **kw):
         (3, 40, 5, 72, 7, 9, 2, True),  # the linear variant's ReLU after fc1; heads of 8
         (2, 96, 3, 100, 5, 11, 3, False),  # half tiles; hidden off the vector widths
         (1, 64, 1, 512, 56, 56, 8, False),  # a whole 224² stage-1 block of b2 (conv_ffn's bands)
+        (1, 320, 5, 1280, 15, 17, 2, False),  # 255 tokens, 3.3 MB of FFN weights: fp32 whole-map GEMMs on the BLAS
         (1, 130, 1, 64, 5, 7, 2, False),  # a 130-wide head: the bf16 block's fp32 attention
         (2, 6, 2, 8, 4, 5, 2, False),  # 3-wide heads (odd): likewise
         (2, 64, 2, 128, 23, 29, 1, False),  # no reduction: 667 keys, chunks of keys and a masked tail
