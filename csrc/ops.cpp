@@ -471,9 +471,9 @@ at::Tensor sra_layer_cpu(const at::Tensor& x_in, const at::Tensor& q_weight, con
 }
 
 // cpu::conv_ffn_forward on x (B, H·W, c_in) contiguous, elements of type `elem`, into y: w1 (hidden, c_in) and w2
-// (c_out, hidden) contiguous in that type, the biases as fp32 copies, the depthwise weight tap-major; packed weights
-// (fp32) or nullptr (conv_ffn_cpu, and the FFN of pvt_block_cpu).
-// bf16 (pvt_block's native bf16 path): fc1 / fc2 packed in pairs, and y = residual (fp32) + the FFN, rounded once.
+// (c_out, hidden) contiguous in that type, the biases as fp32 values, the depthwise weight tap-major; packed weights
+// (fp32) or nullptr (conv_ffn_cpu). residual (fp32, like y; the blocks pass x1): y = residual + the FFN, added in
+// fc2's epilogue. bf16 (pvt_block's native bf16 path): fc1 / fc2 packed in pairs, y rounded once.
 static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int64_t height, int64_t width,
                           const at::Tensor& w1, const c10::optional<at::Tensor>& fc1_bias, const at::Tensor& dw_weight,
                           const c10::optional<at::Tensor>& dw_bias, const at::Tensor& w2,
