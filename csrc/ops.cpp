@@ -60,7 +60,7 @@ LayerNormRowsFn layer_norm_rows() { return PVT_FOR_ACTIVE_ISA(layer_norm_rows); 
 AttentionGeometryFn attention_geometry() { return PVT_FOR_ACTIVE_ISA(attention_geometry); }
 AttentionPackFn attention_pack() { return PVT_FOR_ACTIVE_ISA(attention_pack); }
 AttentionRowsFn attention_rows() { return PVT_FOR_ACTIVE_ISA(attention_rows); }
-SrConvRangeFn sr_conv_range() { return PVT_FOR_ACTIVE_ISA(sr_conv_range); }
+TokenConvRangeFn token_conv_range() { return PVT_FOR_ACTIVE_ISA(token_conv_range); }
 PackedGemmRowsFn packed_gemm_rows() { return PVT_FOR_ACTIVE_ISA(packed_gemm_rows); }
 PackedGemmTileRowsFn packed_gemm_tile_rows() { return PVT_FOR_ACTIVE_ISA(packed_gemm_tile_rows); }
 UpsampleArgmaxRowFn upsample_argmax_row() { return PVT_FOR_ACTIVE_ISA(upsample_argmax_row); }
@@ -348,51 +348,93 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
   return out.scalar_type() == dtype ? out : out.to(dtype);
 }
 
-// ------------------------------------------------------------------------------------------ spatial-reduction conv
-// Stride-s s×s conv of a token map (cpu/sr_conv.h): tasks of output pixels × 64-channel blocks in parallel, in fp32
-// (bf16 / fp16 through fp32 copies). `packed` is the (ceil(Co / 64), s·s·Ci, 64) weight as ops.pack_weight lays
-// it out (the one place that knows the layout; the Python op packs it when the caller did not).
-// out (B, Ho·Wo, co) fp32 = the stride-s conv of x (B, height·width, ci) fp32 tokens on the packed weight.
-static void sr_conv_into(const float* xp, const float* wp, const float* bp, float* op_, int64_t B, int64_t height,
-                         int64_t width, int64_t ci, int64_t co, int64_t s) {
-  const int64_t wo = width / s, m = (height / s) * wo;
-  const cpu::SrConvRangeFn range = cpu::sr_conv_range();
+// ------------------------------------------------------------------------------------------ token-map conv
+// Stride-s k×k conv of a token map (cpu/token_conv.h): tasks of output pixels × 64-channel blocks in parallel, in fp32
+// (bf16 / fp16 through fp32 copies), or bf16 × bf16 → fp32 with the weight packed in pairs. `packed` is the weight as
+// ops.pack_weight (or pack_weight_pairs) lays it out (the one place that knows the layout; the Python ops pack it when
+// the caller did not). Two ops share it: sr_conv (k = s, no padding) and token_conv (any stride and zero padding).
+// out (B, Ho·Wo, co) fp32 = the stride-s k×k conv of x (B, height·width, ci) fp32 tokens (padded where the conv pads:
+// Ho = (height - k) / s + 1, likewise Wo) on the packed weight.
+static void token_conv_into(const float* xp, const float* wp, const float* bp, float* op_, int64_t B, int64_t height,
+                            int64_t width, int64_t ci, int64_t co, int64_t k, int64_t s) {
+  const int64_t wo = (width - k) / s + 1, m = ((height - k) / s + 1) * wo;
+  const cpu::TokenConvRangeFn range = cpu::token_conv_range();
   // Rows are the B·m output pixels; a share of them may span images.
-  cpu::split_gemm(B * m, pack_blocks(co), s * s * ci, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
+  cpu::split_gemm(B * m, pack_blocks(co), k * k * ci, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
     for (int64_t img = r0 / m; img * m < r1; ++img) {
       const int64_t p0 = std::max(r0, img * m) - img * m, p1 = std::min(r1, (img + 1) * m) - img * m;
-      range(xp + img * height * width * ci, wp, bp, op_ + img * m * co, width, ci, co, s, wo, p0, p1, cb0, cb1);
+      range(xp + img * height * width * ci, wp, bp, op_ + img * m * co, width, ci, co, k, s, wo, p0, p1, cb0, cb1);
     }
   });
 }
 
-at::Tensor sr_conv_cpu(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                       int64_t height, int64_t width, const at::Tensor& packed_in) {
-  constexpr const char* op = "sr_conv";
-  checks::sr_conv(x_in, weight, bias, height, width, packed_in);
+// x (B, height·width, C) contiguous, zero-padded by `pad` on every side: (B, (height + 2·pad)·(width + 2·pad), C), so
+// that every window of the conv reads whole rows (the GEMM tile's segments); x itself when pad is 0. One pass, rows in
+// parallel.
+static at::Tensor zero_padded(const at::Tensor& x, int64_t height, int64_t width, int64_t pad) {
+  if (pad == 0) return x;
+  const int64_t B = x.size(0), C = x.size(2), hp = height + 2 * pad, wp = width + 2 * pad;
+  at::Tensor y = at::empty({B, hp * wp, C}, x.options());
+  const int64_t es = x.element_size(), row = width * C * es, prow = wp * C * es, side = pad * C * es;
+  const char* src = static_cast<const char*>(x.data_ptr());
+  char* dst = static_cast<char*>(y.data_ptr());
+  at::parallel_for(0, B * hp, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / hp, i = r % hp - pad;
+      char* d = dst + r * prow;
+      if (i < 0 || i >= height) {
+        std::memset(d, 0, prow);
+        continue;
+      }
+      std::memset(d, 0, side);
+      std::memcpy(d + side, src + (b * height + i) * row, row);
+      std::memset(d + side + row, 0, side);
+    }
+  });
+  return y;
+}
+
+// The two ops' CPU kernel: x (B, height·width, ci) tokens; weight (co, ci, k, k); stride s; zero padding `pad`.
+static at::Tensor token_conv_impl(const char* op, const at::Tensor& x_in, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias, int64_t height, int64_t width, int64_t s,
+                                  int64_t pad, const at::Tensor& packed_in) {
   CHECK_DEVICE(x_in, at::kCPU);
-  const int64_t B = x_in.size(0), ci = x_in.size(2), co = weight.size(0), s = weight.size(2);
-  const int64_t ho = height / s, wo = width / s, m = ho * wo;
+  const int64_t B = x_in.size(0), ci = x_in.size(2), co = weight.size(0), k = weight.size(2);
+  const int64_t hp = height + 2 * pad, wp = width + 2 * pad;
+  const int64_t m = ((hp - k) / s + 1) * ((wp - k) / s + 1);
   const auto dtype = x_in.scalar_type();
+  const Floats b = as_floats(bias);
   if (packed_in.dim() == 4) {  // bf16 with the weight packed in pairs (checked): the bf16 GEMM, one rounding
     TORCH_CHECK(cpu::bf16_dot_available(), op, ": a weight packed in pairs needs a CPU with AVX512-BF16 running the "
                 "AVX-512 kernels; here they run ", cpu::isa(), ": pack with ops.pack_weight instead");
-    const at::Tensor x = x_in.contiguous(), packed = packed_in.contiguous();
-    at::Tensor out = at::empty({B, m, co}, x.options().dtype(at::kFloat));
+    const at::Tensor packed = packed_in.contiguous();
+    at::Tensor out = at::empty({B, m, co}, x_in.options().dtype(at::kFloat));
     if (out.numel() == 0) return out.to(dtype);
-    const Floats b = as_floats(bias);
-    cpu::sr_conv_bf16(static_cast<const cpu::bf16*>(x.data_ptr()), static_cast<const cpu::bf16*>(packed.data_ptr()),
-                      data_or_null(b), out.data_ptr<float>(), B, height, width, ci, co, s);
+    const at::Tensor x = zero_padded(x_in.contiguous(), height, width, pad);
+    cpu::token_conv_bf16(static_cast<const cpu::bf16*>(x.data_ptr()),
+                         static_cast<const cpu::bf16*>(packed.data_ptr()), data_or_null(b), out.data_ptr<float>(), B,
+                         hp, wp, ci, co, k, s);
     return out.to(dtype);
   }
-  const at::Tensor x = as_dtype(x_in, at::kFloat);
-  at::Tensor out = at::empty({B, m, co}, x.options());
+  at::Tensor out = at::empty({B, m, co}, x_in.options().dtype(at::kFloat));
   if (out.numel() == 0) return out.to(dtype);
+  const at::Tensor x = zero_padded(as_dtype(x_in, at::kFloat), height, width, pad);
   const at::Tensor packed = as_dtype(packed_in, at::kFloat);
-  const Floats b = as_floats(bias);
-  sr_conv_into(x.data_ptr<float>(), packed.data_ptr<float>(), data_or_null(b), out.data_ptr<float>(), B, height,
-               width, ci, co, s);
+  token_conv_into(x.data_ptr<float>(), packed.data_ptr<float>(), data_or_null(b), out.data_ptr<float>(), B, hp, wp,
+                  ci, co, k, s);
   return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+at::Tensor sr_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       int64_t height, int64_t width, const at::Tensor& packed) {
+  checks::sr_conv(x, weight, bias, height, width, packed);
+  return token_conv_impl("sr_conv", x, weight, bias, height, width, weight.size(2), 0, packed);
+}
+
+at::Tensor token_conv_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          int64_t height, int64_t width, int64_t stride, int64_t padding, const at::Tensor& packed) {
+  checks::token_conv(x, weight, bias, height, width, stride, padding, packed);
+  return token_conv_impl("token_conv", x, weight, bias, height, width, stride, padding, packed);
 }
 
 // ------------------------------------------------------------------------------------------ SRA layer
@@ -428,7 +470,8 @@ static void sra_layer_fp32(const at::Tensor& x, const c10::optional<at::Tensor>&
     const at::Tensor conv = at::empty({B, M, C}, x.options());
     reduced = at::empty({B, M, C}, x.options());
     const Floats bsr = as_floats(sr_bias);
-    sr_conv_into(xp, pk[3].data_ptr<float>(), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
+    token_conv_into(xp, pk[3].data_ptr<float>(), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s,
+                    s);
     layer_norm_into(conv.data_ptr(), reduced.data_ptr(), cpu::Elem::kF32, B * M, C, norm_weight, norm_bias, eps);
     src = reduced.data_ptr<float>();
   }
@@ -514,7 +557,7 @@ static void conv_ffn_into(const void* x, void* y, cpu::Elem elem, int64_t B, int
 // ffn: [fc1_w, fc1_b, dw_w, dw_b, fc2_w, fc2_b]; eps: [norm1, norm2, sr_norm]; packed: the layer's, then fc1's and
 // fc2's (ops.pack_block_weights).
 // The block on bf16 x with its weights packed in pairs (ops.pack_block_weights on a CPU with AVX512-BF16): every
-// GEMM bf16 × bf16 → fp32 on AVX512-BF16's dot product (packed_linear_bf16, sr_conv_bf16), and so the attention's
+// GEMM bf16 × bf16 → fp32 on AVX512-BF16's dot product (packed_linear_bf16, token_conv_bf16), and so the attention's
 // two products for heads of even width up to 128 (attention_bf16: 1.10x b0 / b2 end to end at 512², 1.22x b2 at
 // 1024², 1.01-1.03x at 224², against attention.h's fp32 kernel on fp32 q, k, v); the rest in fp32 as the fp32 block
 // computes it. Values are rounded to bf16 where the module run in bf16 rounds them (the LayerNorms' outputs, q, k, v,
@@ -574,7 +617,7 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
     M = (height / s) * (width / s);
     const at::Tensor conv = at::empty({B, M, C}, f32), reduced = at::empty({B, M, C}, f32);
     const Floats bsr = as_floats(attention.get(7));
-    cpu::sr_conv_bf16(bf(hb), pairs(3), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s);
+    cpu::token_conv_bf16(bf(hb), pairs(3), data_or_null(bsr), conv.data_ptr<float>(), B, height, width, C, C, s, s);
     layer_norm_into(conv.data_ptr(), reduced.data_ptr(), cpu::Elem::kF32, B * M, C, attention.get(8),
                     attention.get(9), eps[2]);
     reduced_b = at::empty({B, M, C}, xb.options());
@@ -700,6 +743,12 @@ at::Tensor sr_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10
   const int64_t s = weight.size(2);
   return at::empty({x.size(0), (height / s) * (width / s), weight.size(0)}, x.options());
 }
+at::Tensor token_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           int64_t height, int64_t width, int64_t stride, int64_t padding, const at::Tensor& packed) {
+  checks::token_conv(x, weight, bias, height, width, stride, padding, packed);
+  const int64_t k = weight.size(2), ho = (height + 2 * padding - k) / stride + 1;
+  return at::empty({x.size(0), ho * ((width + 2 * padding - k) / stride + 1), weight.size(0)}, x.options());
+}
 at::Tensor sra_layer_meta(const at::Tensor& x, const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias,
                           const at::Tensor& kv_weight, const c10::optional<at::Tensor>& kv_bias,
                           const at::Tensor& proj_weight, const c10::optional<at::Tensor>& proj_bias,
@@ -771,6 +820,9 @@ TORCH_LIBRARY(pvtv2_fast_C, m) {
       "Tensor");
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   m.def("sr_conv(Tensor x, Tensor weight, Tensor? bias, int height, int width, Tensor packed) -> Tensor");
+  m.def(
+      "token_conv(Tensor x, Tensor weight, Tensor? bias, int height, int width, int stride, int padding, "
+      "Tensor packed) -> Tensor");
   m.def("sra_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
   m.def(
       "sra_layer(Tensor x, Tensor q_weight, Tensor? q_bias, Tensor kv_weight, Tensor? kv_bias, Tensor proj_weight, "
@@ -796,6 +848,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, CPU, m) {
   m.impl("layer_norm", &pvtv2::layer_norm_cpu);
   m.impl("sra_attention", &pvtv2::sra_attention_cpu);
   m.impl("sr_conv", &pvtv2::sr_conv_cpu);
+  m.impl("token_conv", &pvtv2::token_conv_cpu);
   m.impl("sra_layer", &pvtv2::sra_layer_cpu);
   // The conv FFN's GEMMs need a BLAS; without one the op has no CPU kernel and Python uses the composition.
   if (pvtv2::cpu::has_sgemm()) m.impl("conv_ffn", &pvtv2::conv_ffn_cpu);
@@ -809,6 +862,7 @@ TORCH_LIBRARY_IMPL(pvtv2_fast_C, Meta, m) {
   m.impl("layer_norm", &pvtv2::layer_norm_meta);
   m.impl("sra_attention", &pvtv2::sra_attention_meta);
   m.impl("sr_conv", &pvtv2::sr_conv_meta);
+  m.impl("token_conv", &pvtv2::token_conv_meta);
   m.impl("sra_layer", &pvtv2::sra_layer_meta);
   m.impl("pvt_block", &pvtv2::pvt_block_meta);
 }

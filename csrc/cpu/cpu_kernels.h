@@ -69,19 +69,20 @@ using AttentionPackFn = void (*)(const void* k, int64_t k_stride, const void* v,
 using AttentionRowsFn = void (*)(const void* q, int64_t q_stride, Elem elem, int64_t n_rows, const float* packed,
                                  int64_t M, int64_t D, float qscale, void* out, int64_t out_stride, float* scratch);
 
-// The spatial-reduction conv (sr_conv.h), on the calling thread: output pixels [p0, p1) × output channel blocks
-// [cb0, cb1) of one image: x its (H·W, Ci) fp32 tokens (map width `width`), packed the (ceil(Co / 64), s·s·Ci, 64)
-// weight (pvtv2/packing.h), bias Co floats or nullptr, out its (Ho·Wo, Co) tokens (output width Wo).
-using SrConvRangeFn = void (*)(const float* x, const float* packed, const float* bias, float* out, int64_t width,
-                               int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t p1, int64_t cb0,
-                               int64_t cb1);
+// The strided k×k conv of a token map (token_conv.h), on the calling thread: output pixels [p0, p1) × output channel
+// blocks [cb0, cb1) of one image: x its (H·W, Ci) fp32 tokens (map width `width`, padded where the conv pads), packed
+// the (ceil(Co / 64), k·k·Ci, 64) weight (pvtv2/packing.h), bias Co floats or nullptr, out its (Ho·Wo, Co) tokens
+// (output width Wo), stride s.
+using TokenConvRangeFn = void (*)(const float* x, const float* packed, const float* bias, float* out, int64_t width,
+                                  int64_t Ci, int64_t Co, int64_t k, int64_t s, int64_t Wo, int64_t p0, int64_t p1,
+                                  int64_t cb0, int64_t cb1);
 // fp32 GEMM on a prepacked weight (packed_gemm.h), on the calling thread: out (rows, N) = a (rows, K; rows lda apart)
 // · weight + bias (+ residual, rows ldr apart; bias / residual may be nullptr) over the 64-channel column blocks
 // [cb0, cb1) of packed, the (ceil(N / 64), K, 64) weight as ops.pack_weight lays it out; out rows ldo apart.
 using PackedGemmRowsFn = void (*)(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed, int64_t N,
                                   const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo,
                                   int64_t cb0, int64_t cb1);
-// Rows per register tile of that GEMM and of sr_conv (split rows across threads in multiples of it).
+// Rows per register tile of that GEMM and of token_conv (split rows across threads in multiples of it).
 using PackedGemmTileRowsFn = int64_t (*)();
 
 #define PVT_DECLARE_ENTRY_POINTS(SUFFIX)                                                                            \
@@ -97,8 +98,8 @@ using PackedGemmTileRowsFn = int64_t (*)();
                                int64_t, float*);                                                                   \
   void upsample_argmax_row_##SUFFIX(const float*, const float*, float, float, const int64_t*, const float*, int64_t,  \
                                     int64_t, int64_t, float*, float*, int32_t*);                                   \
-  void sr_conv_range_##SUFFIX(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,   \
-                              int64_t, int64_t, int64_t, int64_t, int64_t);                                        \
+  void token_conv_range_##SUFFIX(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t,       \
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);                   \
   void packed_gemm_rows_##SUFFIX(const float*, int64_t, int64_t, int64_t, const float*, int64_t, const float*,       \
                                  const float*, int64_t, float*, int64_t, int64_t, int64_t);                        \
   int64_t packed_gemm_tile_rows_##SUFFIX();                                                                        \
@@ -118,7 +119,7 @@ DwconvGeluRowFn dwconv_gelu_row();
 LinearSraPoolCellFn linear_sra_pool_cell();
 RoundToBf16Fn round_to_bf16();
 LayerNormRowsFn layer_norm_rows();
-SrConvRangeFn sr_conv_range();
+TokenConvRangeFn token_conv_range();
 PackedGemmRowsFn packed_gemm_rows();
 PackedGemmTileRowsFn packed_gemm_tile_rows();
 AttentionGeometryFn attention_geometry();
@@ -131,7 +132,7 @@ UpsampleAccumulateRowFn upsample_accumulate_row();
 // parallel region): out (rows, N) = a · weight + bias (+ residual), packed as for packed_gemm_rows (packed_gemm.cpp).
 void packed_linear(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed, int64_t N,
                    const float* bias, const float* residual, int64_t ldr, float* out, int64_t ldo);
-// How packed_linear and sr_conv share a GEMM of `rows` rows (tiles of packed_gemm_tile_rows()) × `blocks` column
+// How packed_linear and token_conv share a GEMM of `rows` rows (tiles of packed_gemm_tile_rows()) × `blocks` column
 // blocks of a packed weight of K rows among the calling thread pool: fn(r0, r1, cb0, cb1) runs each share (on the
 // calling thread alone inside a parallel region).
 void split_gemm(int64_t rows, int64_t blocks, int64_t K,
@@ -154,10 +155,11 @@ void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, con
 void attention_bf16(const bf16* q, int64_t q_img, int64_t q_row, const bf16* k, int64_t k_img, int64_t k_row,
                     const bf16* v, int64_t v_img, int64_t v_row, bf16* out, int64_t out_img, int64_t out_row,
                     int64_t B, int64_t N, int64_t M, int64_t C, int64_t num_heads, double scale);
-// out (B, Ho·Wo, co) = the stride-s s×s conv of x (B, height·width, ci) bf16 tokens, the weight's K = s·s·ci in
-// (kh, kw, ci) order (sr_conv's).
-void sr_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
-                  int64_t width, int64_t ci, int64_t co, int64_t s);
+// out (B, Ho·Wo, co) = the stride-s k×k conv of x (B, height·width, ci) bf16 tokens (padded, where the conv pads;
+// Ho = (height - k) / s + 1, likewise Wo), the weight packed in pairs with K = k·k·ci in (kh, kw, ci) order
+// (token_conv.h's).
+void token_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
+                     int64_t width, int64_t ci, int64_t co, int64_t k, int64_t s);
 
 // y = fc2(GELU(dwconv3x3(ReLU?(fc1(x))))) for B images of H×W tokens, all contiguous:
 // x (B, H·W, c_in), fc1_w (hidden, c_in), fc2_w (c_out, hidden) and y (B, H·W, c_out) of element type `elem`;

@@ -372,7 +372,7 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
 
 // The entry points ops.cpp calls for one ISA: dwconv_gelu_row_<SUFFIX>, linear_sra_pool_cell_<SUFFIX>,
 // layer_norm_rows_<SUFFIX>, round_to_bf16_<SUFFIX>, the attention's (attention.h), the spatial-reduction conv's
-// (sr_conv.h) and the resampling rows (resample.h), run with policy OPS.
+// (token_conv.h) and the resampling rows (resample.h), run with policy OPS.
 #define PVT_DEFINE_ENTRY_POINTS(SUFFIX, OPS)                                                                        \
   namespace pvtv2 {                                                                                                \
   namespace cpu {                                                                                                  \
@@ -407,10 +407,10 @@ static inline void round_to_bf16_impl(const float* __restrict__ x, bf16* __restr
                                     int32_t* labels) {                                                             \
     PVT_ISA::upsample_argmax_row_impl<PVT_ISA::OPS>(s0, s1, w0, w1, ci, cw, W_in, W_out, L, tmp, v, labels);       \
   }                                                                                                                \
-  void sr_conv_range_##SUFFIX(const float* x, const float* packed, const float* bias, float* out, int64_t width,      \
-                              int64_t Ci, int64_t Co, int64_t s, int64_t Wo, int64_t p0, int64_t p1, int64_t cb0,   \
-                              int64_t cb1) {                                                                       \
-    PVT_ISA::sr_conv_range_impl<PVT_ISA::OPS>(x, packed, bias, out, width, Ci, Co, s, Wo, p0, p1, cb0, cb1);        \
+  void token_conv_range_##SUFFIX(const float* x, const float* packed, const float* bias, float* out, int64_t width,   \
+                                 int64_t Ci, int64_t Co, int64_t k, int64_t s, int64_t Wo, int64_t p0, int64_t p1, \
+                                 int64_t cb0, int64_t cb1) {                                                       \
+    PVT_ISA::token_conv_range_impl<PVT_ISA::OPS>(x, packed, bias, out, width, Ci, Co, k, s, Wo, p0, p1, cb0, cb1);  \
   }                                                                                                                \
   void packed_gemm_rows_##SUFFIX(const float* a, int64_t lda, int64_t rows, int64_t K, const float* packed,          \
                                  int64_t N, const float* bias, const float* res, int64_t ldr, float* out,           \

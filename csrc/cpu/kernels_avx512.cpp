@@ -10,7 +10,7 @@
 #include "kernels.h"
 #include "resample.h"
 #include "attention.h"
-#include "sr_conv.h"
+#include "token_conv.h"
 
 namespace pvtv2 {
 namespace cpu {

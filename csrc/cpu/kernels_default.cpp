@@ -3,6 +3,6 @@
 #include "kernels.h"
 #include "resample.h"
 #include "attention.h"
-#include "sr_conv.h"
+#include "token_conv.h"
 
 PVT_DEFINE_ENTRY_POINTS(default, ScalarOps)

@@ -1,5 +1,5 @@
 // fp32 GEMM on a prepacked weight, the register tile shared by the CPU kernels that multiply by a weight matrix
-// (sr_conv.h's spatial-reduction conv, conv_ffn.cpp's fc1 / fc2 bands, ops.cpp's sra_layer projections). Written over
+// (token_conv.h's spatial-reduction and patch-embedding convs, conv_ffn.cpp's fc1 / fc2 bands, ops.cpp's sra_layer projections). Written over
 // a vector policy V (kernels.h) and compiled per ISA like the other CPU kernels.
 //
 //   out[r, c] = Σ_k a_r[k'] · packed[c / 64][k][c % 64]  (+ bias[c])  (+ residual[r, c]),  r < rows, c < N

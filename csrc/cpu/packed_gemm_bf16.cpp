@@ -163,21 +163,21 @@ void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, con
   linear(a, lda, rows, K, packed, N, bias, residual, ldr, reinterpret_cast<uint16_t*>(out), ldo);
 }
 
-void sr_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
-                  int64_t width, int64_t ci, int64_t co, int64_t s) {
+void token_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
+                     int64_t width, int64_t ci, int64_t co, int64_t k, int64_t s) {
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x);
   const uint16_t* pk = reinterpret_cast<const uint16_t*>(packed);
-  const int64_t wo = width / s, m = (height / s) * wo;
-  split_gemm(B * m, pack_blocks(co), s * s * ci / 2, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
+  const int64_t wo = (width - k) / s + 1, m = ((height - k) / s + 1) * wo;
+  split_gemm(B * m, pack_blocks(co), k * k * ci / 2, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
     for (int64_t img = r0 / m; img * m < r1; ++img) {
       const int64_t p0 = std::max(r0, img * m) - img * m, p1 = std::min(r1, (img + 1) * m) - img * m;
       const uint16_t* xi = xp + img * height * width * ci;
-      // A pixel's window: s kernel rows of s·ci contiguous values, one map row apart.
+      // A pixel's window: k kernel rows of k·ci contiguous values, one map row apart.
       const auto window = [=](int64_t r) {
         const int64_t p = p0 + r, i = p / wo, j = p % wo;
         return xi + (i * s * width + j * s) * ci;
       };
-      sweep(window, p1 - p0, s, s * ci / 2, width * ci, pk, co, bias, nullptr, 0, out + (img * m + p0) * co, co,
+      sweep(window, p1 - p0, k, k * ci / 2, width * ci, pk, co, bias, nullptr, 0, out + (img * m + p0) * co, co,
             cb0, cb1);
     }
   });
@@ -191,8 +191,8 @@ void packed_linear_bf16(const bf16*, int64_t, int64_t, int64_t, const bf16*, int
                         int64_t, bf16*, int64_t) {
   TORCH_CHECK(false, "the bf16 packed GEMM needs an x86-64 CPU with AVX512-BF16");
 }
-void sr_conv_bf16(const bf16*, const bf16*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                  int64_t) {
+void token_conv_bf16(const bf16*, const bf16*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                     int64_t, int64_t) {
   TORCH_CHECK(false, "the bf16 packed GEMM needs an x86-64 CPU with AVX512-BF16");
 }
 #endif

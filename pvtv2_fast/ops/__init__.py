@@ -15,6 +15,7 @@ from .registry import AUTO_ORDER, BACKENDS, OPS, FallbackWarning, reset_warnings
 from .sr_conv import sr_conv, sr_conv_reference
 from .sra_attention import sra_attention, sra_attention_reference
 from .sra_layer import pack_layer_weights, sra_layer, sra_layer_reference
+from .token_conv import token_conv, token_conv_reference
 from .upsample_accumulate import upsample_accumulate, upsample_accumulate_reference
 from .upsample_argmax import upsample_argmax, upsample_argmax_reference
 
@@ -46,6 +47,8 @@ __all__ = [
     "sra_attention_reference",
     "sra_layer",
     "sra_layer_reference",
+    "token_conv",
+    "token_conv_reference",
     "triton_status",
     "upsample_accumulate",
     "upsample_accumulate_reference",

@@ -130,6 +130,15 @@ def _src(dev, s=2, **kw):
     return "sr_conv", tuple(a.values())
 
 
+def _tc(dev, k=3, **kw):
+    """token_conv arguments: (x, weight, bias, height, width, stride, padding, packed) for a 5×9 map of 8 channels,
+    12 out channels, stride 2, padding 1 (the packed weight's shape, (1, k·k·8, 64), is checked last)."""
+    a = {"x": torch.randn(2, 45, 8, device=dev), "weight": torch.randn(12, 8, k, k, device=dev), "bias": None}
+    a.update({"height": 5, "width": 9, "stride": 2, "padding": 1, "packed": torch.zeros(1, k * k * 8, 64, device=dev)})
+    a.update(kw)
+    return "token_conv", tuple(a.values())
+
+
 def _sl(dev, s=2, **kw):
     """sra_layer arguments for a 4×5 map of 8 channels, 2 heads, sr s (1: no reduction); packed weights last."""
     r = lambda *shape: torch.randn(*shape, device=dev)  # noqa: E731
@@ -374,13 +383,30 @@ BAD_INPUT = [
     ("src-x-int", lambda d, o: _src(d, x=torch.ones(2, 45, 8, dtype=torch.long, device=d)), E, "got Long"),
     ("src-not-a-map", lambda d, o: _src(d, height=4), E, "45 tokens are not a 4x9 map"),
     ("src-weight-3d", lambda d, o: _src(d, weight=_x(d, 12, 8, 2)), E, "weight must have 4 dimensions"),
-    ("src-weight-rect", lambda d, o: _src(d, weight=_x(d, 12, 8, 2, 3)), E, "weight must be (Co, Ci, s, s)"),
+    ("src-weight-rect", lambda d, o: _src(d, weight=_x(d, 12, 8, 2, 3)), E, "weight must be (Co, Ci, k, k)"),
     ("src-weight-channels", lambda d, o: _src(d, weight=_x(d, 12, 7, 2, 2)), E, "weight must be (12, 8, 2, 2)"),
     ("src-kernel-too-big", lambda d, o: _src(d, s=6), E, "a 6x6 kernel does not fit in a 5x9 map"),
     ("src-bias-shape", lambda d, o: _src(d, bias=_x(d, 11)), E, "bias must be (12,), got (11,)"),
     ("src-weight-dtype", lambda d, o: _src(d, weight=_x(d, 12, 8, 2, 2, dtype=torch.half)), E, "weight must have"),
     ("src-weight-device", lambda d, o: _src(d, weight=_x(o, 12, 8, 2, 2)), E, "weight must be on x's device"),
     ("src-packed-shape", lambda d, o: _src(d, packed=_x(d, 1, 32, 16)), E, "packed must be (1, 32, 64), got"),
+    # ---- token_conv
+    ("tc-x-2d", lambda d, o: _tc(d, x=_x(d, 45, 8)), E, "token_conv: x must be (B, N, C) tokens"),
+    ("tc-not-a-map", lambda d, o: _tc(d, width=8), E, "45 tokens are not a 5x8 map"),
+    ("tc-weight-rect", lambda d, o: _tc(d, weight=_x(d, 12, 8, 3, 2)), E, "weight must be (Co, Ci, k, k)"),
+    ("tc-weight-channels", lambda d, o: _tc(d, weight=_x(d, 12, 7, 3, 3)), E, "weight must be (12, 8, 3, 3)"),
+    ("tc-stride-zero", lambda d, o: _tc(d, stride=0), E, "stride must be >= 1 and padding >= 0, got stride 0"),
+    ("tc-padding-negative", lambda d, o: _tc(d, padding=-1), E, "padding >= 0, got stride 2, padding -1"),
+    ("tc-kernel-too-big", lambda d, o: _tc(d, k=8), E, "8x8 kernel does not fit in a 5x9 map padded by 1"),
+    ("tc-bias-shape", lambda d, o: _tc(d, bias=_x(d, 11)), E, "bias must be (12,), got (11,)"),
+    ("tc-weight-device", lambda d, o: _tc(d, weight=_x(o, 12, 8, 3, 3)), E, "weight must be on x's device"),
+    ("tc-packed-shape", lambda d, o: _tc(d, packed=_x(d, 1, 72, 32)), E, "packed must be (1, 72, 64), got"),
+    (
+        "tc-pairs-for-fp32",
+        lambda d, o: _tc(d, packed=_x(d, 1, 36, 64, 2)),
+        E,
+        "a weight packed in pairs is for bf16 inputs",
+    ),
     # ---- conv_ffn's packed weights
     ("ffn-packed-one", lambda d, o: _ffn(d, fc1_packed=_x(d, 1, 4, 64)), E, "pass both fc1_packed and fc2_packed"),
     (
@@ -459,6 +485,7 @@ def test_every_op_is_covered():
         lambda: _ln("cpu"),
         lambda: _attn("cpu"),
         lambda: _src("cpu"),
+        lambda: _tc("cpu"),
         lambda: _sl("cpu"),
         lambda: _blk("cpu"),
     ],
@@ -469,6 +496,7 @@ def test_every_op_is_covered():
         "layer_norm",
         "sra_attention",
         "sr_conv",
+        "token_conv",
         "sra_layer",
         "pvt_block",
     ],

@@ -49,6 +49,7 @@ def test_every_op_has_a_reference_and_only_known_backends():
         "upsample_accumulate",
         "layer_norm",
         "sr_conv",
+        "token_conv",
         "sra_layer",
         "pvt_block",
     }
@@ -74,6 +75,32 @@ def test_sr_conv_auto_takes_the_cpp_kernel_for_small_fp32_calls():
         args = (torch.empty(1, side * side, 64), weight, None, side, side, None)
         assert OPS["sr_conv"].resolve("auto", args) == chosen, side
         assert OPS["sr_conv"].resolve("cpu", args) == "cpu"  # asked for explicitly, it runs anyway
+
+
+def test_token_conv_auto_takes_the_cpp_kernel_where_it_measured_faster():
+    """The C++ token-map conv where it measured faster in the model: fp32 with 64 or more output channels up to
+    CPU_MAX_FLOPS; bf16 / fp16, 32 output channels (b0's first embedding) and larger calls (b2's at 512²) stay with
+    the reference (oneDNN's convolution)."""
+    from pvtv2_fast.ops.token_conv import CPU_MAX_FLOPS
+
+    for dtype, chosen in ((torch.float32, "cpu"), (torch.bfloat16, "torch"), (torch.float16, "torch")):
+        args = (torch.randn(1, 16, 4, dtype=dtype), torch.randn(64, 4, 3, 3, dtype=dtype), None, 4, 4, 2, 1, None)
+        assert OPS["token_conv"].resolve("auto", args) == chosen, dtype
+    assert OPS["token_conv"].resolve("triton", args) == "torch"
+    # The presets' largest embedding at 224² (a 14² map of 320 channels → 7² × 512: 144.5 MFLOP), b0's third at 512²
+    # (a 64² map of 64 channels → 32² × 160: 189 MFLOP), b2's second at 512² (128² × 64 → 64² × 128: 604 MFLOP), b0's
+    # first at 224² (the image → 56² × 32: 29.5 MFLOP, but 32 channels)
+    for (ci, co, k, s, side), chosen in (
+        ((320, 512, 3, 2, 14), "cpu"),
+        ((64, 160, 3, 2, 64), "cpu"),
+        ((64, 128, 3, 2, 128), "torch"),
+        ((3, 32, 7, 4, 224), "torch"),
+    ):
+        flops = 2 * (side // s) ** 2 * co * k * k * ci
+        assert (flops <= CPU_MAX_FLOPS and co >= 64) == (chosen == "cpu")
+        args = (torch.empty(1, side * side, ci), torch.empty(co, ci, k, k), None, side, side, s, k // 2, None)
+        assert OPS["token_conv"].resolve("auto", args) == chosen, (ci, co, side)
+        assert OPS["token_conv"].resolve("cpu", args) == "cpu"
 
 
 def test_cpu_auto_takes_the_cpp_kernel_and_sdpa_for_attention():

@@ -27,6 +27,7 @@ def _samples():
         randn(8, device="cpu"),
     )
     ffn_x, sr_w = randn(2, 45, 16, device="cpu"), randn(40, 16, 2, 2, device="cpu", scale=0.25)
+    embed_w = randn(24, 16, 3, 3, device="cpu", scale=0.08)
     logits = randn(2, 5, 6, 19, device="cpu")
     taps = (
         torch.tensor([[0, 1], [1, 2], [3, 4], [4, 4]]),
@@ -58,6 +59,7 @@ def _samples():
         "pvtv2_fast_C.layer_norm": (x, randn(x.shape[2], device="cpu"), randn(x.shape[2], device="cpu", seed=2), 1e-6),
         "pvtv2_fast_C.sra_attention": (randn(1, 20, 64, device="cpu"), kv[..., :64], kv[..., 64:], 2, 0.125),
         "pvtv2_fast_C.sr_conv": (ffn_x, sr_w, randn(40, device="cpu"), 5, 9, pack_weight(sr_w)),
+        "pvtv2_fast_C.token_conv": (ffn_x, embed_w, randn(24, device="cpu"), 5, 9, 2, 1, pack_weight(embed_w)),
         "pvtv2_fast_C.sra_layer": _sra_layer_sample(),
         "pvtv2_fast_C.pvt_block": _pvt_block_sample(),
     }

@@ -150,32 +150,54 @@ inline void layer_norm(const at::Tensor& x, const c10::optional<at::Tensor>& wei
   CHECK_SHAPE(bias, x.size(2));
 }
 
-// x (B, H·W, Ci) tokens of an H×W map; weight (Co, Ci, s, s), s >= 1, no larger than the map; bias (Co,);
-// packed (ceil(Co / 64), s·s·Ci, 64), the weight as ops.pack_weight lays it out (packing.h).
-inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                    int64_t height, int64_t width, const at::Tensor& packed) {
-  const char* op = "sr_conv";
-  token_map(op, x, height, width);
+// The weight, bias and packed weight of a k×k conv of x's tokens: weight (Co, Ci, k, k), k >= 1; bias (Co,); packed
+// (ceil(Co / 64), k·k·Ci, 64), the weight as ops.pack_weight lays it out (packing.h), or in pairs of k
+// ((ceil(Co / 64), k·k·Ci / 2, 64, 2), ops.pack_weight_pairs) for bf16 x with Ci even.
+inline void conv_params(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                        const c10::optional<at::Tensor>& bias, const at::Tensor& packed) {
   CHECK_LIKE(weight, x);
   CHECK_DIM(weight, 4);
-  const int64_t s = weight.size(2);
-  TORCH_CHECK(s >= 1 && weight.size(3) == s, op, ": weight must be (Co, Ci, s, s) with s >= 1, got ",
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(k >= 1 && weight.size(3) == k, op, ": weight must be (Co, Ci, k, k) with k >= 1, got ",
               shape_str(weight.sizes()));
-  CHECK_SHAPE(weight, weight.size(0), x.size(2), s, s);
-  TORCH_CHECK(s <= height && s <= width, op, ": a ", s, "x", s, " kernel does not fit in a ", height, "x", width,
-              " map");
+  CHECK_SHAPE(weight, weight.size(0), x.size(2), k, k);
   CHECK_LIKE(bias, x);
   CHECK_SHAPE(bias, weight.size(0));
   CHECK_LIKE(packed, x);
-  // bf16 only: the weight packed in pairs of k (ops.pack_weight_pairs) for the bf16 GEMM.
   const bool pairs = packed.dim() == 4;
   TORCH_CHECK(!pairs || x.scalar_type() == at::kBFloat16, op, ": a weight packed in pairs is for bf16 inputs, got x ",
               x.scalar_type());
   TORCH_CHECK(!pairs || x.size(2) % 2 == 0, op, ": a weight packed in pairs needs an even channel count, got ",
               x.size(2));
-  const std::vector<int64_t> expected = packed_shape(weight.size(0), s * s * x.size(2), pairs);
+  const std::vector<int64_t> expected = packed_shape(weight.size(0), k * k * x.size(2), pairs);
   TORCH_CHECK(packed.sizes() == at::IntArrayRef(expected), op, ": packed must be ", shape_str(expected), ", got ",
               shape_str(packed.sizes()));
+}
+
+// x (B, H·W, Ci) tokens of an H×W map; the s×s conv at stride s (no padding), s no larger than the map; the weight,
+// bias and packed weight as conv_params.
+inline void sr_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                    int64_t height, int64_t width, const at::Tensor& packed) {
+  const char* op = "sr_conv";
+  token_map(op, x, height, width);
+  conv_params(op, x, weight, bias, packed);
+  const int64_t s = weight.size(2);
+  TORCH_CHECK(s <= height && s <= width, op, ": a ", s, "x", s, " kernel does not fit in a ", height, "x", width,
+              " map");
+}
+
+// x (B, H·W, Ci) tokens of an H×W map; a k×k conv at stride >= 1 with zero padding >= 0 whose kernel fits in the
+// padded map; the weight, bias and packed weight as conv_params.
+inline void token_conv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       int64_t height, int64_t width, int64_t stride, int64_t padding, const at::Tensor& packed) {
+  const char* op = "token_conv";
+  token_map(op, x, height, width);
+  conv_params(op, x, weight, bias, packed);
+  TORCH_CHECK(stride >= 1 && padding >= 0, op, ": stride must be >= 1 and padding >= 0, got stride ", stride,
+              ", padding ", padding);
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(k <= height + 2 * padding && k <= width + 2 * padding, op, ": a ", k, "x", k, " kernel does not fit in a ",
+              height, "x", width, " map padded by ", padding);
 }
 
 // q (B, N, C) queries; k and v (B, M, C) keys and values (any strides, e.g. views into one (B, M, 2C) projection);
