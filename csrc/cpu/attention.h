@@ -7,7 +7,8 @@
 //
 // Layout, per (image, head) (attention_pack): K transposed into key blocks of kWidth, kt[M/W][D][W], so one vector
 // load gives channel d of W keys; V as contiguous (M, Dp) rows, Dp = D rounded up to a multiple of kWidth (zero
-// columns). q is read in place (strided rows) and scaled once by scale·log2(e), so the softmax runs on exp2.
+// columns). fp32 q is read in place (strided rows; other types through a transposed fp32 copy), and the scores are
+// scaled by scale·log2(e), so the softmax runs on exp2.
 //
 // One task (attention_rows) is up to kSubBlocks·kRows query rows. For each chunk of KC keys (K and V of the chunk:
 // <= 32 KB, in L1 while the task's row groups reuse it), each group of kRows rows:
@@ -28,6 +29,8 @@
 
 #include <math.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #ifndef PVT_ISA
 #error "define PVT_ISA before including attention.h"
@@ -77,12 +80,12 @@ struct Attention {
       for (int64_t d = 0; d < dp; ++d) vp[j * dp + d] = d < D ? scalar_elem(v[j * v_stride + d]) : 0.0f;
   }
 
-  // s[r][0, NV·W) = q_r · (NV·W keys of kt), and mx[r] = max(mx[r], those scores), for the kRows rows of qt (D,
-  // kRows): the queries transposed, so each step's broadcasts sit side by side.
+  // s[r][0, NV·W) = qscale · q_r · (NV·W keys of kt), and mx[r] = max(mx[r], those scores), for the kRows rows
+  // q(r, d) gives (fp32 rows read in place, or a transposed copy: see rows).
   // tail (W floats, 0 or -inf) is added to the last vector: -inf for the zero-padded keys past M, so they neither
   // count in the maximum nor weigh in the softmax (2^-inf = 0).
-  template <int NV>
-  static inline void score_tile(const float* __restrict__ qt, int64_t D, const float* __restrict__ kt,
+  template <int NV, typename Q>
+  static inline void score_tile(const Q& q, int64_t D, float qscale, const float* __restrict__ kt,
                                 float* __restrict__ s, float* __restrict__ mx, const float* __restrict__ tail) {
     using reg = typename V::reg;
     reg acc[kRows][NV];
@@ -92,10 +95,13 @@ struct Attention {
       reg kv[NV];
       for (int t = 0; t < NV; ++t) kv[t] = V::load(kt + (t * D + d) * W);
       for (int r = 0; r < kRows; ++r) {
-        const reg q = V::set1(qt[d * kRows + r]);
-        for (int t = 0; t < NV; ++t) acc[r][t] = V::fmadd(q, kv[t], acc[r][t]);
+        const reg qv = V::set1(q(r, d));
+        for (int t = 0; t < NV; ++t) acc[r][t] = V::fmadd(qv, kv[t], acc[r][t]);
       }
     }
+    const reg scale = V::set1(qscale);
+    for (int r = 0; r < kRows; ++r)
+      for (int t = 0; t < NV; ++t) acc[r][t] = V::mul(acc[r][t], scale);
     if (tail) {
       const reg bias = V::load(tail);
       for (int r = 0; r < kRows; ++r) acc[r][NV - 1] = V::add(acc[r][NV - 1], bias);
@@ -141,15 +147,24 @@ struct Attention {
     const int64_t dp = padded_dim(D), kc = chunk(D), blocks = (M + W - 1) / W;
     const float* vp = kt + blocks * W * D;
     const int groups = static_cast<int>((n_rows + kRows - 1) / kRows);
-    float* qt = scratch;                    // groups × (D, kRows): scaled queries, transposed; zero past n_rows
+    // fp32 queries are read in place, kRows row pointers per group (rows past n_rows read zeros), as the GEMM tile
+    // reads its rows: transposing them first cost ~15% of a task over 49 keys. Others are converted once into qt,
+    // groups × (D, kRows) transposed (zero past n_rows). The scale multiplies the scores (score_tile).
+    constexpr bool kInPlace = std::is_same_v<T, float>;
+    float* qt = scratch;                    // the transposed queries, or (fp32) D zeros
     float* ob = qt + kTaskRows * dp;        // (groups·kRows, dp) unnormalised outputs
     float* lsum = ob + kTaskRows * dp;      // (groups·kRows, W) row sums, one vector per row
     float* mrow = lsum + kTaskRows * W;     // (groups·kRows) row maxima so far
     float* s = mrow + kTaskRows;            // (kRows, kStrip) one group's scores, then probabilities
     float* mx = s + kRows * kStrip;         // (kRows, W) the group's chunk maxima, per lane
+    if constexpr (kInPlace) {
+      for (int64_t d = 0; d < D; ++d) qt[d] = 0.0f;
+    }
     for (int64_t r = 0; r < groups * kRows; ++r) {
-      float* qg = qt + r / kRows * kRows * D + r % kRows;
-      for (int64_t d = 0; d < D; ++d) qg[d * kRows] = r < n_rows ? scalar_elem(q[r * q_stride + d]) * qscale : 0.0f;
+      if constexpr (!kInPlace) {
+        float* qg = qt + r / kRows * kRows * D + r % kRows;
+        for (int64_t d = 0; d < D; ++d) qg[d * kRows] = r < n_rows ? scalar_elem(q[r * q_stride + d]) : 0.0f;
+      }
       for (int64_t d = 0; d < dp; ++d) ob[r * dp + d] = 0.0f;
       for (int l = 0; l < W; ++l) lsum[r * W + l] = 0.0f;
       mrow[r] = -INFINITY;
@@ -162,11 +177,24 @@ struct Attention {
       for (int l = 0; l < W; ++l) tail[l] = (nb - 1) * W + l < n ? 0.0f : -INFINITY;
       const float* last = n < npad ? tail : nullptr;
       for (int g = 0; g < groups; ++g) {
-        const float* qg = qt + g * kRows * D;
         for (int i = 0; i < kRows * W; ++i) mx[i] = -INFINITY;
-        int64_t b = 0;
-        for (; b + 2 <= nb; b += 2) score_tile<2>(qg, D, ktc + b * D * W, s + b * W, mx, b + 2 == nb ? last : nullptr);
-        if (b < nb) score_tile<1>(qg, D, ktc + b * D * W, s + b * W, mx, last);
+        const auto scores = [&](const auto& qa) {
+          int64_t b = 0;
+          for (; b + 2 <= nb; b += 2)
+            score_tile<2>(qa, D, qscale, ktc + b * D * W, s + b * W, mx, b + 2 == nb ? last : nullptr);
+          if (b < nb) score_tile<1>(qa, D, qscale, ktc + b * D * W, s + b * W, mx, last);
+        };
+        if constexpr (kInPlace) {
+          const float* rows_g[kRows];
+          for (int r = 0; r < kRows; ++r) {
+            const int64_t row = g * kRows + r;
+            rows_g[r] = row < n_rows ? q + row * q_stride : qt;
+          }
+          scores([&](int r, int64_t d) { return rows_g[r][d]; });
+        } else {
+          const float* qg = qt + g * kRows * D;
+          scores([qg](int r, int64_t d) { return qg[d * kRows + r]; });
+        }
         // new row maxima, then alpha = 2^(m_old - m_new) for all rows of the group at once
         float m_old[kRowsPad], m_new[kRowsPad], alpha[kRowsPad];
         for (int r = 0; r < kRowsPad; ++r) m_old[r] = m_new[r] = 0.0f;
