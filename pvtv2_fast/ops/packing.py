@@ -1,5 +1,6 @@
 """``pack_weight(weight)``: a weight matrix in the layout of the C++ packed-weight GEMM (csrc/cpu/packed_gemm.h),
-the one place that defines it. Used by ``sr_conv`` (the spatial-reduction conv) and ``conv_ffn`` (fc1 / fc2);
+the one place that defines it. Used by ``sr_conv`` and ``token_conv`` (the spatial-reduction and patch-embedding
+convs) and ``conv_ffn`` (fc1 / fc2);
 modules cache the packed copies for inference. ``pack_weight_pairs(weight)``: a bf16 weight in the layout of the bf16
 GEMM (csrc/cpu/packed_gemm_bf16.cpp), which ``pvt_block`` runs on CPUs with AVX512-BF16."""
 
@@ -56,3 +57,10 @@ def pack_weight_pairs(weight: Tensor) -> Tensor:
         )
     blocks, k, _ = packed_shape(*weight.shape)
     return pack_weight(weight).view(blocks, k // 2, 2, PACK_BLOCK).transpose(2, 3).contiguous()
+
+
+def with_packed_weight(args: tuple) -> tuple:
+    """A conv op's kernel arguments ``(x, weight, ..., packed)`` (``sr_conv``, ``token_conv``): the kernel requires
+    the packed weight; packed here (:func:`pack_weight`) when the caller passed None."""
+    *rest, packed = args
+    return (*rest, pack_weight(rest[1]) if packed is None else packed)

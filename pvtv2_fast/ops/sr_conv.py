@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_params, check_token_map
-from .packing import pack_weight, packed_shape
+from .packing import packed_shape, with_packed_weight
 from .registry import define, register_native
 
 
@@ -45,14 +45,8 @@ def _cpu_slower(args: Sequence) -> bool:
     return not cpu_kernel_pays(x, weight, height, width)
 
 
-def _with_packed(args: tuple) -> tuple:
-    """The kernel's arguments: the packed weight is required there; packed here when the caller did not pass it."""
-    x, weight, bias, height, width, packed = args
-    return x, weight, bias, height, width, pack_weight(weight) if packed is None else packed
-
-
 OP = define("sr_conv", sr_conv_reference, stand_ins={"triton": "torch", "cuda": "torch"})
-register_native(OP, "sr_conv", 3, 3, devices=("cpu",), slower=_cpu_slower, prepare=_with_packed)
+register_native(OP, "sr_conv", 3, 3, devices=("cpu",), slower=_cpu_slower, prepare=with_packed_weight)
 
 
 def sr_conv(
