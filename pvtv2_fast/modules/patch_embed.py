@@ -45,9 +45,9 @@ class OverlapPatchEmbed(FastPath, nn.Module):
     def _cpu_token_conv(self, x: torch.Tensor) -> bool:
         """Whether the conv runs the C++ ``ops.token_conv`` on the map's tokens rather than oneDNN's prepacked
         convolution (:meth:`_conv2d`): CPU tensors in fast mode, where "auto" measured it faster
-        (``ops.token_conv.cpu_kernel_pays``: fp32 calls of 64 or more output channels up to 300 MFLOP: every
-        embedding at 224² but b0's first, b0's later ones at 512²; README, "CPU patch embeddings"), or always with
-        the "cpu" backend. Other devices keep their convolution."""
+        (``ops.token_conv.cpu_kernel_pays``: fp32 calls of 64 or more output channels up to 300 MFLOP, 150 on the
+        image: every embedding at 224² but b0's first, b0's later ones at 512²; README, "CPU patch embeddings"), or
+        always with the "cpu" backend. Other devices keep their convolution."""
         if not (self.fast and x.device.type == "cpu" and self.op_backend in ("auto", "cpu")):
             return False
         _, _, h, w = x.shape

@@ -38,20 +38,26 @@ def token_conv_reference(
 
 def cpu_kernel_pays(x: Tensor, weight: Tensor, height: int, width: int, stride: int, padding: int) -> bool:
     """Whether "auto" takes the C++ kernel over oneDNN's prepacked convolution: fp32 calls of at least
-    :data:`CPU_MIN_OUT` output channels and up to :data:`CPU_MAX_FLOPS`, where it measured faster inside a model's
+    :data:`CPU_MIN_OUT` output channels and up to :data:`CPU_MAX_FLOPS` (:data:`CPU_MAX_FLOPS_ON_IMAGE` for convs of
+    the image itself, fewer than :data:`CPU_MIN_IN` input channels), where it measured faster inside a model's
     forward. bf16 and fp16 keep oneDNN's native paths (bf16 with the weight packed in pairs measured level with
     oneDNN's bf16 convolution, the same sums bit for bit)."""
     co, ci, k, _ = weight.shape
     ho, wo = output_size(height, k, stride, padding), output_size(width, k, stride, padding)
     flops = 2 * x.shape[0] * ho * wo * co * k * k * ci
-    return x.dtype == torch.float32 and co >= CPU_MIN_OUT and flops <= CPU_MAX_FLOPS
+    limit = CPU_MAX_FLOPS if ci >= CPU_MIN_IN else CPU_MAX_FLOPS_ON_IMAGE
+    return x.dtype == torch.float32 and co >= CPU_MIN_OUT and flops <= limit
 
 
 # Measured per embedding inside the model's forward (the rule toggled per call, interleaved; 2 threads, AVX-512, fp32;
-# README, "CPU patch embeddings"): 1.10-1.39x oneDNN's prepacked convolution from 29 to 289 MFLOP (b0 / b2 at 224²,
-# batch 1 and 2; b0 at 512²), 0.81-0.97x over b2's 308-755 MFLOP ones at 512²; and 0.69-0.87x on b0's first
-# embedding (32 output channels: half-width register tiles, against oneDNN's first-layer kernel).
+# README, "CPU patch embeddings"). The 3×3 ones on a stage's map: 1.10-1.39x oneDNN's prepacked convolution from 29 to
+# 145 MFLOP (b0 / b2 at 224²), 0.98-1.09x from 151 to 289 (b0 at 512², b0 / b2 at batch 2-8), 0.93-1.02x above (b2
+# at 512², 604-755 MFLOP). The first, 7×7 on the image's 3 channels, where oneDNN has a kernel of its own: 1.09-1.27x
+# up to 118 MFLOP (b2 at 224², batch 1-2), 0.92x at 236 (batch 4), 0.81x at 308 (512²); and on 32 output channels
+# (b0's: half-width register tiles) 0.69-0.99x at any size.
 CPU_MAX_FLOPS = 300_000_000
+CPU_MAX_FLOPS_ON_IMAGE = 150_000_000
+CPU_MIN_IN = 8
 CPU_MIN_OUT = 64
 
 

@@ -79,9 +79,9 @@ def test_sr_conv_auto_takes_the_cpp_kernel_for_small_fp32_calls():
 
 def test_token_conv_auto_takes_the_cpp_kernel_where_it_measured_faster():
     """The C++ token-map conv where it measured faster in the model: fp32 with 64 or more output channels up to
-    CPU_MAX_FLOPS; bf16 / fp16, 32 output channels (b0's first embedding) and larger calls (b2's at 512²) stay with
-    the reference (oneDNN's convolution)."""
-    from pvtv2_fast.ops.token_conv import CPU_MAX_FLOPS
+    CPU_MAX_FLOPS (CPU_MAX_FLOPS_ON_IMAGE for the first embedding, on the image's 3 channels); bf16 / fp16, 32 output
+    channels (b0's first embedding) and larger calls (b2's at 512²) stay with the reference (oneDNN's convolution)."""
+    from pvtv2_fast.ops.token_conv import CPU_MAX_FLOPS, CPU_MAX_FLOPS_ON_IMAGE
 
     for dtype, chosen in ((torch.float32, "cpu"), (torch.bfloat16, "torch"), (torch.float16, "torch")):
         args = (torch.randn(1, 16, 4, dtype=dtype), torch.randn(64, 4, 3, 3, dtype=dtype), None, 4, 4, 2, 1, None)
@@ -89,16 +89,20 @@ def test_token_conv_auto_takes_the_cpp_kernel_where_it_measured_faster():
     assert OPS["token_conv"].resolve("triton", args) == "torch"
     # The presets' largest embedding at 224² (a 14² map of 320 channels → 7² × 512: 144.5 MFLOP), b0's third at 512²
     # (a 64² map of 64 channels → 32² × 160: 189 MFLOP), b2's second at 512² (128² × 64 → 64² × 128: 604 MFLOP), b0's
-    # first at 224² (the image → 56² × 32: 29.5 MFLOP, but 32 channels)
-    for (ci, co, k, s, side), chosen in (
-        ((320, 512, 3, 2, 14), "cpu"),
-        ((64, 160, 3, 2, 64), "cpu"),
-        ((64, 128, 3, 2, 128), "torch"),
-        ((3, 32, 7, 4, 224), "torch"),
+    # first at 224² (the image → 56² × 32: 29.5 MFLOP, but 32 channels), b2's first at 224², batch 2 and batch 4 (the
+    # image → 56² × 64: 118 and 236 MFLOP)
+    for (b, ci, co, k, s, side), chosen in (
+        ((1, 320, 512, 3, 2, 14), "cpu"),
+        ((1, 64, 160, 3, 2, 64), "cpu"),
+        ((1, 64, 128, 3, 2, 128), "torch"),
+        ((1, 3, 32, 7, 4, 224), "torch"),
+        ((2, 3, 64, 7, 4, 224), "cpu"),
+        ((4, 3, 64, 7, 4, 224), "torch"),
     ):
-        flops = 2 * (side // s) ** 2 * co * k * k * ci
-        assert (flops <= CPU_MAX_FLOPS and co >= 64) == (chosen == "cpu")
-        args = (torch.empty(1, side * side, ci), torch.empty(co, ci, k, k), None, side, side, s, k // 2, None)
+        flops = 2 * b * (side // s) ** 2 * co * k * k * ci
+        limit = CPU_MAX_FLOPS if ci >= 8 else CPU_MAX_FLOPS_ON_IMAGE
+        assert (flops <= limit and co >= 64) == (chosen == "cpu")
+        args = (torch.empty(b, side * side, ci), torch.empty(co, ci, k, k), None, side, side, s, k // 2, None)
         assert OPS["token_conv"].resolve("auto", args) == chosen, (ci, co, side)
         assert OPS["token_conv"].resolve("cpu", args) == "cpu"
 
