@@ -585,7 +585,6 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
   at::Tensor y = at::empty_like(xb, at::MemoryFormat::Contiguous);
   if (y.numel() == 0) return y;
   const auto f32 = xb.options().dtype(at::kFloat);
-  const at::Tensor xf = xb.to(at::kFloat);
   std::vector<at::Tensor> pk;
   for (const at::Tensor& t : packed_in) pk.push_back(t.contiguous());
   const auto pairs = [&](size_t i) { return static_cast<const cpu::bf16*>(pk[i].data_ptr()); };
@@ -641,8 +640,9 @@ static at::Tensor pvt_block_bf16(const at::Tensor& x_in, const c10::optional<at:
     round(o, hb);
   }
   at::Tensor x1 = at::empty({B, N, C}, f32);  // x + the attention, fp32
-  cpu::packed_linear_bf16(bf(hb), C, B * N, C, pairs(2), C, data_or_null(bp), xf.data_ptr<float>(), C,
-                          x1.data_ptr<float>(), C);
+  // x's bf16 widened in the epilogue: the sums of an fp32 copy of x (no pass to make one).
+  cpu::packed_linear_bf16_bf16_residual(bf(hb), C, B * N, C, pairs(2), C, data_or_null(bp),
+                                        static_cast<const cpu::bf16*>(xb.data_ptr()), C, x1.data_ptr<float>(), C);
   const at::Tensor h = at::empty({B, N, C}, f32);  // LN2 of the fp32 x1, then rounded
   layer_norm_into(x1.data_ptr(), h.data_ptr(), cpu::Elem::kF32, B * N, C, norm2_weight, norm2_bias, eps[1]);
   round(h, hb);

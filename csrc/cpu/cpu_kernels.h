@@ -149,6 +149,10 @@ void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, con
 // The same with out rounded to bf16 once (round to nearest even).
 void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N,
                         const float* bias, const float* residual, int64_t ldr, bf16* out, int64_t ldo);
+// fp32 out with a bf16 residual (widened exactly: the sums of the fp32 one holding the same values).
+void packed_linear_bf16_bf16_residual(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed,
+                                      int64_t N, const float* bias, const bf16* residual, int64_t ldr, float* out,
+                                      int64_t ldo);
 // softmax(q kᵀ · scale) v per (image, head) on bf16 q, k, v, out (attention_bf16.cpp: AVX512-BF16 dot products for
 // both products, the probabilities rounded to bf16, softmax in fp32), rows and images `*_row` / `*_img` elements
 // apart; head dims even and at most 128. Only where bf16_dot_available().

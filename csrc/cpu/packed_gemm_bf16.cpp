@@ -43,12 +43,25 @@ inline void store(uint16_t* p, __m512 v) {
 }
 inline void store1(float* p, float v) { *p = v; }
 inline void store1(uint16_t* p, float v) { *p = round_bf16_bits(v); }  // the columns past the vectors
+// A residual of fp32 values or of bf16 ones (widened exactly).
+inline __m512 load_res(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_res(const uint16_t* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+inline float res1(const float* p) { return *p; }
+inline float res1(const uint16_t* p) {
+  const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
 
 // Rows a[0..R) × nc (<= NV·16) columns from `col` of one packed block pk ((K / 2, 64, 2) bf16 as uint32 pairs); out
-// fp32, or bf16 (O = uint16_t: the sums rounded once, as vcvtneps2bf16 does).
-template <int NV, int R, typename O>
+// fp32, or bf16 (O = uint16_t: the sums rounded once, as vcvtneps2bf16 does); the residual fp32 or bf16 (Rs).
+template <int NV, int R, typename O, typename Rs>
 void tile(const uint16_t* const* a, int64_t segs, int64_t seg_pairs, int64_t seg_stride, const uint32_t* pk,
-          int64_t col, const float* bias, const float* residual, int64_t ldr, O* out, int64_t ldo, int64_t nc) {
+          int64_t col, const float* bias, const Rs* residual, int64_t ldr, O* out, int64_t ldo, int64_t nc) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -73,7 +86,7 @@ void tile(const uint16_t* const* a, int64_t segs, int64_t seg_pairs, int64_t seg
       for (int v = 0; v < NV; ++v) {
         __m512 y = acc[r][v];
         if (bias) y = _mm512_add_ps(y, _mm512_loadu_ps(bias + v * kW));
-        if (residual) y = _mm512_add_ps(y, _mm512_loadu_ps(residual + r * ldr + v * kW));
+        if (residual) y = _mm512_add_ps(y, load_res(residual + r * ldr + v * kW));
         store(out + r * ldo + v * kW, y);
       }
     return;
@@ -84,31 +97,31 @@ void tile(const uint16_t* const* a, int64_t segs, int64_t seg_pairs, int64_t seg
     for (int64_t c = 0; c < nc; ++c) {
       float y = tmp[c];
       if (bias) y += bias[c];
-      if (residual) y += residual[r * ldr + c];
+      if (residual) y += res1(residual + r * ldr + c);
       store1(out + r * ldo + c, y);
     }
   }
 }
 
 // tile<NV, np> for a runtime np in [1, kRows].
-template <int NV, typename O, int R = kRows>
+template <int NV, typename O, typename Rs, int R = kRows>
 void rows_tile(const uint16_t* const* a, int np, int64_t segs, int64_t seg_pairs, int64_t seg_stride,
-               const uint32_t* pk, int64_t col, const float* bias, const float* residual, int64_t ldr, O* out,
+               const uint32_t* pk, int64_t col, const float* bias, const Rs* residual, int64_t ldr, O* out,
                int64_t ldo, int64_t nc) {
   if constexpr (R > 1) {
     if (np < R) {
-      rows_tile<NV, O, R - 1>(a, np, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
+      rows_tile<NV, O, Rs, R - 1>(a, np, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
       return;
     }
   }
-  tile<NV, R, O>(a, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
+  tile<NV, R, O, Rs>(a, segs, seg_pairs, seg_stride, pk, col, bias, residual, ldr, out, ldo, nc);
 }
 
 // Rows row_ptr(r) (segs segments of 2·seg_pairs values, seg_stride values apart) × the column blocks [cb0, cb1), on
 // the calling thread: packed_gemm.h's sweep.
-template <typename RowPtr, typename O>
+template <typename RowPtr, typename O, typename Rs>
 void sweep(const RowPtr& row_ptr, int64_t n_rows, int64_t segs, int64_t seg_pairs, int64_t seg_stride,
-           const uint16_t* packed, int64_t N, const float* bias, const float* residual, int64_t ldr, O* out,
+           const uint16_t* packed, int64_t N, const float* bias, const Rs* residual, int64_t ldr, O* out,
            int64_t ldo, int64_t cb0, int64_t cb1) {
   const int64_t K2 = segs * seg_pairs;  // pairs of k
   const int64_t chunk_rows = gemm_chunk_rows(n_rows, kRows);
@@ -120,27 +133,27 @@ void sweep(const RowPtr& row_ptr, int64_t n_rows, int64_t segs, int64_t seg_pair
         const int np = static_cast<int>(std::min<int64_t>(c1 - r0, kRows));
         const uint16_t* arows[kRows] = {};
         for (int r = 0; r < np; ++r) arows[r] = row_ptr(r0 + r);
-        const float* res = residual ? residual + r0 * ldr : nullptr;
+        const Rs* res = residual ? residual + r0 * ldr : nullptr;
         for (int64_t col = 0; col < kBlock; col += 4 * kW) {
           const int64_t n0 = cb * kBlock + col;
           if (n0 >= N) break;
           const int64_t nc = std::min<int64_t>(N - n0, 4 * kW);
           const float* b = bias ? bias + n0 : nullptr;
-          const float* rs = res ? res + n0 : nullptr;
+          const Rs* rs = res ? res + n0 : nullptr;
           O* o = out + r0 * ldo + n0;
           if (nc <= 2 * kW)
-            rows_tile<2, O>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
+            rows_tile<2, O, Rs>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
           else
-            rows_tile<4, O>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
+            rows_tile<4, O, Rs>(arows, np, segs, seg_pairs, seg_stride, pk, col, b, rs, ldr, o, ldo, nc);
         }
       }
     }
   }
 }
 
-template <typename O>
+template <typename O, typename Rs>
 void linear(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed, int64_t N, const float* bias,
-            const float* residual, int64_t ldr, O* out, int64_t ldo) {
+            const Rs* residual, int64_t ldr, O* out, int64_t ldo) {
   const uint16_t* ap = reinterpret_cast<const uint16_t*>(a);
   const uint16_t* pk = reinterpret_cast<const uint16_t*>(packed);
   // split_gemm sizes the weight in fp32 values: K / 2 of them per column is the bf16 weight's size.
@@ -163,6 +176,12 @@ void packed_linear_bf16(const bf16* a, int64_t lda, int64_t rows, int64_t K, con
   linear(a, lda, rows, K, packed, N, bias, residual, ldr, reinterpret_cast<uint16_t*>(out), ldo);
 }
 
+void packed_linear_bf16_bf16_residual(const bf16* a, int64_t lda, int64_t rows, int64_t K, const bf16* packed,
+                                      int64_t N, const float* bias, const bf16* residual, int64_t ldr, float* out,
+                                      int64_t ldo) {
+  linear(a, lda, rows, K, packed, N, bias, reinterpret_cast<const uint16_t*>(residual), ldr, out, ldo);
+}
+
 void token_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
                      int64_t width, int64_t ci, int64_t co, int64_t k, int64_t s) {
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x);
@@ -177,7 +196,8 @@ void token_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float
         const int64_t p = p0 + r, i = p / wo, j = p % wo;
         return xi + (i * s * width + j * s) * ci;
       };
-      sweep(window, p1 - p0, k, k * ci / 2, width * ci, pk, co, bias, nullptr, 0, out + (img * m + p0) * co, co,
+      sweep(window, p1 - p0, k, k * ci / 2, width * ci, pk, co, bias, static_cast<const float*>(nullptr), 0,
+            out + (img * m + p0) * co, co,
             cb0, cb1);
     }
   });
@@ -189,6 +209,10 @@ void packed_linear_bf16(const bf16*, int64_t, int64_t, int64_t, const bf16*, int
 }
 void packed_linear_bf16(const bf16*, int64_t, int64_t, int64_t, const bf16*, int64_t, const float*, const float*,
                         int64_t, bf16*, int64_t) {
+  TORCH_CHECK(false, "the bf16 packed GEMM needs an x86-64 CPU with AVX512-BF16");
+}
+void packed_linear_bf16_bf16_residual(const bf16*, int64_t, int64_t, int64_t, const bf16*, int64_t, const float*,
+                                      const bf16*, int64_t, float*, int64_t) {
   TORCH_CHECK(false, "the bf16 packed GEMM needs an x86-64 CPU with AVX512-BF16");
 }
 void token_conv_bf16(const bf16*, const bf16*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t,
