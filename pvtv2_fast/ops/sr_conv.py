@@ -75,6 +75,8 @@ def sr_conv(
     co, ci, s, _ = weight.shape
     if s < 1 or s > height or s > width:
         raise ValueError(f"sr_conv: a {s}×{s} kernel does not fit in a {height}×{width} map")
+    if x.shape[2] == 0:  # PyTorch's conv2d answers 0 output channels, not Co channels of bias: refused
+        raise ValueError("sr_conv: x has no channels (a conv of 0 input channels is refused)")
     check_params(
         "sr_conv",
         x,

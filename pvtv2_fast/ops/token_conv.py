@@ -101,6 +101,8 @@ def token_conv(
     if k < 1 or k > height + 2 * padding or k > width + 2 * padding:
         raise ValueError(f"token_conv: a {k}×{k} kernel does not fit in a {height}×{width} map padded by {padding}")
     pairs = getattr(packed, "ndim", 3) == 4
+    if x.shape[2] == 0:  # PyTorch's conv2d answers 0 output channels, not Co channels of bias: refused
+        raise ValueError("token_conv: x has no channels (a conv of 0 input channels is refused)")
     check_params(
         "token_conv",
         x,

@@ -395,6 +395,18 @@ BAD_INPUT = [
     ("tc-not-a-map", lambda d, o: _tc(d, width=8), E, "45 tokens are not a 5x8 map"),
     ("tc-weight-rect", lambda d, o: _tc(d, weight=_x(d, 12, 8, 3, 2)), E, "weight must be (Co, Ci, k, k)"),
     ("tc-weight-channels", lambda d, o: _tc(d, weight=_x(d, 12, 7, 3, 3)), E, "weight must be (12, 8, 3, 3)"),
+    (
+        "tc-no-channels",
+        lambda d, o: _tc(d, x=_x(d, 2, 45, 0), weight=_x(d, 12, 0, 3, 3), packed=_x(d, 1, 0, 64)),
+        E,
+        "token_conv: x has no channels",
+    ),
+    (
+        "src-no-channels",
+        lambda d, o: _src(d, x=_x(d, 2, 45, 0), weight=_x(d, 12, 0, 2, 2), packed=_x(d, 1, 0, 64)),
+        E,
+        "sr_conv: x has no channels",
+    ),
     ("tc-stride-zero", lambda d, o: _tc(d, stride=0), E, "stride must be >= 1 and padding >= 0, got stride 0"),
     ("tc-padding-negative", lambda d, o: _tc(d, padding=-1), E, "padding >= 0, got stride 2, padding -1"),
     ("tc-kernel-too-big", lambda d, o: _tc(d, k=8), E, "8x8 kernel does not fit in a 5x9 map padded by 1"),

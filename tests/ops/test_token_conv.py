@@ -145,6 +145,7 @@ def test_compile_and_export_keep_the_fused_node(backend, device):
         (dict(width=6), ValueError, "35 tokens are not a 5×6 map"),
         (dict(weight=torch.randn(24, 16, 3, 2)), ValueError, "weight must be (Co, Ci, k, k)"),
         (dict(weight=torch.randn(24, 15, 3, 3)), ValueError, "weight must be (24, 16, 3, 3)"),
+        (dict(x=torch.randn(1, 35, 0), weight=torch.randn(24, 0, 3, 3)), ValueError, "x has no channels"),
         (dict(stride=0), ValueError, "stride must be an int >= 1 and padding an int >= 0"),
         (dict(padding=-1), ValueError, "stride must be an int >= 1 and padding an int >= 0"),
         (dict(stride=2.0), ValueError, "stride must be an int >= 1"),

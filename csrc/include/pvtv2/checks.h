@@ -161,6 +161,8 @@ inline void conv_params(const char* op, const at::Tensor& x, const at::Tensor& w
   TORCH_CHECK(k >= 1 && weight.size(3) == k, op, ": weight must be (Co, Ci, k, k) with k >= 1, got ",
               shape_str(weight.sizes()));
   CHECK_SHAPE(weight, weight.size(0), x.size(2), k, k);
+  // PyTorch's conv2d answers 0 output channels there, not Co channels of bias: refused rather than either.
+  TORCH_CHECK(x.size(2) > 0, op, ": x has no channels (a conv of 0 input channels is refused)");
   CHECK_LIKE(bias, x);
   CHECK_SHAPE(bias, weight.size(0));
   CHECK_LIKE(packed, x);
