@@ -7,6 +7,8 @@ from typing import Mapping, Optional, Tuple
 
 import torch
 
+from .packing import packed_shape
+
 
 def _shape(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -73,3 +75,28 @@ def check_taps(op: str, name: str, index, weight, source: int, x: torch.Tensor) 
         lo, hi = int(index.min()), int(index.max())
         if lo < 0 or hi >= source:
             raise IndexError(f"{op}: {name}_index reads source {name}s [{lo}, {hi}], x has {source}")
+
+
+def check_conv_params(op: str, x: torch.Tensor, weight: torch.Tensor, bias, packed) -> None:
+    """The parameters of a k×k conv of ``x``'s tokens (``sr_conv``, ``token_conv``; checks.h's ``conv_params``):
+    ``x`` has channels; weight ``(Co, Ci, k, k)``, bias ``(Co,)`` and packed (:func:`~pvtv2_fast.ops.pack_weight`'s
+    shape, or :func:`~pvtv2_fast.ops.pack_weight_pairs`' for bf16 ``x`` with an even Ci) of its dtype and device.
+    The caller has checked that ``weight`` is a square 4-D kernel."""
+    if x.shape[2] == 0:  # PyTorch's conv2d answers 0 output channels, not Co channels of bias: refused
+        raise ValueError(f"{op}: x has no channels (a conv of 0 input channels is refused)")
+    co, ci, k, _ = weight.shape
+    pairs = getattr(packed, "ndim", 3) == 4
+    check_params(
+        op,
+        x,
+        {
+            "weight": (weight, (co, x.shape[2], k, k)),
+            "bias": (bias, (co,)),
+            "packed": (packed, packed_shape(co, k * k * ci, pairs=pairs)),
+        },
+    )
+    if pairs and (x.dtype != torch.bfloat16 or ci % 2):
+        raise ValueError(
+            f"{op}: a weight packed in pairs is for bf16 inputs with an even channel count, got x {x.dtype} "
+            f"with {ci} channels"
+        )

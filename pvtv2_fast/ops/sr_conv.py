@@ -6,23 +6,22 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_params, check_token_map
-from .packing import packed_shape, with_packed_weight
+from .checks import check_conv_params, check_token_map
+from .packing import with_packed_weight
 from .registry import define, register_native
+from .token_conv import token_conv_reference
 
 
 def sr_conv_reference(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], height: int, width: int, packed: Optional[Tensor] = None
 ) -> Tensor:
-    """``F.conv2d`` on the channels-last view of the tokens (what the fast path ran before this op; oneDNN's
-    convolution on CPU), back to ``(B, M, Co)`` tokens. ``packed`` is not used."""
-    b, _, c = x.shape
+    """``F.conv2d`` at stride s on the channels-last view of the tokens (what the fast path ran before this op;
+    oneDNN's convolution on CPU), back to ``(B, M, Co)`` tokens: :func:`token_conv_reference` without padding.
+    ``packed`` is not used."""
     s = weight.shape[2]
-    grid = x.reshape(b, height, width, c).permute(0, 3, 1, 2)
-    return F.conv2d(grid, weight, bias, stride=s).flatten(2).transpose(1, 2)
+    return token_conv_reference(x, weight, bias, height, width, s, 0)
 
 
 # "auto" takes the C++ kernel for fp32 calls of up to this many FLOPs (2·B·M·Co·s²·Ci). Against oneDNN's prepacked
@@ -72,20 +71,8 @@ def sr_conv(
     check_token_map("sr_conv", x, height, width)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"sr_conv: weight must be (Co, Ci, s, s), got {getattr(weight, 'shape', type(weight))}")
-    co, ci, s, _ = weight.shape
+    s = weight.shape[2]
     if s < 1 or s > height or s > width:
         raise ValueError(f"sr_conv: a {s}×{s} kernel does not fit in a {height}×{width} map")
-    if x.shape[2] == 0:  # PyTorch's conv2d answers 0 output channels, not Co channels of bias: refused
-        raise ValueError("sr_conv: x has no channels (a conv of 0 input channels is refused)")
-    check_params(
-        "sr_conv",
-        x,
-        {
-            "weight": (weight, (co, x.shape[2], s, s)),
-            "bias": (bias, (co,)),
-            "packed": (packed, packed_shape(co, s * s * ci, pairs=getattr(packed, "ndim", 3) == 4)),
-        },
-    )
-    if getattr(packed, "ndim", 3) == 4 and x.dtype != torch.bfloat16:
-        raise ValueError(f"sr_conv: a weight packed in pairs is for bf16 inputs, got x {x.dtype}")
+    check_conv_params("sr_conv", x, weight, bias, packed)
     return OP(backend, x, weight, bias, height, width, packed)

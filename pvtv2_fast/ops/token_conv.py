@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_params, check_token_map
-from .packing import packed_shape, with_packed_weight
+from .checks import check_conv_params, check_token_map
+from .packing import with_packed_weight
 from .registry import define, register_native
 
 
@@ -97,24 +97,8 @@ def token_conv(
         raise ValueError(f"token_conv: weight must be (Co, Ci, k, k), got {getattr(weight, 'shape', type(weight))}")
     if not (isinstance(stride, int) and isinstance(padding, int) and stride >= 1 and padding >= 0):
         raise ValueError(f"token_conv: stride must be an int >= 1 and padding an int >= 0, got {stride!r}, {padding!r}")
-    co, ci, k, _ = weight.shape
+    k = weight.shape[2]
     if k < 1 or k > height + 2 * padding or k > width + 2 * padding:
         raise ValueError(f"token_conv: a {k}×{k} kernel does not fit in a {height}×{width} map padded by {padding}")
-    pairs = getattr(packed, "ndim", 3) == 4
-    if x.shape[2] == 0:  # PyTorch's conv2d answers 0 output channels, not Co channels of bias: refused
-        raise ValueError("token_conv: x has no channels (a conv of 0 input channels is refused)")
-    check_params(
-        "token_conv",
-        x,
-        {
-            "weight": (weight, (co, x.shape[2], k, k)),
-            "bias": (bias, (co,)),
-            "packed": (packed, packed_shape(co, k * k * ci, pairs=pairs)),
-        },
-    )
-    if pairs and (x.dtype != torch.bfloat16 or ci % 2):
-        raise ValueError(
-            f"token_conv: a weight packed in pairs is for bf16 inputs with an even channel count, got x {x.dtype} "
-            f"with {ci} channels"
-        )
+    check_conv_params("token_conv", x, weight, bias, packed)
     return OP(backend, x, weight, bias, height, width, stride, padding, packed)
