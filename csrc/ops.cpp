@@ -357,10 +357,10 @@ at::Tensor sra_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, con
 // ops.pack_weight (or pack_weight_pairs) lays it out (the one place that knows the layout; the Python ops pack it when
 // the caller did not). Two ops share it: sr_conv (k = s, no padding) and token_conv (any stride and zero padding).
 // out (B, Ho·Wo, co) fp32 = the stride-s k×k conv of x (B, height·width, ci) fp32 tokens (padded where the conv pads:
-// Ho = (height - k) / s + 1, likewise Wo) on the packed weight.
+// Ho = conv_out(height, k, s), likewise Wo) on the packed weight.
 static void token_conv_into(const float* xp, const float* wp, const float* bp, float* op_, int64_t B, int64_t height,
                             int64_t width, int64_t ci, int64_t co, int64_t k, int64_t s) {
-  const int64_t wo = (width - k) / s + 1, m = ((height - k) / s + 1) * wo;
+  const int64_t wo = cpu::conv_out(width, k, s), m = cpu::conv_out(height, k, s) * wo;
   const cpu::TokenConvRangeFn range = cpu::token_conv_range();
   // Rows are the B·m output pixels; a share of them may span images.
   cpu::split_gemm(B * m, pack_blocks(co), k * k * ci, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
@@ -404,7 +404,7 @@ static at::Tensor token_conv_impl(const char* op, const at::Tensor& x_in, const 
   CHECK_DEVICE(x_in, at::kCPU);
   const int64_t B = x_in.size(0), ci = x_in.size(2), co = weight.size(0), k = weight.size(2);
   const int64_t hp = height + 2 * pad, wp = width + 2 * pad;
-  const int64_t m = ((hp - k) / s + 1) * ((wp - k) / s + 1);
+  const int64_t m = cpu::conv_out(hp, k, s) * cpu::conv_out(wp, k, s);
   const auto dtype = x_in.scalar_type();
   const Floats b = as_floats(bias);
   if (packed_in.dim() == 4) {  // bf16 with the weight packed in pairs (checked): the bf16 GEMM, one rounding
@@ -749,8 +749,8 @@ at::Tensor sr_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10
 at::Tensor token_conv_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            int64_t height, int64_t width, int64_t stride, int64_t padding, const at::Tensor& packed) {
   checks::token_conv(x, weight, bias, height, width, stride, padding, packed);
-  const int64_t k = weight.size(2), ho = (height + 2 * padding - k) / stride + 1;
-  return at::empty({x.size(0), ho * ((width + 2 * padding - k) / stride + 1), weight.size(0)}, x.options());
+  const int64_t k = weight.size(2), ho = cpu::conv_out(height + 2 * padding, k, stride);
+  return at::empty({x.size(0), ho * cpu::conv_out(width + 2 * padding, k, stride), weight.size(0)}, x.options());
 }
 at::Tensor sra_layer_meta(const at::Tensor& x, const at::Tensor& q_weight, const c10::optional<at::Tensor>& q_bias,
                           const at::Tensor& kv_weight, const c10::optional<at::Tensor>& kv_bias,

@@ -159,8 +159,10 @@ void packed_linear_bf16_bf16_residual(const bf16* a, int64_t lda, int64_t rows, 
 void attention_bf16(const bf16* q, int64_t q_img, int64_t q_row, const bf16* k, int64_t k_img, int64_t k_row,
                     const bf16* v, int64_t v_img, int64_t v_row, bf16* out, int64_t out_img, int64_t out_row,
                     int64_t B, int64_t N, int64_t M, int64_t C, int64_t num_heads, double scale);
+// Output rows (or columns) of a k×k conv at stride s over `size` input ones (already padded, where the conv pads).
+inline int64_t conv_out(int64_t size, int64_t k, int64_t s) { return (size - k) / s + 1; }
 // out (B, Ho·Wo, co) = the stride-s k×k conv of x (B, height·width, ci) bf16 tokens (padded, where the conv pads;
-// Ho = (height - k) / s + 1, likewise Wo), the weight packed in pairs with K = k·k·ci in (kh, kw, ci) order
+// Ho = conv_out(height, k, s), likewise Wo), the weight packed in pairs with K = k·k·ci in (kh, kw, ci) order
 // (token_conv.h's).
 void token_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float* out, int64_t B, int64_t height,
                      int64_t width, int64_t ci, int64_t co, int64_t k, int64_t s);

@@ -186,7 +186,7 @@ void token_conv_bf16(const bf16* x, const bf16* packed, const float* bias, float
                      int64_t width, int64_t ci, int64_t co, int64_t k, int64_t s) {
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x);
   const uint16_t* pk = reinterpret_cast<const uint16_t*>(packed);
-  const int64_t wo = (width - k) / s + 1, m = ((height - k) / s + 1) * wo;
+  const int64_t wo = conv_out(width, k, s), m = conv_out(height, k, s) * wo;
   split_gemm(B * m, pack_blocks(co), k * k * ci / 2, [&](int64_t r0, int64_t r1, int64_t cb0, int64_t cb1) {
     for (int64_t img = r0 / m; img * m < r1; ++img) {
       const int64_t p0 = std::max(r0, img * m) - img * m, p1 = std::min(r1, (img + 1) * m) - img * m;
