@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Tuple
 
 import torch
 
-from .packing import packed_shape
+from .packing import in_pairs, packed_shape
 
 
 def _shape(x) -> str:
@@ -85,7 +85,7 @@ def check_conv_params(op: str, x: torch.Tensor, weight: torch.Tensor, bias, pack
     if x.shape[2] == 0:  # PyTorch's conv2d answers 0 output channels, not Co channels of bias: refused
         raise ValueError(f"{op}: x has no channels (a conv of 0 input channels is refused)")
     co, ci, k, _ = weight.shape
-    pairs = getattr(packed, "ndim", 3) == 4
+    pairs = in_pairs(packed)
     check_params(
         op,
         x,

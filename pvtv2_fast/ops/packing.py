@@ -6,7 +6,7 @@ GEMM (csrc/cpu/packed_gemm_bf16.cpp), which ``pvt_block`` runs on CPUs with AVX5
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,12 @@ def packed_shape(out_features: int, in_features: int, pairs: bool = False) -> Tu
     ``out_features`` outputs over ``in_features`` (K) inputs."""
     blocks = -(-out_features // PACK_BLOCK)
     return (blocks, in_features // 2, PACK_BLOCK, 2) if pairs else (blocks, in_features, PACK_BLOCK)
+
+
+def in_pairs(packed: Optional[Tensor]) -> bool:
+    """Whether ``packed`` is in :func:`pack_weight_pairs`' layout (4-D) rather than :func:`pack_weight`'s (3-D);
+    False for None (not packed)."""
+    return getattr(packed, "ndim", 3) == 4
 
 
 def _as_matrix(weight: Tensor, what: str) -> Tensor:

@@ -14,7 +14,7 @@ from .. import _ext
 from .._ext import cpu_has_amx
 from .checks import check_params, describe
 from .conv_ffn import check_conv_ffn, conv_ffn_reference
-from .packing import pack_weight, pack_weight_pairs
+from .packing import in_pairs, pack_weight, pack_weight_pairs
 from .registry import define, register_native
 from .sra_attention import MAX_CPU_HEAD_DIM
 from .sra_layer import check_sra_layer, cpu_layer_slower, sra_layer_reference
@@ -202,7 +202,8 @@ def bind_pvt_block(
         raise ValueError(f"pvt_block: x must be (B, N, C) tokens, got {describe(x)}")
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"pvt_block: num_heads must be a positive int, got {num_heads!r}")
-    if packed is not None and getattr(packed[0], "ndim", 3) == 4 and x.dtype != torch.bfloat16:
+    pairs = packed is not None and in_pairs(packed[0])
+    if pairs and x.dtype != torch.bfloat16:
         raise ValueError(f"pvt_block: weights packed in pairs are for bf16 inputs, got x {describe(x)}")
     c = x.shape[2]
     scale = (c // num_heads) ** -0.5 if scale is None else float(scale)
@@ -214,7 +215,7 @@ def bind_pvt_block(
     # backends are checked here.
     if chosen != "cpu":
         # The composition does not read packed weights; those packed in pairs (bf16 GEMMs) are the C++ block's alone.
-        if packed is not None and getattr(packed[0], "ndim", 3) == 4:
+        if pairs:
             packed = None
         check_sra_layer("pvt_block", x, *attention[:6], height, width, num_heads, *attention[6:], None,
                         packed[:n_layer] if packed is not None else None)  # fmt: skip
