@@ -86,6 +86,19 @@ def require(op_name: str, backend: str, args) -> None:
     pytest.fail(f"{op_name}: backend {backend!r} cannot run here: {reason}")
 
 
+def check_compile_and_export(call, x: torch.Tensor, node: str) -> None:
+    """``call(x)`` (one fused op's call) under ``torch.compile(fullgraph=True)`` gives the eager result, and
+    ``torch.export`` keeps the fused op as a node whose target names ``node``."""
+
+    class Call(torch.nn.Module):
+        def forward(self, t):
+            return call(t)
+
+    torch.testing.assert_close(torch.compile(Call(), fullgraph=True, backend="eager")(x), Call()(x))
+    exported = torch.export.export(Call(), (x,))
+    assert [n for n in exported.graph.nodes if node in str(n.target)], node
+
+
 def _hypothesis_settings():
     from hypothesis import HealthCheck, settings
 

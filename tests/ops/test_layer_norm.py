@@ -3,7 +3,7 @@ PyTorch's own kernel stands in), against PyTorch's ``F.layer_norm`` in fp32."""
 
 import pytest
 import torch
-from op_cases import DTYPE_IDS, DTYPES, close, fused_backends, randn, require, stage_cases
+from op_cases import DTYPE_IDS, DTYPES, check_compile_and_export, close, fused_backends, randn, require, stage_cases
 
 from pvtv2_fast import ops
 from pvtv2_fast.modules import TokenLayerNorm
@@ -64,14 +64,7 @@ def test_gradients_are_the_references(backend, device):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_compile_and_export_keep_the_fused_node(backend, device):
     x, w, b = randn(1, 35, 16, seed=12, device=device), randn(16, seed=13, device=device), None
-
-    class LN(torch.nn.Module):
-        def forward(self, t):
-            return ops.layer_norm(t, w, b, 1e-6, backend=backend)
-
-    torch.testing.assert_close(torch.compile(LN(), fullgraph=True, backend="eager")(x), LN()(x))
-    exported = torch.export.export(LN(), (x,))
-    assert [n for n in exported.graph.nodes if "pvtv2_fast_C.layer_norm" in str(n.target)]
+    check_compile_and_export(lambda t: ops.layer_norm(t, w, b, 1e-6, backend=backend), x, "pvtv2_fast_C.layer_norm")
 
 
 @pytest.mark.parametrize("tokens", [FUSED_MIN_TOKENS - 1, FUSED_MIN_TOKENS])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
+from op_cases import DTYPE_IDS, DTYPES, IMAGE, check_compile_and_export, close, fused_backends, randn, require
 
 from pvtv2_fast import PvtV2Config, ops, preset_names
 from pvtv2_fast.validation import stage_shapes
@@ -153,15 +153,8 @@ def test_compile_and_export_keep_the_fused_node(backend, device, dtype):
     """Also bf16, whose weights are packed in pairs where the CPU has AVX512-BF16 (the fake kernel checks them)."""
     x, parts = randn(1, 35, 16, seed=12, device=device, dtype=dtype), _block(16, 2, 32, device=device, dtype=dtype)
     packed = ops.pack_block_weights(parts[1], parts[3])
-
-    class Block(torch.nn.Module):
-        def forward(self, t):
-            return _call(t, parts, 5, 2, backend, packed=packed)
-
     with torch.no_grad():
-        torch.testing.assert_close(torch.compile(Block(), fullgraph=True, backend="eager")(x), Block()(x))
-        exported = torch.export.export(Block(), (x,))
-    assert [n for n in exported.graph.nodes if "pvtv2_fast_C.pvt_block" in str(n.target)]
+        check_compile_and_export(lambda t: _call(t, parts, 5, 2, backend, packed=packed), x, "pvtv2_fast_C.pvt_block")
 
 
 def _bad(change):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
+from op_cases import DTYPE_IDS, DTYPES, IMAGE, check_compile_and_export, close, fused_backends, randn, require
 
 from pvtv2_fast import PvtV2Config, ops, preset_names
 from pvtv2_fast.validation import stage_shapes
@@ -174,14 +174,8 @@ def test_gradients_are_the_references(backend, device):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_compile_and_export_keep_the_fused_node(backend, device):
     x, weight, bias = randn(1, 35, 16, seed=12, device=device), _weight(24, 16, 2, device=device), None
-
-    class SR(torch.nn.Module):
-        def forward(self, t):
-            return ops.sr_conv(t, weight, bias, 5, 7, ops.pack_weight(weight), backend=backend)
-
-    torch.testing.assert_close(torch.compile(SR(), fullgraph=True, backend="eager")(x), SR()(x))
-    exported = torch.export.export(SR(), (x,))
-    assert [n for n in exported.graph.nodes if "pvtv2_fast_C.sr_conv" in str(n.target)]
+    call = lambda t: ops.sr_conv(t, weight, bias, 5, 7, ops.pack_weight(weight), backend=backend)  # noqa: E731
+    check_compile_and_export(call, x, "pvtv2_fast_C.sr_conv")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ PyTorch composition; and the attention module's use of it."""
 
 import pytest
 import torch
-from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
+from op_cases import DTYPE_IDS, DTYPES, IMAGE, check_compile_and_export, close, fused_backends, randn, require
 
 from pvtv2_fast import PvtV2Config, ops, preset_names
 from pvtv2_fast.validation import stage_shapes
@@ -129,14 +129,8 @@ def test_gradients_are_the_references(backend, device):
 def test_compile_and_export_keep_the_fused_node(backend, device):
     x, w = randn(1, 35, 16, seed=12, device=device), _layer(16, 2, device=device)
     packed = ops.pack_layer_weights(w["q_weight"], w["kv_weight"], w["proj_weight"], w["sr_weight"])
-
-    class Layer(torch.nn.Module):
-        def forward(self, t):
-            return _call(t, w, 5, 2, backend, residual=t, packed=packed)
-
-    torch.testing.assert_close(torch.compile(Layer(), fullgraph=True, backend="eager")(x), Layer()(x))
-    exported = torch.export.export(Layer(), (x,))
-    assert [n for n in exported.graph.nodes if "pvtv2_fast_C.sra_layer" in str(n.target)]
+    call = lambda t: _call(t, w, 5, 2, backend, residual=t, packed=packed)  # noqa: E731
+    check_compile_and_export(call, x, "pvtv2_fast_C.sra_layer")
 
 
 def _bad(**change):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from op_cases import DTYPE_IDS, DTYPES, IMAGE, close, fused_backends, randn, require
+from op_cases import DTYPE_IDS, DTYPES, IMAGE, check_compile_and_export, close, fused_backends, randn, require
 
 from pvtv2_fast import PvtV2Config, ops, preset_names
 from pvtv2_fast.ops.token_conv import output_size
@@ -128,14 +128,8 @@ def test_gradients_are_the_references(backend, device):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_compile_and_export_keep_the_fused_node(backend, device):
     x, weight, bias = randn(1, 35, 16, seed=12, device=device), _weight(24, 16, 3, device=device), None
-
-    class Embed(torch.nn.Module):
-        def forward(self, t):
-            return ops.token_conv(t, weight, bias, 5, 7, 2, 1, ops.pack_weight(weight), backend=backend)
-
-    torch.testing.assert_close(torch.compile(Embed(), fullgraph=True, backend="eager")(x), Embed()(x))
-    exported = torch.export.export(Embed(), (x,))
-    assert [n for n in exported.graph.nodes if "pvtv2_fast_C.token_conv" in str(n.target)]
+    call = lambda t: ops.token_conv(t, weight, bias, 5, 7, 2, 1, ops.pack_weight(weight), backend=backend)  # noqa: E731
+    check_compile_and_export(call, x, "pvtv2_fast_C.token_conv")
 
 
 @pytest.mark.parametrize(
