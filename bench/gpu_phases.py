@@ -766,6 +766,8 @@ def phase_extras(ctx: Ctx) -> None:
     ctx.out.table(["item", "result", "seconds"])
     dev = ctx.device
 
+    details: List[str] = []  # lines an item adds below the table (pytest's failures), written as they come
+
     def item(name: str, need_s: float, fn: Callable[[], str]) -> None:
         if ctx.left() < need_s:
             ctx.out.row([name, f"skipped: {ctx.left():.0f} s left, needs ~{need_s:.0f} s", ""])
@@ -778,6 +780,10 @@ def phase_extras(ctx: Ctx) -> None:
             ctx.count("failed")
         ctx.count("cases")
         ctx.out.row([name, result, time.time() - t0])
+        if details:  # a block between tables, so a kill in the next item still leaves it
+            ctx.out.write("\n```\n" + "\n".join(details) + "\n```")
+            details.clear()
+            ctx.out.table(["item", "result", "seconds"])
 
     def compiled_reference() -> str:
         """Inductor on the GPU; the dry run traces with the eager backend (a cold inductor compile takes minutes
@@ -842,35 +848,51 @@ def phase_extras(ctx: Ctx) -> None:
             agree = (segment(model, x, output="labels").long() == segment_reference(model, x).argmax(1)).float()
         return f"Segformer-{preset} fp32 {h}×{w} → labels: " + "; ".join(parts) + f"; labels agree {agree.mean():.6f}"
 
-    def pytest_subset() -> str:
-        files = (
-            ["tests/test_bench_harness.py", "-k", "markdown"]
-            if ctx.dry
-            else ["tests/test_fast_model.py", "tests/ops", "-m", "gpu or not slow"]
-        )
-        budget = max(10.0, ctx.left() - 5)
+    def pytest_subset(budget: float) -> str:
+        """The GPU-touching tests (Triton on CUDA tensors, the CUDA C++ ops, tests marked gpu), in parallel workers
+        when pytest-xdist is there; every failure's one-line summary goes below the table."""
+        import importlib.util
+
+        if ctx.dry:
+            files = ["tests/test_bench_harness.py", "-k", "markdown"]
+        else:
+            files = ["tests/test_fast_model.py", "tests/ops", "-m", "gpu or not slow", "-k", "triton or cuda or gpu"]
+            if importlib.util.find_spec("xdist") is not None:
+                files += ["-n", "4"]
         env = {k: v for k, v in os.environ.items() if not (k == "TRITON_INTERPRET" and not ctx.dry)}
         try:
             out = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
+                [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=no", "-p", "no:cacheprovider", *files],
                 capture_output=True,
                 text=True,
-                timeout=budget,
+                timeout=max(10.0, budget),
                 env=env,
             )
-            tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-200:]
-            return f"`pytest {' '.join(files)}` exit {out.returncode}: {tail}"
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
+            text = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            details.extend(line for line in text.splitlines() if line.startswith(("FAILED", "ERROR")))
             return f"`pytest {' '.join(files)}` stopped after {budget:.0f} s (time left)"
+        lines = out.stdout.strip().splitlines()
+        details.extend([line[:300] for line in lines if line.startswith(("FAILED", "ERROR"))][:60])
+        tail = lines[-1] if lines else out.stderr[-200:]
+        if out.returncode not in (0,):
+            ctx.count("failed")
+        return f"`pytest {' '.join(files)}` exit {out.returncode}: {tail}"
 
+    item("memory at 4096²", 5 if ctx.dry else 30, memory_4096)
+    item("segmentation image → labels", 5 if ctx.dry else 30, segformer)
+    ctx.count("processes")
+    # the tests before the cold compile, but leaving it its ~90 s when there is room for both
+    compile_s = 0 if ctx.dry else 95
+    item(
+        "pytest subset",
+        5 if ctx.dry else 30,
+        lambda: pytest_subset(ctx.left() - 5 - (compile_s if ctx.left() > compile_s + 120 else 0)),
+    )
     if ctx.dry:  # dynamo's trace of a whole model alone takes ~10 s of 2 CPU cores: not rehearsed
         ctx.out.row(["torch.compile of the reference (cold)", "not rehearsed in the dry run", ""])
     else:
         item("torch.compile of the reference (cold)", 90, compiled_reference)
-    item("memory at 4096²", 5 if ctx.dry else 30, memory_4096)
-    item("segmentation image → labels", 5 if ctx.dry else 30, segformer)
-    ctx.count("processes")
-    item("pytest subset", 5 if ctx.dry else 30, pytest_subset)
 
 
 # ---------------------------------------------------------------------------------------------- child entry
