@@ -860,6 +860,7 @@ def phase_extras(ctx: Ctx) -> None:
             if importlib.util.find_spec("xdist") is not None:
                 files += ["-n", "4"]
         env = {k: v for k, v in os.environ.items() if not (k == "TRITON_INTERPRET" and not ctx.dry)}
+        env["COLUMNS"] = "400"  # the failure summaries whole, not cut to 80 columns
         try:
             out = subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=no", "-p", "no:cacheprovider", *files],

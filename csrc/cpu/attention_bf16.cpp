@@ -8,11 +8,9 @@
 //           keys), a row's pair of probabilities broadcast as 32 bits.
 // Each vdpbf16ps does 32 multiply-adds where attention.h's fp32 FMA does 16. The row sums are the fp32
 // probabilities'. D must be even (PVTv2's heads are 32 or 64 wide).
-#if defined(__x86_64__) || defined(_M_X64)
-#pragma GCC target("avx512f,avx512bw,avx512bf16,fma")
-#include <immintrin.h>
-#endif
-
+// The library headers come before the target pragma: included after it, their inline functions would be compiled
+// for the pragma's ISA, and GCC 13 then refuses to inline libstdc++'s always_inline ones into them ("target
+// specific option mismatch").
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -21,6 +19,11 @@
 #include <cstring>
 
 #include "cpu_kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#pragma GCC target("avx512f,avx512bw,avx512bf16,fma")
+#include <immintrin.h>
+#endif
 
 namespace pvtv2 {
 namespace cpu {

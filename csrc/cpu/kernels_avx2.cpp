@@ -1,4 +1,19 @@
 // The kernels with AVX2 + FMA intrinsics; only called when the CPU reports both (ops.cpp checks at run time).
+// The library headers come before the target pragma: included after it, their inline functions would be compiled
+// for the pragma's ISA, and GCC 13 then refuses to inline libstdc++'s always_inline ones into them ("target
+// specific option mismatch").
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <type_traits>
+
+#include "cpu_kernels.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>

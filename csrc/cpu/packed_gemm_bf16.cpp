@@ -12,11 +12,9 @@
 // (6 rows × 64 columns, 24 accumulators; chunks of rows sweeping the column blocks). Products of bf16 values are
 // exact in fp32; the sums round as vdpbf16ps does (round to nearest even, denormals flushed), not in the order of
 // the fp32 GEMM, so results agree with an fp32 GEMM on the same bf16 values to fp32 rounding, not bit for bit.
-#if defined(__x86_64__) || defined(_M_X64)
-#pragma GCC target("avx512f,avx512bw,avx512bf16,fma")
-#include <immintrin.h>
-#endif
-
+// The library headers come before the target pragma: included after it, their inline functions would be compiled
+// for the pragma's ISA, and GCC 13 then refuses to inline libstdc++'s always_inline ones into them ("target
+// specific option mismatch").
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -25,6 +23,11 @@
 
 #include "cpu_kernels.h"
 #include "pvtv2/packing.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#pragma GCC target("avx512f,avx512bw,avx512bf16,fma")
+#include <immintrin.h>
+#endif
 
 namespace pvtv2 {
 namespace cpu {
