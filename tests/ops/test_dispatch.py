@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from op_cases import close
+from op_cases import DEVICE, close
 
 from pvtv2_fast import ops
 from pvtv2_fast.ops import AUTO_ORDER, OPS, FallbackWarning
@@ -187,7 +187,7 @@ def test_interpreted_triton_on_cuda_tensors_is_refused():
     assert "device 'meta'" in OPS["dwconv_gelu"].why_not("triton", (meta,))
     if torch.cuda.is_available():
         with ops.simulate(triton_interpreted=True):
-            assert "TRITON_INTERPRET" in OPS["dwconv_gelu"].why_not("triton", (meta.to("cuda"),))
+            assert "TRITON_INTERPRET" in OPS["dwconv_gelu"].why_not("triton", (torch.empty(1, 9, 4, device="cuda"),))
 
 
 def test_unsupported_dtype_falls_back_once_or_raises_when_explicit():
@@ -202,10 +202,11 @@ def test_unsupported_dtype_falls_back_once_or_raises_when_explicit():
 
 
 def test_head_dim_above_the_triton_limit():
-    """Triton takes head dims up to 128: an explicit request raises; "auto" on CPU tensors uses SDPA."""
+    """Triton takes head dims up to 128: an explicit request raises (on the tensors Triton runs on here); "auto" on
+    CPU tensors uses SDPA."""
     q, kv = torch.randn(1, 4, 256), torch.randn(1, 3, 512)
     with pytest.raises(NotImplementedError, match="head dim 256"):
-        ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1, backend="triton")
+        ops.sra_attention(q.to(DEVICE), kv[..., :256].to(DEVICE), kv[..., 256:].to(DEVICE), 1, backend="triton")
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackWarning)
         out = ops.sra_attention(q, kv[..., :256], kv[..., 256:], 1)

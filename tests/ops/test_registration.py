@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import torch
 from op_cases import randn
+from torch.utils._pytree import tree_map
 
 from pvtv2_fast import _ext
 from pvtv2_fast.ops import pack_weight
@@ -54,6 +55,9 @@ def _samples():
         "pvtv2_fast.dwconv_gelu_triton": (x, *dw, 5, 9, True),
         "pvtv2_fast_C.dwconv_gelu": (x, *dw, 5, 9, True),
         "pvtv2_fast_C.linear_sra_pool": (x, 5, 9, 7),
+        # the CUDA C++ kernels (on a GPU with the extension built with CUDA; the samples moved to the GPU)
+        "pvtv2_fast_C.dwconv_gelu.cuda": (x, *dw, 5, 9, True),
+        "pvtv2_fast_C.linear_sra_pool.cuda": (x, 5, 9, 7),
         "pvtv2_fast_C.conv_ffn": (ffn_x, *ffn, 5, 9, True),
         "pvtv2_fast_C.conv_ffn.packed": (ffn_x, *ffn, 5, 9, True, pack_weight(ffn[0]), pack_weight(ffn[4])),
         "pvtv2_fast_C.layer_norm": (x, randn(x.shape[2], device="cpu"), randn(x.shape[2], device="cpu", seed=2), 1e-6),
@@ -103,7 +107,13 @@ def test_opcheck(name):
 
         if not triton_status()[1] and not torch.cuda.is_available():
             pytest.fail("Triton kernels are neither interpreted nor on a GPU here")
-    torch.library.opcheck(getattr(getattr(torch.ops, namespace), op).default, _samples()[name], test_utils=CHECKS)
+    if name.endswith(".cuda") and not (torch.cuda.is_available() and _ext.has_kernel(op, "cuda")):
+        pytest.skip(f"{op}'s CUDA C++ kernel needs a GPU and the extension built with CUDA")
+    args = _samples()[name]
+    # compiled Triton runs on CUDA tensors only: where a GPU is, the Triton ops' samples go there (interpreted, CPU)
+    if name.endswith(".cuda") or (namespace == "pvtv2_fast" and torch.cuda.is_available()):
+        args = tree_map(lambda t: t.cuda() if isinstance(t, torch.Tensor) else t, args)
+    torch.library.opcheck(getattr(getattr(torch.ops, namespace), op).default, args, test_utils=CHECKS)
 
 
 @pytest.mark.skipif(os.environ.get("PVTV2_FAST_NO_EXT") == "1", reason="extension build turned off")
@@ -114,7 +124,8 @@ def test_extension_is_built_with_every_cpu_kernel():
 
 
 def test_cuda_sources_were_compiled_for_sm80_and_sm90():
-    """When built with CUDA (the CI build is), the extension carries sm_80 and sm_90 machine code."""
+    """When built with CUDA (the CI build is), the extension carries sm_80 and sm_90 machine code; on a GPU machine,
+    where the build is for the GPU present (make gpu-check builds for its arch alone), that GPU's."""
     if not _ext.has_kernel("dwconv_gelu", "cuda"):
         pytest.skip("extension built without CUDA (no nvcc or CPU-only torch)")
     import triton
@@ -123,4 +134,5 @@ def test_cuda_sources_were_compiled_for_sm80_and_sm90():
 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     out = subprocess.run([tool, "--list-elf", _C.__file__], capture_output=True, text=True)
-    assert "sm_80" in out.stdout and "sm_90" in out.stdout, out.stdout + out.stderr
+    archs = ["sm_%d%d" % torch.cuda.get_device_capability()] if torch.cuda.is_available() else ["sm_80", "sm_90"]
+    assert all(a in out.stdout for a in archs), out.stdout + out.stderr

@@ -91,7 +91,7 @@ def test_non_finite_inputs_give_the_references_non_finite_outputs(backend, devic
     t = {"q": randn(2, 37, 64, seed=1), "k": randn(2, 70, 64, seed=2), "v": randn(2, 70, 64, seed=3)}
     t[where][1, 5, 3] = value
     out, ref = _run(backend, device, t["q"], t["k"], t["v"], 2)
-    out = out.float().cpu()
+    out, ref = out.float().cpu(), ref.cpu()
     assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
     finite = ref.isfinite()
     close(out[finite], ref[finite], torch.float32, f"{where}={value}")
