@@ -48,9 +48,11 @@ def extensions():
         raise RuntimeError("PVTV2_FAST_CUDA=1 but torch is not a CUDA build or nvcc was not found")
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "cpu")]
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fopenmp"]
+    # torch's std::string ABI, explicitly: cpp_extension no longer passes it, so the compiler's default would decide
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    cxx = ["-O3", "-fopenmp", abi]
     if os.environ.get("PVTV2_FAST_SANITIZE") == "address":  # make sanitize: CPU kernels under AddressSanitizer
-        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-fopenmp"]
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-fopenmp", abi]
     link = ["-fopenmp"] + (["-fsanitize=address"] if os.environ.get("PVTV2_FAST_SANITIZE") == "address" else [])
     kwargs = dict(name="pvtv2_fast._C", include_dirs=include_dirs, extra_link_args=link)
     if not with_cuda:
@@ -67,7 +69,7 @@ def extensions():
             include_dirs.append(extra)
             break
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
-    nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
+    nvcc = ["-O3", "--use_fast_math", "-lineinfo", abi]
     return [
         cpp_extension.CUDAExtension(
             sources=sources, extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc}, **kwargs

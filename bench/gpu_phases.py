@@ -559,6 +559,28 @@ def phase_env(ctx: Ctx) -> None:
         rows.append(("GPU", "none (dry run)" if ctx.dry else "none visible to torch"))
     nvcc = cmd(["nvcc", "--version"]).splitlines()
     rows.append(("nvcc", nvcc[-1] if nvcc else "not found"))
+    from bench.report import cpu_line
+
+    rows.append(("CPU", cpu_line()[len("CPU: ") :]))
+    # the compiler torch's cpp_extension builds with ($CXX, else c++), its default std::string ABI against torch's
+    cxx = os.environ.get("CXX", "c++")
+    version = cmd([cxx, "--version"]).splitlines()
+    abi = subprocess.run(
+        ["bash", "-c", f"echo '#include <string>' | {cxx} -x c++ -dM -E - | grep -o '_GLIBCXX_USE_CXX11_ABI [01]'"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    kind = cmd(["bash", "-c", f'file -L "$(command -v {cxx})"'])
+    rows.append(
+        (
+            "C++ compiler",
+            f"{cxx}: {version[0] if version else 'not found'}; default {abi or 'ABI macro not found'}, torch's "
+            f"{int(torch._C._GLIBCXX_USE_CXX11_ABI)}; {kind[:160]}",
+        )
+    )
+    if "script" in kind:  # a wrapper: which flags it adds decides how the extension links the C++ runtime
+        script = cmd(["bash", "-c", f"grep -v '^#' \"$(command -v {cxx})\" | head -c 400"])
+        rows.append(("C++ compiler wrapper", script.replace("\n", " ⏎ ").replace("|", "\\|")))
     from pvtv2_fast import _ext
 
     rows.append(("pvtv2_fast._C", "loads" if _ext.available() else _ext.unavailable_reason()))

@@ -52,6 +52,22 @@ RESERVE_S = 5.0  # kept back from every phase's timeout: the summary and the nex
 KILL_GRACE_S = 3.0
 
 
+# Does a C++ error reach Python as an exception? A bad call into the extension (a 2-D x); a crash here means the build
+# cannot be trusted on any error path (bad input would kill the caller's process).
+CANARY = """
+import sys, torch
+from pvtv2_fast import _ext
+_ext.has_kernel("dwconv_gelu", "cpu")
+try:
+    torch.ops.pvtv2_fast_C.dwconv_gelu(torch.randn(3, 4), torch.randn(4, 1, 3, 3), None, 1, 3, False)
+except Exception as e:
+    print("canary: a C++ error reached Python as", type(e).__name__ + ":", str(e).splitlines()[0][:100])
+    sys.exit(0)
+print("canary: a bad call raised nothing")
+sys.exit(1)
+"""
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -152,15 +168,24 @@ class Run:
             "print('extension:', 'loads with {dev} kernels' if ok else 'unusable: ' + (e._error or 'no {dev} "
             "kernels')); sys.exit(0 if ok else 1)"
         )
+        py = _q(sys.executable)
+        canary = f"canary() {{ {py} -c {_q(CANARY)}; }}; "
         if self.dry_run:
-            cmd = f"{_q(sys.executable)} -c {_q(probe.format(dev='cpu'))}"
+            cmd = canary + f"{py} -c {_q(probe.format(dev='cpu'))} && canary"
         else:
             arch = _gpu_arch()
             jobs = os.cpu_count() or 4
+            # A build whose C++ errors crash the process (seen with the GPU image's $CXX, 2026-11-29) is rebuilt once
+            # with the system compiler; the canary's verdict and the C++ runtime the .so links go to build.log.
             cmd = (
-                f"{_q(sys.executable)} -c {_q(probe.format(dev='cuda'))} || "
-                f"PVTV2_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST={_q(arch)} MAX_JOBS={jobs} "
-                f"{_q(sys.executable)} setup.py -q build_ext --inplace"
+                canary
+                + f"build() {{ PVTV2_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST={_q(arch)} MAX_JOBS={jobs} {py} setup.py -q "
+                'build_ext --inplace "$@"; }; '
+                "runtime() { ldd pvtv2_fast/_C*.so | grep -E 'libstdc|libgcc_s' || echo 'no shared C++ runtime'; }; "
+                f"{py} -c {_q(probe.format(dev='cuda'))} && canary && exit 0; "
+                "build || exit $?; runtime; canary && exit 0; "
+                'echo "canary failed with ${CXX:-c++}: rebuilding with /usr/bin/g++"; [ -x /usr/bin/g++ ] || exit 1; '
+                "CXX=/usr/bin/g++ CC=/usr/bin/gcc build --force || exit $?; runtime; canary"
             )
         log = open(self.out / "build.log", "a")
         log.write(f"$ {cmd}\n")
