@@ -21,6 +21,7 @@ from torch import nn
 from .config import PvtV2Config
 from .modules import AllMLPDecodeHead, ConvFeedForward, FastPath, OverlapPatchEmbed, PvtV2Block, TokenLayerNorm
 from .modules.fast_path import token_map
+from .modules.ffn import DEFAULT_HIDDEN_BUDGETS
 from .ops.block_cache import cpu_block_cache
 from .outputs import BackboneOutput, BaseModelOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from .validation import check_pixel_values
@@ -204,15 +205,17 @@ class PvtV2PreTrainedModel(nn.Module):
     def fast(self, value: bool) -> None:
         self.set_fast(value)
 
-    DEFAULT_MAX_HIDDEN_BYTES = 64 << 20
+    DEFAULT_MAX_HIDDEN_BYTES = DEFAULT_HIDDEN_BUDGETS
 
-    def set_memory_lean(self, enabled: bool = True, max_hidden_bytes: int = DEFAULT_MAX_HIDDEN_BYTES):
+    def set_memory_lean(self, enabled: bool = True, max_hidden_bytes: Optional[int] = None):
         """Bound the FFN's widened hidden state (the largest tensor at high resolution: 8× the stage width) to
         ``max_hidden_bytes`` by processing bands of rows; same outputs, memory linear in pixels with a small
-        slope. ``fast=True`` turns it on with the default budget; this turns it on for the reference too."""
+        slope. The default budget is by device: 64 MB on CPU, 1 GB on CUDA (where bands cost launches more than
+        bytes). ``fast=True`` turns it on with the default budgets; this turns it on for the reference too."""
+        budget = dict(DEFAULT_HIDDEN_BUDGETS) if max_hidden_bytes is None else int(max_hidden_bytes)
         for module in self.modules():
             if isinstance(module, ConvFeedForward):
-                module.max_hidden_bytes = int(max_hidden_bytes) if enabled else None
+                module.max_hidden_bytes = budget if enabled else None
         return self
 
     def set_fast(self, enabled: bool = True, backend: str = "auto") -> "PvtV2PreTrainedModel":

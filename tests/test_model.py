@@ -1,5 +1,7 @@
 """Model behaviour: input validation, any input size, outputs, training vs eval, backbone selection, losses."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -169,3 +171,14 @@ def test_fast_mode_turns_memory_lean_on_and_off():
     assert all(f.max_hidden_bytes == model.DEFAULT_MAX_HIDDEN_BYTES for f in ffns)
     model.set_fast(False)
     assert all(f.max_hidden_bytes is None for f in ffns)
+
+
+def test_memory_lean_budget_is_by_device_unless_given():
+    """The default budget is 64 MB on CPU (and devices without their own), 1 GB on CUDA; a given one holds for all."""
+    model = PvtV2Model(PvtV2Config()).set_memory_lean()
+    ffn = model.encoder.layers[0].blocks[0].mlp
+    on = {d: SimpleNamespace(device=torch.device(d)) for d in ("cpu", "cuda", "meta")}
+    assert [ffn.hidden_budget(on[d]) for d in ("cpu", "cuda", "meta")] == [64 << 20, 1 << 30, 64 << 20]
+    model.set_memory_lean(True, max_hidden_bytes=4096)
+    assert [ffn.hidden_budget(on[d]) for d in ("cpu", "cuda")] == [4096, 4096]
+    assert model.set_memory_lean(False).encoder.layers[0].blocks[0].mlp.hidden_budget(on["cuda"]) is None

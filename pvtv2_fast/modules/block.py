@@ -120,7 +120,7 @@ class PvtV2Block(nn.Module):
             # Compiled (inference mode): traced once per graph, the block one pvt_block node on weights that freezing
             # packs at compile time: 1.10-1.13x inductor's per-op graph at 224², 1.02-1.04x at 512² (b0 / b2).
             return self._bind_block(x, height, width)
-        kind = (x.device, x.dtype, x.shape, attn.backend, self.mlp.backend, self.mlp.max_hidden_bytes,
+        kind = (x.device, x.dtype, x.shape, attn.backend, self.mlp.backend, self.mlp.hidden_budget(x),
                 dispatch_generation())  # fmt: skip
         bound = inference_cache(self, "pvt_block", self._block_params(), dict)
         if kind not in bound:

@@ -31,8 +31,9 @@ BACKENDS = ("auto", "triton", "cpu", "cuda", "torch")
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # What "auto" tries, per device type: the op's own entry, else "default". "torch" in a list is a deliberate choice
-# (no warning). CUDA: the first GPU run decides it from the "Triton vs CUDA C++" table of the GPU report
-# (bench/kernels.py); until then Triton (autotuned) goes first.
+# (no warning). CUDA: from the "Triton vs CUDA C++" table of the GPU check (bench/results/gpu/2026-11-29/,
+# H200): the CUDA C++ dwconv+GELU took 0.565× Triton's time (geomean of 24 stage shapes; Triton won only on
+# the largest maps), the CUDA C++ pooling 1.49× Triton's.
 CPU_ORDER: Dict[str, Tuple[str, ...]] = {
     "default": ("cpu", "triton"),
     # The C++ attention where it measured faster than SDPA (its `slower` rule, ops/sra_attention.py), else SDPA.
@@ -40,7 +41,7 @@ CPU_ORDER: Dict[str, Tuple[str, ...]] = {
 }
 CUDA_ORDER: Dict[str, Tuple[str, ...]] = {
     "default": ("triton", "cuda"),
-    "dwconv_gelu": ("triton", "cuda"),
+    "dwconv_gelu": ("cuda", "triton"),
     "linear_sra_pool": ("triton", "cuda"),
     "layer_norm": ("torch",),  # PyTorch's CUDA LayerNorm is one fused kernel already
 }
