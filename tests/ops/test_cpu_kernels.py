@@ -3,6 +3,7 @@ machine), and the band streaming of ``conv_ffn`` across band sizes and thread co
 reference is in the per-op suites (tests/ops/test_<op>.py), parametrised over backends."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,35 @@ def test_kernels_make_no_subnormals_on_ordinary_data(cap):
         """
     )
     run_capped(cap, code)
+
+
+# Functions whose machine code may use AVX registers: the ISA builds' own namespaces and entry points (chosen at run
+# time, after the CPU check), the bf16 kernels (AVX512-BF16, likewise), and what is local to one translation unit.
+ISA_OWN = re.compile(r"::avx2::|::avx512::|_avx2\(|_avx512\(|_bf16|\(anonymous namespace\)|\{lambda")
+
+
+def test_isa_code_stays_in_the_isa_functions():
+    """A shared inline function (libstdc++, ATen, our headers) compiled after an ISA file's ``#pragma GCC target`` can
+    be the copy the linker keeps for every caller, and then generic code runs AVX-512 on CPUs without it (SIGILL).
+    The disassembly shows which functions touch ymm / zmm / mask registers: none outside the ISA functions."""
+    import shutil
+
+    from pvtv2_fast import _C
+
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump (binutils) not found")
+    text = subprocess.run(
+        ["objdump", "-d", "-C", "--no-show-raw-insn", _C.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    users, current = set(), None
+    for line in text.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if head:
+            current = head.group(1)
+        elif current and re.search(r"%[yz]mm|%k[1-7]", line):
+            users.add(current)
+    assert any("::avx512::" in name or "_avx2(" in name for name in users), "no AVX code found: the parse is off"
+    assert not [name for name in users if not ISA_OWN.search(name)]
 
 
 def test_unknown_isa_name_is_an_error():
