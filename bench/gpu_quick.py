@@ -181,7 +181,8 @@ class Run:
                 canary
                 + f"build() {{ PVTV2_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST={_q(arch)} MAX_JOBS={jobs} {py} setup.py -q "
                 'build_ext --inplace "$@"; }; '
-                "runtime() { ldd pvtv2_fast/_C*.so | grep -E 'libstdc|libgcc_s' || echo 'no shared C++ runtime'; }; "
+                "runtime() { ldd pvtv2_fast/_C*.so | grep -E 'libstdc|libgcc_s' || echo 'no shared C++ runtime'; "
+                f"{py} -m pytest -q -p no:cacheprovider tests/ops/test_cpu_kernels.py -k isa_code 2>&1 | tail -3; }}; "
                 f"{py} -c {_q(probe.format(dev='cuda'))} && canary && exit 0; "
                 "build || exit $?; runtime; canary && exit 0; "
                 'echo "canary failed with ${CXX:-c++}: rebuilding with /usr/bin/g++"; [ -x /usr/bin/g++ ] || exit 1; '

@@ -1,7 +1,8 @@
 // The kernels with AVX2 + FMA intrinsics; only called when the CPU reports both (ops.cpp checks at run time).
-// The library headers come before the target pragma: included after it, their inline functions would be compiled
-// for the pragma's ISA, and GCC 13 then refuses to inline libstdc++'s always_inline ones into them ("target
-// specific option mismatch").
+// Every shared header comes before the target pragma. Included after it, their inline functions would be compiled
+// for the pragma's ISA: the linker may keep that copy for every caller (an AVX-512 at::empty once: SIGILL on AVX2
+// CPUs; tests/ops/test_cpu_kernels.py checks the disassembly), and GCC 13 refuses to build it ("target specific
+// option mismatch" on libstdc++'s always_inline functions).
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -11,8 +12,11 @@
 #include <functional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cpu_kernels.h"
+#include "pvtv2/math.h"
+#include "pvtv2/packing.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx2,fma")

@@ -2,9 +2,10 @@
 // at run time). Same loops as the AVX2 build, twice the lanes: the depthwise conv + GELU is mostly arithmetic (the
 // GELU's polynomial), so the wider vectors pay where the data sits in cache (measured 1.7x the AVX2 build) and less
 // where writing a fresh output competes (1.2-1.6x at stage-1 maps; bench/results/cpu_isa.md).
-// The library headers come before the target pragma: included after it, their inline functions would be compiled
-// for the pragma's ISA, and GCC 13 then refuses to inline libstdc++'s always_inline ones into them ("target
-// specific option mismatch").
+// Every shared header comes before the target pragma. Included after it, their inline functions would be compiled
+// for the pragma's ISA: the linker may keep that copy for every caller (an AVX-512 at::empty once: SIGILL on AVX2
+// CPUs; tests/ops/test_cpu_kernels.py checks the disassembly), and GCC 13 refuses to build it ("target specific
+// option mismatch" on libstdc++'s always_inline functions).
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -14,8 +15,11 @@
 #include <functional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cpu_kernels.h"
+#include "pvtv2/math.h"
+#include "pvtv2/packing.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx512f,fma")
