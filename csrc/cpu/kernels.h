@@ -316,37 +316,107 @@ static inline void linear_sra_pool_cell_impl(const void* x, void* y, Elem elem, 
 // LayerNorm of `rows` contiguous rows of C elements (fp32 or bf16, x and y alike): y = (x - mean)·rstd·w + b with
 // the moments in fp32, two passes over the row (it is in L1: C ≤ a few thousand), the variance from the centred
 // values (no E[x²] - mean² cancellation). w and b are C floats (ones / zeros when the module has none).
-template <typename V, typename T>
-static inline void layer_norm_rows_typed(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ w,
-                                         const float* __restrict__ b, int64_t rows, int64_t C, float eps) {
+// NR rows at once, each with exactly the one-row arithmetic (so the bits do not depend on the grouping): at PVTv2's
+// narrow stages (C = 32 or 64: 2–4 vectors a row) one row is a chain of dependent reductions and a square root, so
+// NR independent chains keep the vector units busy where one row alone left them waiting.
+template <typename V, int NR, typename T>
+static inline void layer_norm_group(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ w,
+                                    const float* __restrict__ b, int64_t C, float eps) {
   using reg = typename V::reg;
   const int64_t vec_end = C - C % V::kWidth;
   const float inv_c = 1.0f / static_cast<float>(C);
-  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
-    reg acc = V::zero();
-    for (int64_t c = 0; c < vec_end; c += V::kWidth) acc = V::add(acc, load_elem<V>(x + c));
-    float sum = V::reduce_add(acc);
-    for (int64_t c = vec_end; c < C; ++c) sum += scalar_elem(x[c]);
-    const float mean = sum * inv_c;
-    const reg vmean = V::set1(mean);
-    reg sq = V::zero();
-    for (int64_t c = 0; c < vec_end; c += V::kWidth) {
-      const reg d = V::sub(load_elem<V>(x + c), vmean);
-      sq = V::fmadd(d, d, sq);
+  reg acc[NR];
+  for (int i = 0; i < NR; ++i) acc[i] = V::zero();
+  for (int64_t c = 0; c < vec_end; c += V::kWidth)
+    for (int i = 0; i < NR; ++i) acc[i] = V::add(acc[i], load_elem<V>(x + i * C + c));
+  float mean[NR], rstd[NR];
+  reg vmean[NR], sq[NR];
+  for (int i = 0; i < NR; ++i) {
+    float sum = V::reduce_add(acc[i]);
+    for (int64_t c = vec_end; c < C; ++c) sum += scalar_elem(x[i * C + c]);
+    mean[i] = sum * inv_c;
+    vmean[i] = V::set1(mean[i]);
+    sq[i] = V::zero();
+  }
+  for (int64_t c = 0; c < vec_end; c += V::kWidth)
+    for (int i = 0; i < NR; ++i) {
+      const reg d = V::sub(load_elem<V>(x + i * C + c), vmean[i]);
+      sq[i] = V::fmadd(d, d, sq[i]);
     }
-    float ss = V::reduce_add(sq);
+  reg vrstd[NR];
+  for (int i = 0; i < NR; ++i) {
+    float ss = V::reduce_add(sq[i]);
     for (int64_t c = vec_end; c < C; ++c) {
-      const float d = scalar_elem(x[c]) - mean;
+      const float d = scalar_elem(x[i * C + c]) - mean[i];
       ss += d * d;
     }
-    const float rstd = 1.0f / sqrtf(ss * inv_c + eps);
-    const reg vrstd = V::set1(rstd);
-    for (int64_t c = 0; c < vec_end; c += V::kWidth) {
-      const reg d = V::mul(V::sub(load_elem<V>(x + c), vmean), vrstd);
-      store_elem<V>(y + c, V::fmadd(d, V::load(w + c), V::load(b + c)));
-    }
-    for (int64_t c = vec_end; c < C; ++c) store_scalar(y + c, (scalar_elem(x[c]) - mean) * rstd * w[c] + b[c]);
+    rstd[i] = 1.0f / sqrtf(ss * inv_c + eps);
+    vrstd[i] = V::set1(rstd[i]);
   }
+  for (int64_t c = 0; c < vec_end; c += V::kWidth) {
+    const reg wc = V::load(w + c), bc = V::load(b + c);
+    for (int i = 0; i < NR; ++i) {
+      const reg d = V::mul(V::sub(load_elem<V>(x + i * C + c), vmean[i]), vrstd[i]);
+      store_elem<V>(y + i * C + c, V::fmadd(d, wc, bc));
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int64_t c = vec_end; c < C; ++c)
+      store_scalar(y + i * C + c, (scalar_elem(x[i * C + c]) - mean[i]) * rstd[i] * w[c] + b[c]);
+}
+
+// Rows of exactly NV vectors, NR at a time, held in registers between the passes (one read of x instead of three);
+// the same arithmetic, in the same order, as layer_norm_group.
+template <typename V, int NV, int NR, typename T>
+static inline void layer_norm_fixed(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ w,
+                                    const float* __restrict__ b, float eps) {
+  using reg = typename V::reg;
+  constexpr int64_t C = int64_t{NV} * V::kWidth;
+  const float inv_c = 1.0f / static_cast<float>(C);
+  reg xv[NR][NV], acc[NR], sq[NR], vmean[NR], vrstd[NR];
+  for (int i = 0; i < NR; ++i) {
+    acc[i] = V::zero();
+    for (int v = 0; v < NV; ++v) {
+      xv[i][v] = load_elem<V>(x + i * C + v * V::kWidth);
+      acc[i] = V::add(acc[i], xv[i][v]);
+    }
+  }
+  for (int i = 0; i < NR; ++i) {
+    vmean[i] = V::set1(V::reduce_add(acc[i]) * inv_c);
+    sq[i] = V::zero();
+    for (int v = 0; v < NV; ++v) {
+      xv[i][v] = V::sub(xv[i][v], vmean[i]);
+      sq[i] = V::fmadd(xv[i][v], xv[i][v], sq[i]);
+    }
+  }
+  for (int i = 0; i < NR; ++i) vrstd[i] = V::set1(1.0f / sqrtf(V::reduce_add(sq[i]) * inv_c + eps));
+  for (int v = 0; v < NV; ++v) {
+    const reg wc = V::load(w + v * V::kWidth), bc = V::load(b + v * V::kWidth);
+    for (int i = 0; i < NR; ++i)
+      store_elem<V>(y + i * C + v * V::kWidth, V::fmadd(V::mul(xv[i][v], vrstd[i]), wc, bc));
+  }
+}
+
+template <typename V, int NV, typename T>
+static inline void layer_norm_rows_fixed(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ w,
+                                         const float* __restrict__ b, int64_t rows, float eps) {
+  constexpr int64_t C = int64_t{NV} * V::kWidth;
+  constexpr int kGroup = NV <= 2 ? 4 : NV <= 4 ? 2 : 1;  // NR·NV vectors of x stay within the register file
+  int64_t r = 0;
+  for (; r + kGroup <= rows; r += kGroup) layer_norm_fixed<V, NV, kGroup>(x + r * C, y + r * C, w, b, eps);
+  for (; r < rows; ++r) layer_norm_fixed<V, NV, 1>(x + r * C, y + r * C, w, b, eps);
+}
+
+template <typename V, typename T>
+static inline void layer_norm_rows_typed(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ w,
+                                         const float* __restrict__ b, int64_t rows, int64_t C, float eps) {
+  if (V::kWidth > 1 && C == 2 * V::kWidth) return layer_norm_rows_fixed<V, 2>(x, y, w, b, rows, eps);
+  if (V::kWidth > 1 && C == 4 * V::kWidth) return layer_norm_rows_fixed<V, 4>(x, y, w, b, rows, eps);
+  if (V::kWidth > 1 && C == 8 * V::kWidth) return layer_norm_rows_fixed<V, 8>(x, y, w, b, rows, eps);
+  constexpr int kGroup = 4;
+  int64_t r = 0;
+  for (; r + kGroup <= rows; r += kGroup) layer_norm_group<V, kGroup>(x + r * C, y + r * C, w, b, C, eps);
+  for (; r < rows; ++r) layer_norm_group<V, 1>(x + r * C, y + r * C, w, b, C, eps);
 }
 
 template <typename V>

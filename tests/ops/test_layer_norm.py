@@ -43,6 +43,19 @@ def test_odd_shapes(backend, device, b, n, c, affine):
     _check(backend, device, 5 * randn(b, n, c, seed=n * c), weight, bias, eps=1e-5)
 
 
+@pytest.mark.parametrize("c", [32, 40, 64, 128, 320])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_a_rows_result_does_not_depend_on_its_neighbours(backend, device, c):
+    """The C++ kernel normalises rows in groups (4, 2 or 1 at a time, by width): each row's bits are those it gets
+    alone, whatever group it falls in."""
+    x = (3 * randn(2, 11, c) + 1).to(device)
+    w, b = randn(c, seed=1).to(device), randn(c, seed=2).to(device)
+    require("layer_norm", backend, (x, w, b, 1e-6))
+    whole = ops.layer_norm(x, w, b, 1e-6, backend=backend)
+    rows = torch.cat([ops.layer_norm(x[:, i : i + 1], w, b, 1e-6, backend=backend) for i in range(11)], dim=1)
+    assert torch.equal(whole, rows)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_non_contiguous_and_constant_rows(backend, device):
     x = randn(2, 30, 48, seed=5)[:, ::3, 8:40]  # strided tokens and channels
