@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -207,12 +207,17 @@ class PvtV2PreTrainedModel(nn.Module):
 
     DEFAULT_MAX_HIDDEN_BYTES = DEFAULT_HIDDEN_BUDGETS
 
-    def set_memory_lean(self, enabled: bool = True, max_hidden_bytes: Optional[int] = None):
+    def set_memory_lean(self, enabled: bool = True, max_hidden_bytes: Union[None, int, Dict[str, int]] = None):
         """Bound the FFN's widened hidden state (the largest tensor at high resolution: 8× the stage width) to
         ``max_hidden_bytes`` by processing bands of rows; same outputs, memory linear in pixels with a small
         slope. The default budget is by device: 64 MB on CPU, 1 GB on CUDA (where bands cost launches more than
-        bytes). ``fast=True`` turns it on with the default budgets; this turns it on for the reference too."""
-        budget = dict(DEFAULT_HIDDEN_BUDGETS) if max_hidden_bytes is None else int(max_hidden_bytes)
+        bytes); an int holds for every device, a dict is by device type ({"cuda": ..., "cpu": ...}; "cpu" also
+        serves the types it does not name). ``fast=True`` turns it on with the default budgets; this turns it on
+        for the reference too."""
+        if max_hidden_bytes is None or isinstance(max_hidden_bytes, dict):
+            budget = {**DEFAULT_HIDDEN_BUDGETS, **{k: int(v) for k, v in (max_hidden_bytes or {}).items()}}
+        else:
+            budget = int(max_hidden_bytes)
         for module in self.modules():
             if isinstance(module, ConvFeedForward):
                 module.max_hidden_bytes = budget if enabled else None

@@ -181,4 +181,6 @@ def test_memory_lean_budget_is_by_device_unless_given():
     assert [ffn.hidden_budget(on[d]) for d in ("cpu", "cuda", "meta")] == [64 << 20, 1 << 30, 64 << 20]
     model.set_memory_lean(True, max_hidden_bytes=4096)
     assert [ffn.hidden_budget(on[d]) for d in ("cpu", "cuda")] == [4096, 4096]
+    model.set_memory_lean(True, max_hidden_bytes={"cuda": 8192})  # the devices it does not name keep the defaults
+    assert [ffn.hidden_budget(on[d]) for d in ("cpu", "cuda", "meta")] == [64 << 20, 8192, 64 << 20]
     assert model.set_memory_lean(False).encoder.layers[0].blocks[0].mlp.hidden_budget(on["cuda"]) is None
