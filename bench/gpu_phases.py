@@ -581,6 +581,14 @@ def phase_env(ctx: Ctx) -> None:
     if "script" in kind:  # a wrapper: which flags it adds decides how the extension links the C++ runtime
         script = cmd(["bash", "-c", f"grep -v '^#' \"$(command -v {cxx})\" | head -c 400"])
         rows.append(("C++ compiler wrapper", script.replace("\n", " ⏎ ").replace("|", "\\|")))
+    # what decides where a C++ throw lands: an interposed library, and the C++ runtime(s) this process has mapped
+    rows.append(("LD_PRELOAD", os.environ.get("LD_PRELOAD") or "unset"))
+    try:
+        with open("/proc/self/maps") as f:
+            runtimes = sorted({line.split()[-1] for line in f if "libstdc++" in line or "libgcc_s" in line})
+    except OSError as e:
+        runtimes = [f"unreadable ({e})"]
+    rows.append(("C++ runtime mapped", ", ".join(runtimes) or "none"))
     from pvtv2_fast import _ext
 
     rows.append(("pvtv2_fast._C", "loads" if _ext.available() else _ext.unavailable_reason()))
