@@ -648,7 +648,7 @@ def phase_kernels(ctx: Ctx) -> None:
     """Ceilings first (copy bandwidth, GEMM rate) so every row's '% of floor' uses this run's numbers."""
     import torch
 
-    from bench.kernels import versus_table
+    from bench.kernels import attention_versus_sdpa_table, versus_table
     from pvtv2_fast import _ext, ops
 
     dev, dtype = ctx.device, (torch.float32 if ctx.dry else torch.bfloat16)
@@ -663,6 +663,7 @@ def phase_kernels(ctx: Ctx) -> None:
     ctx.out.table(["kernel", "shape", "median µs", "GB/s", "% of floor", "× torch"])
     cuda_backend = "cpu" if ctx.dry else "cuda"
     versus: Dict[str, List[float]] = {"dwconv_gelu": [], "linear_sra_pool": []}
+    attention_ratios: List[float] = []  # Triton / SDPA
     has_cpp = {
         op: _ext.has_kernel(native, cuda_backend)
         for op, native in (("dwconv_gelu", "dwconv_gelu"), ("linear_sra_pool", "linear_sra_pool"))
@@ -689,6 +690,7 @@ def phase_kernels(ctx: Ctx) -> None:
             t_tr = ctx.time(lambda: ops.sra_attention(q, k, v, heads, backend="triton"))
             row(f"{tag} attention SDPA+copies", shape, t_ref, nbytes, flops)
             row(f"{tag} attention Triton", shape, t_tr, nbytes, flops, t_ref)
+            attention_ratios.append(t_tr / t_ref)
             x = torch.randn(1, n, ffn, device=dev, dtype=dtype)
             wt, bias = torch.randn(ffn, 1, 3, 3, device=dev, dtype=dtype), torch.randn(ffn, device=dev, dtype=dtype)
             y = torch.empty_like(x)
@@ -721,6 +723,7 @@ def phase_kernels(ctx: Ctx) -> None:
                     row(f"{tag} pool 7×7 CUDA C++", shape, t_cpp, nbytes, 0, t_ref)
                     versus["linear_sra_pool"].append(t_cpp / t_tr)
     ctx.out.write(versus_table(versus))
+    ctx.out.write(attention_versus_sdpa_table(attention_ratios))
 
 
 # ---------------------------------------------------------------------------------------------- end to end

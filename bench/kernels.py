@@ -62,6 +62,21 @@ def versus_table(versus) -> str:
     )
 
 
+def attention_versus_sdpa_table(ratios) -> str:
+    """The geometric mean of Triton attention time / SDPA (the reference's PyTorch path, its layout copies included)
+    over the shapes: the data behind CUDA_ORDER['sra_attention'] (SDPA alone when Triton is slower)."""
+    if not ratios:
+        return ""
+    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    order = ("triton", "torch") if geomean < 1 else ("torch",)
+    rows = [["sra_attention", len(ratios), geomean, f"CUDA_ORDER['sra_attention'] = {order}"]]
+    return (
+        "\n## Triton vs PyTorch's SDPA (attention on CUDA, `CUDA_ORDER`)\n\n"
+        + markdown_table(["op", "shapes", "geomean time Triton / SDPA", "order"], rows)
+        + "\n"
+    )
+
+
 def run(presets, sizes, dtype_name: str, out: Path) -> str:
     dtype = DTYPES[dtype_name]
     ceil = device_ceilings(dtype)

@@ -226,8 +226,8 @@ class PvtV2PreTrainedModel(nn.Module):
     def set_fast(self, enabled: bool = True, backend: str = "auto") -> "PvtV2PreTrainedModel":
         """Route attention, Linear-SRA pooling and the FFN through the fused ops (same weights, same outputs).
 
-        ``backend``: ``"auto"`` (per op and device, see ``pvtv2_fast.ops.AUTO_ORDER``: C++ on CPU, Triton on CUDA),
-        or force ``"triton"``, ``"cpu"`` (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels;
+        ``backend``: ``"auto"`` (per op and device, see ``pvtv2_fast.ops.AUTO_ORDER``: C++ on CPU, Triton or CUDA C++
+        by op on CUDA, attention on PyTorch's SDPA where it measured faster), or force ``"triton"``, ``"cpu"`` (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels;
         attention in Triton) or ``"torch"``. Fast mode also turns on :meth:`set_memory_lean`. Stage maps
         (``hidden_states``, ``feature_maps``) then come back as channels-last views of the tokens: the same shapes
         and values, without the layout copies. Under ``"auto"``, cases the fused kernels do not support (device,

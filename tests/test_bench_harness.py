@@ -123,3 +123,11 @@ def test_op_gaps_table_decomposes_every_stage(tmp_path):
         calls, module, replay, _, python, gap = (float(v) for v in r[1:])
         # A block's recorded calls: one pvt_block in fp32 inference (the stage's first block).
         assert calls >= 1 and module > 0 and replay > 0 and python > 0 and gap > 0, r
+
+
+def test_attention_verdict_keeps_sdpa_unless_triton_is_faster():
+    from bench.kernels import attention_versus_sdpa_table
+
+    assert "CUDA_ORDER['sra_attention'] = ('torch',)" in attention_versus_sdpa_table([2.0, 1.1, 0.95])
+    assert "CUDA_ORDER['sra_attention'] = ('triton', 'torch')" in attention_versus_sdpa_table([0.8, 0.9])
+    assert attention_versus_sdpa_table([]) == ""

@@ -33,7 +33,8 @@ FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # What "auto" tries, per device type: the op's own entry, else "default". "torch" in a list is a deliberate choice
 # (no warning). CUDA: from the "Triton vs CUDA C++" table of the GPU check (bench/results/gpu/2026-11-29/,
 # H200): the CUDA C++ dwconv+GELU took 0.565× Triton's time (geomean of 24 stage shapes; Triton won only on
-# the largest maps), the CUDA C++ pooling 1.49× Triton's.
+# the largest maps), the CUDA C++ pooling 1.49× Triton's, and the Triton attention 2.03× SDPA's (1.12-5.6×, every
+# one of 24 shapes slower, SDPA's layout copies included), so attention on CUDA is SDPA's until a kernel beats it.
 CPU_ORDER: Dict[str, Tuple[str, ...]] = {
     "default": ("cpu", "triton"),
     # The C++ attention where it measured faster than SDPA (its `slower` rule, ops/sra_attention.py), else SDPA.
@@ -44,6 +45,7 @@ CUDA_ORDER: Dict[str, Tuple[str, ...]] = {
     "dwconv_gelu": ("cuda", "triton"),
     "linear_sra_pool": ("triton", "cuda"),
     "layer_norm": ("torch",),  # PyTorch's CUDA LayerNorm is one fused kernel already
+    "sra_attention": ("torch",),
 }
 AUTO_ORDER: Dict[str, Dict[str, Tuple[str, ...]]] = {"cpu": CPU_ORDER, "cuda": CUDA_ORDER}
 
