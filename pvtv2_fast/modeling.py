@@ -227,8 +227,9 @@ class PvtV2PreTrainedModel(nn.Module):
         """Route attention, Linear-SRA pooling and the FFN through the fused ops (same weights, same outputs).
 
         ``backend``: ``"auto"`` (per op and device, see ``pvtv2_fast.ops.AUTO_ORDER``: C++ on CPU, Triton or CUDA C++
-        by op on CUDA, attention on PyTorch's SDPA where it measured faster), or force ``"triton"``, ``"cpu"`` (C++ kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels;
-        attention in Triton) or ``"torch"``. Fast mode also turns on :meth:`set_memory_lean`. Stage maps
+        by op on CUDA, attention on PyTorch's SDPA where it measured faster), or force ``"triton"``, ``"cpu"`` (C++
+        kernels; attention is PyTorch's SDPA), ``"cuda"`` (CUDA C++ kernels; attention in Triton) or ``"torch"``.
+        Fast mode also turns on :meth:`set_memory_lean`. Stage maps
         (``hidden_states``, ``feature_maps``) then come back as channels-last views of the tokens: the same shapes
         and values, without the layout copies. Under ``"auto"``, cases the fused kernels do not support (device,
         dtype, shape) fall back to the reference with a one-time warning that says why; a forced backend that

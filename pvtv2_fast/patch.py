@@ -245,8 +245,9 @@ def patch(model: nn.Module, backend: str = "auto") -> nn.Module:
     ``model``: a transformers ``PvtV2Model`` / ``PvtV2ForImageClassification`` / ``PvtV2Backbone``, a
     ``SegformerModel`` / ``SegformerForImageClassification`` / ``SegformerForSemanticSegmentation``, a timm
     ``pvt_v2_*`` model, or any module containing them. ``backend`` as for the ops (``"auto"``: C++ kernels on CPU,
-    Triton or CUDA C++ by op on CUDA; attention stays PyTorch's SDPA where that measured faster). Patching twice re-patches with the new backend.
-    Returns ``model``. Raises ``TypeError`` if ``model`` contains no PVTv2 / Segformer block.
+    Triton or CUDA C++ by op on CUDA; attention stays PyTorch's SDPA where that measured faster). Patching twice
+    re-patches with the new backend. Returns ``model``. Raises ``TypeError`` if ``model`` contains no PVTv2 /
+    Segformer block.
     """
     from .ops import BACKENDS
 
