@@ -170,6 +170,12 @@ class Run:
         )
         py = _q(sys.executable)
         canary = f"canary() {{ {py} -c {_q(CANARY)}; }}; "
+        # where the canary crashes: a native backtrace (cuda-gdb also debugs programs without GPU code; no gdb there)
+        backtrace = (
+            "backtrace() { command -v cuda-gdb >/dev/null || return 0; echo 'the crash under cuda-gdb:'; "
+            f"timeout 120 cuda-gdb -q -batch -ex run -ex bt --args {py} -c {_q(CANARY)} 2>&1 "
+            "| grep -E 'signal|^#' | head -25 | cut -c1-400; }; "
+        )
         if self.dry_run:
             cmd = canary + f"{py} -c {_q(probe.format(dev='cpu'))} && canary"
         else:
@@ -179,14 +185,16 @@ class Run:
             # with the system compiler; the canary's verdict and the C++ runtime the .so links go to build.log.
             cmd = (
                 canary
+                + backtrace
                 + f"build() {{ PVTV2_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST={_q(arch)} MAX_JOBS={jobs} {py} setup.py -q "
                 'build_ext --inplace "$@"; }; '
                 "runtime() { ldd pvtv2_fast/_C*.so | grep -E 'libstdc|libgcc_s' || echo 'no shared C++ runtime'; "
                 f"{py} -m pytest -q -p no:cacheprovider tests/ops/test_cpu_kernels.py -k isa_code 2>&1 | tail -3; }}; "
                 f"{py} -c {_q(probe.format(dev='cuda'))} && canary && exit 0; "
-                "build || exit $?; runtime; canary && exit 0; "
+                "build || exit $?; runtime; canary && exit 0; backtrace; "
                 'echo "canary failed with ${CXX:-c++}: rebuilding with /usr/bin/g++"; [ -x /usr/bin/g++ ] || exit 1; '
-                "CXX=/usr/bin/g++ CC=/usr/bin/gcc build --force || exit $?; runtime; canary"
+                "CXX=/usr/bin/g++ CC=/usr/bin/gcc build --force || exit $?; runtime; "
+                "canary && exit 0; backtrace; exit 1"
             )
         log = open(self.out / "build.log", "a")
         log.write(f"$ {cmd}\n")
