@@ -565,11 +565,8 @@ def phase_env(ctx: Ctx) -> None:
     # the compiler torch's cpp_extension builds with ($CXX, else c++), its default std::string ABI against torch's
     cxx = os.environ.get("CXX", "c++")
     version = cmd([cxx, "--version"]).splitlines()
-    abi = subprocess.run(
-        ["bash", "-c", f"echo '#include <string>' | {cxx} -x c++ -dM -E - | grep -o '_GLIBCXX_USE_CXX11_ABI [01]'"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    macros = f"echo '#include <string>' | {cxx} -x c++ -dM -E -"
+    abi = cmd(["bash", "-c", f"{macros} | grep -o '_GLIBCXX_USE_CXX11_ABI [01]'"])
     kind = cmd(["bash", "-c", f'file -L "$(command -v {cxx})"'])
     rows.append(
         (
@@ -898,6 +895,10 @@ def phase_extras(ctx: Ctx) -> None:
                 files += ["-n", "4"]
         env = {k: v for k, v in os.environ.items() if not (k == "TRITON_INTERPRET" and not ctx.dry)}
         env["COLUMNS"] = "400"  # the failure summaries whole, not cut to 80 columns
+
+        def failures(text: str) -> List[str]:
+            return [line[:300] for line in text.splitlines() if line.startswith(("FAILED", "ERROR"))][:60]
+
         try:
             out = subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=no", "-p", "no:cacheprovider", *files],
@@ -908,12 +909,12 @@ def phase_extras(ctx: Ctx) -> None:
             )
         except subprocess.TimeoutExpired as e:
             text = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            details.extend(line for line in text.splitlines() if line.startswith(("FAILED", "ERROR")))
+            details.extend(failures(text))
             return f"`pytest {' '.join(files)}` stopped after {budget:.0f} s (time left)"
+        details.extend(failures(out.stdout))
         lines = out.stdout.strip().splitlines()
-        details.extend([line[:300] for line in lines if line.startswith(("FAILED", "ERROR"))][:60])
         tail = lines[-1] if lines else out.stderr[-200:]
-        if out.returncode not in (0,):
+        if out.returncode != 0:
             ctx.count("failed")
         return f"`pytest {' '.join(files)}` exit {out.returncode}: {tail}"
 

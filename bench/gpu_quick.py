@@ -169,11 +169,12 @@ class Run:
             "kernels')); sys.exit(0 if ok else 1)"
         )
         py = _q(sys.executable)
-        canary = f"canary() {{ {py} -c {_q(CANARY)}; }}; "
+        # the canary's source once, in a shell variable, for the run and for the backtrace
+        canary = f'canary_src={_q(CANARY)}; canary() {{ {py} -c "$canary_src"; }}; '
         # where the canary crashes: a native backtrace (cuda-gdb also debugs programs without GPU code; no gdb there)
         backtrace = (
             "backtrace() { command -v cuda-gdb >/dev/null || return 0; echo 'the crash under cuda-gdb:'; "
-            f"timeout 120 cuda-gdb -q -batch -ex run -ex bt --args {py} -c {_q(CANARY)} 2>&1 "
+            f'timeout 120 cuda-gdb -q -batch -ex run -ex bt --args {py} -c "$canary_src" 2>&1 '
             "| grep -E 'signal|^#' | head -25 | cut -c1-400; }; "
         )
         if self.dry_run:

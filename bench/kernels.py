@@ -10,7 +10,7 @@ bandwidth, flops / rate)).
 from __future__ import annotations
 
 import argparse
-import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -52,7 +52,7 @@ def versus_table(versus) -> str:
         if not ratios:
             rows.append([op, 0, float("nan"), "no CUDA C++ kernel in this build"])
             continue
-        geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        geomean = statistics.geometric_mean(ratios)
         order = ("triton", "cuda") if geomean >= 1 else ("cuda", "triton")
         rows.append([op, len(ratios), geomean, f"CUDA_ORDER[{op!r}] = {order}"])
     return (
@@ -67,7 +67,7 @@ def attention_versus_sdpa_table(ratios) -> str:
     over the shapes: the data behind CUDA_ORDER['sra_attention'] (SDPA alone when Triton is slower)."""
     if not ratios:
         return ""
-    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    geomean = statistics.geometric_mean(ratios)
     order = ("triton", "torch") if geomean < 1 else ("torch",)
     rows = [["sra_attention", len(ratios), geomean, f"CUDA_ORDER['sra_attention'] = {order}"]]
     return (
