@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from bench.candidates import PEERS, build, output_tensor
 from bench.harness import RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess, time_interleaved
-from bench.roofline import forward_flops, gemm_ceiling, rate_table
+from bench.roofline import blas_rate, forward_flops, rate_table
 
 DEFAULT_IMPLS = [
     "reference",
@@ -115,9 +115,9 @@ def run(
     torch.set_num_threads(threads)
     load_before = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
     rows, results = [], []
-    # Counted on the meta device (no arithmetic); the ceiling measured here, on the threads the candidates get.
+    # Counted on the meta device (no arithmetic); the BLAS rate measured here, on the threads the candidates get.
     flops = {(preset, size): forward_flops(preset, size, batch) for preset, size in configs}
-    ceiling = gemm_ceiling(dtype) if device == "cpu" else math.nan
+    blas = blas_rate(dtype) if device == "cpu" else math.nan
     # The peers run on their own thread pools: settle each candidate before its timed call (time_interleaved).
     settle = 1 if device == "cpu" and any(i in PEERS for i in impls) else 0
     bar = tqdm(total=len(configs) * (repeats + (len(impls) if memory else 0)), desc="benchmark", unit="step")
@@ -207,7 +207,7 @@ def run(
         f"Reproduce: `python -m bench.report --configs {config_args} --impls {' '.join(impls)} --batch {batch} "
         f"--dtype {dtype} --threads {threads}`\n\n"
         + peer_summary(results, impls)
-        + (rate_table(results, impls, flops, ceiling) if device == "cpu" else "")
+        + (rate_table(results, impls, flops, blas) if device == "cpu" else "")
         + (fast_summary(results, impls) if "fast" in impls else "")
         + f"{table}\n"
     )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from op_cases import DTYPE_IDS, DTYPES, IMAGE, check_compile_and_export, close, fused_backends, randn, require
 
-from pvtv2_fast import PvtV2Config, ops, preset_names
+from pvtv2_fast import PvtV2Config, _ext, ops, preset_names
 from pvtv2_fast.validation import stage_shapes
 
 BACKENDS = fused_backends("sr_conv")
@@ -85,6 +85,30 @@ def test_gemm_splits(backend, device, ci, co, rows, threads):
     torch.set_num_threads(threads)
     try:
         _check(backend, device, x, weight, randn(co, seed=seed, device=device), rows, 1)
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize(
+    "rows,ci,co",
+    [(49, 320, 1280), (196, 1280, 320), (784, 64, 512)],
+    ids=["whole-blocks", "block-tile-units", "row-tiles"],
+)
+def test_gemm_splits_compute_the_one_thread_bits(rows, ci, co):
+    """Threads claim split_gemm's pieces as they free up (whole column blocks, (block, row tile) units, row tiles):
+    whichever thread runs a piece, every output holds the bits one thread computes, call after call."""
+    if not _ext.available():
+        pytest.skip("the C++ extension is not built")
+    x, weight = randn(1, rows, ci, seed=rows, device="cpu"), _weight(co, ci, 1, seed=rows)
+    bias, packed = randn(co, seed=rows + 1, device="cpu"), ops.pack_weight(weight)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = ops.sr_conv(x, weight, bias, rows, 1, packed, backend="cpu")
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            for _ in range(5):
+                assert torch.equal(ops.sr_conv(x, weight, bias, rows, 1, packed, backend="cpu"), expected)
     finally:
         torch.set_num_threads(saved)
 
