@@ -115,8 +115,9 @@ def run(
     torch.set_num_threads(threads)
     load_before = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
     rows, results = [], []
-    # Counted on the meta device (no arithmetic); the BLAS rate measured here, on the threads the candidates get.
-    flops = {(preset, size): forward_flops(preset, size, batch) for preset, size in configs}
+    # The CPU report's arithmetic-rate table: FLOPs counted on the meta device (no arithmetic), the BLAS rate measured
+    # here, on the threads the candidates get.
+    flops = {(p, s): forward_flops(p, s, batch) for p, s in configs} if device == "cpu" else {}
     blas = blas_rate(dtype) if device == "cpu" else math.nan
     # The peers run on their own thread pools: settle each candidate before its timed call (time_interleaved).
     settle = 1 if device == "cpu" and any(i in PEERS for i in impls) else 0

@@ -15,8 +15,6 @@ and on the BLAS (``torch.addmm``), interleaved, in GFLOP/s and % of the BLAS rat
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -52,14 +50,8 @@ def blas_rate(dtype: str = "fp32", n: int = 2048, repeats: int = 7) -> float:
     """FLOP/s of ``torch.mm`` on two n × n matrices in ``dtype`` on the current CPU threads (median of ``repeats``)."""
     dt = DTYPES[dtype]
     a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
+    timing = time_interleaved([Candidate("mm", lambda: a @ b)], repeats, warmup=2)["mm"]
+    return 2 * n**3 / timing.median
 
 
 def rate_table(results: Sequence[dict], impls: Sequence[str], flops: Dict[tuple, int], blas: float) -> str:
@@ -78,14 +70,14 @@ def rate_table(results: Sequence[dict], impls: Sequence[str], flops: Dict[tuple,
     )
 
 
-def gemm_table(configs: Sequence[tuple], thread_counts: Sequence[int], repeats: int) -> str:
-    """The FFN GEMMs of each stage of each (preset, size): packed-weight C++ GEMM vs ``torch.addmm``, per thread
-    count, in GFLOP/s (% of that thread count's BLAS rate). Whole-map GEMMs with their output in memory: the C++ FFN
-    runs large maps in bands whose hidden rows stay in cache (b2's 16384 × 64 → 512 at 512² is memory-bound here)."""
+def gemm_table(configs: Sequence[tuple], blas_rates: Dict[int, float], repeats: int) -> str:
+    """The FFN GEMMs of each stage of each (preset, size): packed-weight C++ GEMM vs ``torch.addmm``, on each thread
+    count of ``blas_rates`` (its :func:`blas_rate`, FLOP/s), in GFLOP/s (% of that rate). Whole-map GEMMs with their
+    output in memory: the C++ FFN runs large maps in bands whose hidden rows stay in cache (b2's 16384 × 64 → 512 at
+    512² is memory-bound here)."""
     rows = []
-    for threads in thread_counts:
+    for threads, blas in blas_rates.items():
         torch.set_num_threads(threads)
-        blas = blas_rate()
         for preset, size in configs:
             config = PvtV2Config.from_preset(preset)
             maps = stage_sizes(config, size, size)
@@ -122,18 +114,18 @@ def main(argv=None) -> None:
     from bench.report import cpu_line
 
     configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
-    threads = sorted({1, args.threads})
-    rates = []
-    for t in threads:
+    blas_rates = {}
+    for t in sorted({1, args.threads}):
         torch.set_num_threads(t)
-        rates.append(f"{blas_rate() / 1e9:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}")
+        blas_rates[t] = blas_rate()
+    rates = [f"{r / 1e9:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}" for t, r in blas_rates.items()]
     text = (
         "# The FFN's GEMMs: packed-weight C++ GEMM vs the BLAS (fp32, batch 1)\n\n"
         f"Machine: {machine_line()}.\n{cpu_line()}.\n"
         f"Median of {args.repeats} interleaved calls; in brackets the share of the BLAS rate (torch.mm 2048³: "
         f"{', '.join(rates)}). Whole-map GEMMs, output written to memory (the C++ FFN runs large maps in bands).\n"
         f"Reproduce: `python -m bench.roofline --configs {' '.join(args.configs)} --threads {args.threads}`\n\n"
-        + gemm_table(configs, threads, args.repeats)
+        + gemm_table(configs, blas_rates, args.repeats)
         + "\n"
     )
     print(write_markdown(args.out, text))

@@ -47,7 +47,7 @@ def test_gemm_table_times_both_gemms_of_every_stage():
         pytest.skip("the packed-weight GEMM is the C++ extension's, which is not built")
     threads = torch.get_num_threads()
     try:
-        table = gemm_table([("b0", 64)], [1], repeats=1)
+        table = gemm_table([("b0", 64)], {1: 100e9}, repeats=1)
     finally:
         torch.set_num_threads(threads)
     rows = [line for line in table.splitlines() if line.startswith("| 1 | b0")]
