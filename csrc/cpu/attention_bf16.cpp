@@ -8,10 +8,7 @@
 //           keys), a row's pair of probabilities broadcast as 32 bits.
 // Each vdpbf16ps does 32 multiply-adds where attention.h's fp32 FMA does 16. The row sums are the fp32
 // probabilities'. D must be even (PVTv2's heads are 32 or 64 wide).
-// Every shared header comes before the target pragma. Included after it, their inline functions would be compiled
-// for the pragma's ISA: the linker may keep that copy for every caller (an AVX-512 at::empty once: SIGILL on AVX2
-// CPUs; tests/ops/test_cpu_kernels.py checks the disassembly), and GCC 13 refuses to build it ("target specific
-// option mismatch" on libstdc++'s always_inline functions).
+// Every shared header before the target pragma (why: cpu_kernels.h, "ISA files").
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>

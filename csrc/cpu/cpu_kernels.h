@@ -1,5 +1,11 @@
 // The CPU side's internal interface: the per-ISA entry points of kernels.h, the pick for this CPU, and the
 // band-streaming conv FFN of conv_ffn.cpp. Raw pointers only; ops.cpp turns tensors into these calls.
+//
+// ISA files (kernels_avx2.cpp, kernels_avx512.cpp, attention_bf16.cpp, packed_gemm_bf16.cpp) compile under a
+// `#pragma GCC target`, and every shared header (the standard library, ATen, ours) is included before it. Included
+// after it, their inline functions would be compiled for the pragma's ISA: the linker may keep that copy for every
+// caller (an AVX-512 at::empty once: SIGILL on AVX2 CPUs; tests/ops/test_cpu_kernels.py checks the disassembly), and
+// GCC 13 refuses to build it ("target specific option mismatch" on libstdc++'s always_inline functions).
 #pragma once
 
 #include <stdint.h>

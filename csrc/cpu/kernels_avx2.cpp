@@ -1,8 +1,5 @@
 // The kernels with AVX2 + FMA intrinsics; only called when the CPU reports both (ops.cpp checks at run time).
-// Every shared header comes before the target pragma. Included after it, their inline functions would be compiled
-// for the pragma's ISA: the linker may keep that copy for every caller (an AVX-512 at::empty once: SIGILL on AVX2
-// CPUs; tests/ops/test_cpu_kernels.py checks the disassembly), and GCC 13 refuses to build it ("target specific
-// option mismatch" on libstdc++'s always_inline functions).
+// Every shared header before the target pragma (why: cpu_kernels.h, "ISA files").
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

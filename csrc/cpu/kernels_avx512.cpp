@@ -2,10 +2,7 @@
 // at run time). Same loops as the AVX2 build, twice the lanes: the depthwise conv + GELU is mostly arithmetic (the
 // GELU's polynomial), so the wider vectors pay where the data sits in cache (measured 1.7x the AVX2 build) and less
 // where writing a fresh output competes (1.2-1.6x at stage-1 maps; bench/results/cpu_isa.md).
-// Every shared header comes before the target pragma. Included after it, their inline functions would be compiled
-// for the pragma's ISA: the linker may keep that copy for every caller (an AVX-512 at::empty once: SIGILL on AVX2
-// CPUs; tests/ops/test_cpu_kernels.py checks the disassembly), and GCC 13 refuses to build it ("target specific
-// option mismatch" on libstdc++'s always_inline functions).
+// Every shared header before the target pragma (why: cpu_kernels.h, "ISA files").
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

@@ -12,10 +12,7 @@
 // (6 rows × 64 columns, 24 accumulators; chunks of rows sweeping the column blocks). Products of bf16 values are
 // exact in fp32; the sums round as vdpbf16ps does (round to nearest even, denormals flushed), not in the order of
 // the fp32 GEMM, so results agree with an fp32 GEMM on the same bf16 values to fp32 rounding, not bit for bit.
-// Every shared header comes before the target pragma. Included after it, their inline functions would be compiled
-// for the pragma's ISA: the linker may keep that copy for every caller (an AVX-512 at::empty once: SIGILL on AVX2
-// CPUs; tests/ops/test_cpu_kernels.py checks the disassembly), and GCC 13 refuses to build it ("target specific
-// option mismatch" on libstdc++'s always_inline functions).
+// Every shared header before the target pragma (why: cpu_kernels.h, "ISA files").
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
