@@ -4,8 +4,8 @@ A candidate is described by a JSON-able spec ``{"impl", "preset", "size", "batch
 memory probe can rebuild it in a fresh process.
 
 impl: ``reference`` (this library, fast=False), ``lean`` (the reference with ``set_memory_lean()``), ``fast``
-(fast=True), ``inference`` (:func:`pvtv2_fast.optimize_for_inference`: fast=True under ``torch.compile`` with
-inductor freezing), ``transformers``, ``timm``, ``timm-cl`` (timm with its depthwise-conv weights made
+(fast=True), ``inference`` (:func:`pvtv2_fast.optimize_for_inference`: fast=True compiled with inductor freezing,
+by AOTInductor on CPU), ``inference-compile`` (the same with its ``torch.compile`` engine), ``transformers``, ``timm``, ``timm-cl`` (timm with its depthwise-conv weights made
 channels-last, the one-line change a timm user can make), ``compile:reference`` / ``compile:timm``
 (``torch.compile`` of those), and the deployment peers, which run timm's ``forward_features`` exported with
 ``torch.onnx.export``: ``onnxruntime``, ``openvino`` (``PERFORMANCE_HINT`` LATENCY, one request for the whole
@@ -166,8 +166,8 @@ def build(spec: dict) -> Tuple[Callable[[], object], torch.nn.Module]:
     x = x.to(device, dtype)
     compiled = impl.startswith("compile:")
     base = impl.split(":", 1)[1] if compiled else impl
-    if base in ("reference", "fast", "lean", "inference"):
-        model = ours.set_fast(base in ("fast", "inference"))
+    if base in ("reference", "fast", "lean", "inference", "inference-compile"):
+        model = ours.set_fast(base not in ("reference", "lean"))
         if base == "lean":
             model.set_memory_lean(True)
     elif base == "transformers":
@@ -187,10 +187,10 @@ def build(spec: dict) -> Tuple[Callable[[], object], torch.nn.Module]:
         run = lambda: model.forward_features(x)  # noqa: E731 - the encoder only, like the others
     else:
         run = lambda: model(x)  # noqa: E731
-    if base == "inference":
+    if base.startswith("inference"):
         from pvtv2_fast.inference import optimize_for_inference
 
-        fn = optimize_for_inference(model)
+        fn = optimize_for_inference(model, engine="compile" if base == "inference-compile" else "auto")
         run = lambda: fn(x)  # noqa: E731
     if compiled:
         with warnings.catch_warnings():

@@ -224,7 +224,7 @@ def run(
 
 
 def unmeasured(impl: str) -> bool:
-    return impl.startswith("compile:") or impl == "inference" or impl in PEERS
+    return impl.startswith(("compile:", "inference")) or impl in PEERS
 
 
 def peer_summary(results, impls) -> str:

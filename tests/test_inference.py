@@ -1,5 +1,5 @@
-"""pvtv2_fast.optimize_for_inference (fast=True under torch.compile with inductor freezing) and the benchmark
-peers it is measured against: same outputs as the reference, clear errors for misuse."""
+"""pvtv2_fast.optimize_for_inference (fast=True compiled with inductor freezing, by AOTInductor or torch.compile) and
+the benchmark peers it is measured against: same outputs as the reference, clear errors for misuse."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ import pytest
 import torch
 from conftest import assert_max_abs_close, block_cache_delta, randomize_
 
-from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, PvtV2Model, _ext, optimize_for_inference
+from pvtv2_fast import PvtV2Config, PvtV2ForImageClassification, PvtV2Model, _ext, inference, optimize_for_inference
 
 # A small encoder with every stage (SR ratios 8/4/2/1) so one compile stays under a minute on 2 cores.
 TINY = dict(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], mlp_ratios=[2] * 4)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", inference.ENGINES)
 @pytest.mark.parametrize("linear", [False, True], ids=["sra", "linear-sra"])
-def test_inference_mode_matches_reference_on_an_odd_size(linear):
+def test_inference_mode_matches_reference_on_an_odd_size(linear, engine):
     model = randomize_(PvtV2Model(PvtV2Config(**TINY, linear_attention=linear)).eval())
     x = torch.randn(2, 3, 61, 45, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(x).last_hidden_state.clone()
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, engine=engine)
+    assert fast.engine == engine
     assert_max_abs_close(fast(x).last_hidden_state, expected, "optimize_for_inference vs reference", atol=1e-5)
     with torch.profiler.profile() as prof:
         assert_max_abs_close(fast(x).last_hidden_state, expected, "second call (compiled graph)", atol=1e-5)
@@ -30,17 +32,48 @@ def test_inference_mode_matches_reference_on_an_odd_size(linear):
 
 
 @pytest.mark.slow
-def test_inference_mode_reuses_the_cpu_block_cache():
+@pytest.mark.parametrize("engine", inference.ENGINES)
+def test_inference_mode_reuses_the_cpu_block_cache(engine):
     """The compiled graph runs inside the CPU block cache's scope: once warm, a call maps no fresh pages (256²: the
     stage-1 FFN's widened state, 512 KB, is above the cache's 256 KB floor)."""
     if not _ext.available():
         pytest.skip("the C++ extension is not built")
-    fast = optimize_for_inference(randomize_(PvtV2Model(PvtV2Config(**TINY))))
+    fast = optimize_for_inference(randomize_(PvtV2Model(PvtV2Config(**TINY))), engine=engine)
     x = torch.randn(1, 3, 256, 256)
     fast(x)
     fast(x)
     _, delta = block_cache_delta(lambda: fast(x))
     assert delta["fresh"] == 0 and delta["reused"] > 0, delta
+
+
+@pytest.mark.slow
+def test_aoti_engine_keeps_the_call_signature_and_compiles_each_once(monkeypatch):
+    """The AOTInductor engine returns what the model returns for the same arguments (tuples, ModelOutputs with
+    their None fields), compiles each input signature once, and drops the least recently used past MAX_GRAPHS."""
+    model = randomize_(PvtV2ForImageClassification(PvtV2Config(**TINY, num_labels=5)).eval())
+    fast = optimize_for_inference(model)
+    assert fast.engine == "aoti"
+    x = torch.randn(2, 3, 61, 45, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x, output_hidden_states=True)
+    as_tuple = fast(x, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1
+    assert_max_abs_close(as_tuple[0], expected.logits, "return_dict=False", atol=1e-5)
+    for _ in range(2):
+        got = fast(pixel_values=x, output_hidden_states=True)
+        assert type(got) is type(expected) and got.loss is None and got.attentions is None
+        assert_max_abs_close(got.logits, expected.logits, "logits", atol=1e-5)
+        assert len(got.hidden_states) == len(expected.hidden_states)
+        for mine, theirs in zip(got.hidden_states, expected.hidden_states):
+            assert_max_abs_close(mine, theirs, "hidden state", atol=1e-5)
+    assert len(fast._graphs) == 2  # (x, return_dict=False) and (pixel_values=x, output_hidden_states=True)
+    monkeypatch.setattr(inference, "MAX_GRAPHS", 2)
+    y = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="least recently used"):
+        got = fast(y)
+    with torch.no_grad():
+        assert_max_abs_close(got.logits, model(y).logits, "a third signature", atol=1e-5)
+    assert len(fast._graphs) == 2
 
 
 def test_inference_mode_rejects_misuse():
@@ -51,6 +84,15 @@ def test_inference_mode_rejects_misuse():
         optimize_for_inference(model, dynamic="yes")
     with pytest.raises(ValueError, match="backend"):
         optimize_for_inference(model, backend="nope")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        optimize_for_inference(model, engine="nope")
+    with pytest.raises(ValueError, match="fixed sizes; use engine='compile' for dynamic=True"):
+        optimize_for_inference(model, engine="aoti", dynamic=True)
+    assert optimize_for_inference(model, dynamic=True).engine == "compile"
+    with pytest.raises(RuntimeError, match="CPU tensors, got a tensor on meta"):
+        optimize_for_inference(model)(torch.zeros(1, 3, 64, 64, device="meta"))
+    with pytest.raises(TypeError, match="hashable, got set"):
+        optimize_for_inference(model)(torch.zeros(1, 3, 64, 64), output_hidden_states={True})
     wrapped = optimize_for_inference(model)
     assert not model.training and all(m.fast for m in model.modules() if hasattr(m, "op_backend"))
     model.train()
