@@ -5,8 +5,9 @@ memory probe can rebuild it in a fresh process.
 
 impl: ``reference`` (this library, fast=False), ``lean`` (the reference with ``set_memory_lean()``), ``fast``
 (fast=True), ``inference`` (:func:`pvtv2_fast.optimize_for_inference`: fast=True compiled with inductor freezing,
-by AOTInductor on CPU), ``inference-compile`` (the same with its ``torch.compile`` engine), ``transformers``, ``timm``, ``timm-cl`` (timm with its depthwise-conv weights made
-channels-last, the one-line change a timm user can make), ``compile:reference`` / ``compile:timm``
+by AOTInductor on CPU), ``inference-compile`` (the same with its ``torch.compile`` engine), ``transformers``,
+``timm``, ``timm-cl`` (timm with its depthwise-conv weights made channels-last, the one-line change a timm user
+can make), ``compile:reference`` / ``compile:timm``
 (``torch.compile`` of those), and the deployment peers, which run timm's ``forward_features`` exported with
 ``torch.onnx.export``: ``onnxruntime``, ``openvino`` (``PERFORMANCE_HINT`` LATENCY, one request for the whole
 batch) and ``openvino-tput`` (THROUGHPUT hint: the batch split into one-image requests over its streams). The peers
