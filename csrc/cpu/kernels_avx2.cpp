@@ -68,10 +68,8 @@ struct Avx2Ops {
     const reg r = _mm256_rcp_ps(a);
     return _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.0f)));
   }
-  static reg copysign(reg magnitude, reg sign) {
-    const reg mask = _mm256_set1_ps(-0.0f);
-    return _mm256_or_ps(_mm256_andnot_ps(mask, magnitude), _mm256_and_ps(mask, sign));
-  }
+  // blendv selects by each lane's sign bit: -0 takes `a` too, where the GELU's two sides agree (Φ(0) = ½)
+  static reg select_negative(reg s, reg a, reg b) { return _mm256_blendv_ps(b, a, s); }
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
   static float reduce_max(reg a) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

@@ -68,11 +68,8 @@ struct Avx512Ops {
     const reg r = _mm512_rcp14_ps(a);
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(2.0f)));
   }
-  // bitwise on the integer view: AVX-512F has no float AND/OR (those are AVX512DQ)
-  static reg copysign(reg magnitude, reg sign) {
-    const __m512i mask = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(mask, _mm512_castps_si512(magnitude)),
-                                               _mm512_and_si512(mask, _mm512_castps_si512(sign))));
+  static reg select_negative(reg s, reg a, reg b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_LT_OQ), b, a);
   }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   // By shuffles rather than _mm512_reduce_max_ps, whose gcc 12 header warns of an uninitialised temporary.
