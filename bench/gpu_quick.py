@@ -306,6 +306,7 @@ class Run:
         self.stop_build()
         self.finished = True
         self.write_summary()
+        shutil.rmtree(self.counts_dir, ignore_errors=True)  # the phases' counts are in the summary now
         return 0 if all(r.status in ("ok", "skipped") for r in self.records) else 1
 
     def stop_build(self) -> None:
@@ -326,6 +327,7 @@ class Run:
                 rec.counts = self.read_counts(rec.phase.name)
         self.stop_build()
         self.write_summary(killed=signum)
+        shutil.rmtree(self.counts_dir, ignore_errors=True)
         self.log(f"killed by signal {signum}; summary written")
         os._exit(128 + signum)
 
