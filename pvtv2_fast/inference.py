@@ -11,10 +11,11 @@ Two engines run the graph:
 
 * ``"aoti"`` (the default for CPU models with fixed sizes): ``torch.export`` of the model at the call's input
   shape, compiled ahead of time by AOTInductor (``torch._inductor.aoti_compile_and_package``) into a shared
-  library whose C++ wrapper calls the kernels and the custom ops with no Python between them and no guards to
-  check. Against ``"compile"`` on a 2-core AVX-512 EPYC (fp32, interleaved in one process): b0 at 224² 1.08-1.15x,
-  b2 at 224² 1.03x, b0 at 512² 1.03x, b2 at 512² 1.01x, b0 batch 8 at 224² 1.02x: the per-call overhead it
-  removes (dynamo's guards, the Python wrapper, ~1 ms at b0) matters where the arithmetic is small.
+  library whose C++ wrapper calls the kernels and the custom ops with no guards to check and no Python wrapper
+  between them (ops with a recompute backward still pass their Python autograd kernel). Against ``"compile"`` on
+  a 2-core AVX-512 EPYC (fp32, interleaved in one process): b0 at 224² 1.08-1.15x, b2 at 224² 1.03x, b0 at 512²
+  1.03x, b2 at 512² 1.01x, b0 batch 8 at 224² 1.02x: the per-call overhead it removes (dynamo's guards, the Python
+  wrapper, ~1 ms at b0) matters where the arithmetic is small.
 * ``"compile"`` (``dynamic=True``, and models on other devices): ``torch.compile`` of the model.
 
 Costs and limits (measured on a 2-core AVX-512 machine):
@@ -108,7 +109,7 @@ class _AotiGraph:
 def _describe_leaf(value: Any) -> Any:
     """A hashable stand-in for one input leaf in a signature key: what a compiled graph specialises on."""
     if isinstance(value, torch.Tensor):
-        return ("tensor", tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad)
+        return ("tensor", tuple(value.shape), value.stride(), value.dtype, value.device)
     try:
         hash(value)
     except TypeError:
