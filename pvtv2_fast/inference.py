@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -133,6 +134,7 @@ class InferenceModel:
         self.engine = engine
         self.compiled = torch.compile(model, dynamic=dynamic) if engine == "compile" else None
         self._graphs: "OrderedDict[Tuple, _AotiGraph]" = OrderedDict()
+        self._lock = threading.Lock()
         self._warned_eviction = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -162,23 +164,26 @@ class InferenceModel:
             )
         # Inductor's C++ kernels fix their thread count when they compile, so it is part of the signature.
         key = (in_spec, tuple(_describe_leaf(v) for v in leaves), torch.get_num_threads())
-        graph = self._graphs.get(key)
-        if graph is None:
-            graph = _AotiGraph(self.model, leaves, in_spec, tensors)
-            logger.info("optimize_for_inference: compiled %s in %.1f s", _shapes(tensors), graph.seconds)
-            self._graphs[key] = graph
-            if len(self._graphs) > MAX_GRAPHS:
-                self._graphs.popitem(last=False)
-                if not self._warned_eviction:
-                    self._warned_eviction = True
-                    warnings.warn(
-                        f"optimize_for_inference: more than {MAX_GRAPHS} input signatures; the least recently used "
-                        "compiled graph was dropped (it compiles again if it returns). Pass dynamic=True for one "
-                        "graph over all sizes.",
-                        stacklevel=3,
-                    )
-        else:
-            self._graphs.move_to_end(key)
+        # One lock for lookups and compiles: callers on several threads (a server) compile each signature once and
+        # never see the LRU order change under them.
+        with self._lock:
+            graph = self._graphs.get(key)
+            if graph is not None:
+                self._graphs.move_to_end(key)
+            else:
+                graph = _AotiGraph(self.model, leaves, in_spec, tensors)
+                logger.info("optimize_for_inference: compiled %s in %.1f s", _shapes(tensors), graph.seconds)
+                self._graphs[key] = graph
+                if len(self._graphs) > MAX_GRAPHS:
+                    self._graphs.popitem(last=False)
+                    if not self._warned_eviction:
+                        self._warned_eviction = True
+                        warnings.warn(
+                            f"optimize_for_inference: more than {MAX_GRAPHS} input signatures; the least recently "
+                            "used compiled graph was dropped (it compiles again if it returns). Pass dynamic=True "
+                            "for one graph over all sizes.",
+                            stacklevel=3,
+                        )
         return graph(tensors)
 
     def _cpu_cache_scope(self):

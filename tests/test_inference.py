@@ -3,6 +3,9 @@ the benchmark peers it is measured against: same outputs as the reference, clear
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from conftest import assert_max_abs_close, block_cache_delta, randomize_
@@ -74,6 +77,28 @@ def test_aoti_engine_keeps_the_call_signature_and_compiles_each_once(monkeypatch
     with torch.no_grad():
         assert_max_abs_close(got.logits, model(y).logits, "a third signature", atol=1e-5)
     assert len(fast._graphs) == 2
+
+
+def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
+    """Callers on several threads at a new signature wait for one compile (a stand-in for the compile: no
+    AOTInductor run here), and each gets the graph's output."""
+    built = []
+
+    class SlowGraph:
+        def __init__(self, model, leaves, in_spec, tensors):
+            built.append(tensors[0].shape)
+            time.sleep(0.3)
+            self.seconds = 0.3
+
+        def __call__(self, tensors):
+            return tensors[0] * 2
+
+    monkeypatch.setattr(inference, "_AotiGraph", SlowGraph)
+    fast = optimize_for_inference(PvtV2Model(PvtV2Config(**TINY)))
+    x = torch.ones(1, 3, 32, 32)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: fast(x), range(4)))
+    assert built == [x.shape] and all(torch.equal(r, x * 2) for r in results)
 
 
 def test_inference_mode_rejects_misuse():
