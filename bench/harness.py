@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -172,6 +172,11 @@ def peak_memory_subprocess(spec: dict, timeout: float = 1800) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- output
+def parse_configs(pairs: Sequence[str]) -> List[Tuple[str, int]]:
+    """The benchmarks' ``--configs`` (``preset:size`` strings) as (preset, size) pairs."""
+    return [(preset, int(size)) for preset, size in (pair.split(":") for pair in pairs)]
+
+
 def write_markdown(out: Path, text: str) -> str:
     """Write ``text`` to ``out`` with the suffix ``.md`` (parent folders made as needed); returns ``text``."""
     out.parent.mkdir(parents=True, exist_ok=True)

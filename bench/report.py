@@ -30,7 +30,15 @@ import torch
 from tqdm import tqdm
 
 from bench.candidates import PEERS, build, output_tensor
-from bench.harness import RESULTS, Candidate, machine_line, markdown_table, peak_memory_subprocess, time_interleaved
+from bench.harness import (
+    RESULTS,
+    Candidate,
+    machine_line,
+    markdown_table,
+    parse_configs,
+    peak_memory_subprocess,
+    time_interleaved,
+)
 from bench.roofline import blas_rate, forward_flops, rate_table
 
 DEFAULT_IMPLS = [
@@ -489,7 +497,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-op-tables", action="store_true", help="skip the fused-op and FFN tables")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_e2e")
     args = parser.parse_args(argv)
-    configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
+    configs = parse_configs(args.configs)
     if args.dtype == "bf16" and bf16_skip_reason():
         print(f"bf16 run skipped: {bf16_skip_reason()}")
         return

@@ -22,7 +22,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.candidates import DTYPES, reference_model
-from bench.harness import RESULTS, Candidate, machine_line, markdown_table, time_interleaved, write_markdown
+from bench.harness import (
+    RESULTS,
+    Candidate,
+    machine_line,
+    markdown_table,
+    parse_configs,
+    time_interleaved,
+    write_markdown,
+)
 from pvtv2_fast import PvtV2Config, ops, stage_sizes
 
 _aten = torch.ops.aten
@@ -113,7 +121,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from bench.report import cpu_line
 
-    configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
+    configs = parse_configs(args.configs)
     blas_rates = {}
     for t in sorted({1, args.threads}):
         torch.set_num_threads(t)
