@@ -3,7 +3,9 @@ the benchmark peers it is measured against: same outputs as the reference, clear
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -27,6 +29,8 @@ def test_inference_mode_matches_reference_on_an_odd_size(linear, engine):
     fast = optimize_for_inference(model, engine=engine)
     assert fast.engine == engine
     assert_max_abs_close(fast(x).last_hidden_state, expected, "optimize_for_inference vs reference", atol=1e-5)
+    # The AOTInductor engine compiles in a process of its own (the model pickles and its class imports there).
+    assert [graph.where for graph in fast._graphs.values()] == (["subprocess"] if engine == "aoti" else [])
     with torch.profiler.profile() as prof:
         assert_max_abs_close(fast(x).last_hidden_state, expected, "second call (compiled graph)", atol=1e-5)
     # The compiled graph runs each SRA block as one C++ pvt_block node (fp32 CPU; not the linear variant's).
@@ -99,6 +103,52 @@ def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: fast(x), range(4)))
     assert built == [x.shape] and all(torch.equal(r, x * 2) for r in results)
+
+
+def _stand_in_build(built):
+    def build(model, leaves, in_spec, tensors, package):
+        built.append(type(model).__name__)
+        return {"out_leaves": [], "out_spec": None}
+
+    return build
+
+
+def test_aoti_compile_falls_back_to_this_process_with_one_warning(monkeypatch, tmp_path):
+    """A model that cannot travel to a compile process (it does not pickle: a class local to a function; or the new
+    process cannot import it: exit code 3) compiles in this one, warned once. A stand-in build: no AOTInductor run."""
+    built = []
+    monkeypatch.setattr(inference._aoti_build, "build", _stand_in_build(built))
+    monkeypatch.setattr(inference, "_warned_in_process", False)
+    x = torch.zeros(1, 3, 32, 32)
+
+    class Local(PvtV2Model):
+        pass
+
+    local = Local(PvtV2Config(**TINY))
+    with pytest.warns(UserWarning, match="compiling in this process, since the model does not pickle"):
+        assert inference._compile(local, [x], None, [x], str(tmp_path / "a.pt2"), str(tmp_path))[1] == "in-process"
+    cannot_load = [sys.executable, "-c", "import sys; print('ModuleNotFoundError: no module mine'); sys.exit(3)"]
+    monkeypatch.setattr(inference, "_build_command", lambda request, result: cannot_load)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per process
+        model = PvtV2Model(PvtV2Config(**TINY))
+        assert inference._compile(model, [x], None, [x], str(tmp_path / "b.pt2"), str(tmp_path))[1] == "in-process"
+    assert built == ["Local", "PvtV2Model"]
+    monkeypatch.setattr(inference, "_warned_in_process", False)
+    with pytest.warns(UserWarning, match="could not load the model: ModuleNotFoundError: no module mine"):
+        inference._compile(model, [x], None, [x], str(tmp_path / "c.pt2"), str(tmp_path))
+
+
+def test_aoti_compile_process_failure_is_reported(monkeypatch, tmp_path):
+    """A compile process that fails raises with its exit code and its output's tail, and nothing is compiled here."""
+    built = []
+    monkeypatch.setattr(inference._aoti_build, "build", _stand_in_build(built))
+    failing = [sys.executable, "-c", "import sys; print('inductor says no'); sys.exit(1)"]
+    monkeypatch.setattr(inference, "_build_command", lambda request, result: failing)
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(RuntimeError, match=r"(?s)inputs 1×3×32×32 failed .*exit code 1.*inductor says no"):
+        inference._compile(PvtV2Model(PvtV2Config(**TINY)), [x], None, [x], str(tmp_path / "a.pt2"), str(tmp_path))
+    assert built == []
 
 
 def test_inference_mode_rejects_misuse():
