@@ -3,10 +3,12 @@ the benchmark peers it is measured against: same outputs as the reference, clear
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +38,28 @@ def test_inference_mode_matches_reference_on_an_odd_size(linear, engine):
     # The compiled graph runs each SRA block as one C++ pvt_block node (fp32 CPU; not the linear variant's).
     blocks = sum(e.count for e in prof.key_averages() if e.key == "pvtv2_fast_C::pvt_block")
     assert blocks == (0 if linear or not _ext.available() else sum(TINY["depths"]))
+
+
+@pytest.mark.slow
+def test_aoti_engine_leaves_the_compiler_out_of_the_calling_process():
+    """With the compile in a process of its own, the caller never imports dynamo or inductor: it only loads the
+    package (a fresh process, since this one has imported them for other tests)."""
+    script = (
+        "import sys, torch\n"
+        "from pvtv2_fast import PvtV2Config, PvtV2Model, optimize_for_inference\n"
+        f"model = PvtV2Model(PvtV2Config(**{TINY!r})).eval()\n"
+        "x = torch.randn(1, 3, 64, 64)\n"
+        "with torch.no_grad():\n"
+        "    expected = model(x).last_hidden_state\n"
+        "got = optimize_for_inference(model)(x).last_hidden_state\n"
+        "print('DIFF', (got - expected).abs().max().item())\n"
+        "print('LOADED', sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("DIFF", "LOADED")))
+    assert float(lines["DIFF"]) <= 1e-5 and lines["LOADED"] == "[]", done.stdout
 
 
 @pytest.mark.slow
