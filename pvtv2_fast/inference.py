@@ -18,8 +18,9 @@ Two engines run the graph:
   wrapper, ~1 ms at b0) matters where the arithmetic is small. The compile runs in a Python process of its own
   (``pvtv2_fast._aoti_build``; the model travels pickled) and this process only loads the result, so the tracing
   and compiling state stays out of it: peak resident memory of b0 / b2 at 224² (a fresh process, 3 calls) 602 /
-  1009 MB against 861 / 1367 MB compiled here. A model that does not pickle, or whose class a fresh interpreter
-  cannot import, compiles here (warned once); ``PVTV2_FAST_AOTI_IN_PROCESS=1`` asks for that.
+  1009 MB against 861 / 1367 MB compiled here. While a compile runs, though, the compile process's own peak (917 /
+  1353 MB) adds to this one's resident set; ``PVTV2_FAST_AOTI_IN_PROCESS=1`` compiles here instead, as does a
+  model that does not pickle or whose class a fresh interpreter cannot import (warned once).
 * ``"compile"`` (``dynamic=True``, and models on other devices): ``torch.compile`` of the model.
 
 Costs and limits (measured on a 2-core AVX-512 machine):
