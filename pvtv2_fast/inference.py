@@ -188,7 +188,8 @@ class InferenceModel:
         self.engine = engine
         self.compiled = torch.compile(model, dynamic=dynamic) if engine == "compile" else None
         self._graphs: "OrderedDict[Tuple, _AotiGraph]" = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the graphs' dictionary and LRU order
+        self._compiling = threading.Lock()  # one compile at a time
         self._warned_eviction = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -226,29 +227,40 @@ class InferenceModel:
                 "optimize_for_inference: the AOTInductor engine runs CPU models on CPU tensors, got a tensor on "
                 f"{next(t.device for t in tensors if t.device.type != 'cpu')}; use engine='compile' for other devices"
             )
-        # One lock for lookups and compiles: callers on several threads (a server) compile each signature once and
-        # never see the LRU order change under them.
+        # Callers on several threads (a server) compile each signature once, one compile at a time (_compiling), and
+        # calls of compiled signatures go on meanwhile: the lookup's lock (_lock) is never held across a compile.
+        graph = self._lookup(key)
+        if graph is None:
+            with self._compiling:
+                graph = self._lookup(key)  # compiled by the caller this one waited for
+                if graph is None:
+                    if leaves is None:
+                        leaves, in_spec = pytree.tree_flatten((args, kwargs))
+                    graph = _AotiGraph(self.model, leaves, in_spec, tensors)
+                    logger.info("optimize_for_inference: compiled %s in %.1f s", _shapes(tensors), graph.seconds)
+                    self._insert(key, graph)
+        return graph(tensors)
+
+    def _lookup(self, key: Tuple) -> Optional[_AotiGraph]:
         with self._lock:
             graph = self._graphs.get(key)
             if graph is not None:
                 self._graphs.move_to_end(key)
-            else:
-                if leaves is None:
-                    leaves, in_spec = pytree.tree_flatten((args, kwargs))
-                graph = _AotiGraph(self.model, leaves, in_spec, tensors)
-                logger.info("optimize_for_inference: compiled %s in %.1f s", _shapes(tensors), graph.seconds)
-                self._graphs[key] = graph
-                if len(self._graphs) > MAX_GRAPHS:
-                    self._graphs.popitem(last=False)
-                    if not self._warned_eviction:
-                        self._warned_eviction = True
-                        warnings.warn(
-                            f"optimize_for_inference: more than {MAX_GRAPHS} input signatures; the least recently "
-                            "used compiled graph was dropped (it compiles again if it returns). Pass dynamic=True "
-                            "for one graph over all sizes.",
-                            stacklevel=3,
-                        )
-        return graph(tensors)
+            return graph
+
+    def _insert(self, key: Tuple, graph: _AotiGraph) -> None:
+        with self._lock:
+            self._graphs[key] = graph
+            if len(self._graphs) > MAX_GRAPHS:
+                self._graphs.popitem(last=False)
+                if not self._warned_eviction:
+                    self._warned_eviction = True
+                    warnings.warn(
+                        f"optimize_for_inference: more than {MAX_GRAPHS} input signatures; the least recently "
+                        "used compiled graph was dropped (it compiles again if it returns). Pass dynamic=True "
+                        "for one graph over all sizes.",
+                        stacklevel=4,  # the caller of the InferenceModel
+                    )
 
     def _cpu_cache_scope(self):
         """The CPU block cache around a CPU model's graph (``pvtv2_fast.ops.block_cache``), as eager fast mode has

@@ -109,7 +109,7 @@ def test_aoti_engine_keeps_the_call_signature_and_compiles_each_once(monkeypatch
 
 def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
     """Callers on several threads at a new signature wait for one compile (a stand-in for the compile: no
-    AOTInductor run here), and each gets the graph's output."""
+    AOTInductor run here), and each gets the graph's output; a compiled signature runs while another compiles."""
     built = []
 
     class SlowGraph:
@@ -127,6 +127,15 @@ def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: fast(x), range(4)))
     assert built == [x.shape] and all(torch.equal(r, x * 2) for r in results)
+    # While a new signature compiles, a compiled one still runs at once (no lock held across the compile).
+    with ThreadPoolExecutor(2) as pool:
+        compiling = pool.submit(fast, torch.ones(1, 3, 48, 48))
+        time.sleep(0.1)
+        start = time.perf_counter()
+        assert torch.equal(fast(x), x * 2)
+        waited = time.perf_counter() - start
+        assert compiling.result().shape == (1, 3, 48, 48)
+    assert waited < 0.2 and built == [x.shape, (1, 3, 48, 48)], waited
 
 
 def _stand_in_build(built):
