@@ -14,9 +14,14 @@ this process: the caller compiles in its own process instead); anything else a f
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import shutil
 import sys
+import tempfile
 import traceback
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.utils._pytree as pytree
@@ -59,10 +64,20 @@ class _Signature(nn.Module):
         return tuple(v for v in out_leaves if isinstance(v, torch.Tensor))
 
 
-def build(model: nn.Module, leaves: List[Any], in_spec: Any, tensors: List[torch.Tensor], package: str) -> Dict:
+def build(
+    model: nn.Module,
+    leaves: List[Any],
+    in_spec: Any,
+    tensors: List[torch.Tensor],
+    package: str,
+    cache_dir: Optional[str] = None,
+) -> Dict:
     """Export ``model`` at the call ``(leaves, in_spec)`` (tensors marked :data:`TENSOR`, ``tensors`` their
     values) and compile it with freezing into the package file ``package``. Returns the output's marked leaves and
-    spec (``out_leaves``, ``out_spec``)."""
+    spec (``out_leaves``, ``out_spec``) and whether the package came from ``cache_dir`` (``cached``).
+
+    ``cache_dir``: packages kept by :func:`program_key` of the exported program, so that a later process (a server
+    restarting) loads instead of compiling: the export still runs (~1/4 of a compile), the compile does not."""
     import torch._inductor
     import torch._inductor.config as inductor_config
 
@@ -74,8 +89,63 @@ def build(model: nn.Module, leaves: List[Any], in_spec: Any, tensors: List[torch
     with torch.no_grad():
         program = torch.export.export(_Signature(model, leaves, in_spec, record), tuple(tensors))
         with inductor_config.patch(freezing=True):
+            cached = None
+            if cache_dir is not None:
+                cached = os.path.join(cache_dir, program_key(program, tensors) + ".pt2")
+                if os.path.exists(cached):
+                    shutil.copyfile(cached, package)
+                    return dict(recorded, cached=True)
             torch._inductor.aoti_compile_and_package(program, package_path=package)
-    return recorded
+    if cached is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".partial")
+        os.close(fd)
+        shutil.copyfile(package, temporary)
+        os.replace(temporary, cached)  # atomic: another process sees the whole package or none
+    return dict(recorded, cached=False)
+
+
+def program_key(program: Any, tensors: List[torch.Tensor]) -> str:
+    """A digest of everything the compiled package depends on: the exported graph's code and signature, the input
+    tensors' shapes, strides and dtypes, every weight's and constant's bytes, and the toolchain around them (torch,
+    Python and pvtv2_fast versions, the C++ extension's file, the CPU and its instruction sets, the thread count,
+    inductor's settings). Equal keys, the same package; anything that could change it changes the key."""
+    import torch._inductor.config as inductor_config
+
+    from . import __version__, _ext
+
+    digest = hashlib.sha256()
+
+    def add(value: Any) -> None:
+        digest.update(repr(value).encode())
+        digest.update(b"\0")
+
+    add(program.graph_module.code)
+    add(str(program.graph_signature))
+    add(program.call_spec)
+    add([(tuple(t.shape), t.stride(), t.dtype) for t in tensors])
+    for name, value in sorted({**program.state_dict, **program.constants}.items()):
+        if isinstance(value, torch.Tensor):
+            add((name, tuple(value.shape), value.stride(), value.dtype))
+            digest.update(value.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        else:  # a script object or another constant: its repr
+            add((name, value))
+    library = _ext.library_path()
+    add((torch.__version__, sys.version, __version__, torch.get_num_threads()))
+    add(hashlib.sha256(open(library, "rb").read()).hexdigest() if library else None)
+    add((torch.backends.cpu.get_cpu_capability(), _cpu_flags()))
+    add(sorted((k, repr(v)) for k, v in inductor_config.save_config_portable().items()))
+    return digest.hexdigest()[:32]
+
+
+def _cpu_flags() -> str:
+    """The CPU's model name and instruction-set flags (Linux's /proc/cpuinfo; the platform's name elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
 
 
 def load_package(package: str) -> Callable[[List[torch.Tensor]], List[torch.Tensor]]:
@@ -97,7 +167,14 @@ def main(argv: List[str]) -> int:
         import torch._inductor.config as inductor_config
 
         inductor_config.load_config(request["inductor_config"])
-    result = build(request["model"], request["leaves"], request["in_spec"], request["tensors"], request["package"])
+    result = build(
+        request["model"],
+        request["leaves"],
+        request["in_spec"],
+        request["tensors"],
+        request["package"],
+        request["cache_dir"],
+    )
     torch.save(result, result_path)
     return 0
 

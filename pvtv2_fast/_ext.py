@@ -40,6 +40,18 @@ def available() -> bool:
     return _loaded
 
 
+def library_path() -> Optional[str]:
+    """The file of the loaded extension (``PVTV2_FAST_EXT`` or ``pvtv2_fast._C``), None when it is not loaded."""
+    if not available():
+        return None
+    override = os.environ.get("PVTV2_FAST_EXT")
+    if override:
+        return override
+    from . import _C
+
+    return _C.__file__
+
+
 def unavailable_reason() -> str:
     available()
     return (

@@ -41,6 +41,28 @@ def test_inference_mode_matches_reference_on_an_odd_size(linear, engine):
 
 
 @pytest.mark.slow
+def test_aoti_engine_cache_dir_loads_what_an_earlier_compile_kept(tmp_path):
+    """With cache_dir, a second wrapper of the same model (another process, in a server's restart) loads the kept
+    package instead of compiling; changed weights give another key, hence a compile, never the stale graph."""
+    model = randomize_(PvtV2Model(PvtV2Config(**TINY)).eval())
+    x = torch.randn(1, 3, 61, 45, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x).last_hidden_state.clone()
+    first = optimize_for_inference(model, cache_dir=tmp_path / "cache")
+    assert_max_abs_close(first(x).last_hidden_state, expected, "compiled", atol=1e-5)
+    assert [g.cached for g in first._graphs.values()] == [False] and len(list((tmp_path / "cache").iterdir())) == 1
+    second = optimize_for_inference(model, cache_dir=tmp_path / "cache")
+    assert_max_abs_close(second(x).last_hidden_state, expected, "loaded from the cache", atol=1e-5)
+    assert [g.cached for g in second._graphs.values()] == [True]
+    with torch.no_grad():
+        model.encoder.layers[0].blocks[0].mlp.dense1.weight.mul_(-1)
+        changed = model(x).last_hidden_state.clone()
+    third = optimize_for_inference(model, cache_dir=tmp_path / "cache")
+    assert_max_abs_close(third(x).last_hidden_state, changed, "changed weights", atol=1e-5)
+    assert [g.cached for g in third._graphs.values()] == [False] and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+@pytest.mark.slow
 def test_aoti_engine_leaves_the_compiler_out_of_the_calling_process():
     """With the compile in a process of its own, the caller never imports dynamo or inductor: it only loads the
     package (a fresh process, since this one has imported them for other tests)."""
@@ -113,10 +135,10 @@ def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
     built = []
 
     class SlowGraph:
-        def __init__(self, model, leaves, in_spec, tensors):
+        def __init__(self, model, leaves, in_spec, tensors, cache_dir):
             built.append(tensors[0].shape)
             time.sleep(0.3)
-            self.seconds = 0.3
+            self.seconds, self.cached = 0.3, False
 
         def __call__(self, tensors):
             return tensors[0] * 2
@@ -139,9 +161,9 @@ def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
 
 
 def _stand_in_build(built):
-    def build(model, leaves, in_spec, tensors, package):
+    def build(model, leaves, in_spec, tensors, package, cache_dir=None):
         built.append(type(model).__name__)
-        return {"out_leaves": [], "out_spec": None}
+        return {"out_leaves": [], "out_spec": None, "cached": False}
 
     return build
 
@@ -196,6 +218,8 @@ def test_inference_mode_rejects_misuse():
         optimize_for_inference(model, engine="nope")
     with pytest.raises(ValueError, match="fixed sizes; use engine='compile' for dynamic=True"):
         optimize_for_inference(model, engine="aoti", dynamic=True)
+    with pytest.raises(ValueError, match="cache_dir keeps AOTInductor packages; it needs engine='aoti'"):
+        optimize_for_inference(model, engine="compile", cache_dir="somewhere")
     assert optimize_for_inference(model, dynamic=True).engine == "compile"
     with pytest.raises(RuntimeError, match="CPU tensors, got a tensor on meta"):
         optimize_for_inference(model)(torch.zeros(1, 3, 64, 64, device="meta"))
