@@ -74,7 +74,8 @@ def build(
 ) -> Dict:
     """Export ``model`` at the call ``(leaves, in_spec)`` (tensors marked :data:`TENSOR`, ``tensors`` their
     values) and compile it with freezing into the package file ``package``. Returns the output's marked leaves and
-    spec (``out_leaves``, ``out_spec``) and whether the package came from ``cache_dir`` (``cached``).
+    spec (``out_leaves``, ``out_spec``), whether the package came from ``cache_dir`` (``cached``), and why it could not
+    be kept there (``cache_error``, or None).
 
     ``cache_dir``: packages kept by :func:`program_key` of the exported program, so that a later process (a server
     restarting) loads instead of compiling: the export still runs (~1/4 of a compile), the compile does not."""
@@ -94,15 +95,27 @@ def build(
                 cached = os.path.join(cache_dir, program_key(program, tensors) + ".pt2")
                 if os.path.exists(cached):
                     shutil.copyfile(cached, package)
-                    return dict(recorded, cached=True)
+                    return dict(recorded, cached=True, cache_error=None)
             torch._inductor.aoti_compile_and_package(program, package_path=package)
-    if cached is not None:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".partial")
+    return dict(recorded, cached=False, cache_error=_keep(package, cached) if cached is not None else None)
+
+
+def _keep(package: str, cached: str) -> Optional[str]:
+    """Copy ``package`` to the cache file ``cached``, atomically (another process sees the whole package or none).
+    The cache is a convenience: a folder that cannot take it (read-only, full) gives the reason, for the caller to
+    warn about, not an error."""
+    temporary = None
+    try:
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=os.path.dirname(cached), suffix=".partial")
         os.close(fd)
         shutil.copyfile(package, temporary)
-        os.replace(temporary, cached)  # atomic: another process sees the whole package or none
-    return dict(recorded, cached=False)
+        os.replace(temporary, cached)
+        return None
+    except OSError as error:
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+        return f"could not keep the compiled package in {cached!r}: {error}"
 
 
 def program_key(program: Any, tensors: List[torch.Tensor]) -> str:
@@ -132,7 +145,9 @@ def program_key(program: Any, tensors: List[torch.Tensor]) -> str:
             add((name, value))
     library = _ext.library_path()
     add((torch.__version__, sys.version, __version__, torch.get_num_threads()))
-    add(hashlib.sha256(open(library, "rb").read()).hexdigest() if library else None)
+    if library:
+        with open(library, "rb") as file:
+            add(hashlib.sha256(file.read()).hexdigest())
     add((torch.backends.cpu.get_cpu_capability(), _cpu_flags()))
     add(sorted((k, repr(v)) for k, v in inductor_config.save_config_portable().items()))
     return digest.hexdigest()[:32]

@@ -90,6 +90,8 @@ class _AotiGraph:
             # package wrapper's flattening by its stored specs (~15 us a call) has nothing to do.
             self.boxed_run = _aoti_build.load_package(package)
         self.out_leaves, self.out_spec, self.cached = built["out_leaves"], built["out_spec"], built["cached"]
+        if built["cache_error"]:
+            warnings.warn(f"optimize_for_inference: {built['cache_error']}", stacklevel=4)  # the model's caller
         self.seconds = time.perf_counter() - start
 
     def __call__(self, tensors: List[torch.Tensor]) -> Any:

@@ -62,6 +62,19 @@ def test_aoti_engine_cache_dir_loads_what_an_earlier_compile_kept(tmp_path):
     assert [g.cached for g in third._graphs.values()] == [False] and len(list((tmp_path / "cache").iterdir())) == 2
 
 
+def test_aoti_cache_that_cannot_keep_a_package_says_why(tmp_path):
+    """A cache folder that cannot take the package (here: a file stands where the folder should be) gives the reason
+    (warned by the caller) and leaves no partial file behind; a writable one gets the whole package."""
+    package = tmp_path / "graph.pt2"
+    package.write_bytes(b"package bytes")
+    (tmp_path / "not_a_folder").write_text("")
+    reason = inference._aoti_build._keep(str(package), str(tmp_path / "not_a_folder" / "key.pt2"))
+    assert reason is not None and "could not keep the compiled package" in reason
+    assert inference._aoti_build._keep(str(package), str(tmp_path / "cache" / "key.pt2")) is None
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["key.pt2"]
+    assert (tmp_path / "cache" / "key.pt2").read_bytes() == b"package bytes"
+
+
 @pytest.mark.slow
 def test_aoti_engine_leaves_the_compiler_out_of_the_calling_process():
     """With the compile in a process of its own, the caller never imports dynamo or inductor: it only loads the
@@ -163,7 +176,7 @@ def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
 def _stand_in_build(built):
     def build(model, leaves, in_spec, tensors, package, cache_dir=None):
         built.append(type(model).__name__)
-        return {"out_leaves": [], "out_spec": None, "cached": False}
+        return {"out_leaves": [], "out_spec": None, "cached": False, "cache_error": None}
 
     return build
 
