@@ -112,52 +112,62 @@ def _compile(
     compiling state then never enters this one (see :mod:`pvtv2_fast._aoti_build`); in this process where the model
     cannot be sent there (it does not pickle, or its class is not importable by a fresh interpreter: warned once), or
     with ``PVTV2_FAST_AOTI_IN_PROCESS=1``. Returns the build's result and where it ran."""
-    asked = os.environ.get("PVTV2_FAST_AOTI_IN_PROCESS") == "1"
-    reason: Optional[str] = None
-    if not asked:
-        request, result = os.path.join(folder, "request.pt"), os.path.join(folder, "result.pt")
-        config = None
-        if "torch._inductor.config" in sys.modules:  # the caller's inductor settings, as inductor's workers take them
-            config = sys.modules["torch._inductor.config"].save_config_portable()
-        try:
-            torch.save(
-                dict(
-                    model=model,
-                    leaves=leaves,
-                    in_spec=in_spec,
-                    tensors=tensors,
-                    package=package,
-                    cache_dir=cache_dir,
-                    threads=torch.get_num_threads(),
-                    inductor_config=config,
-                ),
-                request,
-            )
-        except Exception as error:  # e.g. a lambda hook or a class local to a function
-            reason = f"the model does not pickle ({type(error).__name__}: {error})"
-    if not asked and reason is None:
-        # The child imports what this process can: its sys.path, the current folder for ''.
-        paths = [p or os.getcwd() for p in sys.path]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-        try:
-            done = subprocess.run(
-                _build_command(request, result), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        except OSError as error:  # no interpreter to start (an embedded Python)
-            done, reason = None, f"no compile process started ({error})"
-    if not asked and reason is None:
-        if done.returncode == 0:
-            return torch.load(result, weights_only=False), "subprocess"
-        tail = "\n".join(done.stdout.strip().splitlines()[-20:])
-        if done.returncode != _aoti_build.EXIT_CANNOT_LOAD:
-            raise RuntimeError(
-                f"optimize_for_inference: compiling the model for inputs {_shapes(tensors)} failed (in a compile "
-                f"process, exit code {done.returncode}; PVTV2_FAST_AOTI_IN_PROCESS=1 compiles in this one):\n{tail}"
-            )
-        reason = "a new Python process could not load the model: " + (tail.splitlines() or ["?"])[-1]
-    if reason is not None:
+    if os.environ.get("PVTV2_FAST_AOTI_IN_PROCESS") != "1":
+        built, reason = _compile_in_subprocess(model, leaves, in_spec, tensors, package, folder, cache_dir)
+        if built is not None:
+            return built, "subprocess"
         _warn_in_process(reason)
     return _aoti_build.build(model, leaves, in_spec, tensors, package, cache_dir), "in-process"
+
+
+def _compile_in_subprocess(
+    model: nn.Module,
+    leaves: List[Any],
+    in_spec: Any,
+    tensors: List[torch.Tensor],
+    package: str,
+    folder: str,
+    cache_dir: Optional[str],
+) -> Tuple[Optional[Dict], str]:
+    """``python -m pvtv2_fast._aoti_build`` on a request in ``folder``: the build's result, or None and why the model
+    could not be sent there. A build that fails there raises, with the exit code and the tail of its output."""
+    request, result = os.path.join(folder, "request.pt"), os.path.join(folder, "result.pt")
+    config = None
+    if "torch._inductor.config" in sys.modules:  # the caller's inductor settings, as inductor's workers take them
+        config = sys.modules["torch._inductor.config"].save_config_portable()
+    try:
+        torch.save(
+            dict(
+                model=model,
+                leaves=leaves,
+                in_spec=in_spec,
+                tensors=tensors,
+                package=package,
+                cache_dir=cache_dir,
+                threads=torch.get_num_threads(),
+                inductor_config=config,
+            ),
+            request,
+        )
+    except Exception as error:  # e.g. a lambda hook or a class local to a function
+        return None, f"the model does not pickle ({type(error).__name__}: {error})"
+    # The child imports what this process can: its sys.path, the current folder for ''.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+    try:
+        done = subprocess.run(
+            _build_command(request, result), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    except OSError as error:  # no interpreter to start (an embedded Python)
+        return None, f"no compile process started ({error})"
+    if done.returncode == 0:
+        return torch.load(result, weights_only=False), ""
+    tail = "\n".join(done.stdout.strip().splitlines()[-20:])
+    if done.returncode != _aoti_build.EXIT_CANNOT_LOAD:
+        raise RuntimeError(
+            f"optimize_for_inference: compiling the model for inputs {_shapes(tensors)} failed (in a compile "
+            f"process, exit code {done.returncode}; PVTV2_FAST_AOTI_IN_PROCESS=1 compiles in this one):\n{tail}"
+        )
+    return None, "a new Python process could not load the model: " + (tail.splitlines() or ["?"])[-1]
 
 
 def _build_command(request: str, result: str) -> List[str]:
