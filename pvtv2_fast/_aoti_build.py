@@ -1,12 +1,12 @@
 """Build one AOTInductor package for :mod:`pvtv2_fast.inference`, in a process of its own or in the caller's.
 
-``python -m pvtv2_fast._aoti_build REQUEST RESULT`` reads a request (``torch.save`` of the model, the call's input
-leaves and spec, example tensors, the thread count and the caller's inductor config), exports and compiles the model
-at that signature into the request's package path, and writes how to rebuild the model's output. The caller then
-only loads the package: tracing and compiling leave state in a process that it never gives back (torch.export's
-and inductor's modules, a traced graph that torch.export keeps until its next trace, freed pages the allocator
-keeps), and a process of its own returns all of it: 259 MB (b0) and 358 MB (b2) less peak resident memory at 224²
-(a fresh process, 3 calls), for ~3 s more warm-up.
+``python -m pvtv2_fast._aoti_build REQUEST RESULT`` reads a :class:`Request` (``torch.save`` of the model, the
+call's input leaves and spec, example tensors, the thread count and the caller's inductor config), exports and
+compiles the model at that signature into the request's package path, and writes how to rebuild the model's output.
+The caller then only loads the package: tracing and compiling leave state in a process that it never gives back
+(torch.export's and inductor's modules, a traced graph that torch.export keeps until its next trace, freed pages
+the allocator keeps), and a process of its own returns all of it: 259 MB (b0) and 358 MB (b2) less peak resident
+memory at 224² (a fresh process, 3 calls), for ~3 s more warm-up.
 
 Exit codes: 0 built; :data:`EXIT_CANNOT_LOAD` the request did not load here (the model's class is not importable by
 this process: the caller compiles in its own process instead); anything else a failed build (traceback on stderr).
@@ -14,6 +14,7 @@ this process: the caller compiles in its own process instead); anything else a f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -64,21 +65,29 @@ class _Signature(nn.Module):
         return tuple(v for v in out_leaves if isinstance(v, torch.Tensor))
 
 
-def build(
-    model: nn.Module,
-    leaves: List[Any],
-    in_spec: Any,
-    tensors: List[torch.Tensor],
-    package: str,
-    cache_dir: Optional[str] = None,
-) -> Dict:
-    """Export ``model`` at the call ``(leaves, in_spec)`` (tensors marked :data:`TENSOR`, ``tensors`` their
-    values) and compile it with freezing into the package file ``package``. Returns the output's marked leaves and
-    spec (``out_leaves``, ``out_spec``), whether the package came from ``cache_dir`` (``cached``), and why it could not
-    be kept there (``cache_error``, or None).
+@dataclasses.dataclass
+class Request:
+    """One build: ``model`` at the call ``(leaves, in_spec)`` (its tensors marked :data:`TENSOR`, ``tensors`` their
+    values), compiled into the package file ``package``, kept in ``cache_dir`` if given, with the caller's thread
+    count and inductor settings (``save_config_portable``, or None)."""
 
-    ``cache_dir``: packages kept by :func:`program_key` of the exported program, so that a later process (a server
-    restarting) loads instead of compiling: the export still runs (~1/4 of a compile), the compile does not."""
+    model: nn.Module
+    leaves: List[Any]
+    in_spec: Any
+    tensors: List[torch.Tensor]
+    package: str
+    cache_dir: Optional[str] = None
+    threads: int = dataclasses.field(default_factory=torch.get_num_threads)
+    inductor_config: Optional[Dict[str, Any]] = None
+
+
+def build(request: Request) -> Dict:
+    """Export the request's model at its call and compile it with freezing into ``request.package``. Returns the
+    output's marked leaves and spec (``out_leaves``, ``out_spec``), whether the package came from the cache folder
+    (``cached``), and why it could not be kept there (``cache_error``, or None).
+
+    ``request.cache_dir``: packages kept by :func:`program_key` of the exported program, so that a later process (a
+    server restarting) loads instead of compiling: the export still runs (~1/4 of a compile), the compile does not."""
     import torch._inductor
     import torch._inductor.config as inductor_config
 
@@ -88,16 +97,18 @@ def build(
         recorded.update(out_leaves=out_leaves, out_spec=out_spec)
 
     with torch.no_grad():
-        program = torch.export.export(_Signature(model, leaves, in_spec, record), tuple(tensors))
+        signature = _Signature(request.model, request.leaves, request.in_spec, record)
+        program = torch.export.export(signature, tuple(request.tensors))
         with inductor_config.patch(freezing=True):
             cached = None
-            if cache_dir is not None:
-                cached = os.path.join(cache_dir, program_key(program, tensors) + ".pt2")
+            if request.cache_dir is not None:
+                cached = os.path.join(request.cache_dir, program_key(program, request.tensors) + ".pt2")
                 if os.path.exists(cached):
-                    shutil.copyfile(cached, package)
+                    shutil.copyfile(cached, request.package)
                     return dict(recorded, cached=True, cache_error=None)
-            torch._inductor.aoti_compile_and_package(program, package_path=package)
-    return dict(recorded, cached=False, cache_error=_keep(package, cached) if cached is not None else None)
+            torch._inductor.aoti_compile_and_package(program, package_path=request.package)
+    error = _keep(request.package, cached) if cached is not None else None
+    return dict(recorded, cached=False, cache_error=error)
 
 
 def _keep(package: str, cached: str) -> Optional[str]:
@@ -177,20 +188,12 @@ def main(argv: List[str]) -> int:
     except Exception:  # the model's class (or a value in the call) is not importable here
         traceback.print_exc()
         return EXIT_CANNOT_LOAD
-    torch.set_num_threads(request["threads"])  # inductor's C++ kernels fix their thread count when they compile
-    if request["inductor_config"] is not None:
+    torch.set_num_threads(request.threads)  # inductor's C++ kernels fix their thread count when they compile
+    if request.inductor_config is not None:
         import torch._inductor.config as inductor_config
 
-        inductor_config.load_config(request["inductor_config"])
-    result = build(
-        request["model"],
-        request["leaves"],
-        request["in_spec"],
-        request["tensors"],
-        request["package"],
-        request["cache_dir"],
-    )
-    torch.save(result, result_path)
+        inductor_config.load_config(request.inductor_config)
+    torch.save(build(request), result_path)
     return 0
 
 

@@ -41,6 +41,7 @@ Costs and limits (measured on a 2-core AVX-512 machine):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -85,7 +86,8 @@ class _AotiGraph:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="pvtv2_fast_aoti_") as folder:
             package = os.path.join(folder, "graph.pt2")
-            built, self.where = _compile(model, marked, in_spec, tensors, package, folder, cache_dir)
+            request = _aoti_build.Request(model, marked, in_spec, tensors, package, cache_dir)
+            built, self.where = _compile(request, folder)
             # The loader's own entry is what runs: the exported module's inputs and outputs are flat already, so the
             # package wrapper's flattening by its stored specs (~15 us a call) has nothing to do.
             self.boxed_run = _aoti_build.load_package(package)
@@ -99,72 +101,49 @@ class _AotiGraph:
         return pytree.tree_unflatten([next(results) if v is TENSOR else v for v in self.out_leaves], self.out_spec)
 
 
-def _compile(
-    model: nn.Module,
-    leaves: List[Any],
-    in_spec: Any,
-    tensors: List[torch.Tensor],
-    package: str,
-    folder: str,
-    cache_dir: Optional[str] = None,
-) -> Tuple[Dict, str]:
+def _compile(request: _aoti_build.Request, folder: str) -> Tuple[Dict, str]:
     """Build the package (:func:`pvtv2_fast._aoti_build.build`) in a process of its own, whose tracing and
     compiling state then never enters this one (see :mod:`pvtv2_fast._aoti_build`); in this process where the model
     cannot be sent there (it does not pickle, or its class is not importable by a fresh interpreter: warned once), or
     with ``PVTV2_FAST_AOTI_IN_PROCESS=1``. Returns the build's result and where it ran."""
     if os.environ.get("PVTV2_FAST_AOTI_IN_PROCESS") != "1":
-        built, reason = _compile_in_subprocess(model, leaves, in_spec, tensors, package, folder, cache_dir)
+        built, reason = _compile_in_subprocess(request, folder)
         if built is not None:
             return built, "subprocess"
         _warn_in_process(reason)
-    return _aoti_build.build(model, leaves, in_spec, tensors, package, cache_dir), "in-process"
+    return _aoti_build.build(request), "in-process"
 
 
-def _compile_in_subprocess(
-    model: nn.Module,
-    leaves: List[Any],
-    in_spec: Any,
-    tensors: List[torch.Tensor],
-    package: str,
-    folder: str,
-    cache_dir: Optional[str],
-) -> Tuple[Optional[Dict], str]:
-    """``python -m pvtv2_fast._aoti_build`` on a request in ``folder``: the build's result, or None and why the model
-    could not be sent there. A build that fails there raises, with the exit code and the tail of its output."""
-    request, result = os.path.join(folder, "request.pt"), os.path.join(folder, "result.pt")
-    config = None
+def _compile_in_subprocess(request: _aoti_build.Request, folder: str) -> Tuple[Optional[Dict], str]:
+    """``python -m pvtv2_fast._aoti_build`` on the request, saved in ``folder``: the build's result, or None and why
+    the model could not be sent there. A build that fails there raises, with the exit code and its output's tail."""
+    request_file, result_file = os.path.join(folder, "request.pt"), os.path.join(folder, "result.pt")
     if "torch._inductor.config" in sys.modules:  # the caller's inductor settings, as inductor's workers take them
-        config = sys.modules["torch._inductor.config"].save_config_portable()
-    try:
-        torch.save(
-            dict(
-                model=model,
-                leaves=leaves,
-                in_spec=in_spec,
-                tensors=tensors,
-                package=package,
-                cache_dir=cache_dir,
-                threads=torch.get_num_threads(),
-                inductor_config=config,
-            ),
-            request,
+        request = dataclasses.replace(
+            request, inductor_config=sys.modules["torch._inductor.config"].save_config_portable()
         )
+    try:
+        torch.save(request, request_file)
     except Exception as error:  # e.g. a lambda hook or a class local to a function
         return None, f"the model does not pickle ({type(error).__name__}: {error})"
     # The child imports what this process can: its sys.path, the current folder for ''.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
     try:
         done = subprocess.run(
-            _build_command(request, result), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            _build_command(request_file, result_file),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     except OSError as error:  # no interpreter to start (an embedded Python)
         return None, f"no compile process started ({error})"
     if done.returncode == 0:
-        return torch.load(result, weights_only=False), ""
+        return torch.load(result_file, weights_only=False), ""
     tail = "\n".join(done.stdout.strip().splitlines()[-20:])
     if done.returncode != _aoti_build.EXIT_CANNOT_LOAD:
         raise RuntimeError(
-            f"optimize_for_inference: compiling the model for inputs {_shapes(tensors)} failed (in a compile "
+            f"optimize_for_inference: compiling the model for inputs {_shapes(request.tensors)} failed (in a compile "
             f"process, exit code {done.returncode}; PVTV2_FAST_AOTI_IN_PROCESS=1 compiles in this one):\n{tail}"
         )
     return None, "a new Python process could not load the model: " + (tail.splitlines() or ["?"])[-1]

@@ -173,9 +173,13 @@ def test_aoti_engine_compiles_a_signature_once_across_threads(monkeypatch):
     assert waited < 0.2 and built == [x.shape, (1, 3, 48, 48)], waited
 
 
+def _request(model, x, package):
+    return inference._aoti_build.Request(model, [x], None, [x], str(package))
+
+
 def _stand_in_build(built):
-    def build(model, leaves, in_spec, tensors, package, cache_dir=None):
-        built.append(type(model).__name__)
+    def build(request):
+        built.append(type(request.model).__name__)
         return {"out_leaves": [], "out_spec": None, "cached": False, "cache_error": None}
 
     return build
@@ -194,17 +198,17 @@ def test_aoti_compile_falls_back_to_this_process_with_one_warning(monkeypatch, t
 
     local = Local(PvtV2Config(**TINY))
     with pytest.warns(UserWarning, match="compiling in this process, since the model does not pickle"):
-        assert inference._compile(local, [x], None, [x], str(tmp_path / "a.pt2"), str(tmp_path))[1] == "in-process"
+        assert inference._compile(_request(local, x, tmp_path / "a.pt2"), str(tmp_path))[1] == "in-process"
     cannot_load = [sys.executable, "-c", "import sys; print('ModuleNotFoundError: no module mine'); sys.exit(3)"]
     monkeypatch.setattr(inference, "_build_command", lambda request, result: cannot_load)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per process
         model = PvtV2Model(PvtV2Config(**TINY))
-        assert inference._compile(model, [x], None, [x], str(tmp_path / "b.pt2"), str(tmp_path))[1] == "in-process"
+        assert inference._compile(_request(model, x, tmp_path / "b.pt2"), str(tmp_path))[1] == "in-process"
     assert built == ["Local", "PvtV2Model"]
     monkeypatch.setattr(inference, "_warned_in_process", False)
     with pytest.warns(UserWarning, match="could not load the model: ModuleNotFoundError: no module mine"):
-        inference._compile(model, [x], None, [x], str(tmp_path / "c.pt2"), str(tmp_path))
+        inference._compile(_request(model, x, tmp_path / "c.pt2"), str(tmp_path))
 
 
 def test_aoti_compile_process_failure_is_reported(monkeypatch, tmp_path):
@@ -215,7 +219,7 @@ def test_aoti_compile_process_failure_is_reported(monkeypatch, tmp_path):
     monkeypatch.setattr(inference, "_build_command", lambda request, result: failing)
     x = torch.zeros(1, 3, 32, 32)
     with pytest.raises(RuntimeError, match=r"(?s)inputs 1×3×32×32 failed .*exit code 1.*inductor says no"):
-        inference._compile(PvtV2Model(PvtV2Config(**TINY)), [x], None, [x], str(tmp_path / "a.pt2"), str(tmp_path))
+        inference._compile(_request(PvtV2Model(PvtV2Config(**TINY)), x, tmp_path / "a.pt2"), str(tmp_path))
     assert built == []
 
 
