@@ -63,6 +63,34 @@ def test_aoti_engine_cache_dir_loads_what_an_earlier_compile_kept(tmp_path):
     assert [g.cached for g in third._graphs.values()] == [False] and len(list((tmp_path / "cache").iterdir())) == 2
 
 
+def test_aoti_cache_key_follows_what_the_package_depends_on():
+    """program_key: the same program gives the same key; the thread count (fixed in inductor's C++ kernels), the input
+    sizes and the weights' bytes each give another."""
+    model = randomize_(PvtV2Model(PvtV2Config(**TINY)).eval())
+    x = torch.randn(1, 3, 32, 32)
+
+    def key(tensors):
+        _, spec = torch.utils._pytree.tree_flatten(((tensors[0],), {}))
+        marked = [inference.TENSOR]
+        signature = inference._aoti_build._Signature(model, marked, spec, lambda *_: None)
+        with torch.no_grad():
+            program = torch.export.export(signature, tuple(tensors))
+        return inference._aoti_build.program_key(program, tensors)
+
+    threads = torch.get_num_threads()
+    first = key([x])
+    assert key([x]) == first
+    try:
+        torch.set_num_threads(threads + 1)
+        assert key([x]) != first
+    finally:
+        torch.set_num_threads(threads)
+    assert key([torch.randn(1, 3, 32, 48)]) != first
+    with torch.no_grad():
+        model.encoder.layers[3].blocks[0].mlp.dense2.bias.add_(1e-3)
+    assert key([x]) != first
+
+
 def test_aoti_cache_that_cannot_keep_a_package_says_why(tmp_path):
     """A cache folder that cannot take the package (here: a file stands where the folder should be) gives the reason
     (warned by the caller) and leaves no partial file behind; a writable one gets the whole package."""
