@@ -104,8 +104,9 @@ class _AotiGraph:
 def _compile(request: _aoti_build.Request, folder: str) -> Tuple[Dict, str]:
     """Build the package (:func:`pvtv2_fast._aoti_build.build`) in a process of its own, whose tracing and
     compiling state then never enters this one (see :mod:`pvtv2_fast._aoti_build`); in this process where the model
-    cannot be sent there (it does not pickle, or its class is not importable by a fresh interpreter: warned once), or
-    with ``PVTV2_FAST_AOTI_IN_PROCESS=1``. Returns the build's result and where it ran."""
+    cannot be sent there (it does not pickle, or its class is not importable by a fresh interpreter) or no interpreter
+    can be started (warned once), or with ``PVTV2_FAST_AOTI_IN_PROCESS=1``. Returns the build's result and where it
+    ran."""
     if os.environ.get("PVTV2_FAST_AOTI_IN_PROCESS") != "1":
         built, reason = _compile_in_subprocess(request, folder)
         if built is not None:
@@ -117,6 +118,8 @@ def _compile(request: _aoti_build.Request, folder: str) -> Tuple[Dict, str]:
 def _compile_in_subprocess(request: _aoti_build.Request, folder: str) -> Tuple[Optional[Dict], str]:
     """``python -m pvtv2_fast._aoti_build`` on the request, saved in ``folder``: the build's result, or None and why
     the model could not be sent there. A build that fails there raises, with the exit code and its output's tail."""
+    if getattr(sys, "frozen", False) or not sys.executable:  # an application bundle: no interpreter to start
+        return None, "this Python cannot start another interpreter (a frozen application)"
     request_file, result_file = os.path.join(folder, "request.pt"), os.path.join(folder, "result.pt")
     if "torch._inductor.config" in sys.modules:  # the caller's inductor settings, as inductor's workers take them
         request = dataclasses.replace(
@@ -136,7 +139,7 @@ def _compile_in_subprocess(request: _aoti_build.Request, folder: str) -> Tuple[O
             stderr=subprocess.STDOUT,
             text=True,
         )
-    except OSError as error:  # no interpreter to start (an embedded Python)
+    except OSError as error:  # the interpreter did not start
         return None, f"no compile process started ({error})"
     if done.returncode == 0:
         return torch.load(result_file, weights_only=False), ""

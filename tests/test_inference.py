@@ -223,7 +223,8 @@ def _stand_in_build(built):
 
 def test_aoti_compile_falls_back_to_this_process_with_one_warning(monkeypatch, tmp_path):
     """A model that cannot travel to a compile process (it does not pickle: a class local to a function; or the new
-    process cannot import it: exit code 3) compiles in this one, warned once. A stand-in build: no AOTInductor run."""
+    process cannot import it: exit code 3), or a Python that cannot start one (a frozen application), compiles in
+    this one, warned once. A stand-in build: no AOTInductor run."""
     built = []
     monkeypatch.setattr(inference._aoti_build, "build", _stand_in_build(built))
     monkeypatch.setattr(inference, "_warned_in_process", False)
@@ -242,6 +243,11 @@ def test_aoti_compile_falls_back_to_this_process_with_one_warning(monkeypatch, t
         model = PvtV2Model(PvtV2Config(**TINY))
         assert inference._compile(_request(model, x, tmp_path / "b.pt2"), str(tmp_path))[1] == "in-process"
     assert built == ["Local", "PvtV2Model"]
+    monkeypatch.setattr(inference, "_warned_in_process", False)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    with pytest.warns(UserWarning, match="cannot start another interpreter"):
+        assert inference._compile(_request(model, x, tmp_path / "d.pt2"), str(tmp_path))[1] == "in-process"
+    monkeypatch.delattr(sys, "frozen")
     monkeypatch.setattr(inference, "_warned_in_process", False)
     with pytest.warns(UserWarning, match="could not load the model: ModuleNotFoundError: no module mine"):
         inference._compile(_request(model, x, tmp_path / "c.pt2"), str(tmp_path))
