@@ -140,15 +140,19 @@ class FreshProcessTimeout(Exception):
     """A fresh-process measurement ran past its timeout."""
 
 
-def run_fresh(args: Sequence[str], marker: str, timeout: float, what: str) -> Optional[str]:
+def run_fresh(
+    args: Sequence[str], marker: str, timeout: float, what: str, pin_mmap_threshold: bool = True
+) -> Optional[str]:
     """Run ``python -m ARGS`` in a fresh process (one measurement per process: peak RSS is per process) and return
     what follows ``marker`` on its last line that starts with it; None, with its stderr reported, when no line
-    does. Raises :class:`FreshProcessTimeout` past ``timeout`` seconds."""
+    does. Raises :class:`FreshProcessTimeout` past ``timeout`` seconds. ``pin_mmap_threshold``: see below; False
+    keeps glibc's default, as a user's process has it."""
     env = dict(os.environ)
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     # A fixed mmap threshold stops glibc from raising it dynamically, so large freed tensors return to the OS.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    if pin_mmap_threshold:
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     try:
         out = subprocess.run(
             [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=root

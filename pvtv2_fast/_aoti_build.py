@@ -193,8 +193,23 @@ def main(argv: List[str]) -> int:
         import torch._inductor.config as inductor_config
 
         inductor_config.load_config(request.inductor_config)
-    torch.save(build(request), result_path)
+    result = build(request)
+    result["process_peak_mb"] = _peak_resident_mb()
+    torch.save(result, result_path)
     return 0
+
+
+def _peak_resident_mb() -> Optional[float]:
+    """This process's peak resident set (VmHWM: its own since exec, unlike getrusage's, which a forked child
+    inherits from its parent), None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

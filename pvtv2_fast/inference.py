@@ -18,8 +18,8 @@ Two engines run the graph:
   wrapper, ~1 ms at b0) matters where the arithmetic is small. The compile runs in a Python process of its own
   (``pvtv2_fast._aoti_build``; the model travels pickled) and this process only loads the result, so the tracing
   and compiling state stays out of it: peak resident memory of b0 / b2 at 224² (a fresh process, 3 calls) 602 /
-  1009 MB against 861 / 1367 MB compiled here. While a compile runs, though, the compile process's own peak (917 /
-  1353 MB) adds to this one's resident set; ``PVTV2_FAST_AOTI_IN_PROCESS=1`` compiles here instead, as does a
+  1009 MB against 861 / 1367 MB compiled here. While a compile runs, though, the compile process's own peak (852 /
+  1354 MB) adds to this one's resident set; ``PVTV2_FAST_AOTI_IN_PROCESS=1`` compiles here instead, as does a
   model that does not pickle or whose class a fresh interpreter cannot import (warned once).
 * ``"compile"`` (``dynamic=True``, and models on other devices): ``torch.compile`` of the model.
 
@@ -71,8 +71,10 @@ logger = logging.getLogger(__name__)
 
 class _AotiGraph:
     """One AOTInductor-compiled signature: ``boxed_run`` (the loaded package's entry) and how to rebuild the model's
-    output. ``where``: ``"subprocess"`` or ``"in-process"``, where it was compiled (:func:`_compile`); ``cached``:
-    whether the package came from the cache folder instead of a compile."""
+    output. ``inputs``: the input shapes; ``where``: ``"subprocess"`` or ``"in-process"``, where it was compiled
+    (:func:`_compile`); ``cached``: whether the package came from the cache folder instead of a compile;
+    ``compile_process_mb``: the compile process's peak resident memory (None in-process); ``seconds``: the whole
+    build and load."""
 
     def __init__(
         self,
@@ -92,6 +94,7 @@ class _AotiGraph:
             # package wrapper's flattening by its stored specs (~15 us a call) has nothing to do.
             self.boxed_run = _aoti_build.load_package(package)
         self.out_leaves, self.out_spec, self.cached = built["out_leaves"], built["out_spec"], built["cached"]
+        self.inputs, self.compile_process_mb = _shapes(tensors), built.get("process_peak_mb")
         if built["cache_error"]:
             warnings.warn(f"optimize_for_inference: {built['cache_error']}", stacklevel=4)  # the model's caller
         self.seconds = time.perf_counter() - start
@@ -257,6 +260,24 @@ class InferenceModel:
                     )
                     self._insert(key, graph)
         return graph(tensors)
+
+    @property
+    def compiled_signatures(self) -> List[Dict[str, Any]]:
+        """What the AOTInductor engine holds, least recently used first: per input signature its input shapes, the
+        seconds its build and load took, where it compiled, whether it came from ``cache_dir``, and the compile
+        process's peak resident MB (None in-process)."""
+        with self._lock:
+            graphs = list(self._graphs.values())
+        return [
+            dict(
+                inputs=g.inputs,
+                seconds=g.seconds,
+                where=g.where,
+                cached=g.cached,
+                compile_process_mb=g.compile_process_mb,
+            )
+            for g in graphs
+        ]
 
     def _lookup(self, key: Tuple) -> Optional[_AotiGraph]:
         with self._lock:

@@ -131,3 +131,20 @@ def test_attention_verdict_keeps_sdpa_unless_triton_is_faster():
     assert "CUDA_ORDER['sra_attention'] = ('torch',)" in attention_versus_sdpa_table([2.0, 1.1, 0.95])
     assert "CUDA_ORDER['sra_attention'] = ('triton', 'torch')" in attention_versus_sdpa_table([0.8, 0.9])
     assert attention_versus_sdpa_table([]) == ""
+
+
+@pytest.mark.slow
+def test_process_memory_reports_the_whole_process_and_the_compile_process(tmp_path):
+    """bench.process_memory: a fresh process per row; the inference mode's row also reports its compile process's
+    peak (the eager rows have none), and the table is written."""
+    from bench.process_memory import run
+
+    text = run([("b0", 64)], ["reference", "inference"], forwards=2, threads=2, out=tmp_path / "pm")
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| b0 |")]
+    assert [r[2] for r in rows] == ["reference", "inference"]
+    (loaded_ref, peak_ref, child_ref), (loaded_inf, peak_inf, child_inf) = [
+        [float(v) if v != "—" else None for v in (r[3], r[4], r[6].rstrip(" |"))] for r in rows
+    ]
+    assert 100 < loaded_ref <= peak_ref and 100 < loaded_inf <= peak_inf
+    assert child_ref is None and child_inf > 100
+    assert (tmp_path / "pm.md").read_text() == text

@@ -33,7 +33,9 @@ def test_inference_mode_matches_reference_on_an_odd_size(linear, engine):
     assert fast.engine == engine
     assert_max_abs_close(fast(x).last_hidden_state, expected, "optimize_for_inference vs reference", atol=1e-5)
     # The AOTInductor engine compiles in a process of its own (the model pickles and its class imports there).
-    assert [graph.where for graph in fast._graphs.values()] == (["subprocess"] if engine == "aoti" else [])
+    signatures = fast.compiled_signatures
+    assert [s["where"] for s in signatures] == (["subprocess"] if engine == "aoti" else [])
+    assert all(s["inputs"] == "2×3×61×45" and s["compile_process_mb"] > 100 for s in signatures), signatures
     with torch.profiler.profile() as prof:
         assert_max_abs_close(fast(x).last_hidden_state, expected, "second call (compiled graph)", atol=1e-5)
     # The compiled graph runs each SRA block as one C++ pvt_block node (fp32 CPU; not the linear variant's).
