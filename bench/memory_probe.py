@@ -40,7 +40,7 @@ def process_memory(spec: dict) -> tuple:
         for _ in range(spec.get("forwards", 3)):
             run()
     wrapper = getattr(run, "inference_model", None)
-    signatures = wrapper.compiled_signatures if wrapper is not None and wrapper.engine == "aoti" else []
+    signatures = wrapper.compiled_signatures if wrapper is not None else []  # none for the torch.compile engine
     child = max((s["compile_process_mb"] or 0.0 for s in signatures), default=0.0)
     return loaded, _rss_kib("VmHWM") / 1024, child
 

@@ -32,6 +32,7 @@ from bench.harness import (
     run_fresh,
     write_markdown,
 )
+from bench.report import cpu_line
 
 IMPLS = ["reference", "fast", "inference", "inference-compile"]
 
@@ -66,7 +67,7 @@ def run(configs: Sequence[Tuple[str, int]], impls: Sequence[str], forwards: int,
         rows.append([preset, f"{size}²", impl, loaded, peak, peak / reference, child if child else math.nan])
     text = (
         "# Resident memory of the whole process (cpu, fp32, batch 1)\n\n"
-        f"Machine: {machine_line()}.\n"
+        f"Machine: {machine_line()}.\n{cpu_line()}.\n"
         f"A fresh process per row builds the candidate, then runs {forwards} forwards; glibc's allocator at its "
         "defaults. Compile process: the peak of the AOTInductor engine's compile process, which adds to the "
         "caller's resident set while it runs.\n"
